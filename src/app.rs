@@ -1,0 +1,192 @@
+//! Wiring: builds the backends a configuration selects, the HTTP server and
+//! the processor, and runs them until shutdown.
+//!
+//! Shutdown order matters for the durability promise: stop accepting
+//! connections and let in-flight requests finish (their commits included),
+//! then stop the processor after its current batch, then let the embedded
+//! writer commit what it holds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::ServiceExt;
+use axum::extract::Request;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use crate::cache::Cache;
+use crate::cache::memory::MemoryCache;
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::ingest::Ingest;
+use crate::processor::Processor;
+use crate::providers::Providers;
+use crate::queue::Inbox;
+use crate::queue::sqlite::SqliteInbox;
+use crate::sqlite::{SqliteDb, SqliteOptions};
+use crate::store::MessageStore;
+use crate::store::sqlite::SqliteStore;
+
+/// Most writes the embedded writer commits in one transaction.
+const SQLITE_MAX_BATCH: usize = 2048;
+
+/// A built gateway, bound to its listener, not yet running.
+pub struct Application {
+    listener: TcpListener,
+    settings: Settings,
+    state: AppState,
+    processor: Processor,
+    db: Option<SqliteDb>,
+}
+
+impl Application {
+    /// Binds `BIND_ADDRESS:SERVER_PORT` and builds the gateway.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let addr = format!("{}:{}", settings.bind_address, settings.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Builds the gateway on a listener the caller bound (tests bind port 0).
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        for (set, name) in [
+            (settings.mongo_uri.is_some(), "MONGO_URI"),
+            (settings.rabbitmq_url.is_some(), "RABBITMQ_URL"),
+            (settings.redis_url.is_some(), "REDIS_URL"),
+        ] {
+            if set {
+                bail!(
+                    "{name} is set, but this build only has the embedded backend for that role; \
+                     unset it to run on {}",
+                    settings.sqlite_path().display()
+                );
+            }
+        }
+        let db = SqliteDb::open(&SqliteOptions {
+            path: settings.sqlite_path(),
+            synchronous: settings.sqlite_synchronous,
+            queue_capacity: settings.inbox_write_queue,
+            max_batch: SQLITE_MAX_BATCH,
+            readers: 4,
+        })
+        .with_context(|| {
+            format!(
+                "cannot open the embedded database {}",
+                settings.sqlite_path().display()
+            )
+        })?;
+        let inbox: Arc<dyn Inbox> = Arc::new(SqliteInbox::new(db.clone()));
+        let store: Arc<dyn MessageStore> = Arc::new(SqliteStore::new(db.clone()));
+        let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
+
+        let state = AppState {
+            ingest: Ingest::new(
+                inbox.clone(),
+                Duration::from_millis(settings.ingest_ack_timeout_ms),
+            ),
+            inbox: inbox.clone(),
+            store: store.clone(),
+            cache,
+            admin_key: settings.admin_api_key.as_deref().map(Arc::from),
+            body_limit: settings.body_limit_bytes,
+        };
+        let processor = Processor::new(
+            inbox,
+            store,
+            Providers::new(),
+            settings.processor_batch_size,
+        );
+        Ok(Application {
+            listener,
+            settings,
+            state,
+            processor,
+            db: Some(db),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains (see module docs).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            settings,
+            state,
+            processor,
+            db,
+        } = self;
+        let grace = Duration::from_secs(settings.shutdown_timeout_secs);
+        let workers = CancellationToken::new();
+        let processor_task = tokio::spawn(processor.run(workers.clone()));
+
+        let router = http::router(state, Duration::from_secs(settings.request_timeout_secs));
+        let app = NormalizePathLayer::trim_trailing_slash().layer(router);
+        let serve = axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let mut server = tokio::spawn(serve.into_future());
+        tracing::info!(port = settings.port, "zen-gateway serving");
+
+        let served = tokio::select! {
+            r = &mut server => r,
+            _ = shutdown.cancelled() => {
+                tracing::info!("shutting down: finishing in-flight requests");
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(?grace, "requests still in flight at the shutdown deadline; closing");
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+
+        workers.cancel();
+        if tokio::time::timeout(grace, processor_task).await.is_err() {
+            tracing::warn!("processor did not stop in time; its batch stays in the inbox");
+        }
+        if let Some(db) = db {
+            db.close().await;
+        }
+        tracing::info!("zen-gateway stopped");
+        served
+            .context("server task failed")?
+            .context("server failed")
+    }
+}
+
+/// Cancels `token` on SIGINT (ctrl-c) or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
+        }
+        tracing::info!("shutdown signal received");
+        token.cancel();
+    });
+}

@@ -1,0 +1,35 @@
+//! The cache role: project lookups, webhook configs, dedup keys.
+//!
+//! Redis in production (shared by replicas); without it, a bounded in-process
+//! TTL cache serves and the gateway reports itself degraded (dedup then only
+//! holds per replica). A cache is never the source of truth: losing it costs
+//! lookups, never events.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::store::BackendHealth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Cache: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<String>, CacheError>;
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError>;
+    /// Sets `key` only when absent; `true` when this call set it.
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<bool, CacheError>;
+    async fn delete(&self, key: &str) -> Result<(), CacheError>;
+    async fn health(&self) -> BackendHealth;
+}

@@ -1,0 +1,380 @@
+//! Configuration: defaults < `Keys.json` (legacy keys) < environment.
+//!
+//! The legacy gateway read `mongo_uri`, `database_name` and `port` from
+//! `Keys.json` and `MONGO_URI`, `DATABASE_NAME`, `SERVER_PORT`, `REDIS_URL`,
+//! `RABBITMQ_URL` from the environment; those names are kept. Every setting
+//! has one environment variable, listed in [`ENV_KEYS`] and `.env.example`.
+//! There are no remote defaults: an unset backend URL selects the embedded
+//! backend for that role.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sqlite::Synchronous;
+
+/// Environment variable → configuration key. The key is also the
+/// `Keys.json` name where the legacy gateway had one (`port`, `mongo_uri`,
+/// `database_name`).
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("SERVER_PORT", "port"),
+    ("BIND_ADDRESS", "bind_address"),
+    ("MONGO_URI", "mongo_uri"),
+    ("DATABASE_NAME", "database_name"),
+    ("REDIS_URL", "redis_url"),
+    ("RABBITMQ_URL", "rabbitmq_url"),
+    ("ADMIN_API_KEY", "admin_api_key"),
+    ("DATA_DIR", "data_dir"),
+    ("BODY_LIMIT_BYTES", "body_limit_bytes"),
+    ("INGEST_ACK_TIMEOUT_MS", "ingest_ack_timeout_ms"),
+    ("INBOX_WRITE_QUEUE", "inbox_write_queue"),
+    ("SQLITE_SYNCHRONOUS", "sqlite_synchronous"),
+    ("PROCESSOR_BATCH_SIZE", "processor_batch_size"),
+    ("SHUTDOWN_TIMEOUT_SECS", "shutdown_timeout_secs"),
+    ("REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
+    ("CACHE_MAX_ENTRIES", "cache_max_entries"),
+    ("LOG_FORMAT", "log_format"),
+];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    /// HTTP port (`SERVER_PORT`; Keys.json `port`, used when > 0).
+    pub port: u16,
+    /// Address to listen on (`BIND_ADDRESS`).
+    pub bind_address: String,
+    /// MongoDB URI; unset = the embedded SQLite store.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub mongo_uri: Option<String>,
+    /// MongoDB database name.
+    pub database_name: String,
+    /// Redis URL; unset = the in-process cache (degraded).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub redis_url: Option<String>,
+    /// RabbitMQ URL; unset = the embedded SQLite inbox.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub rabbitmq_url: Option<String>,
+    /// Bearer key of the admin API; unset = every `/api/v1` call is refused.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub admin_api_key: Option<String>,
+    /// Directory of the embedded database (`zen.db`).
+    pub data_dir: PathBuf,
+    /// Largest accepted webhook body, in bytes (413 above).
+    pub body_limit_bytes: usize,
+    /// Longest an ingest request waits for durability before answering 503.
+    pub ingest_ack_timeout_ms: u64,
+    /// Embedded inbox: appends waiting for the writer before 503s begin.
+    pub inbox_write_queue: usize,
+    /// Embedded database fsync policy: `full` (survives power loss) or
+    /// `normal` (survives process crashes).
+    pub sqlite_synchronous: Synchronous,
+    /// Inbox entries the processor takes at once.
+    pub processor_batch_size: usize,
+    /// Longest graceful shutdown may take before in-flight work is abandoned
+    /// (it stays in the inbox and is processed after restart).
+    pub shutdown_timeout_secs: u64,
+    /// Longest one HTTP request may take.
+    pub request_timeout_secs: u64,
+    /// Entries of the in-process cache.
+    pub cache_max_entries: u64,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()))
+}
+
+/// A configuration problem, naming the key that caused it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Names a key the way a user sets it: env var, and Keys.json key when legacy.
+pub fn describe_key(key: &str) -> String {
+    let env = ENV_KEYS
+        .iter()
+        .find(|(_, k)| *k == key)
+        .map(|(e, _)| *e)
+        .unwrap_or(key);
+    match key {
+        "port" | "mongo_uri" | "database_name" => format!("{env} (Keys.json `{key}`)"),
+        _ => env.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Loads from `keys_json` (if the file exists) and the process environment.
+    pub fn load(keys_json: &Path) -> Result<Settings, ConfigError> {
+        Self::load_from(keys_json, |name| std::env::var(name).ok())
+    }
+
+    /// Loads with an explicit environment lookup (tests use this instead of
+    /// mutating the process environment).
+    pub fn load_from(
+        keys_json: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        for (key, value) in [
+            ("port", "8080"),
+            ("bind_address", "0.0.0.0"),
+            ("database_name", "zen_messaging"),
+            ("data_dir", "./data"),
+            ("body_limit_bytes", "1048576"),
+            ("ingest_ack_timeout_ms", "5000"),
+            ("inbox_write_queue", "20000"),
+            ("sqlite_synchronous", "full"),
+            ("processor_batch_size", "256"),
+            ("shutdown_timeout_secs", "25"),
+            ("request_timeout_secs", "30"),
+            ("cache_max_entries", "100000"),
+            ("log_format", "text"),
+        ] {
+            builder = builder
+                .set_default(key, value)
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        if keys_json.exists() {
+            let legacy = read_keys_json(keys_json)?;
+            for (key, value) in legacy {
+                builder = builder
+                    .set_override(key, value)
+                    .map_err(|e| ConfigError(e.to_string()))?;
+            }
+        }
+        for (name, key) in ENV_KEYS {
+            if let Some(value) = env(name) {
+                builder = builder
+                    .set_override(*key, value)
+                    .map_err(|e| ConfigError(e.to_string()))?;
+            }
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(name_keys(&e.to_string())))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{}: {why}", describe_key(key))));
+        let scheme = |key: &str, value: &Option<String>, schemes: &[&str]| {
+            if let Some(v) = value {
+                if !schemes.iter().any(|s| v.starts_with(s)) {
+                    return bad(key, &format!("must start with {}", schemes.join(" or ")));
+                }
+            }
+            Ok(())
+        };
+        scheme(
+            "mongo_uri",
+            &self.mongo_uri,
+            &["mongodb://", "mongodb+srv://"],
+        )?;
+        scheme("rabbitmq_url", &self.rabbitmq_url, &["amqp://", "amqps://"])?;
+        scheme(
+            "redis_url",
+            &self.redis_url,
+            &["redis://", "rediss://", "unix://"],
+        )?;
+        if self.body_limit_bytes == 0 {
+            return bad("body_limit_bytes", "must be greater than 0");
+        }
+        if self.ingest_ack_timeout_ms == 0 {
+            return bad("ingest_ack_timeout_ms", "must be greater than 0");
+        }
+        if self.inbox_write_queue == 0 {
+            return bad("inbox_write_queue", "must be greater than 0");
+        }
+        if self.processor_batch_size == 0 {
+            return bad("processor_batch_size", "must be greater than 0");
+        }
+        if self.database_name.trim().is_empty() {
+            return bad("database_name", "must not be empty");
+        }
+        if self.bind_address.parse::<std::net::IpAddr>().is_err() {
+            return bad("bind_address", "must be an IP address");
+        }
+        Ok(())
+    }
+
+    /// The embedded database file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("zen.db")
+    }
+
+    /// The configuration as JSON with secrets masked, for `check-config`.
+    pub fn masked(&self) -> serde_json::Value {
+        let mut copy = self.clone();
+        copy.mongo_uri = copy.mongo_uri.as_deref().map(mask_url);
+        copy.redis_url = copy.redis_url.as_deref().map(mask_url);
+        copy.rabbitmq_url = copy.rabbitmq_url.as_deref().map(mask_url);
+        copy.admin_api_key = copy.admin_api_key.map(|_| "********".to_owned());
+        serde_json::to_value(copy).unwrap_or_default()
+    }
+}
+
+/// Reads the legacy `Keys.json`; only its gateway keys are used (the
+/// monolith's leftovers such as `smtp` are ignored). `port` counts when > 0.
+fn read_keys_json(path: &Path) -> Result<Vec<(&'static str, String)>, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ConfigError(format!("{} is not valid JSON: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for key in ["mongo_uri", "database_name"] {
+        match json.get(key) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => {}
+            Some(serde_json::Value::String(s)) => out.push((key, s.clone())),
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "{}: `{key}` must be a string",
+                    path.display()
+                )));
+            }
+        }
+    }
+    match json.get("port") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Number(n)) => match n.as_u64() {
+            Some(0) => {}
+            Some(p) if p <= u16::MAX as u64 => out.push(("port", p.to_string())),
+            _ => {
+                return Err(ConfigError(format!(
+                    "{}: `port` must be a port number",
+                    path.display()
+                )));
+            }
+        },
+        Some(_) => {
+            return Err(ConfigError(format!(
+                "{}: `port` must be a number",
+                path.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrites "for key `x`" in a config-crate error into the names a user sets.
+fn name_keys(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (_, key) in ENV_KEYS {
+        let needle = format!("`{key}`");
+        if out.contains(&needle) {
+            out = out.replace(&needle, &describe_key(key));
+        }
+    }
+    out
+}
+
+/// `scheme://user:password@host` → `scheme://user:****@host`.
+fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "********".to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((creds, host)) => {
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:****@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(env: &[(&str, &str)], keys: Option<&str>) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("Keys.json");
+        if let Some(k) = keys {
+            std::fs::write(&path, k).unwrap();
+        }
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_from(&path, |n| env.get(n).cloned())
+    }
+
+    #[test]
+    fn defaults_are_legacy_and_embedded() {
+        let s = load(&[], None).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.database_name, "zen_messaging");
+        assert!(s.mongo_uri.is_none() && s.rabbitmq_url.is_none() && s.redis_url.is_none());
+        assert_eq!(s.sqlite_path(), PathBuf::from("./data/zen.db"));
+    }
+
+    #[test]
+    fn keys_json_is_read_and_the_environment_wins() {
+        let keys = r#"{"mongo_uri":"mongodb://a:b@db:27017","database_name":"legacy","port":9090,"smtp":{"host":"x"}}"#;
+        let s = load(&[], Some(keys)).unwrap();
+        assert_eq!(s.port, 9090);
+        assert_eq!(s.database_name, "legacy");
+        assert_eq!(s.mongo_uri.as_deref(), Some("mongodb://a:b@db:27017"));
+        let s = load(
+            &[("SERVER_PORT", "7070"), ("DATABASE_NAME", "env")],
+            Some(keys),
+        )
+        .unwrap();
+        assert_eq!(s.port, 7070);
+        assert_eq!(s.database_name, "env");
+        // Legacy: a Keys.json port of 0 means "not set".
+        let s = load(&[], Some(r#"{"port":0}"#)).unwrap();
+        assert_eq!(s.port, 8080);
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let e = load(&[("SERVER_PORT", "eighty")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SERVER_PORT"), "{e}");
+        let e = load(&[("RABBITMQ_URL", "http://x")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RABBITMQ_URL"), "{e}");
+        let e = load(&[("SQLITE_SYNCHRONOUS", "sometimes")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SQLITE_SYNCHRONOUS"), "{e}");
+        let e = load(&[], Some("{not json")).unwrap_err().to_string();
+        assert!(e.contains("Keys.json"), "{e}");
+    }
+
+    #[test]
+    fn empty_urls_mean_unset_and_secrets_are_masked() {
+        let s = load(
+            &[
+                ("MONGO_URI", ""),
+                ("RABBITMQ_URL", "amqp://user:pw@mq:5672/"),
+                ("ADMIN_API_KEY", "k"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert!(s.mongo_uri.is_none());
+        let masked = s.masked().to_string();
+        assert!(
+            !masked.contains("pw@") && !masked.contains("\"k\""),
+            "{masked}"
+        );
+        assert!(masked.contains("amqp://user:****@mq:5672/"), "{masked}");
+    }
+}

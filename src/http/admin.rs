@@ -1,0 +1,89 @@
+//! The admin API under `/api/v1` (bearer `ADMIN_API_KEY`).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::AppState;
+use super::extract::{Admin, ApiJson};
+use crate::error::ApiError;
+use crate::model::{Bsp, MessageRecord, OutboundRegistration};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/messages", post(register_message))
+        .route("/messages/{id}", get(get_message))
+}
+
+async fn get_message(
+    _: Admin,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MessageRecord>, ApiError> {
+    state
+        .store
+        .find_message(&id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("message"))
+}
+
+/// An outbound message as the sending side registers it.
+#[derive(Debug, Deserialize)]
+struct RegisterMessageIn {
+    /// `datagen`, `aisensy`, `karix` or `meta`.
+    bsp: String,
+    wamid: Option<String>,
+    bsp_message_id: Option<String>,
+    phone_number: Option<String>,
+    business_number: Option<String>,
+    campaign_id: Option<String>,
+    project_id: Option<String>,
+    project_owner_id: Option<String>,
+    bsp_data: Option<Value>,
+}
+
+async fn register_message(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiJson(input): ApiJson<RegisterMessageIn>,
+) -> Result<impl IntoResponse, ApiError> {
+    let bsp = Bsp::parse(&input.bsp).ok_or_else(|| {
+        ApiError::Unprocessable(format!(
+            "bsp: unknown provider {:?} (expected datagen, aisensy, karix or meta)",
+            input.bsp
+        ))
+    })?;
+    if input.bsp_data.as_ref().is_some_and(|d| !d.is_object()) {
+        return Err(ApiError::Unprocessable(
+            "bsp_data: must be an object".into(),
+        ));
+    }
+    let registration = OutboundRegistration {
+        bsp,
+        wamid: input.wamid,
+        bsp_message_id: input.bsp_message_id,
+        phone_number: input.phone_number,
+        business_number: input.business_number,
+        campaign_id: input.campaign_id,
+        project_id: input.project_id,
+        project_owner_id: input.project_owner_id,
+        bsp_data: input.bsp_data,
+    };
+    if registration.key().is_none() {
+        return Err(ApiError::Unprocessable(
+            "wamid: a wamid or a bsp_message_id is required".into(),
+        ));
+    }
+    let (record, created) = state.store.register(&registration).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record)))
+}

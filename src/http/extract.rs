@@ -1,0 +1,76 @@
+//! Extractors: the webhook body with the legacy/JSON error mapping, JSON
+//! request bodies with JSON errors, and admin authentication.
+
+use axum::Json;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::error::ApiError;
+
+/// A webhook body: 413 over the limit, the legacy 400 when it cannot be read.
+pub struct WebhookBody(pub Bytes);
+
+impl FromRequest<AppState> for WebhookBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        match Bytes::from_request(req, state).await {
+            Ok(body) => Ok(WebhookBody(body)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge {
+                    limit: state.body_limit,
+                })
+            }
+            Err(_) => Err(ApiError::BodyRead),
+        }
+    }
+}
+
+/// A JSON request body whose errors come back as the API's JSON errors.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) if rejection.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+                Err(ApiError::Unprocessable(rejection.body_text()))
+            }
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::BadRequest(rejection.body_text()))
+            }
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// Proof that the request carries `Authorization: Bearer <ADMIN_API_KEY>`.
+/// With no key configured, nothing passes.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(expected) = state.admin_key.as_deref() else {
+            return Err(ApiError::Unauthorized);
+        };
+        let given = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g) if bool::from(g.as_bytes().ct_eq(expected.as_bytes())) => Ok(Admin),
+            _ => Err(ApiError::Unauthorized),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The HTTP surface: legacy webhook routes (byte-compatible), health and
+//! readiness, the admin API. Handlers are thin: they extract, call a service,
+//! and map the result.
+
+mod admin;
+mod extract;
+mod health;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::cache::Cache;
+use crate::error::json_status_body;
+use crate::ingest::Ingest;
+use crate::queue::Inbox;
+use crate::store::MessageStore;
+
+/// Shared handles for the handlers; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub ingest: Ingest,
+    pub inbox: Arc<dyn Inbox>,
+    pub store: Arc<dyn MessageStore>,
+    pub cache: Arc<dyn Cache>,
+    /// `None`: the admin API refuses every call.
+    pub admin_key: Option<Arc<str>>,
+    pub body_limit: usize,
+}
+
+/// The full router. Trailing slashes are trimmed by the caller (see
+/// [`crate::app`]), since that must happen before routing.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let body_limit = state.body_limit;
+    Router::new()
+        .merge(webhooks::router())
+        .merge(health::router())
+        .nest("/api/v1", admin::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CompressionLayer::new().gzip(true))
+        .layer(legacy_cors())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            json_status_body(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Gin's answer to an unknown route or method, kept for drop-in behaviour.
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain")],
+        "404 page not found",
+    )
+        .into_response()
+}
+
+/// The legacy CORS policy: any origin (mirrored, since credentials are
+/// allowed), the legacy header and method lists, 12 h preflight cache.
+fn legacy_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            header::ORIGIN,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-requested-with"),
+            HeaderName::from_static("x-event-type"),
+            HeaderName::from_static("x-event-id"),
+            HeaderName::from_static("x-webhook-signature"),
+        ])
+        .expose_headers([header::CONTENT_LENGTH])
+        .max_age(Duration::from_secs(12 * 3600))
+}

@@ -1,0 +1,50 @@
+//! The ingest path: validate a webhook body and make it durable in the inbox.
+//! Nothing here waits for the store, the cache or a client endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use crate::error::ApiError;
+use crate::model::Bsp;
+use crate::queue::{Inbox, InboxEntry, QueueError};
+
+/// Accepts webhooks into the inbox.
+#[derive(Clone)]
+pub struct Ingest {
+    inbox: Arc<dyn Inbox>,
+    ack_timeout: Duration,
+}
+
+impl Ingest {
+    pub fn new(inbox: Arc<dyn Inbox>, ack_timeout: Duration) -> Self {
+        Ingest { inbox, ack_timeout }
+    }
+
+    /// Returns the event id once the body is durable. Errors map to 400 (not
+    /// JSON) or 503 (the inbox could not take it in time: the BSP retries;
+    /// a body that was committed anyway is deduplicated downstream).
+    pub async fn accept(&self, bsp: Bsp, body: Bytes) -> Result<String, ApiError> {
+        // Only checks well-formedness: the adapters parse for real in the
+        // processor, where a surprise costs nothing but an `unrecognized` row.
+        // JSON is UTF-8 (RFC 8259); skipping a string does not check that.
+        let text = std::str::from_utf8(&body)
+            .map_err(|e| ApiError::InvalidJson(format!("not UTF-8: {e}")))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let event_id = uuid::Uuid::now_v7().to_string();
+        let entry = InboxEntry {
+            event_id: event_id.clone(),
+            bsp,
+            received_at: Utc::now(),
+            body,
+        };
+        match tokio::time::timeout(self.ack_timeout, self.inbox.append(entry)).await {
+            Ok(Ok(())) => Ok(event_id),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(QueueError::Timeout(self.ack_timeout).into()),
+        }
+    }
+}

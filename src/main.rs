@@ -1,0 +1,75 @@
+//! The `zen-gateway` binary: parse the command line, load the configuration,
+//! run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use zen_gateway::app::{Application, cancel_on_signals};
+use zen_gateway::config::Settings;
+use zen_gateway::telemetry;
+
+#[derive(Parser)]
+#[command(name = "zen-gateway", version, about = "WhatsApp BSP webhook gateway")]
+struct Cli {
+    /// The legacy Keys.json (read when present; the environment overrides it).
+    #[arg(long, env = "KEYS_JSON", default_value = "Keys.json", global = true)]
+    keys: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Print the effective configuration with secrets masked, and exit.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.keys) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("zen-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&settings.masked()).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    telemetry::init(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zen-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = Application::build(settings).await?;
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        app.run_until_stopped(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "zen-gateway failed");
+            eprintln!("zen-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

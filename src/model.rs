@@ -1,0 +1,542 @@
+//! The unified message model: what every provider's webhook is normalized to,
+//! and the one record per WhatsApp message that events are applied to.
+//!
+//! The rules of DESIGN §3 live here, as pure functions, so that every store
+//! backend applies them the same way:
+//! - `current_status` never moves backwards by the order
+//!   `accepted < sent < failed < delivered < read`;
+//! - every event goes into `status_history`, once (duplicates are no-ops);
+//! - `*_at` fields carry the provider's event time (the earliest one seen for
+//!   that status, so that arrival order does not matter);
+//! - unknown statuses are recorded in history and change nothing else.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A Business Solution Provider (or Meta itself) that posts webhooks to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Bsp {
+    #[default]
+    Datagen,
+    Aisensy,
+    Karix,
+    Meta,
+}
+
+impl Bsp {
+    pub const ALL: [Bsp; 4] = [Bsp::Datagen, Bsp::Aisensy, Bsp::Karix, Bsp::Meta];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bsp::Datagen => "datagen",
+            Bsp::Aisensy => "aisensy",
+            Bsp::Karix => "karix",
+            Bsp::Meta => "meta",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Bsp> {
+        Bsp::ALL
+            .into_iter()
+            .find(|b| b.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl fmt::Display for Bsp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A unified message status. The declaration order is the precedence order:
+/// a status only replaces `current_status` when it ranks higher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Accepted,
+    /// An inbound (customer → business) message; it has no outbound lifecycle.
+    Received,
+    Sent,
+    /// Ranks above `sent` and below `delivered`: multi-device users produce a
+    /// `delivered` after a `failed`, and that later success wins.
+    Failed,
+    Delivered,
+    Read,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Received => "received",
+            Status::Sent => "sent",
+            Status::Failed => "failed",
+            Status::Delivered => "delivered",
+            Status::Read => "read",
+        }
+    }
+
+    /// Parses a unified status name (as stored in `current_status`).
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "accepted" => Status::Accepted,
+            "received" => Status::Received,
+            "sent" => Status::Sent,
+            "failed" => Status::Failed,
+            "delivered" => Status::Delivered,
+            "read" => Status::Read,
+            _ => return None,
+        })
+    }
+
+    /// The unified forwarding event type for this status.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Status::Accepted => "message.accepted",
+            Status::Received => "message.received",
+            Status::Sent => "message.sent",
+            Status::Failed => "message.failed",
+            Status::Delivered => "message.delivered",
+            Status::Read => "message.read",
+        }
+    }
+}
+
+/// Which way a message travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Outbound,
+    Inbound,
+}
+
+/// The unified event type for a status the gateway does not know.
+pub const UNKNOWN_STATUS_EVENT_TYPE: &str = "message.unknown";
+
+/// How a message is identified: by its WhatsApp id when the event carries one,
+/// else by the provider's own id (Karix `mid` is not a wamid).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MessageKey {
+    Wamid(String),
+    Provider { bsp: Bsp, id: String },
+}
+
+impl MessageKey {
+    /// A stable string form, used to route one message's events to one worker.
+    pub fn routing_key(&self) -> String {
+        match self {
+            MessageKey::Wamid(w) => w.clone(),
+            MessageKey::Provider { bsp, id } => format!("{bsp}:{id}"),
+        }
+    }
+}
+
+/// One normalized event out of a provider webhook. One webhook body may
+/// carry many (Datagen arrays, Meta batches).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnifiedEvent {
+    /// Stable id of this event: the ingest event id plus its index in the body.
+    pub event_id: String,
+    pub bsp: Bsp,
+    /// Legacy forwarding type, e.g. `datagen.delivery`, `aisensy.message.status.updated`.
+    pub legacy_type: String,
+    /// Unified forwarding type, e.g. `message.delivered`, `message.received`.
+    pub unified_type: String,
+    /// When the gateway received the webhook.
+    pub received_at: DateTime<Utc>,
+    /// The provider's raw object for this event (forwarded as `data`).
+    pub raw: Value,
+    /// Present when the event is about a WhatsApp message (status or inbound);
+    /// absent for contact / template notifications, which are kept and
+    /// forwarded but not tracked as messages.
+    pub message: Option<MessageEvent>,
+}
+
+/// The message-tracking part of an event.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MessageEvent {
+    pub wamid: Option<String>,
+    pub bsp_message_id: Option<String>,
+    pub direction: Direction,
+    /// The customer's number.
+    pub phone_number: Option<String>,
+    /// The business's own WhatsApp number.
+    pub business_number: Option<String>,
+    /// Unified status, `None` when the provider's value is unknown.
+    pub status: Option<Status>,
+    /// The provider's exact status string.
+    pub raw_status: Option<String>,
+    /// The provider's event time (falls back to receive time when absent).
+    pub occurred_at: DateTime<Utc>,
+    pub error_code: Option<String>,
+    pub reason: Option<String>,
+    pub campaign_id: Option<String>,
+    pub project_id: Option<String>,
+    /// Inbound message content (type, text, media, reply context…).
+    pub content: Option<Value>,
+    /// Identifies the event within its message: two events with the same key
+    /// are the same event delivered twice.
+    pub dedup_key: String,
+}
+
+impl MessageEvent {
+    /// The key this event's message is stored under, if it has any id at all.
+    pub fn key(&self, bsp: Bsp) -> Option<MessageKey> {
+        if let Some(w) = self.wamid.as_deref().filter(|w| !w.is_empty()) {
+            return Some(MessageKey::Wamid(w.to_owned()));
+        }
+        self.bsp_message_id
+            .as_deref()
+            .filter(|id| !id.is_empty())
+            .map(|id| MessageKey::Provider {
+                bsp,
+                id: id.to_owned(),
+            })
+    }
+
+    /// The value written into `status_history[].status`: the unified status,
+    /// or the lower-cased raw value when unknown (as the legacy gateway did).
+    pub fn history_status(&self) -> String {
+        match (self.status, &self.raw_status) {
+            (Some(s), _) => s.as_str().to_owned(),
+            (None, Some(raw)) => raw.trim().to_lowercase(),
+            (None, None) => "unknown".to_owned(),
+        }
+    }
+}
+
+/// One entry of `status_history` (legacy shape plus `raw_status` / `event_key`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusEntry {
+    pub status: String,
+    pub source: String,
+    pub timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_status: Option<String>,
+    /// The event's dedup key within this message; legacy entries have none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub event_key: String,
+}
+
+/// The one record per WhatsApp message, in the legacy
+/// `unified_message_tracking` field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub message_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wamid: Option<String>,
+    pub bsp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bsp_message_id: Option<String>,
+    #[serde(default)]
+    pub phone_number: String,
+    #[serde(default)]
+    pub business_number: String,
+    pub current_status: String,
+    #[serde(default)]
+    pub status_history: Vec<StatusEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(default)]
+    pub project_owner_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bsp_data: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub direction: Direction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Value>,
+}
+
+/// What applying one event did to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// New event: recorded in history (and the status moved if it ranked higher).
+    Applied,
+    /// Seen before: nothing changed.
+    Duplicate,
+}
+
+/// Rank of a stored `current_status`; legacy pass-through values (e.g.
+/// `enqueued`) rank below everything so any known status replaces them.
+fn rank(status: &str) -> Option<Status> {
+    Status::parse(status)
+}
+
+fn fill(slot: &mut String, value: &Option<String>) {
+    if slot.is_empty() {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            *slot = v.to_owned();
+        }
+    }
+}
+
+fn fill_opt(slot: &mut Option<String>, value: &Option<String>) {
+    if slot.as_deref().is_none_or(str::is_empty) {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            *slot = Some(v.to_owned());
+        }
+    }
+}
+
+fn earliest(slot: &mut Option<DateTime<Utc>>, at: DateTime<Utc>) {
+    if slot.is_none_or(|cur| at < cur) {
+        *slot = Some(at);
+    }
+}
+
+impl MessageRecord {
+    /// A new, empty record for a message first seen through `event`.
+    pub fn new_for(bsp: Bsp, ev: &MessageEvent, now: DateTime<Utc>) -> MessageRecord {
+        MessageRecord {
+            message_id: bson::oid::ObjectId::new().to_hex(),
+            wamid: ev.wamid.clone().filter(|w| !w.is_empty()),
+            bsp: bsp.as_str().to_owned(),
+            bsp_message_id: ev.bsp_message_id.clone().filter(|w| !w.is_empty()),
+            phone_number: String::new(),
+            business_number: String::new(),
+            current_status: String::new(),
+            status_history: Vec::new(),
+            campaign_id: None,
+            project_id: None,
+            project_owner_id: String::new(),
+            bsp_data: None,
+            sent_at: None,
+            delivered_at: None,
+            read_at: None,
+            failed_at: None,
+            created_at: now,
+            updated_at: now,
+            direction: ev.direction,
+            content: None,
+        }
+    }
+
+    /// The current status, when it is one the gateway knows.
+    pub fn status(&self) -> Option<Status> {
+        rank(&self.current_status)
+    }
+
+    pub fn has_event(&self, event_key: &str) -> bool {
+        !event_key.is_empty() && self.status_history.iter().any(|h| h.event_key == event_key)
+    }
+
+    /// Applies one event by the rules of DESIGN §3. Idempotent: applying the
+    /// same event again returns `Duplicate` and changes nothing.
+    pub fn apply(&mut self, bsp: Bsp, ev: &MessageEvent, now: DateTime<Utc>) -> ApplyOutcome {
+        if self.has_event(&ev.dedup_key) {
+            return ApplyOutcome::Duplicate;
+        }
+        self.status_history.push(StatusEntry {
+            status: ev.history_status(),
+            source: bsp.as_str().to_owned(),
+            timestamp: ev.occurred_at,
+            reason: ev.reason.clone().filter(|r| !r.is_empty()),
+            error_code: ev.error_code.clone().filter(|c| !c.is_empty()),
+            raw_status: ev.raw_status.clone(),
+            event_key: ev.dedup_key.clone(),
+        });
+        // Keep history in event-time order whatever the arrival order.
+        self.status_history
+            .sort_by(|a, b| (a.timestamp, &a.event_key).cmp(&(b.timestamp, &b.event_key)));
+
+        if let Some(status) = ev.status {
+            if self.status().is_none_or(|cur| status > cur) {
+                self.current_status = status.as_str().to_owned();
+            }
+            match status {
+                Status::Sent => earliest(&mut self.sent_at, ev.occurred_at),
+                Status::Delivered => earliest(&mut self.delivered_at, ev.occurred_at),
+                Status::Read => earliest(&mut self.read_at, ev.occurred_at),
+                Status::Failed => earliest(&mut self.failed_at, ev.occurred_at),
+                Status::Accepted | Status::Received => {}
+            }
+        } else if self.current_status.is_empty() {
+            // First sight of a message through an unknown status: it exists,
+            // but nothing is known about where it stands.
+            self.current_status = "unknown".to_owned();
+        }
+
+        fill_opt(&mut self.wamid, &ev.wamid);
+        fill_opt(&mut self.bsp_message_id, &ev.bsp_message_id);
+        fill(&mut self.phone_number, &ev.phone_number);
+        fill(&mut self.business_number, &ev.business_number);
+        fill_opt(&mut self.campaign_id, &ev.campaign_id);
+        fill_opt(&mut self.project_id, &ev.project_id);
+        if ev.direction == Direction::Inbound {
+            self.direction = Direction::Inbound;
+            if self.content.is_none() {
+                self.content = ev.content.clone();
+            }
+        }
+        self.updated_at = now;
+        ApplyOutcome::Applied
+    }
+
+    /// Fills the fields an outbound registration carries. Registration never
+    /// touches the status: events may have arrived before it.
+    pub fn register(&mut self, reg: &OutboundRegistration, now: DateTime<Utc>) {
+        fn set(slot: &mut String, v: &Option<String>) {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                *slot = v.to_owned();
+            }
+        }
+        fn set_opt(slot: &mut Option<String>, v: &Option<String>) {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                *slot = Some(v.to_owned());
+            }
+        }
+        set_opt(&mut self.wamid, &reg.wamid);
+        set_opt(&mut self.bsp_message_id, &reg.bsp_message_id);
+        set(&mut self.phone_number, &reg.phone_number);
+        set(&mut self.business_number, &reg.business_number);
+        set_opt(&mut self.campaign_id, &reg.campaign_id);
+        set_opt(&mut self.project_id, &reg.project_id);
+        set(&mut self.project_owner_id, &reg.project_owner_id);
+        if reg.bsp_data.is_some() {
+            self.bsp_data = reg.bsp_data.clone();
+        }
+        if self.current_status.is_empty() || self.current_status == "unknown" {
+            self.current_status = Status::Accepted.as_str().to_owned();
+        }
+        self.updated_at = now;
+    }
+}
+
+/// An outbound message registered by the sending side, so that campaign and
+/// owner context is known before (or after) its status events arrive.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct OutboundRegistration {
+    pub bsp: Bsp,
+    pub wamid: Option<String>,
+    pub bsp_message_id: Option<String>,
+    pub phone_number: Option<String>,
+    pub business_number: Option<String>,
+    pub campaign_id: Option<String>,
+    pub project_id: Option<String>,
+    pub project_owner_id: Option<String>,
+    pub bsp_data: Option<Value>,
+}
+
+impl OutboundRegistration {
+    pub fn key(&self) -> Option<MessageKey> {
+        MessageEvent {
+            wamid: self.wamid.clone(),
+            bsp_message_id: self.bsp_message_id.clone(),
+            ..Default::default()
+        }
+        .key(self.bsp)
+    }
+}
+
+/// A webhook body (or part of one) that no adapter understood. It is kept,
+/// counted and queryable, never dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnrecognizedEvent {
+    pub event_id: String,
+    pub bsp: Bsp,
+    pub received_at: DateTime<Utc>,
+    pub reason: String,
+    /// The raw body (or the unrecognized element of it), verbatim.
+    pub body: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn ev(status: Option<Status>, raw: &str, secs: i64) -> MessageEvent {
+        MessageEvent {
+            wamid: Some("wamid.X".into()),
+            status,
+            raw_status: Some(raw.into()),
+            occurred_at: Utc.timestamp_opt(secs, 0).unwrap(),
+            dedup_key: format!("{raw}|{secs}"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_never_moves_backwards_and_failed_is_overridden_by_delivery() {
+        let now = Utc::now();
+        let first = ev(Some(Status::Read), "read", 30);
+        let mut rec = MessageRecord::new_for(Bsp::Datagen, &first, now);
+        rec.apply(Bsp::Datagen, &first, now);
+        rec.apply(Bsp::Datagen, &ev(Some(Status::Sent), "sent", 10), now);
+        assert_eq!(rec.current_status, "read");
+        assert_eq!(rec.sent_at, Some(Utc.timestamp_opt(10, 0).unwrap()));
+        assert_eq!(rec.status_history.len(), 2);
+
+        let mut rec = MessageRecord::new_for(Bsp::Datagen, &first, now);
+        rec.apply(Bsp::Datagen, &ev(Some(Status::Failed), "failed", 5), now);
+        assert_eq!(rec.current_status, "failed");
+        rec.apply(Bsp::Datagen, &ev(Some(Status::Sent), "sent", 3), now);
+        assert_eq!(rec.current_status, "failed");
+        rec.apply(
+            Bsp::Datagen,
+            &ev(Some(Status::Delivered), "delivered", 9),
+            now,
+        );
+        assert_eq!(rec.current_status, "delivered");
+    }
+
+    #[test]
+    fn duplicates_and_unknown_statuses_change_nothing() {
+        let now = Utc::now();
+        let sent = ev(Some(Status::Sent), "sent", 10);
+        let mut rec = MessageRecord::new_for(Bsp::Datagen, &sent, now);
+        assert_eq!(rec.apply(Bsp::Datagen, &sent, now), ApplyOutcome::Applied);
+        let before = rec.clone();
+        assert_eq!(rec.apply(Bsp::Datagen, &sent, now), ApplyOutcome::Duplicate);
+        assert_eq!(rec, before);
+
+        assert_eq!(
+            rec.apply(Bsp::Datagen, &ev(None, "Enqueued", 11), now),
+            ApplyOutcome::Applied
+        );
+        assert_eq!(rec.current_status, "sent");
+        assert_eq!(rec.status_history.last().unwrap().status, "enqueued");
+        assert_eq!(rec.status_history.len(), 2);
+    }
+
+    #[test]
+    fn registration_fills_context_without_touching_status() {
+        let now = Utc::now();
+        let d = ev(Some(Status::Delivered), "delivered", 10);
+        let mut rec = MessageRecord::new_for(Bsp::Datagen, &d, now);
+        rec.apply(Bsp::Datagen, &d, now);
+        rec.register(
+            &OutboundRegistration {
+                wamid: Some("wamid.X".into()),
+                campaign_id: Some("c1".into()),
+                project_owner_id: Some("owner-1".into()),
+                ..Default::default()
+            },
+            now,
+        );
+        assert_eq!(rec.current_status, "delivered");
+        assert_eq!(rec.campaign_id.as_deref(), Some("c1"));
+        assert_eq!(rec.project_owner_id, "owner-1");
+    }
+}

@@ -1,0 +1,159 @@
+//! The processor: takes accepted webhooks from the inbox, normalizes them
+//! with the provider adapters, applies the events to the store, then acks.
+//!
+//! At-least-once: an entry is acked only after its events are applied, and
+//! applying is idempotent, so a crash between the two costs a harmless
+//! re-application. A store outage pauses processing (the batch is retried
+//! with backoff, never acked early); ingest keeps accepting meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::providers::{Providers, RawWebhook};
+use crate::queue::{Inbox, InboxDelivery, QueueError};
+use crate::store::{MessageStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What one batch amounted to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub entries: usize,
+    pub events: usize,
+    pub duplicates: usize,
+    pub unrecognized: usize,
+}
+
+#[derive(Clone)]
+pub struct Processor {
+    inbox: Arc<dyn Inbox>,
+    store: Arc<dyn MessageStore>,
+    providers: Providers,
+    batch_size: usize,
+}
+
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Processor {
+    pub fn new(
+        inbox: Arc<dyn Inbox>,
+        store: Arc<dyn MessageStore>,
+        providers: Providers,
+        batch_size: usize,
+    ) -> Self {
+        Processor {
+            inbox,
+            store,
+            providers,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    /// Normalizes, applies and acks one batch. On error nothing is acked.
+    pub async fn handle(&self, deliveries: &[InboxDelivery]) -> Result<BatchReport, ProcessError> {
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut unrecognized = Vec::new();
+        for d in deliveries {
+            let webhook = RawWebhook {
+                event_id: &d.entry.event_id,
+                bsp: d.entry.bsp,
+                received_at: d.entry.received_at,
+                body: &d.entry.body,
+            };
+            let parsed = self.providers.parse(&webhook);
+            events.extend(parsed.events);
+            unrecognized.extend(parsed.unrecognized);
+        }
+        for u in &unrecognized {
+            tracing::info!(event.id = %u.event_id, bsp = %u.bsp, reason = %u.reason, "unrecognized webhook content kept");
+        }
+        self.store.record_unrecognized(&unrecognized).await?;
+        let applied = self.store.apply(&events).await?;
+        let duplicates = applied.iter().flatten().filter(|a| a.duplicate).count();
+        let tags: Vec<_> = deliveries.iter().map(|d| d.tag).collect();
+        self.inbox.ack(&tags).await?;
+        Ok(BatchReport {
+            entries: deliveries.len(),
+            events: events.len(),
+            duplicates,
+            unrecognized: unrecognized.len(),
+        })
+    }
+
+    /// Processes what is waiting until the inbox has nothing more to hand out.
+    pub async fn drain(&self) -> Result<BatchReport, ProcessError> {
+        let mut total = BatchReport::default();
+        loop {
+            let batch = self.inbox.receive(self.batch_size, Duration::ZERO).await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            let r = self.handle(&batch).await?;
+            total.entries += r.entries;
+            total.events += r.events;
+            total.duplicates += r.duplicates;
+            total.unrecognized += r.unrecognized;
+        }
+    }
+
+    /// Runs until `shutdown`; the batch in hand is finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.inbox.receive(self.batch_size, IDLE_WAIT) => r,
+            };
+            let batch = match received {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the inbox; retrying");
+                    if sleep_or_cancel(&shutdown, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            // The batch was handed to us: retry it until it is done. Stopping
+            // leaves it unacked, so it is handed out again after a restart.
+            loop {
+                match self.handle(&batch).await {
+                    Ok(report) => {
+                        tracing::debug!(?report, "batch processed");
+                        backoff = Duration::from_millis(100);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, entries = batch.len(), "batch not processed; retrying");
+                        if sleep_or_cancel(&shutdown, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+        tracing::info!("processor stopped");
+    }
+}
+
+/// Sleeps; true when cancelled first.
+async fn sleep_or_cancel(token: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = token.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

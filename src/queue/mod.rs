@@ -1,0 +1,82 @@
+//! The inbox: where an accepted webhook waits, durably, for the processor.
+//!
+//! `append` returning `Ok` is the gateway's promise to the BSP (the 200): the
+//! body is committed (SQLite) or confirmed by the broker (RabbitMQ). Delivery
+//! to the processor is at-least-once: an entry is only removed by `ack`,
+//! after its events are applied, and comes back after a crash otherwise.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::model::Bsp;
+use crate::store::BackendHealth;
+
+/// Errors of an inbox backend.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Too much is waiting to be made durable: refuse now, the BSP retries.
+    #[error("inbox overloaded: {0}")]
+    Overloaded(String),
+    /// The backend is down or refused the write.
+    #[error("inbox unavailable: {0}")]
+    Unavailable(String),
+    /// The write was not confirmed in time.
+    #[error("inbox did not confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<crate::sqlite::DbError> for QueueError {
+    fn from(e: crate::sqlite::DbError) -> Self {
+        match e {
+            crate::sqlite::DbError::Overloaded(_) => QueueError::Overloaded(e.to_string()),
+            other => QueueError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A raw webhook as accepted at the edge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxEntry {
+    /// Unique id given at ingest (UUID v7, time-ordered).
+    pub event_id: String,
+    pub bsp: Bsp,
+    pub received_at: DateTime<Utc>,
+    /// The body exactly as received.
+    pub body: Bytes,
+}
+
+/// Identifies a received entry for `ack`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryTag(pub u64);
+
+/// An entry handed to the processor.
+#[derive(Debug, Clone)]
+pub struct InboxDelivery {
+    pub tag: DeliveryTag,
+    pub entry: InboxEntry,
+}
+
+#[async_trait]
+pub trait Inbox: Send + Sync {
+    /// Makes the entry durable. `Ok` means it will be processed even if the
+    /// process dies right after.
+    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError>;
+
+    /// Up to `max` entries not yet handed out, waiting up to `wait` for the
+    /// first one. An empty result means nothing arrived in time.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError>;
+
+    /// Removes processed entries.
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError>;
+
+    /// Entries waiting (accepted, not yet acked).
+    async fn depth(&self) -> Result<u64, QueueError>;
+
+    /// Backend health for `/ready`.
+    async fn health(&self) -> BackendHealth;
+}

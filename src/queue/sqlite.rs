@@ -1,0 +1,153 @@
+//! The embedded inbox: an `inbox` table in the shared SQLite file.
+//!
+//! Appends ride the writer's group commit, so `append` returns once the row
+//! is committed. Entries are handed out in `seq` order past an in-memory
+//! cursor; a restart resets the cursor, so anything not yet acked (deleted)
+//! is handed out again: at-least-once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use rusqlite::params;
+use tokio::sync::{Mutex, Notify};
+
+use super::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QueueError};
+use crate::model::Bsp;
+use crate::sqlite::SqliteDb;
+use crate::store::BackendHealth;
+
+/// The inbox on the embedded database.
+pub struct SqliteInbox {
+    db: SqliteDb,
+    arrived: Arc<Notify>,
+    /// Highest `seq` handed out in this process.
+    cursor: Mutex<i64>,
+}
+
+impl SqliteInbox {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteInbox {
+            db,
+            arrived: Arc::new(Notify::new()),
+            cursor: Mutex::new(0),
+        }
+    }
+}
+
+fn bsp_from_sql(s: String) -> rusqlite::Result<Bsp> {
+    Bsp::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown bsp {s:?} in inbox").into(),
+        )
+    })
+}
+
+#[async_trait]
+impl Inbox for SqliteInbox {
+    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
+        self.db
+            .try_write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO inbox (event_id, bsp, received_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    entry.event_id,
+                    entry.bsp.as_str(),
+                    entry.received_at.timestamp_millis(),
+                    entry.body.as_ref()
+                ])
+            })
+            .await?;
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            {
+                let mut cursor = self.cursor.lock().await;
+                let after = *cursor;
+                let limit = max.max(1) as i64;
+                let rows = self
+                    .db
+                    .read(move |conn| {
+                        let mut stmt = conn.prepare_cached(
+                            "SELECT seq, event_id, bsp, received_at_ms, body FROM inbox
+                             WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                        )?;
+                        let rows = stmt.query_map(params![after, limit], |r| {
+                            let seq: i64 = r.get(0)?;
+                            let ms: i64 = r.get(3)?;
+                            let body: Vec<u8> = r.get(4)?;
+                            Ok(InboxDelivery {
+                                tag: DeliveryTag(seq as u64),
+                                entry: InboxEntry {
+                                    event_id: r.get(1)?,
+                                    bsp: bsp_from_sql(r.get(2)?)?,
+                                    received_at: Utc
+                                        .timestamp_millis_opt(ms)
+                                        .single()
+                                        .unwrap_or_else(Utc::now),
+                                    body: Bytes::from(body),
+                                },
+                            })
+                        })?;
+                        rows.collect::<rusqlite::Result<Vec<_>>>()
+                    })
+                    .await?;
+                if let Some(last) = rows.last() {
+                    *cursor = last.tag.0 as i64;
+                    return Ok(rows);
+                }
+            }
+            // Notify keeps one permit, so an append that lands between the
+            // query above and this wait still wakes us.
+            if tokio::time::timeout_at(deadline, self.arrived.notified())
+                .await
+                .is_err()
+            {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let tags = tags.to_vec();
+        self.db
+            .write(move |conn| {
+                let mut stmt = conn.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?;
+                for t in &tags {
+                    stmt.execute([t.0 as i64])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let n: i64 = self
+            .db
+            .read(|conn| conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0)))
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let up = self.db.is_writable();
+        BackendHealth {
+            backend: "sqlite",
+            up,
+            detail: (!up).then(|| self.db.last_error()).flatten(),
+        }
+    }
+}

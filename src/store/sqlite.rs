@@ -1,0 +1,285 @@
+//! The embedded message store: `messages` rows in the shared SQLite file.
+//!
+//! Each row keeps the full record as a JSON document plus the columns that
+//! are looked up or indexed. Events are applied read-modify-write inside the
+//! single writer's transaction, so there is no lost update: the writer is
+//! the only one that ever writes.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Applied, BackendHealth, MessageStore, StoreError};
+use crate::model::{
+    Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent,
+};
+use crate::sqlite::SqliteDb;
+
+/// The message store on the embedded database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: SqliteDb,
+}
+
+impl SqliteStore {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteStore { db }
+    }
+}
+
+type Row = (i64, MessageRecord);
+
+fn decode(doc: String) -> rusqlite::Result<MessageRecord> {
+    serde_json::from_str(&doc).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn find_by(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<Option<Row>> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached(sql)?
+        .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    found.map(|(pk, doc)| Ok((pk, decode(doc)?))).transpose()
+}
+
+fn by_wamid(conn: &Connection, wamid: &str) -> rusqlite::Result<Option<Row>> {
+    find_by(
+        conn,
+        "SELECT pk, doc FROM messages WHERE wamid = ?1",
+        [wamid],
+    )
+}
+
+fn by_provider_id(conn: &Connection, bsp: &str, id: &str) -> rusqlite::Result<Option<Row>> {
+    find_by(
+        conn,
+        "SELECT pk, doc FROM messages WHERE bsp = ?1 AND bsp_message_id = ?2",
+        [bsp, id],
+    )
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
+/// Finds the record an event (or registration) belongs to. When the wamid and
+/// the provider id point at two different records, the wamid one wins and the
+/// provider id is not copied onto it (it would violate the unique key).
+fn locate(
+    conn: &Connection,
+    bsp: Bsp,
+    wamid: Option<&str>,
+    provider_id: Option<&str>,
+) -> rusqlite::Result<(Option<Row>, bool)> {
+    let by_w = match wamid {
+        Some(w) => by_wamid(conn, w)?,
+        None => None,
+    };
+    let by_p = match provider_id {
+        Some(p) => by_provider_id(conn, bsp.as_str(), p)?,
+        None => None,
+    };
+    Ok(match (by_w, by_p) {
+        (Some(w), Some(p)) => {
+            let conflict = w.0 != p.0;
+            (Some(w), conflict)
+        }
+        (Some(w), None) => (Some(w), false),
+        (None, p) => (p, false),
+    })
+}
+
+fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Result<()> {
+    let doc = serde_json::to_string(rec)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    match pk {
+        Some(pk) => {
+            conn.prepare_cached(
+                "UPDATE messages SET wamid = ?2, bsp_message_id = ?3, phone_number = ?4,
+                 business_number = ?5, campaign_id = ?6, project_id = ?7, project_owner_id = ?8,
+                 current_status = ?9, updated_at_ms = ?10, doc = ?11 WHERE pk = ?1",
+            )?
+            .execute(params![
+                pk,
+                rec.wamid,
+                rec.bsp_message_id,
+                rec.phone_number,
+                rec.business_number,
+                rec.campaign_id,
+                rec.project_id,
+                rec.project_owner_id,
+                rec.current_status,
+                rec.updated_at.timestamp_millis(),
+                doc
+            ])?;
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO messages (message_id, wamid, bsp, bsp_message_id, phone_number,
+                 business_number, campaign_id, project_id, project_owner_id, current_status,
+                 created_at_ms, updated_at_ms, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                rec.message_id,
+                rec.wamid,
+                rec.bsp,
+                rec.bsp_message_id,
+                rec.phone_number,
+                rec.business_number,
+                rec.campaign_id,
+                rec.project_id,
+                rec.project_owner_id,
+                rec.current_status,
+                rec.created_at.timestamp_millis(),
+                rec.updated_at.timestamp_millis(),
+                doc
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_one(conn: &Connection, ev: &UnifiedEvent) -> rusqlite::Result<Option<Applied>> {
+    let Some(msg) = &ev.message else {
+        return Ok(None);
+    };
+    let now = Utc::now();
+    // Adapters give every message event an id; the event id is the last resort.
+    let mut msg: MessageEvent = msg.clone();
+    if msg.key(ev.bsp).is_none() {
+        msg.bsp_message_id = Some(ev.event_id.clone());
+    }
+    let (found, conflict) = locate(
+        conn,
+        ev.bsp,
+        non_empty(&msg.wamid),
+        non_empty(&msg.bsp_message_id),
+    )?;
+    if conflict {
+        msg.bsp_message_id = None;
+    }
+    let (pk, mut record) = match found {
+        Some((pk, rec)) => (Some(pk), rec),
+        None => (None, MessageRecord::new_for(ev.bsp, &msg, now)),
+    };
+    let outcome = record.apply(ev.bsp, &msg, now);
+    let duplicate = outcome == crate::model::ApplyOutcome::Duplicate;
+    if !duplicate {
+        save(conn, pk, &record)?;
+    }
+    Ok(Some(Applied { duplicate, record }))
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
+        let events = events.to_vec();
+        Ok(self
+            .db
+            .write(move |conn| events.iter().map(|ev| apply_one(conn, ev)).collect())
+            .await?)
+    }
+
+    async fn register(
+        &self,
+        reg: &OutboundRegistration,
+    ) -> Result<(MessageRecord, bool), StoreError> {
+        if reg.key().is_none() {
+            return Err(StoreError::Invalid(
+                "a message needs a wamid or a bsp_message_id".into(),
+            ));
+        }
+        let reg = reg.clone();
+        Ok(self
+            .db
+            .write(move |conn| {
+                let now = Utc::now();
+                let (found, conflict) = locate(
+                    conn,
+                    reg.bsp,
+                    non_empty(&reg.wamid),
+                    non_empty(&reg.bsp_message_id),
+                )?;
+                let mut reg = reg;
+                if conflict {
+                    reg.bsp_message_id = None;
+                }
+                let (pk, mut record) = match found {
+                    Some((pk, rec)) => (Some(pk), rec),
+                    None => {
+                        let seed = MessageEvent {
+                            wamid: reg.wamid.clone(),
+                            bsp_message_id: reg.bsp_message_id.clone(),
+                            ..Default::default()
+                        };
+                        (None, MessageRecord::new_for(reg.bsp, &seed, now))
+                    }
+                };
+                record.register(&reg, now);
+                save(conn, pk, &record)?;
+                Ok((record, pk.is_none()))
+            })
+            .await?)
+    }
+
+    async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let id = id.to_owned();
+        Ok(self
+            .db
+            .read(move |conn| {
+                for sql in [
+                    "SELECT pk, doc FROM messages WHERE wamid = ?1",
+                    "SELECT pk, doc FROM messages WHERE message_id = ?1",
+                    "SELECT pk, doc FROM messages WHERE bsp_message_id = ?1 ORDER BY pk LIMIT 1",
+                ] {
+                    if let Some((_, rec)) = find_by(conn, sql, [&id])? {
+                        return Ok(Some(rec));
+                    }
+                }
+                Ok(None)
+            })
+            .await?)
+    }
+
+    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events = events.to_vec();
+        Ok(self
+            .db
+            .write(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO unrecognized (event_id, bsp, received_at_ms, reason, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for u in &events {
+                    stmt.execute(params![
+                        u.event_id,
+                        u.bsp.as_str(),
+                        u.received_at.timestamp_millis(),
+                        u.reason,
+                        u.body
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn health(&self) -> BackendHealth {
+        BackendHealth {
+            backend: "sqlite",
+            up: self.db.is_writable(),
+            detail: (!self.db.is_writable())
+                .then(|| self.db.last_error())
+                .flatten(),
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! kill -9 under load: every webhook that got a 200 is applied after restart.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::helpers::*;
+
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+fn start_gateway(data_dir: &std::path::Path, port: u16) -> Gateway {
+    let child = Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SERVER_PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("DATA_DIR", data_dir)
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn zen-gateway");
+    Gateway {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gateway at {base} never became healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_event_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut gw = start_gateway(dir.path(), port);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_healthy(&client, &gw.base).await;
+
+    // Eight senders post distinct events until the process dies under them.
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let (client, base, acked, stop) =
+            (client.clone(), gw.base.clone(), acked.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let wamid = format!("wamid.kill-{s}-{i}");
+                i += 1;
+                let sent = client
+                    .post(format!("{base}/webhook/datagen"))
+                    .body(datagen_status(&wamid, "delivered", 1_749_540_000_000 + i))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => acked.lock().await.push(wamid),
+                    Ok(_) => {}
+                    Err(_) => break, // the process is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    gw.child.kill().expect("SIGKILL"); // kill -9: no shutdown path runs
+    gw.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    assert!(
+        acked.len() > 50,
+        "too little load before the kill: {}",
+        acked.len()
+    );
+
+    let mut gw = start_gateway(dir.path(), free_port());
+    wait_healthy(&client, &gw.base).await;
+    let mut missing = Vec::new();
+    for wamid in &acked {
+        let mut found = false;
+        for _ in 0..300 {
+            let r = client
+                .get(format!("{}/api/v1/messages/{wamid}", gw.base))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let rec: serde_json::Value = r.json().await.unwrap();
+                if rec["current_status"] == "delivered" {
+                    found = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !found {
+            missing.push(wamid.clone());
+        }
+    }
+    gw.child.kill().ok();
+    gw.child.wait().ok();
+    eprintln!(
+        "kill -9: {} acked before the kill, {} missing after restart",
+        acked.len(),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "acked but lost: {missing:?}");
+}

@@ -1,0 +1,150 @@
+//! `spawn_app()` and friends: the real application on port 0 with a temp data
+//! directory, plus typed helpers for the routes the tests call.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use zen_gateway::app::Application;
+use zen_gateway::config::Settings;
+
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+/// A fixture body from `tests/fixtures/`.
+pub fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Settings as a fresh machine has them (no Keys.json, empty environment),
+/// pointed at `data_dir`.
+pub fn test_settings(data_dir: &Path) -> Settings {
+    let mut s = Settings::load_from(Path::new("/nonexistent/Keys.json"), |_| None)
+        .expect("default settings");
+    s.data_dir = data_dir.to_path_buf();
+    s.bind_address = "127.0.0.1".into();
+    s.port = 0;
+    s.admin_api_key = Some(ADMIN_KEY.into());
+    s.shutdown_timeout_secs = 10;
+    s
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The gateway on its embedded default in a new temp directory.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut app = spawn_app_in(dir.path(), tweak).await;
+    app._dir = Some(dir);
+    app
+}
+
+/// The gateway on an existing data directory (restarts).
+pub async fn spawn_app_in(data_dir: &Path, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings(data_dir);
+    tweak(&mut settings);
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = Application::build_with_listener(settings, listener)
+        .await
+        .expect("build app");
+    let addr = app.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        data_dir: data_dir.to_path_buf(),
+        shutdown,
+        server,
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn post_webhook(&self, path: &str, body: impl Into<String>) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.into())
+            .send()
+            .await
+            .expect("post webhook")
+    }
+
+    pub async fn get_message(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/v1/messages/{id}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("get message")
+    }
+
+    /// Polls the message until `done` holds (processing is asynchronous).
+    pub async fn wait_for_message(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let resp = self.get_message(id).await;
+            if resp.status() == 200 {
+                last = resp.json().await.expect("json");
+                if done(&last) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("message {id} never reached the expected state; last seen: {last}");
+    }
+
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(self) -> Option<tempfile::TempDir> {
+        self.shutdown.cancel();
+        self.server
+            .await
+            .expect("server task")
+            .expect("server result");
+        self._dir
+    }
+}
+
+/// A free loopback port (for child processes, which bind it themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A Datagen delivery event for `wamid` with `status` at `ts_ms`.
+pub fn datagen_status(wamid: &str, status: &str, ts_ms: i64) -> String {
+    serde_json::json!({
+        "channel": "whatsapp",
+        "events": {"eventType": "DELIVERY EVENTS", "timestamp": ts_ms, "mid": wamid},
+        "notificationAttributes": {"status": status, "reason": "", "code": ""},
+        "recipient": {"to": "919812345678", "recipient_type": "individual",
+                      "reference": {"parent_campaign_id": "cmp-1"}},
+        "sender": {"from": "918071234567"}
+    })
+    .to_string()
+}

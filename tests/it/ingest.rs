@@ -1,0 +1,238 @@
+//! The legacy HTTP surface, byte for byte, and the durable-ack contract.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const LEGACY_CT: &str = "application/json; charset=utf-8";
+
+#[tokio::test]
+async fn legacy_routes_answer_byte_identical_bodies() {
+    let app = spawn_app().await;
+    let body = fixture("datagen_delivered.json");
+    for (path, expected) in [
+        (
+            "/webhook/datagen",
+            r#"{"status":200,"message":"Datagen webhook received successfully"}"#,
+        ),
+        (
+            "/datagen-webhook",
+            r#"{"status":200,"message":"Datagen webhook received successfully"}"#,
+        ),
+        (
+            "/webhook/aisensy",
+            r#"{"status":200,"message":"Aisensy webhook received successfully"}"#,
+        ),
+        (
+            "/partner-webhook",
+            r#"{"status":200,"message":"Aisensy webhook received successfully"}"#,
+        ),
+        (
+            "/webhook/karix",
+            r#"{"status":200,"message":"Karix webhook received successfully"}"#,
+        ),
+    ] {
+        let resp = app.post_webhook(path, body.clone()).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["content-type"], LEGACY_CT, "{path}");
+        assert_eq!(resp.text().await.unwrap(), expected, "{path}");
+    }
+    for (path, expected) in [
+        ("/", r#"{"message":"ZEN Messaging Gateway is running"}"#),
+        ("/health", r#"{"status":"healthy"}"#),
+    ] {
+        let resp = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], LEGACY_CT);
+        assert_eq!(resp.text().await.unwrap(), expected);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_give_gins_404_and_trailing_slashes_still_work() {
+    let app = spawn_app().await;
+    let resp = app.client.get(app.url("/nope")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), "404 page not found");
+    // Wrong method: Gin answers 404, not 405.
+    let resp = app
+        .client
+        .get(app.url("/webhook/datagen"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = app
+        .post_webhook("/webhook/datagen/", fixture("datagen_delivered.json"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_get_a_clear_400() {
+    let app = spawn_app().await;
+    for body in ["", "not json", "{\"a\":", "\u{0}"] {
+        let resp = app.post_webhook("/webhook/datagen", body).await;
+        assert_eq!(resp.status(), 400, "{body:?}");
+        assert_eq!(resp.headers()["content-type"], LEGACY_CT);
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["status"], 400);
+        assert!(
+            json["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Webhook body is not valid JSON"),
+            "{json}"
+        );
+    }
+    // Invalid UTF-8 inside a string is not JSON either.
+    let resp = app
+        .client
+        .post(app.url("/webhook/karix"))
+        .body(vec![b'"', 0xff, 0xfe, b'"'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413() {
+    let app = spawn_app_with(|s| s.body_limit_bytes = 1024).await;
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2048));
+    let resp = app.post_webhook("/webhook/datagen", big).await;
+    assert_eq!(resp.status(), 413);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json["status"], 413);
+    let small = app.post_webhook("/webhook/datagen", "{\"a\":1}").await;
+    assert_eq!(small.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn ready_reports_each_backend() {
+    let app = spawn_app().await;
+    let resp = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json["inbox"]["backend"], "sqlite");
+    assert_eq!(json["inbox"]["up"], true);
+    assert_eq!(json["store"]["backend"], "sqlite");
+    assert_eq!(json["cache"]["backend"], "memory");
+    // No Redis: ready, but degraded (per-replica caches).
+    assert_eq!(json["status"], "degraded");
+    app.stop().await;
+}
+
+/// When the writer cannot keep up, the answer is 503 with Retry-After —
+/// never a 200 for an event that is not durable. Every 200 is processed.
+#[tokio::test]
+async fn a_saturated_writer_answers_503_and_every_200_is_kept() {
+    let app = spawn_app_with(|s| s.inbox_write_queue = 1).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = app.client.clone();
+        let url = app.url("/webhook/datagen");
+        tasks.push(tokio::spawn(async move {
+            let wamid = format!("wamid.sat-{i}");
+            let resp = client
+                .post(url)
+                .body(datagen_status(&wamid, "sent", 1_749_540_000_000 + i))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            if status == 503 {
+                assert_eq!(resp.headers()["retry-after"], "1");
+            }
+            (wamid, status)
+        }));
+    }
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (w, 200) => acked.push(w),
+            (_, 503) => refused += 1,
+            (_, other) => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(!acked.is_empty());
+    eprintln!("acked {} refused {refused}", acked.len());
+    for w in &acked {
+        app.wait_for_message(w, |m| m["current_status"] == "sent")
+            .await;
+    }
+    app.stop().await;
+}
+
+/// Another process holding the database's write lock makes commits fail:
+/// ingest answers 503 (never 200), and recovers once the lock is gone.
+#[tokio::test]
+async fn a_database_that_cannot_be_written_gives_503_then_recovers() {
+    let app = spawn_app_with(|s| s.ingest_ack_timeout_ms = 300).await;
+    let db_path = app.data_dir.join("zen.db");
+    let blocker = rusqlite_block(&db_path);
+    let resp = app
+        .post_webhook(
+            "/webhook/datagen",
+            datagen_status("wamid.locked", "sent", 1),
+        )
+        .await;
+    assert_eq!(resp.status(), 503);
+    let json: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(json["status"], 503);
+    drop(blocker);
+    // The writer recovers without a restart.
+    let mut ok = false;
+    for _ in 0..100 {
+        let resp = app
+            .post_webhook("/webhook/datagen", datagen_status("wamid.after", "sent", 2))
+            .await;
+        if resp.status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "ingest did not recover after the lock was released");
+    app.wait_for_message("wamid.after", |m| m["current_status"] == "sent")
+        .await;
+    app.stop().await;
+}
+
+/// Holds an exclusive write lock on the SQLite file from another connection.
+fn rusqlite_block(path: &std::path::Path) -> LockHolder {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let path = path.to_path_buf();
+    let thread = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        ready_tx.send(()).unwrap();
+        let _ = rx.recv();
+        conn.execute_batch("ROLLBACK").unwrap();
+    });
+    ready_rx.recv().unwrap();
+    LockHolder {
+        release: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+struct LockHolder {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LockHolder {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary: every test spawns the real gateway on a
+//! random port (or as a child process) and talks HTTP to it.
+
+mod helpers;
+
+mod crash_safety;
+mod ingest;
+mod messages;
