@@ -22,6 +22,7 @@ use crate::cache::Cache;
 use crate::cache::memory::MemoryCache;
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
 use crate::processor::Processor;
 use crate::providers::Providers;
@@ -88,6 +89,7 @@ impl Application {
         let store: Arc<dyn MessageStore> = Arc::new(SqliteStore::new(db.clone()));
         let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
 
+        let providers = Providers::new();
         let state = AppState {
             ingest: Ingest::new(
                 inbox.clone(),
@@ -98,13 +100,10 @@ impl Application {
             cache,
             admin_key: settings.admin_api_key.as_deref().map(Arc::from),
             body_limit: settings.body_limit_bytes,
+            auth: InboundAuth::new(settings.inbound_credentials(), providers.clone()),
+            meta_verify_token: settings.meta_verify_token.as_deref().map(Arc::from),
         };
-        let processor = Processor::new(
-            inbox,
-            store,
-            Providers::new(),
-            settings.processor_batch_size,
-        );
+        let processor = Processor::new(inbox, store, providers, settings.processor_batch_size);
         Ok(Application {
             listener,
             settings,

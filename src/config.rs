@@ -7,10 +7,13 @@
 //! There are no remote defaults: an unset backend URL selects the embedded
 //! backend for that role.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::inbound_auth::InboundCredentials;
+use crate::model::Bsp;
 use crate::sqlite::Synchronous;
 
 /// Environment variable → configuration key. The key is also the
@@ -34,6 +37,15 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("CACHE_MAX_ENTRIES", "cache_max_entries"),
     ("LOG_FORMAT", "log_format"),
+    ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
+    ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
+    ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
+    ("AISENSY_WEBHOOK_SECRET", "aisensy_webhook_secret"),
+    ("KARIX_WEBHOOK_TOKEN", "karix_webhook_token"),
+    ("KARIX_WEBHOOK_SECRET", "karix_webhook_secret"),
+    ("META_WEBHOOK_TOKEN", "meta_webhook_token"),
+    ("META_APP_SECRET", "meta_app_secret"),
+    ("META_VERIFY_TOKEN", "meta_verify_token"),
 ];
 
 /// Log output format.
@@ -87,6 +99,33 @@ pub struct Settings {
     pub cache_max_entries: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Datagen webhooks must carry this token (`X-Webhook-Token` or `?token=`).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub datagen_webhook_token: Option<String>,
+    /// Datagen webhooks must carry `X-Webhook-Signature` = hex HMAC-SHA256 of the body.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub datagen_webhook_secret: Option<String>,
+    /// AiSensy webhooks must carry this token.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub aisensy_webhook_token: Option<String>,
+    /// AiSensy webhooks must carry `X-AiSensy-Signature` with this secret.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub aisensy_webhook_secret: Option<String>,
+    /// Karix webhooks must carry this token.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub karix_webhook_token: Option<String>,
+    /// Karix webhooks must carry `X-Webhook-Signature` with this secret.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub karix_webhook_secret: Option<String>,
+    /// Meta webhooks must carry this token.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub meta_webhook_token: Option<String>,
+    /// Meta app secret: `X-Hub-Signature-256` is checked when set.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub meta_app_secret: Option<String>,
+    /// Meta's `hub.verify_token` for the GET subscription handshake.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub meta_verify_token: Option<String>,
 }
 
 fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -209,6 +248,40 @@ impl Settings {
         Ok(())
     }
 
+    /// Inbound webhook credentials by provider (only those configured).
+    pub fn inbound_credentials(&self) -> HashMap<Bsp, InboundCredentials> {
+        [
+            (
+                Bsp::Datagen,
+                &self.datagen_webhook_token,
+                &self.datagen_webhook_secret,
+            ),
+            (
+                Bsp::Aisensy,
+                &self.aisensy_webhook_token,
+                &self.aisensy_webhook_secret,
+            ),
+            (
+                Bsp::Karix,
+                &self.karix_webhook_token,
+                &self.karix_webhook_secret,
+            ),
+            (Bsp::Meta, &self.meta_webhook_token, &self.meta_app_secret),
+        ]
+        .into_iter()
+        .filter(|(_, t, s)| t.is_some() || s.is_some())
+        .map(|(bsp, t, s)| {
+            (
+                bsp,
+                InboundCredentials {
+                    token: t.clone(),
+                    secret: s.clone(),
+                },
+            )
+        })
+        .collect()
+    }
+
     /// The embedded database file.
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("zen.db")
@@ -220,7 +293,22 @@ impl Settings {
         copy.mongo_uri = copy.mongo_uri.as_deref().map(mask_url);
         copy.redis_url = copy.redis_url.as_deref().map(mask_url);
         copy.rabbitmq_url = copy.rabbitmq_url.as_deref().map(mask_url);
-        copy.admin_api_key = copy.admin_api_key.map(|_| "********".to_owned());
+        for secret in [
+            &mut copy.admin_api_key,
+            &mut copy.datagen_webhook_token,
+            &mut copy.datagen_webhook_secret,
+            &mut copy.aisensy_webhook_token,
+            &mut copy.aisensy_webhook_secret,
+            &mut copy.karix_webhook_token,
+            &mut copy.karix_webhook_secret,
+            &mut copy.meta_webhook_token,
+            &mut copy.meta_app_secret,
+            &mut copy.meta_verify_token,
+        ] {
+            if secret.is_some() {
+                *secret = Some("********".to_owned());
+            }
+        }
         serde_json::to_value(copy).unwrap_or_default()
     }
 }

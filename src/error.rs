@@ -19,6 +19,10 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("Missing or invalid credentials")]
     Unauthorized,
+    #[error("Webhook not authenticated: {0}")]
+    WebhookAuth(#[from] crate::inbound_auth::AuthFailure),
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
@@ -39,7 +43,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::WebhookAuth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InboxUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod inbound_auth;
 pub mod ingest;
 pub mod model;
 pub mod processor;

@@ -10,6 +10,7 @@
 //!   that status, so that arrival order does not matter);
 //! - unknown statuses are recorded in history and change nothing else.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -179,6 +180,10 @@ pub struct MessageEvent {
     pub project_id: Option<String>,
     /// Inbound message content (type, text, media, reply context…).
     pub content: Option<Value>,
+    /// Reference echoes of the send request (Karix/Datagen `cust_ref`,
+    /// `messageTag1..3`, `conversationId`; Meta `biz_opaque_callback_data`;
+    /// AiSensy campaign name), kept under `bsp_data.tags`.
+    pub tags: BTreeMap<String, String>,
     /// Identifies the event within its message: two events with the same key
     /// are the same event delivered twice.
     pub dedup_key: String,
@@ -383,6 +388,7 @@ impl MessageRecord {
         fill(&mut self.business_number, &ev.business_number);
         fill_opt(&mut self.campaign_id, &ev.campaign_id);
         fill_opt(&mut self.project_id, &ev.project_id);
+        self.merge_tags(&ev.tags);
         if ev.direction == Direction::Inbound {
             self.direction = Direction::Inbound;
             if self.content.is_none() {
@@ -391,6 +397,35 @@ impl MessageRecord {
         }
         self.updated_at = now;
         ApplyOutcome::Applied
+    }
+
+    /// Adds tags not seen before under `bsp_data.tags` (first value wins).
+    fn merge_tags(&mut self, tags: &BTreeMap<String, String>) {
+        if tags.is_empty() {
+            return;
+        }
+        let data = self
+            .bsp_data
+            .get_or_insert_with(|| Value::Object(Default::default()));
+        if !data.is_object() {
+            *data = Value::Object(Default::default());
+        }
+        let Some(obj) = data.as_object_mut() else {
+            return;
+        };
+        let slot = obj
+            .entry("tags")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if !slot.is_object() {
+            *slot = Value::Object(Default::default());
+        }
+        if let Some(existing) = slot.as_object_mut() {
+            for (k, v) in tags {
+                existing
+                    .entry(k.clone())
+                    .or_insert_with(|| Value::String(v.clone()));
+            }
+        }
     }
 
     /// Fills the fields an outbound registration carries. Registration never
@@ -413,8 +448,18 @@ impl MessageRecord {
         set_opt(&mut self.campaign_id, &reg.campaign_id);
         set_opt(&mut self.project_id, &reg.project_id);
         set(&mut self.project_owner_id, &reg.project_owner_id);
-        if reg.bsp_data.is_some() {
-            self.bsp_data = reg.bsp_data.clone();
+        if let Some(Value::Object(given)) = &reg.bsp_data {
+            // Registration data joins (and wins over) what events brought.
+            let data = self
+                .bsp_data
+                .get_or_insert_with(|| Value::Object(Default::default()));
+            if let Some(obj) = data.as_object_mut() {
+                for (k, v) in given {
+                    obj.insert(k.clone(), v.clone());
+                }
+            } else {
+                *data = Value::Object(given.clone());
+            }
         }
         if self.current_status.is_empty() || self.current_status == "unknown" {
             self.current_status = Status::Accepted.as_str().to_owned();

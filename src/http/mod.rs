@@ -22,6 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::cache::Cache;
 use crate::error::json_status_body;
+use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
 use crate::queue::Inbox;
 use crate::store::MessageStore;
@@ -36,6 +37,10 @@ pub struct AppState {
     /// `None`: the admin API refuses every call.
     pub admin_key: Option<Arc<str>>,
     pub body_limit: usize,
+    /// Optional inbound webhook authentication per provider.
+    pub auth: InboundAuth,
+    /// Meta's `hub.verify_token`; `None`: the handshake is refused.
+    pub meta_verify_token: Option<Arc<str>>,
 }
 
 /// The full router. Trailing slashes are trimmed by the caller (see

@@ -1,11 +1,15 @@
-//! The legacy webhook routes. Each answers 200 with the legacy body only once
-//! the raw body is durable in the inbox.
+//! The webhook routes. Each answers 200 with the legacy body only once the
+//! raw body is durable in the inbox; optional per-provider authentication
+//! runs first (401, nothing stored).
+
+use std::collections::HashMap;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::extract::WebhookBody;
@@ -19,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/webhook/aisensy", post(aisensy))
         .route("/partner-webhook", post(aisensy))
         .route("/webhook/karix", post(karix))
+        .route("/webhook/meta", post(meta).get(meta_verify))
 }
 
 /// The legacy 200 body for `bsp`, byte for byte.
@@ -36,20 +41,65 @@ fn legacy_ack(bsp: Bsp) -> Response {
         .into_response()
 }
 
-async fn accept(state: &AppState, bsp: Bsp, body: WebhookBody) -> Result<Response, ApiError> {
+type QueryMap = Query<HashMap<String, String>>;
+
+async fn accept(
+    state: &AppState,
+    bsp: Bsp,
+    headers: &HeaderMap,
+    query: &QueryMap,
+    body: WebhookBody,
+) -> Result<Response, ApiError> {
+    state.auth.verify(
+        bsp,
+        headers,
+        query.get("token").map(String::as_str),
+        &body.0,
+    )?;
     let event_id = state.ingest.accept(bsp, body.0).await?;
     tracing::debug!(event.id = %event_id, %bsp, "webhook accepted");
     Ok(legacy_ack(bsp))
 }
 
-async fn datagen(State(state): State<AppState>, body: WebhookBody) -> Result<Response, ApiError> {
-    accept(&state, Bsp::Datagen, body).await
+macro_rules! webhook_handler {
+    ($name:ident, $bsp:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            headers: HeaderMap,
+            query: QueryMap,
+            body: WebhookBody,
+        ) -> Result<Response, ApiError> {
+            accept(&state, $bsp, &headers, &query, body).await
+        }
+    };
 }
 
-async fn aisensy(State(state): State<AppState>, body: WebhookBody) -> Result<Response, ApiError> {
-    accept(&state, Bsp::Aisensy, body).await
-}
+webhook_handler!(datagen, Bsp::Datagen);
+webhook_handler!(aisensy, Bsp::Aisensy);
+webhook_handler!(karix, Bsp::Karix);
+webhook_handler!(meta, Bsp::Meta);
 
-async fn karix(State(state): State<AppState>, body: WebhookBody) -> Result<Response, ApiError> {
-    accept(&state, Bsp::Karix, body).await
+/// Meta's subscription handshake: echo `hub.challenge` when
+/// `hub.verify_token` matches `META_VERIFY_TOKEN`; 403 otherwise.
+async fn meta_verify(
+    State(state): State<AppState>,
+    Query(query): QueryMap,
+) -> Result<Response, ApiError> {
+    let expected = state
+        .meta_verify_token
+        .as_deref()
+        .ok_or(ApiError::Forbidden("META_VERIFY_TOKEN is not configured"))?;
+    let mode_ok = query.get("hub.mode").is_some_and(|m| m == "subscribe");
+    let token_ok = query
+        .get("hub.verify_token")
+        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
+    match query.get("hub.challenge") {
+        Some(challenge) if mode_ok && token_ok => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            challenge.clone(),
+        )
+            .into_response()),
+        _ => Err(ApiError::Forbidden("verification token mismatch")),
+    }
 }

@@ -6,9 +6,11 @@
 //! Adding a provider is one file implementing [`Provider`] plus one line in
 //! [`Providers::new`].
 
+mod aisensy;
 mod datagen;
 mod json;
 mod karix;
+mod meta;
 mod rcm;
 
 use std::collections::HashMap;
@@ -19,8 +21,10 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{Bsp, UnifiedEvent, UnrecognizedEvent};
 
+pub use aisensy::Aisensy;
 pub use datagen::Datagen;
 pub use karix::Karix;
+pub use meta::Meta;
 
 /// A webhook as the processor sees it.
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +74,25 @@ impl Parsed {
     }
 }
 
+/// Where a provider puts its HMAC-SHA256 body signature (hex).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignatureHeader {
+    /// Lower-case header name.
+    pub name: &'static str,
+    /// Text before the hex digest, e.g. Meta's `sha256=`.
+    pub prefix: &'static str,
+}
+
 /// One provider's webhook format.
 pub trait Provider: Send + Sync {
     fn bsp(&self) -> Bsp;
+    /// The header that carries the body signature when a secret is configured.
+    fn signature_header(&self) -> SignatureHeader {
+        SignatureHeader {
+            name: "x-webhook-signature",
+            prefix: "",
+        }
+    }
     /// Normalizes a body. Must not panic on any input.
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed;
     /// Queue priority for the raw event on the BSP queue (0–10): inbound user
@@ -96,7 +116,12 @@ impl Default for Providers {
 
 impl Providers {
     pub fn new() -> Self {
-        let adapters: Vec<Arc<dyn Provider>> = vec![Arc::new(Datagen), Arc::new(Karix)];
+        let adapters: Vec<Arc<dyn Provider>> = vec![
+            Arc::new(Datagen),
+            Arc::new(Aisensy),
+            Arc::new(Karix),
+            Arc::new(Meta),
+        ];
         Providers {
             by_bsp: adapters.into_iter().map(|a| (a.bsp(), a)).collect(),
         }

@@ -17,6 +17,15 @@ pub struct Flavor {
     pub mid_is_wamid: bool,
 }
 
+/// `recipient.reference` echoes kept as tags.
+const REFERENCE_TAGS: &[&str] = &[
+    "cust_ref",
+    "messageTag1",
+    "messageTag2",
+    "messageTag3",
+    "conversationId",
+];
+
 /// Maps an RCM status string (any case, trimmed) to a unified status.
 pub fn map_status(raw: &str) -> Option<Status> {
     match raw.trim().to_ascii_lowercase().as_str() {
@@ -58,9 +67,9 @@ fn parse_item(
     let result = if !item.is_object() {
         Err("event is not a JSON object")
     } else if is_delivery(&item) {
-        delivery(flavor, webhook, index, &item)
+        delivery(flavor, webhook, &item)
     } else if at(&item, &["eventContent", "message"]).is_some_and(Value::is_object) {
-        inbound(flavor, webhook, index, &item)
+        inbound(flavor, webhook, &item)
     } else {
         Err("neither a delivery event nor a user message")
     };
@@ -111,7 +120,6 @@ fn event_types(bsp: Bsp, m: &MessageEvent) -> (String, String) {
 fn delivery(
     flavor: &Flavor,
     webhook: &RawWebhook<'_>,
-    _index: usize,
     item: &Value,
 ) -> Result<MessageEvent, &'static str> {
     let mid = text(item, &["events", "mid"]).ok_or("delivery event without events.mid")?;
@@ -151,13 +159,16 @@ fn delivery(
         campaign_id: reference("parent_campaign_id").or_else(|| reference("campaign_id")),
         project_id: reference("project_id"),
         content: None,
+        tags: REFERENCE_TAGS
+            .iter()
+            .filter_map(|k| reference(k).map(|v| ((*k).to_owned(), v)))
+            .collect(),
     })
 }
 
 fn inbound(
     flavor: &Flavor,
     webhook: &RawWebhook<'_>,
-    _index: usize,
     item: &Value,
 ) -> Result<MessageEvent, &'static str> {
     let message = at(item, &["eventContent", "message"]).ok_or("no eventContent.message")?;
@@ -194,6 +205,7 @@ fn inbound(
         campaign_id: None,
         project_id: None,
         content: Some(message.clone()),
+        tags: Default::default(),
         dedup_key: "received".to_owned(),
     })
 }

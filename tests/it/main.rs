@@ -6,3 +6,4 @@ mod helpers;
 mod crash_safety;
 mod ingest;
 mod messages;
+mod providers_e2e;

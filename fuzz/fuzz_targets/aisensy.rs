@@ -1,0 +1,22 @@
+//! The Aisensy adapter must never panic, whatever the body; every event it
+//! returns must carry an id and its webhook's BSP.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use zen_gateway::model::Bsp;
+use zen_gateway::providers::{Aisensy, Provider, RawWebhook};
+
+fuzz_target!(|body: &[u8]| {
+    let webhook = RawWebhook {
+        event_id: "fuzz",
+        bsp: Bsp::Aisensy,
+        received_at: chrono::Utc::now(),
+        body,
+    };
+    let parsed = Aisensy.parse(&webhook);
+    for event in &parsed.events {
+        assert!(!event.event_id.is_empty());
+        assert_eq!(event.bsp, Bsp::Aisensy);
+        let _ = Aisensy.priority(event);
+    }
+});

@@ -1,0 +1,420 @@
+//! Adapter tests: every shared fixture and the field paths and spellings of
+//! PROVIDERS.md, through the public `Providers::parse`.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::json;
+use zen_gateway::model::{Bsp, Direction, Status, UnifiedEvent};
+use zen_gateway::providers::{Parsed, Providers, RawWebhook};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn received() -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000, 0).unwrap()
+}
+
+fn parse(bsp: Bsp, body: &str) -> Parsed {
+    Providers::new().parse(&RawWebhook {
+        event_id: "evt",
+        bsp,
+        received_at: received(),
+        body: body.as_bytes(),
+    })
+}
+
+fn one(bsp: Bsp, body: &str) -> UnifiedEvent {
+    let p = parse(bsp, body);
+    assert!(p.unrecognized.is_empty(), "{:?}", p.unrecognized);
+    assert_eq!(p.events.len(), 1, "{:?}", p.events);
+    p.events.into_iter().next().unwrap()
+}
+
+fn ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).unwrap()
+}
+
+fn priority(e: &UnifiedEvent) -> u8 {
+    Providers::new().get(e.bsp).unwrap().priority(e)
+}
+
+// ---------- Datagen ----------
+
+#[test]
+fn datagen_delivery_fixture() {
+    let e = one(Bsp::Datagen, &fixture("datagen_delivered.json"));
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(e.event_id, "evt-0");
+    assert_eq!(e.legacy_type, "datagen.delivery");
+    assert_eq!(e.unified_type, "message.delivered");
+    assert_eq!(
+        m.wamid.as_deref(),
+        Some("wamid.HBgMOTE5ODEyMzQ1Njc4FQIAERgSNDdCRkE1RTZEMDlDM0IyRjFBAA==")
+    );
+    assert_eq!(m.status, Some(Status::Delivered));
+    assert_eq!(m.raw_status.as_deref(), Some("Delivered"));
+    assert_eq!(m.occurred_at, ms(1_749_540_007_000));
+    assert_eq!(m.phone_number.as_deref(), Some("919812345678"));
+    assert_eq!(m.business_number.as_deref(), Some("918071234567"));
+    assert_eq!(m.campaign_id.as_deref(), Some("665f1a2b3c4d5e6f7a8b9c0e"));
+    assert_eq!(m.error_code, None);
+    assert_eq!(m.direction, Direction::Outbound);
+    assert_eq!(priority(&e), 0);
+    assert_eq!(e.raw["events"]["eventType"], "DELIVERY EVENTS");
+}
+
+#[test]
+fn datagen_status_spellings() {
+    for (raw, expected) in [
+        ("sent", Some(Status::Sent)),
+        ("delivered", Some(Status::Delivered)),
+        ("Delivered", Some(Status::Delivered)),
+        ("read", Some(Status::Read)),
+        ("Read", Some(Status::Read)),
+        (" READ ", Some(Status::Read)),
+        ("failed", Some(Status::Failed)),
+        ("Not Sent", Some(Status::Failed)),
+        ("dropped", Some(Status::Failed)),
+        ("enqueued", None),
+        ("undelivered", None),
+    ] {
+        let body = json!({"events": {"eventType": "DELIVERY EVENTS", "timestamp": 1, "mid": "wamid.s"},
+                          "notificationAttributes": {"status": raw}});
+        let e = one(Bsp::Datagen, &body.to_string());
+        let m = e.message.unwrap();
+        assert_eq!(m.status, expected, "{raw}");
+        assert_eq!(m.raw_status.as_deref(), Some(raw.trim()));
+        if expected.is_none() {
+            assert_eq!(e.unified_type, "message.unknown");
+            assert_eq!(m.history_status(), raw.trim().to_lowercase());
+        }
+    }
+}
+
+#[test]
+fn datagen_batch_with_whitespace_tags_errors_and_a_bad_element() {
+    let p = parse(Bsp::Datagen, &fixture("datagen_batch.json"));
+    assert_eq!(p.events.len(), 3);
+    assert_eq!(p.unrecognized.len(), 1);
+    assert_eq!(p.unrecognized[0].body, "\"not an event\"");
+    let ids: Vec<_> = p.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["evt-0", "evt-1", "evt-3"]);
+
+    let first = p.events[0].message.as_ref().unwrap();
+    assert_eq!(first.campaign_id.as_deref(), Some("cmp-7"));
+    assert_eq!(first.project_id.as_deref(), Some("prj-3"));
+    assert_eq!(first.tags["cust_ref"], "ORD-9");
+    assert_eq!(first.tags["messageTag3"], "chat_send");
+
+    let failed = p.events[1].message.as_ref().unwrap();
+    assert_eq!(failed.status, Some(Status::Failed));
+    assert_eq!(failed.error_code.as_deref(), Some("131026"));
+    assert_eq!(failed.reason.as_deref(), Some("Message undeliverable"));
+
+    let image = &p.events[2];
+    assert_eq!(image.legacy_type, "datagen.user_message");
+    assert_eq!(
+        image.message.as_ref().unwrap().direction,
+        Direction::Inbound
+    );
+    assert_eq!(priority(image), 5);
+}
+
+#[test]
+fn datagen_inbound_messages_of_every_type_are_user_messages() {
+    let text = one(Bsp::Datagen, &fixture("datagen_inbound_text.json"));
+    let m = text.message.as_ref().unwrap();
+    assert_eq!(text.legacy_type, "datagen.user_message");
+    assert_eq!(text.unified_type, "message.received");
+    assert_eq!(m.status, Some(Status::Received));
+    assert_eq!(m.phone_number.as_deref(), Some("919812345678"));
+    assert_eq!(m.business_number.as_deref(), Some("918071234567"));
+    assert_eq!(
+        m.content.as_ref().unwrap()["text"]["body"],
+        "Is the offer valid tomorrow?"
+    );
+    assert_eq!(priority(&text), 5);
+
+    // No message id: events.mid is the wamid for Datagen.
+    let button = one(Bsp::Datagen, &fixture("datagen_inbound_button.json"));
+    let m = button.message.as_ref().unwrap();
+    assert_eq!(m.wamid.as_deref(), Some("wamid.button-reply-1"));
+    assert_eq!(
+        m.content.as_ref().unwrap()["button"]["text"],
+        "Yes, interested"
+    );
+    assert_eq!(priority(&button), 5);
+}
+
+#[test]
+fn datagen_missing_optional_fields_fall_back() {
+    let e = one(
+        Bsp::Datagen,
+        r#"{"events":{"eventType":"DELIVERY EVENTS","mid":"wamid.bare"},"notificationAttributes":{"status":"sent"}}"#,
+    );
+    let m = e.message.unwrap();
+    assert_eq!(m.occurred_at, received());
+    assert_eq!(m.phone_number, None);
+    assert_eq!(m.campaign_id, None);
+}
+
+#[test]
+fn unrecognized_bodies_are_kept_whole() {
+    for body in [
+        "[1,2",
+        "42",
+        r#"{"hello":"world"}"#,
+        r#"{"events":{"eventType":"DELIVERY EVENTS"}}"#,
+    ] {
+        let p = parse(Bsp::Datagen, body);
+        assert!(p.events.is_empty(), "{body}");
+        assert_eq!(p.unrecognized.len(), 1, "{body}");
+        assert!(!p.unrecognized[0].reason.is_empty());
+    }
+    let p = parse(Bsp::Datagen, r#"{"hello":"world"}"#);
+    assert_eq!(p.unrecognized[0].body, r#"{"hello":"world"}"#);
+}
+
+// ---------- Karix ----------
+
+#[test]
+fn karix_mid_is_its_own_id_not_a_wamid() {
+    let sent = one(Bsp::Karix, &fixture("karix_sent.json"));
+    let m = sent.message.as_ref().unwrap();
+    assert_eq!(m.wamid, None);
+    assert_eq!(m.bsp_message_id.as_deref(), Some("176901234567890123456"));
+    assert_eq!(m.status, Some(Status::Sent));
+    assert_eq!(sent.legacy_type, "karix.message_sent");
+    assert_eq!(m.tags["messageTag1"], "cmp:diwali_2025;row:1001");
+    assert_eq!(m.tags["conversationId"], "conv-919876543210");
+
+    let delivered = one(Bsp::Karix, &fixture("karix_delivered.json"));
+    let m = delivered.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Delivered));
+    // "000" is Karix's success code, not an error.
+    assert_eq!(m.error_code, None);
+    assert_eq!(m.occurred_at, ms(1_749_540_005_000));
+
+    let failed = one(Bsp::Karix, &fixture("karix_failed.json"));
+    let m = failed.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Failed));
+    assert_eq!(m.raw_status.as_deref(), Some("dropped"));
+    assert_eq!(m.error_code.as_deref(), Some("131026"));
+    assert_eq!(m.reason.as_deref(), Some("Message undeliverable"));
+    assert_eq!(failed.legacy_type, "karix.message_failed");
+    assert_eq!(failed.unified_type, "message.failed");
+}
+
+#[test]
+fn karix_inbound_takes_the_wamid_from_the_message() {
+    let e = one(Bsp::Karix, &fixture("karix_inbound_text.json"));
+    let m = e.message.unwrap();
+    assert_eq!(
+        m.wamid.as_deref(),
+        Some("wamid.HBgMOTE5ODc2NTQzMjEwFQIAEhgWM0VCMEQ1RTZGNzA4MTkyQTNCNEMA")
+    );
+    assert_eq!(
+        m.bsp_message_id.as_deref(),
+        Some("ABEGkZiHZUMhAgo6N0bGq1AbCdEf")
+    );
+    assert_eq!(m.direction, Direction::Inbound);
+    assert_eq!(e.legacy_type, "karix.user_message");
+}
+
+// ---------- AiSensy ----------
+
+#[test]
+fn aisensy_status_updates() {
+    let read = one(Bsp::Aisensy, &fixture("aisensy_status_read.json"));
+    let m = read.message.as_ref().unwrap();
+    assert_eq!(read.legacy_type, "aisensy.message.status.updated");
+    assert_eq!(read.unified_type, "message.read");
+    assert_eq!(
+        m.wamid.as_deref(),
+        Some("wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSM0VCMEE4QzdGNEQyRTlBMUIwAA==")
+    );
+    assert_eq!(
+        m.bsp_message_id.as_deref(),
+        Some("6667a1b2c3d4e5f6a7b8c9d0")
+    );
+    assert_eq!(m.status, Some(Status::Read));
+    assert_eq!(m.occurred_at, ms(1_749_540_095_000));
+    assert_eq!(m.phone_number.as_deref(), Some("919876543210"));
+    assert_eq!(m.campaign_id.as_deref(), Some("6660f00dba5eba11c0ffee01"));
+    assert_eq!(m.project_id.as_deref(), Some("6651c0ffee1234567890abcd"));
+    assert_eq!(m.tags["campaign_name"], "diwali_2025_offer");
+    assert_eq!(m.dedup_key, "aisensy:6667b0000000000000000001");
+    assert_eq!(m.error_code, None);
+
+    let failed = one(Bsp::Aisensy, &fixture("aisensy_status_failed.json"));
+    let m = failed.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Failed));
+    assert_eq!(m.occurred_at, ms(1_749_540_004_000));
+    assert_eq!(m.error_code.as_deref(), Some("131026"));
+    assert_eq!(m.reason.as_deref(), Some("Message undeliverable"));
+}
+
+#[test]
+fn aisensy_numeric_ids_and_inferred_statuses() {
+    let e = one(Bsp::Aisensy, &fixture("aisensy_numeric_id_no_status.json"));
+    let m = e.message.unwrap();
+    assert_eq!(m.dedup_key, "aisensy:987654321");
+    assert_eq!(m.status, Some(Status::Delivered));
+    assert_eq!(m.occurred_at, ms(1_749_540_150_000));
+    // Blank failureResponse fields are not an error.
+    assert_eq!(m.error_code, None);
+
+    let failed_only = json!({"id": "n1", "topic": "message.status.updated", "data": {"message": {
+        "id": "x1", "failureResponse": {"code": 470, "reason": "expired"}}}});
+    let m = one(Bsp::Aisensy, &failed_only.to_string()).message.unwrap();
+    assert_eq!(m.status, Some(Status::Failed));
+    assert_eq!(m.error_code.as_deref(), Some("470"));
+
+    let lower = json!({"id": "n2", "topic": "message.status.updated", "data": {"message": {
+        "messageId": "wamid.l", "status": "delivered", "delivered_at": 1_749_540_000_000_i64}}});
+    assert_eq!(
+        one(Bsp::Aisensy, &lower.to_string())
+            .message
+            .unwrap()
+            .status,
+        Some(Status::Delivered)
+    );
+}
+
+#[test]
+fn aisensy_inbound_is_tracked_and_prioritised() {
+    let e = one(Bsp::Aisensy, &fixture("aisensy_inbound.json"));
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(e.legacy_type, "aisensy.message.sender.user");
+    assert_eq!(e.unified_type, "message.received");
+    assert_eq!(m.direction, Direction::Inbound);
+    assert_eq!(m.status, Some(Status::Received));
+    assert_eq!(
+        m.content.as_ref().unwrap()["content"]["text"],
+        "Hi, is the Diwali offer still valid?"
+    );
+    assert_eq!(m.content.as_ref().unwrap()["type"], "TEXT");
+    assert_eq!(priority(&e), 5);
+}
+
+#[test]
+fn aisensy_contact_and_template_topics_are_kept_untracked() {
+    let e = one(Bsp::Aisensy, &fixture("aisensy_contact_created.json"));
+    assert!(e.message.is_none());
+    assert_eq!(e.legacy_type, "aisensy.contact.created");
+    assert_eq!(e.raw["data"]["contact"]["name"], "Anita");
+    // The whole envelope is kept, not just {topic, data, id} (legacy D11).
+    assert_eq!(e.raw["delivery_attempt"], "1");
+
+    let tpl = json!({"id": "t1", "topic": "wa_template.status.updated", "data": {"name": "x"}});
+    assert!(one(Bsp::Aisensy, &tpl.to_string()).message.is_none());
+
+    // message.created from the customer repeats message.sender.user.
+    let echo = json!({"id": "c1", "topic": "message.created",
+                      "data": {"message": {"id": "m", "messageId": "wamid.m", "sender": "USER"}}});
+    assert!(one(Bsp::Aisensy, &echo.to_string()).message.is_none());
+    let bot = json!({"id": "c2", "topic": "message.created",
+                     "data": {"message": {"id": "m2", "messageId": "wamid.m2", "sender": "BOT", "status": "SENT", "sent_at": 5000}}});
+    let m = one(Bsp::Aisensy, &bot.to_string()).message.unwrap();
+    assert_eq!(m.status, Some(Status::Sent));
+}
+
+#[test]
+fn aisensy_unknown_topics_and_shapes_are_unrecognized() {
+    for body in [
+        json!({"id": "u1", "topic": "billing.updated", "data": {}}),
+        json!({"id": "u2", "data": {}}),
+        json!({"id": "u3", "topic": "message.status.updated", "data": {}}),
+        json!({"id": "u4", "topic": "message.status.updated", "data": {"message": {"status": "SENT"}}}),
+        json!(["not", "an", "envelope"]),
+    ] {
+        let p = parse(Bsp::Aisensy, &body.to_string());
+        assert!(p.events.is_empty(), "{body}");
+        assert_eq!(p.unrecognized.len(), 1, "{body}");
+    }
+}
+
+// ---------- Meta ----------
+
+#[test]
+fn meta_statuses() {
+    let sent = one(Bsp::Meta, &fixture("meta_status_sent.json"));
+    let m = sent.message.as_ref().unwrap();
+    assert_eq!(sent.unified_type, "message.sent");
+    assert_eq!(
+        m.wamid.as_deref(),
+        Some("wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSM0VCMEE4QzdGNEQyRTlBMUIwAA==")
+    );
+    assert_eq!(m.occurred_at, ms(1_749_540_002_000));
+    assert_eq!(m.phone_number.as_deref(), Some("919876543210"));
+    assert_eq!(m.business_number.as_deref(), Some("918071234567"));
+    assert_eq!(
+        m.tags["biz_opaque_callback_data"],
+        "cmp=diwali_2025;aud=42;row=1001"
+    );
+    assert_eq!(sent.raw["pricing"]["category"], "marketing");
+
+    let failed = one(Bsp::Meta, &fixture("meta_status_failed.json"));
+    let m = failed.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Failed));
+    assert_eq!(m.error_code.as_deref(), Some("131026"));
+    assert_eq!(m.reason.as_deref(), Some("Message undeliverable"));
+}
+
+#[test]
+fn meta_inbound_and_batches() {
+    let e = one(Bsp::Meta, &fixture("meta_inbound_text.json"));
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(e.unified_type, "message.received");
+    assert_eq!(m.phone_number.as_deref(), Some("919876543210"));
+    assert_eq!(m.content.as_ref().unwrap()["profile_name"], "Ravi Kumar");
+    assert_eq!(m.occurred_at, ms(1_749_540_120_000));
+    assert_eq!(priority(&e), 5);
+
+    let p = parse(Bsp::Meta, &fixture("meta_batch.json"));
+    assert!(p.unrecognized.is_empty());
+    assert_eq!(p.events.len(), 4);
+    let ids: std::collections::HashSet<_> = p.events.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(ids.len(), 4, "event ids are distinct");
+    let statuses: Vec<_> = p
+        .events
+        .iter()
+        .map(|e| e.message.as_ref().unwrap().status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            Some(Status::Delivered),
+            Some(Status::Read),
+            None,
+            Some(Status::Received)
+        ]
+    );
+    let inbound = p.events[3].message.as_ref().unwrap();
+    assert_eq!(inbound.content.as_ref().unwrap()["profile_name"], "Asha");
+    assert_eq!(
+        inbound.content.as_ref().unwrap()["context"]["id"],
+        "wamid.meta-b1"
+    );
+}
+
+#[test]
+fn meta_other_shapes() {
+    let tpl = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "message_template_status_update", "value": {"event": "APPROVED"}}]}]});
+    let e = one(Bsp::Meta, &tpl.to_string());
+    assert!(e.message.is_none());
+    assert_eq!(e.legacy_type, "meta.message_template_status_update");
+    for body in [
+        json!({"object": "page"}),
+        json!({"entry": [{"changes": [{"value": 3}]}]}),
+    ] {
+        let p = parse(Bsp::Meta, &body.to_string());
+        assert!(p.events.is_empty(), "{body}");
+        assert_eq!(p.unrecognized.len(), 1, "{body}");
+    }
+}
