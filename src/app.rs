@@ -30,6 +30,7 @@ use crate::queue::Inbox;
 use crate::queue::sqlite::SqliteInbox;
 use crate::sqlite::{SqliteDb, SqliteOptions};
 use crate::store::MessageStore;
+use crate::store::mongo::MongoStore;
 use crate::store::sqlite::SqliteStore;
 
 /// Most writes the embedded writer commits in one transaction.
@@ -60,7 +61,6 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
         for (set, name) in [
-            (settings.mongo_uri.is_some(), "MONGO_URI"),
             (settings.rabbitmq_url.is_some(), "RABBITMQ_URL"),
             (settings.redis_url.is_some(), "REDIS_URL"),
         ] {
@@ -86,7 +86,18 @@ impl Application {
             )
         })?;
         let inbox: Arc<dyn Inbox> = Arc::new(SqliteInbox::new(db.clone()));
-        let store: Arc<dyn MessageStore> = Arc::new(SqliteStore::new(db.clone()));
+        let store: Arc<dyn MessageStore> = match &settings.mongo_uri {
+            Some(uri) => {
+                let mongo = Arc::new(
+                    MongoStore::connect(uri, &settings.database_name)
+                        .await
+                        .context("MONGO_URI")?,
+                );
+                spawn_index_builder(mongo.clone());
+                mongo
+            }
+            None => Arc::new(SqliteStore::new(db.clone())),
+        };
         let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
 
         let providers = Providers::new();
@@ -164,6 +175,35 @@ impl Application {
             .context("server task failed")?
             .context("server failed")
     }
+}
+
+/// Builds the MongoDB indexes in the background, retrying while the server
+/// is unreachable: start-up never waits for (or crashes on) the database.
+fn spawn_index_builder(store: Arc<MongoStore>) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match store.ensure_indexes().await {
+                Ok(report) => {
+                    tracing::info!(?report, "mongodb indexes ready");
+                    return;
+                }
+                Err(e) if crate::store::mongo::is_duplicate_key(&e.to_string()) => {
+                    tracing::error!(
+                        error = %e,
+                        "the collection holds duplicate messages written by the legacy gateway; \
+                         run `zen-gateway migrate` to merge them and build the unique indexes"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot build mongodb indexes yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    });
 }
 
 /// Cancels `token` on SIGINT (ctrl-c) or SIGTERM.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use zen_gateway::app::{Application, cancel_on_signals};
 use zen_gateway::config::Settings;
+use zen_gateway::store::mongo::MongoStore;
 use zen_gateway::telemetry;
 
 #[derive(Parser)]
@@ -26,6 +27,9 @@ enum Command {
     Serve,
     /// Print the effective configuration with secrets masked, and exit.
     CheckConfig,
+    /// Prepare a MongoDB the legacy gateway wrote: merge its duplicate
+    /// documents per wamid, then build the indexes. Safe to run again.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,39 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(settings),
+        Command::Migrate => migrate(settings),
+    }
+}
+
+fn migrate(settings: Settings) -> ExitCode {
+    telemetry::init(settings.log_format);
+    let Some(uri) = settings.mongo_uri.clone() else {
+        eprintln!("zen-gateway migrate: MONGO_URI (Keys.json `mongo_uri`) is not set");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zen-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = MongoStore::connect(&uri, &settings.database_name).await?;
+        store.migrate().await
+    });
+    match result {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zen-gateway migrate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,11 +6,16 @@
 //! [`MessageRecord::apply`](crate::model::MessageRecord::apply) semantics and
 //! passes the same conformance suite.
 
+pub mod mongo;
 pub mod sqlite;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::model::{MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
+use chrono::{DateTime, Utc};
+
+use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
 
 /// Errors of a store backend.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +41,39 @@ pub struct Applied {
     pub duplicate: bool,
     /// The record after the event.
     pub record: MessageRecord,
+}
+
+/// Filters of `GET /api/v1/stats` (legacy `GetMessageStats`, extended).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsQuery {
+    pub project_owner_id: Option<String>,
+    pub campaign_id: Option<String>,
+    pub bsp: Option<Bsp>,
+    /// `created_at >= from`
+    pub from: Option<DateTime<Utc>>,
+    /// `created_at < to`
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Message counts by `current_status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MessageStats {
+    pub total: u64,
+    /// Always has `sent`, `delivered`, `read` and `failed` (0 when none),
+    /// plus any other status present.
+    pub by_status: BTreeMap<String, u64>,
+}
+
+impl MessageStats {
+    pub fn from_counts(mut by_status: BTreeMap<String, u64>) -> Self {
+        for s in ["sent", "delivered", "read", "failed"] {
+            by_status.entry(s.to_owned()).or_insert(0);
+        }
+        MessageStats {
+            total: by_status.values().sum(),
+            by_status,
+        }
+    }
 }
 
 /// Health of one backend, as `/ready` reports it.
@@ -65,6 +103,12 @@ pub trait MessageStore: Send + Sync {
 
     /// Keeps bodies no adapter understood.
     async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError>;
+
+    /// The most recent unrecognized bodies, newest first.
+    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError>;
+
+    /// Counts by `current_status`.
+    async fn stats(&self, query: &StatsQuery) -> Result<MessageStats, StoreError>;
 
     /// Backend health for `/ready`.
     async fn health(&self) -> BackendHealth;

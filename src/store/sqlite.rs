@@ -6,10 +6,12 @@
 //! the only one that ever writes.
 
 use async_trait::async_trait;
-use chrono::Utc;
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Applied, BackendHealth, MessageStore, StoreError};
+use super::{Applied, BackendHealth, MessageStats, MessageStore, StatsQuery, StoreError};
 use crate::model::{
     Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent,
 };
@@ -271,6 +273,67 @@ impl MessageStore for SqliteStore {
                 Ok(())
             })
             .await?)
+    }
+
+    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError> {
+        Ok(self
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT event_id, bsp, received_at_ms, reason, body FROM unrecognized
+                     ORDER BY id DESC LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit as i64], |r| {
+                    let bsp: String = r.get(1)?;
+                    let ms: i64 = r.get(2)?;
+                    Ok(UnrecognizedEvent {
+                        event_id: r.get(0)?,
+                        bsp: Bsp::parse(&bsp).unwrap_or_default(),
+                        received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
+                        reason: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await?)
+    }
+
+    async fn stats(&self, q: &StatsQuery) -> Result<MessageStats, StoreError> {
+        let q = q.clone();
+        let counts = self
+            .db
+            .read(move |conn| {
+                let mut sql =
+                    String::from("SELECT current_status, COUNT(*) FROM messages WHERE 1 = 1");
+                let mut args: Vec<rusqlite::types::Value> = Vec::new();
+                for (column, value) in [
+                    ("project_owner_id", q.project_owner_id.clone()),
+                    ("campaign_id", q.campaign_id.clone()),
+                    ("bsp", q.bsp.map(|b| b.as_str().to_owned())),
+                ] {
+                    if let Some(v) = value {
+                        sql.push_str(&format!(" AND {column} = ?"));
+                        args.push(v.into());
+                    }
+                }
+                if let Some(from) = q.from {
+                    sql.push_str(" AND created_at_ms >= ?");
+                    args.push(from.timestamp_millis().into());
+                }
+                if let Some(to) = q.to {
+                    sql.push_str(" AND created_at_ms < ?");
+                    args.push(to.timestamp_millis().into());
+                }
+                sql.push_str(" GROUP BY current_status");
+                let mut stmt = conn.prepare(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()
+            })
+            .await?;
+        Ok(MessageStats::from_counts(counts))
     }
 
     async fn health(&self) -> BackendHealth {

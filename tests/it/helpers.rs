@@ -104,7 +104,7 @@ impl TestApp {
     /// Polls the message until `done` holds (processing is asynchronous).
     pub async fn wait_for_message(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
-        for _ in 0..200 {
+        for _ in 0..600 {
             let resp = self.get_message(id).await;
             if resp.status() == 200 {
                 last = resp.json().await.expect("json");

@@ -6,4 +6,7 @@ mod helpers;
 mod crash_safety;
 mod ingest;
 mod messages;
+mod mongo_e2e;
 mod providers_e2e;
+mod services;
+mod store_conformance;

@@ -1,0 +1,240 @@
+//! The gateway on MongoDB (FerretDB in CI): legacy document shape, the
+//! migration of legacy duplicates, and a database outage under ingest.
+
+use bson::{Bson, doc};
+use chrono::{TimeZone, Utc};
+use futures::TryStreamExt;
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::services::{self, PrivateFerret};
+
+#[tokio::test]
+async fn the_gateway_on_mongodb_writes_legacy_shaped_documents() {
+    let Some(uri) = services::mongo_uri() else {
+        return;
+    };
+    let db_name = services::unique_db_name();
+    let app = spawn_app_with(|s| {
+        s.mongo_uri = Some(uri.clone());
+        s.database_name = db_name.clone();
+    })
+    .await;
+    let resp = app
+        .post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let wamid = "wamid.HBgMOTE5ODEyMzQ1Njc4FQIAERgSNDdCRkE1RTZEMDlDM0IyRjFBAA==";
+    let rec = app
+        .wait_for_message(wamid, |m| m["current_status"] == "delivered")
+        .await;
+    assert_eq!(rec["delivered_at"], "2025-06-10T07:20:07Z");
+    let ready: Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"]["backend"], "mongodb");
+    assert_eq!(ready["store"]["up"], true);
+
+    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let db = client.database(&db_name);
+    let doc = db
+        .collection::<bson::Document>("unified_message_tracking")
+        .find_one(doc! {"wamid": wamid})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(doc.get("_id"), Some(Bson::ObjectId(_))));
+    assert!(matches!(doc.get("created_at"), Some(Bson::DateTime(_))));
+    assert!(matches!(doc.get("delivered_at"), Some(Bson::DateTime(_))));
+    let history = doc.get_array("status_history").unwrap();
+    let entry = history[0].as_document().unwrap();
+    assert!(matches!(entry.get("timestamp"), Some(Bson::DateTime(_))));
+    assert_eq!(entry.get_str("source").unwrap(), "datagen");
+    for field in [
+        "message_id",
+        "bsp",
+        "phone_number",
+        "business_number",
+        "current_status",
+        "project_owner_id",
+    ] {
+        assert!(doc.get_str(field).is_ok(), "{field} must be a string");
+    }
+    app.stop().await;
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrate_merges_the_legacy_duplicates_then_indexes() {
+    let Some(uri) = services::mongo_uri() else {
+        return;
+    };
+    let db_name = services::unique_db_name();
+    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let db = client.database(&db_name);
+    let coll = db.collection::<bson::Document>("unified_message_tracking");
+    let t = |s: i64| bson::DateTime::from_chrono(Utc.timestamp_opt(1_749_540_000 + s, 0).unwrap());
+    let legacy = |wamid: &str, status: &str, history: Vec<(&str, i64)>, created: i64| {
+        doc! {
+            "_id": bson::oid::ObjectId::new(),
+            "message_id": bson::oid::ObjectId::new().to_hex(),
+            "wamid": wamid, "bsp": "datagen", "bsp_message_id": "",
+            "phone_number": "", "business_number": "", "current_status": status,
+            "status_history": history.into_iter().map(|(s, at)| doc! {"status": s, "source": "datagen", "timestamp": t(at)}).collect::<Vec<_>>(),
+            "project_owner_id": "919812345678",
+            "created_at": t(created), "updated_at": t(created),
+        }
+    };
+    // What the legacy gateway wrote for one message: the implicit insert, the
+    // extra `CreateMessage` document, and a late `sent` that regressed `read`.
+    coll.insert_many([
+        legacy("wamid.M1", "sent", vec![("sent", 1)], 1),
+        legacy("wamid.M1", "sent", vec![("sent", 1)], 2),
+        legacy(
+            "wamid.M1",
+            "sent",
+            vec![("sent", 1), ("read", 5), ("sent", 6)],
+            3,
+        ),
+        legacy("wamid.M2", "enqueued", vec![("enqueued", 1)], 1),
+    ])
+    .await
+    .unwrap();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .arg("migrate")
+        .env_clear()
+        .env("MONGO_URI", &uri)
+        .env("DATABASE_NAME", &db_name)
+        .env("KEYS_JSON", "/nonexistent/Keys.json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["merged_groups"], 1);
+    assert_eq!(report["removed_documents"], 2);
+
+    let docs: Vec<bson::Document> = coll
+        .find(doc! {"wamid": "wamid.M1"})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(docs.len(), 1);
+    let m1 = &docs[0];
+    assert_eq!(m1.get_str("current_status").unwrap(), "read");
+    // sent@1 (three identical copies → one), read@5, sent@6.
+    assert_eq!(m1.get_array("status_history").unwrap().len(), 3);
+    assert_eq!(m1.get_datetime("read_at").unwrap(), &t(5));
+    assert_eq!(m1.get_datetime("sent_at").unwrap(), &t(1));
+    assert_eq!(m1.get_datetime("created_at").unwrap(), &t(1));
+    assert_eq!(m1.get_str("project_owner_id").unwrap(), "919812345678");
+    let m2 = coll
+        .find_one(doc! {"wamid": "wamid.M2"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m2.get_str("current_status").unwrap(), "enqueued");
+
+    let names = coll.list_index_names().await.unwrap();
+    for name in [
+        "wamid_unique",
+        "bsp_message_id_unique",
+        "project_owner_id_created_at",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+    }
+    // Running it again changes nothing.
+    let store = zen_gateway::store::mongo::MongoStore::new(db.clone());
+    let again = store.migrate().await.unwrap();
+    assert_eq!(again.merged_groups, 0);
+
+    // The gateway goes on from the merged document.
+    use zen_gateway::store::MessageStore;
+    let rec = store.find_message("wamid.M1").await.unwrap().unwrap();
+    assert_eq!(rec.current_status, "read");
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_outage_pauses_processing_and_loses_nothing() {
+    let Some(bin) = services::ferretdb_bin() else {
+        return;
+    };
+    let ferret_dir = tempfile::tempdir().unwrap();
+    let mut ferret = PrivateFerret::new(bin, ferret_dir.path());
+    let uri = ferret.uri();
+    // The database is down when the gateway starts: no crash loop.
+    let app = spawn_app_with(|s| s.mongo_uri = Some(uri.clone())).await;
+    for i in 0..20 {
+        let resp = app
+            .post_webhook(
+                "/webhook/datagen",
+                datagen_status(&format!("wamid.out-{i}"), "sent", 1_000 + i),
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "ingest must not wait for the database");
+    }
+    let ready: Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"]["up"], false);
+    assert_eq!(ready["status"], "degraded");
+    assert!(ready["inbox_depth"].as_u64().unwrap() > 0);
+
+    ferret.start().await;
+    for i in 0..20 {
+        app.wait_for_message(&format!("wamid.out-{i}"), |m| m["current_status"] == "sent")
+            .await;
+    }
+
+    // Down again mid-run, more traffic, back up.
+    ferret.stop();
+    for i in 20..40 {
+        let resp = app
+            .post_webhook(
+                "/webhook/datagen",
+                datagen_status(&format!("wamid.out-{i}"), "delivered", 2_000 + i),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+    ferret.start().await;
+    for i in 20..40 {
+        app.wait_for_message(&format!("wamid.out-{i}"), |m| {
+            m["current_status"] == "delivered"
+        })
+        .await;
+    }
+    let ready: Value = app
+        .client
+        .get(app.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["store"]["up"], true);
+    app.stop().await;
+}

@@ -1,0 +1,439 @@
+//! One conformance suite, run on every store backend: the embedded SQLite
+//! store and the MongoDB store (against FerretDB in CI).
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use zen_gateway::model::{
+    Bsp, Direction, MessageEvent, OutboundRegistration, Status, UnifiedEvent, UnrecognizedEvent,
+};
+use zen_gateway::sqlite::{SqliteDb, SqliteOptions, Synchronous};
+use zen_gateway::store::mongo::MongoStore;
+use zen_gateway::store::sqlite::SqliteStore;
+use zen_gateway::store::{MessageStore, StatsQuery};
+
+use crate::services;
+
+pub struct Backend {
+    pub store: Arc<dyn MessageStore>,
+    cleanup: Option<mongodb::Database>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    pub async fn finish(self) {
+        if let Some(db) = self.cleanup {
+            let _ = db.drop().await;
+        }
+    }
+}
+
+pub fn sqlite_backend() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&SqliteOptions {
+        path: dir.path().join("zen.db"),
+        synchronous: Synchronous::Normal,
+        queue_capacity: 1000,
+        max_batch: 256,
+        readers: 2,
+    })
+    .unwrap();
+    Backend {
+        store: Arc::new(SqliteStore::new(db)),
+        cleanup: None,
+        _dir: Some(dir),
+    }
+}
+
+pub async fn mongo_backend() -> Option<Backend> {
+    let uri = services::mongo_uri()?;
+    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let db = client.database(&services::unique_db_name());
+    let store = MongoStore::new(db.clone());
+    store.ensure_indexes().await.expect("indexes");
+    Some(Backend {
+        store: Arc::new(store),
+        cleanup: Some(db),
+        _dir: None,
+    })
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let b = super::sqlite_backend();
+                    super::cases::$case(&*b.store).await;
+                    b.finish().await;
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(b) = super::mongo_backend().await else { return };
+                    super::cases::$case(&*b.store).await;
+                    b.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    events_create_and_update_a_record,
+    duplicates_change_nothing,
+    order_across_batches_does_not_matter,
+    provider_keyed_messages_are_separate_per_bsp,
+    a_wamid_learned_later_joins_the_record,
+    registration_before_and_after_events,
+    unknown_statuses_and_non_message_events,
+    unrecognized_bodies_round_trip,
+    stats_count_by_status_with_filters,
+    a_large_mixed_batch_applies_every_event,
+    inbound_messages_keep_their_content,
+);
+
+pub fn status(
+    bsp: Bsp,
+    wamid: Option<&str>,
+    provider_id: Option<&str>,
+    s: &str,
+    secs: i64,
+) -> UnifiedEvent {
+    let mapped = Status::parse(&s.to_lowercase());
+    UnifiedEvent {
+        event_id: format!("evt-{s}-{secs}"),
+        bsp,
+        legacy_type: format!("{bsp}.delivery"),
+        unified_type: mapped
+            .map(Status::event_type)
+            .unwrap_or("message.unknown")
+            .into(),
+        received_at: Utc::now(),
+        raw: serde_json::json!({"status": s}),
+        message: Some(MessageEvent {
+            wamid: wamid.map(Into::into),
+            bsp_message_id: provider_id.map(Into::into),
+            direction: Direction::Outbound,
+            phone_number: Some("919800000001".into()),
+            business_number: Some("918000000001".into()),
+            status: mapped,
+            raw_status: Some(s.into()),
+            occurred_at: Utc.timestamp_opt(1_749_540_000 + secs, 0).unwrap(),
+            error_code: (mapped == Some(Status::Failed)).then(|| "131026".into()),
+            reason: (mapped == Some(Status::Failed)).then(|| "undeliverable".into()),
+            campaign_id: Some("cmp-1".into()),
+            dedup_key: format!("{}|{secs}", s.to_lowercase()),
+            ..Default::default()
+        }),
+    }
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn events_create_and_update_a_record(store: &dyn MessageStore) {
+        let out = store
+            .apply(&[
+                status(Bsp::Datagen, Some("wamid.A"), None, "sent", 1),
+                status(Bsp::Datagen, Some("wamid.A"), None, "delivered", 2),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|a| !a.as_ref().unwrap().duplicate));
+        let rec = store.find_message("wamid.A").await.unwrap().unwrap();
+        assert_eq!(rec.current_status, "delivered");
+        assert_eq!(rec.bsp, "datagen");
+        assert_eq!(rec.phone_number, "919800000001");
+        assert_eq!(rec.business_number, "918000000001");
+        assert_eq!(rec.campaign_id.as_deref(), Some("cmp-1"));
+        assert_eq!(
+            rec.sent_at,
+            Some(Utc.timestamp_opt(1_749_540_001, 0).unwrap())
+        );
+        assert_eq!(
+            rec.delivered_at,
+            Some(Utc.timestamp_opt(1_749_540_002, 0).unwrap())
+        );
+        assert_eq!(rec.status_history.len(), 2);
+        assert_eq!(rec.status_history[0].status, "sent");
+        assert_eq!(rec.status_history[0].source, "datagen");
+        let by_id = store.find_message(&rec.message_id).await.unwrap().unwrap();
+        assert_eq!(by_id.message_id, rec.message_id);
+        assert!(store.find_message("wamid.nope").await.unwrap().is_none());
+    }
+
+    pub async fn duplicates_change_nothing(store: &dyn MessageStore) {
+        let ev = status(Bsp::Datagen, Some("wamid.D"), None, "read", 5);
+        let out = store.apply(&[ev.clone(), ev.clone()]).await.unwrap();
+        let flags: Vec<bool> = out.iter().map(|a| a.as_ref().unwrap().duplicate).collect();
+        assert_eq!(flags, [false, true]);
+        let before = store.find_message("wamid.D").await.unwrap().unwrap();
+        let out = store.apply(&[ev]).await.unwrap();
+        assert!(out[0].as_ref().unwrap().duplicate);
+        let after = store.find_message("wamid.D").await.unwrap().unwrap();
+        assert_eq!(before, after);
+        assert_eq!(after.status_history.len(), 1);
+    }
+
+    pub async fn order_across_batches_does_not_matter(store: &dyn MessageStore) {
+        for (s, t) in [("read", 3), ("sent", 1), ("failed", 2), ("delivered", 4)] {
+            store
+                .apply(&[status(Bsp::Meta, Some("wamid.O"), None, s, t)])
+                .await
+                .unwrap();
+        }
+        let rec = store.find_message("wamid.O").await.unwrap().unwrap();
+        assert_eq!(rec.current_status, "read");
+        assert_eq!(
+            rec.failed_at,
+            Some(Utc.timestamp_opt(1_749_540_002, 0).unwrap())
+        );
+        assert_eq!(
+            rec.read_at,
+            Some(Utc.timestamp_opt(1_749_540_003, 0).unwrap())
+        );
+        assert_eq!(rec.status_history.len(), 4);
+        let failed = rec
+            .status_history
+            .iter()
+            .find(|h| h.status == "failed")
+            .unwrap();
+        assert_eq!(failed.error_code.as_deref(), Some("131026"));
+        assert_eq!(failed.reason.as_deref(), Some("undeliverable"));
+    }
+
+    pub async fn provider_keyed_messages_are_separate_per_bsp(store: &dyn MessageStore) {
+        store
+            .apply(&[
+                status(Bsp::Karix, None, Some("176900"), "sent", 1),
+                status(Bsp::Karix, None, Some("176900"), "delivered", 2),
+                status(Bsp::Aisensy, None, Some("176900"), "failed", 3),
+            ])
+            .await
+            .unwrap();
+        let rec = store.find_message("176900").await.unwrap().unwrap();
+        assert_eq!(rec.bsp, "karix");
+        assert_eq!(rec.current_status, "delivered");
+        assert!(rec.wamid.is_none());
+        let stats = store
+            .stats(&StatsQuery {
+                bsp: Some(Bsp::Aisensy),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(stats.total, 1);
+        assert_eq!(stats.by_status["failed"], 1);
+    }
+
+    pub async fn a_wamid_learned_later_joins_the_record(store: &dyn MessageStore) {
+        store
+            .apply(&[status(Bsp::Aisensy, None, Some("ais-1"), "sent", 1)])
+            .await
+            .unwrap();
+        store
+            .apply(&[status(
+                Bsp::Aisensy,
+                Some("wamid.L"),
+                Some("ais-1"),
+                "read",
+                2,
+            )])
+            .await
+            .unwrap();
+        let by_wamid = store.find_message("wamid.L").await.unwrap().unwrap();
+        let by_provider = store.find_message("ais-1").await.unwrap().unwrap();
+        assert_eq!(by_wamid.message_id, by_provider.message_id);
+        assert_eq!(by_wamid.current_status, "read");
+        assert_eq!(by_wamid.status_history.len(), 2);
+    }
+
+    pub async fn registration_before_and_after_events(store: &dyn MessageStore) {
+        let reg = |w: &str| OutboundRegistration {
+            bsp: Bsp::Datagen,
+            wamid: Some(w.into()),
+            campaign_id: Some("cmp-R".into()),
+            project_id: Some("prj-R".into()),
+            project_owner_id: Some("owner-R".into()),
+            bsp_data: Some(serde_json::json!({"template": "diwali"})),
+            ..Default::default()
+        };
+        let (rec, created) = store.register(&reg("wamid.R1")).await.unwrap();
+        assert!(created);
+        assert_eq!(rec.current_status, "accepted");
+        store
+            .apply(&[status(Bsp::Datagen, Some("wamid.R1"), None, "delivered", 1)])
+            .await
+            .unwrap();
+        let rec = store.find_message("wamid.R1").await.unwrap().unwrap();
+        assert_eq!(rec.current_status, "delivered");
+        assert_eq!(rec.project_owner_id, "owner-R");
+        assert_eq!(rec.bsp_data.as_ref().unwrap()["template"], "diwali");
+
+        store
+            .apply(&[status(Bsp::Datagen, Some("wamid.R2"), None, "read", 1)])
+            .await
+            .unwrap();
+        let (rec, created) = store.register(&reg("wamid.R2")).await.unwrap();
+        assert!(!created);
+        assert_eq!(rec.current_status, "read");
+        assert_eq!(rec.campaign_id.as_deref(), Some("cmp-R"));
+        let stored = store.find_message("wamid.R2").await.unwrap().unwrap();
+        assert_eq!(stored.project_owner_id, "owner-R");
+        assert_eq!(stored.status_history.len(), 1);
+    }
+
+    pub async fn unknown_statuses_and_non_message_events(store: &dyn MessageStore) {
+        store
+            .apply(&[
+                status(Bsp::Datagen, Some("wamid.U"), None, "sent", 1),
+                status(Bsp::Datagen, Some("wamid.U"), None, "Enqueued", 2),
+            ])
+            .await
+            .unwrap();
+        let rec = store.find_message("wamid.U").await.unwrap().unwrap();
+        assert_eq!(rec.current_status, "sent");
+        assert_eq!(rec.status_history.len(), 2);
+        assert_eq!(rec.status_history[1].status, "enqueued");
+        assert_eq!(
+            rec.status_history[1].raw_status.as_deref(),
+            Some("Enqueued")
+        );
+
+        let mut contact = status(Bsp::Aisensy, None, None, "sent", 1);
+        contact.message = None;
+        let out = store.apply(&[contact]).await.unwrap();
+        assert_eq!(out, vec![None]);
+    }
+
+    pub async fn unrecognized_bodies_round_trip(store: &dyn MessageStore) {
+        let u = |id: &str| UnrecognizedEvent {
+            event_id: id.into(),
+            bsp: Bsp::Karix,
+            received_at: Utc.timestamp_opt(1_749_540_000, 0).unwrap(),
+            reason: "unknown shape".into(),
+            body: format!("{{\"id\":\"{id}\"}}"),
+        };
+        store
+            .record_unrecognized(&[u("u1"), u("u2")])
+            .await
+            .unwrap();
+        let listed = store.list_unrecognized(10).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].event_id, "u2");
+        assert_eq!(listed[1], u("u1"));
+    }
+
+    pub async fn stats_count_by_status_with_filters(store: &dyn MessageStore) {
+        let mut events = Vec::new();
+        for (i, s) in ["sent", "delivered", "delivered", "read", "failed"]
+            .iter()
+            .enumerate()
+        {
+            events.push(status(
+                Bsp::Datagen,
+                Some(&format!("wamid.S{i}")),
+                None,
+                s,
+                i as i64,
+            ));
+        }
+        store.apply(&events).await.unwrap();
+        for i in 0..3 {
+            store
+                .register(&OutboundRegistration {
+                    bsp: Bsp::Datagen,
+                    wamid: Some(format!("wamid.S{i}")),
+                    project_owner_id: Some("owner-S".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let all = store.stats(&StatsQuery::default()).await.unwrap();
+        assert_eq!(all.total, 5);
+        assert_eq!(all.by_status["delivered"], 2);
+        assert_eq!(all.by_status["read"], 1);
+        let owner = store
+            .stats(&StatsQuery {
+                project_owner_id: Some("owner-S".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(owner.total, 3);
+        assert_eq!(owner.by_status["sent"], 1);
+        assert_eq!(owner.by_status["read"], 0);
+        let campaign = store
+            .stats(&StatsQuery {
+                campaign_id: Some("cmp-1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(campaign.total, 5);
+        let future = store
+            .stats(&StatsQuery {
+                from: Some(Utc::now() + chrono::Duration::hours(1)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(future.total, 0);
+        let past = store
+            .stats(&StatsQuery {
+                to: Some(Utc::now() + chrono::Duration::hours(1)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(past.total, 5);
+    }
+
+    pub async fn a_large_mixed_batch_applies_every_event(store: &dyn MessageStore) {
+        let mut events = Vec::new();
+        for i in 0..60 {
+            let w = format!("wamid.big-{i}");
+            for (s, t) in [("read", 3), ("sent", 1), ("delivered", 2)] {
+                events.push(status(Bsp::Datagen, Some(&w), None, s, t));
+            }
+        }
+        // A few duplicates in the same batch.
+        events.extend(events[..10].to_vec());
+        let out = store.apply(&events).await.unwrap();
+        assert_eq!(
+            out.iter().filter(|a| a.as_ref().unwrap().duplicate).count(),
+            10
+        );
+        for i in 0..60 {
+            let rec = store
+                .find_message(&format!("wamid.big-{i}"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec.current_status, "read", "{i}");
+            assert_eq!(rec.status_history.len(), 3, "{i}");
+        }
+    }
+
+    pub async fn inbound_messages_keep_their_content(store: &dyn MessageStore) {
+        let mut ev = status(Bsp::Meta, Some("wamid.IN"), None, "received", 1);
+        let m = ev.message.as_mut().unwrap();
+        m.direction = Direction::Inbound;
+        m.status = Some(Status::Received);
+        m.content = Some(serde_json::json!({"type": "text", "text": {"body": "hello"}, "n": 1.5}));
+        m.tags.insert("k".into(), "v".into());
+        store.apply(&[ev]).await.unwrap();
+        let rec = store.find_message("wamid.IN").await.unwrap().unwrap();
+        assert_eq!(rec.direction, Direction::Inbound);
+        assert_eq!(rec.current_status, "received");
+        assert_eq!(rec.content.unwrap()["text"]["body"], "hello");
+        assert_eq!(rec.bsp_data.unwrap()["tags"]["k"], "v");
+    }
+}
