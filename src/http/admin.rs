@@ -1,22 +1,83 @@
 //! The admin API under `/api/v1` (bearer `ADMIN_API_KEY`).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppState;
 use super::extract::{Admin, ApiJson};
 use crate::error::ApiError;
-use crate::model::{Bsp, MessageRecord, OutboundRegistration};
+use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnrecognizedEvent};
+use crate::store::{MessageStats, StatsQuery};
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/messages", post(register_message))
         .route("/messages/{id}", get(get_message))
+        .route("/stats", get(stats))
+        .route("/unrecognized", get(unrecognized))
+}
+
+/// `GET /api/v1/stats` filters; times are RFC 3339.
+#[derive(Debug, Deserialize)]
+struct StatsParams {
+    project_owner_id: Option<String>,
+    campaign_id: Option<String>,
+    bsp: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    v.filter(|s| !s.is_empty())
+        .map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| ApiError::BadRequest(format!("{field}: not an RFC 3339 time: {e}")))
+        })
+        .transpose()
+}
+
+async fn stats(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(p): Query<StatsParams>,
+) -> Result<Json<MessageStats>, ApiError> {
+    let bsp = p
+        .bsp
+        .filter(|b| !b.is_empty())
+        .map(|b| {
+            Bsp::parse(&b)
+                .ok_or_else(|| ApiError::BadRequest(format!("bsp: unknown provider {b:?}")))
+        })
+        .transpose()?;
+    let query = StatsQuery {
+        project_owner_id: p.project_owner_id.filter(|s| !s.is_empty()),
+        campaign_id: p.campaign_id.filter(|s| !s.is_empty()),
+        bsp,
+        from: parse_time("from", p.from)?,
+        to: parse_time("to", p.to)?,
+    };
+    Ok(Json(state.store.stats(&query).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    limit: Option<usize>,
+}
+
+async fn unrecognized(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<Vec<UnrecognizedEvent>>, ApiError> {
+    let limit = p.limit.unwrap_or(50).clamp(1, 500);
+    Ok(Json(state.store.list_unrecognized(limit).await?))
 }
 
 async fn get_message(

@@ -311,3 +311,44 @@ async fn unrecognized_bodies_are_acked_and_kept() {
     assert!(reason.contains("billing.updated"), "{reason}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn stats_over_http() {
+    let app = spawn_app().await;
+    for (w, s) in [
+        ("wamid.st1", "sent"),
+        ("wamid.st2", "Read"),
+        ("wamid.st3", "Read"),
+    ] {
+        app.post_webhook("/webhook/datagen", datagen_status(w, s, 1_749_540_000_000))
+            .await;
+    }
+    app.wait_for_message("wamid.st3", |m| m["current_status"] == "read")
+        .await;
+    app.wait_for_message("wamid.st1", |m| m["current_status"] == "sent")
+        .await;
+    let stats: Value = app
+        .client
+        .get(app.url("/api/v1/stats?bsp=datagen&campaign_id=cmp-1"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"], 3);
+    assert_eq!(stats["by_status"]["read"], 2);
+    assert_eq!(stats["by_status"]["delivered"], 0);
+    let bad = app
+        .client
+        .get(app.url("/api/v1/stats?from=yesterday"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().starts_with("from:"));
+    app.stop().await;
+}
