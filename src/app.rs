@@ -27,6 +27,7 @@ use crate::ingest::Ingest;
 use crate::processor::Processor;
 use crate::providers::Providers;
 use crate::queue::Inbox;
+use crate::queue::rabbitmq::{RabbitInbox, RabbitOptions};
 use crate::queue::sqlite::SqliteInbox;
 use crate::sqlite::{SqliteDb, SqliteOptions};
 use crate::store::MessageStore;
@@ -43,6 +44,7 @@ pub struct Application {
     state: AppState,
     processor: Processor,
     db: Option<SqliteDb>,
+    rabbit: Option<Arc<RabbitInbox>>,
 }
 
 impl Application {
@@ -60,10 +62,7 @@ impl Application {
         settings: Settings,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
-        for (set, name) in [
-            (settings.rabbitmq_url.is_some(), "RABBITMQ_URL"),
-            (settings.redis_url.is_some(), "REDIS_URL"),
-        ] {
+        for (set, name) in [(settings.redis_url.is_some(), "REDIS_URL")] {
             if set {
                 bail!(
                     "{name} is set, but this build only has the embedded backend for that role; \
@@ -85,7 +84,25 @@ impl Application {
                 settings.sqlite_path().display()
             )
         })?;
-        let inbox: Arc<dyn Inbox> = Arc::new(SqliteInbox::new(db.clone()));
+        let mut rabbit = None;
+        let inbox: Arc<dyn Inbox> = match &settings.rabbitmq_url {
+            Some(url) => {
+                let mut delays = settings.retry_delays().unwrap_or_default();
+                delays.sort_unstable();
+                delays.dedup();
+                let r = RabbitInbox::start(RabbitOptions {
+                    url: url.clone(),
+                    prefix: settings.rabbitmq_queue_prefix.clone(),
+                    consume: true,
+                    prefetch: settings.rabbitmq_prefetch,
+                    publish_channels: settings.rabbitmq_publish_channels,
+                    retry_delays_ms: delays,
+                });
+                rabbit = Some(r.clone());
+                r
+            }
+            None => Arc::new(SqliteInbox::new(db.clone())),
+        };
         let store: Arc<dyn MessageStore> = match &settings.mongo_uri {
             Some(uri) => {
                 let mongo = Arc::new(
@@ -121,6 +138,7 @@ impl Application {
             state,
             processor,
             db: Some(db),
+            rabbit,
         })
     }
 
@@ -136,6 +154,7 @@ impl Application {
             state,
             processor,
             db,
+            rabbit,
         } = self;
         let grace = Duration::from_secs(settings.shutdown_timeout_secs);
         let workers = CancellationToken::new();
@@ -166,6 +185,9 @@ impl Application {
         workers.cancel();
         if tokio::time::timeout(grace, processor_task).await.is_err() {
             tracing::warn!("processor did not stop in time; its batch stays in the inbox");
+        }
+        if let Some(rabbit) = rabbit {
+            rabbit.close().await;
         }
         if let Some(db) = db {
             db.close().await;

@@ -37,6 +37,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("CACHE_MAX_ENTRIES", "cache_max_entries"),
     ("LOG_FORMAT", "log_format"),
+    ("RABBITMQ_QUEUE_PREFIX", "rabbitmq_queue_prefix"),
+    ("RABBITMQ_PREFETCH", "rabbitmq_prefetch"),
+    ("RABBITMQ_PUBLISH_CHANNELS", "rabbitmq_publish_channels"),
+    ("FORWARD_RETRY_DELAYS_MS", "forward_retry_delays_ms"),
     ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
     ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
     ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
@@ -99,6 +103,17 @@ pub struct Settings {
     pub cache_max_entries: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// Prefix for every RabbitMQ exchange and queue name (empty: the legacy
+    /// names; set it only to run several isolated gateways on one broker).
+    #[serde(default)]
+    pub rabbitmq_queue_prefix: String,
+    /// Unacked inbox deliveries the broker pushes to one replica.
+    pub rabbitmq_prefetch: u16,
+    /// Confirm-mode channels that ingest publishes are spread over.
+    pub rabbitmq_publish_channels: usize,
+    /// Forwarding retry delays in ms, comma-separated: one per retry, so
+    /// `3000,3000` is the legacy 3 attempts, 3 s apart.
+    pub forward_retry_delays_ms: String,
     /// Datagen webhooks must carry this token (`X-Webhook-Token` or `?token=`).
     #[serde(default, deserialize_with = "empty_as_none")]
     pub datagen_webhook_token: Option<String>,
@@ -178,6 +193,9 @@ impl Settings {
             ("request_timeout_secs", "30"),
             ("cache_max_entries", "100000"),
             ("log_format", "text"),
+            ("rabbitmq_prefetch", "512"),
+            ("rabbitmq_publish_channels", "4"),
+            ("forward_retry_delays_ms", "3000,3000"),
         ] {
             builder = builder
                 .set_default(key, value)
@@ -242,6 +260,18 @@ impl Settings {
         if self.database_name.trim().is_empty() {
             return bad("database_name", "must not be empty");
         }
+        if self.retry_delays().is_none() {
+            return bad(
+                "forward_retry_delays_ms",
+                "must be a comma-separated list of delays in ms (1..86400000)",
+            );
+        }
+        if self.rabbitmq_publish_channels == 0 || self.rabbitmq_prefetch == 0 {
+            return bad(
+                "rabbitmq_publish_channels",
+                "channels and prefetch must be > 0",
+            );
+        }
         if self.bind_address.parse::<std::net::IpAddr>().is_err() {
             return bad("bind_address", "must be an IP address");
         }
@@ -280,6 +310,20 @@ impl Settings {
             )
         })
         .collect()
+    }
+
+    /// The forwarding retry delays, one per retry.
+    pub fn retry_delays(&self) -> Option<Vec<u32>> {
+        self.forward_retry_delays_ms
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=86_400_000).contains(d))
+            })
+            .collect()
     }
 
     /// The embedded database file.

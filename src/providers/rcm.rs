@@ -45,6 +45,13 @@ pub fn parse_body(flavor: &Flavor, webhook: &RawWebhook<'_>) -> Parsed {
         Err(e) => return Parsed::unrecognized_body(webhook, format!("body is not JSON: {e}")),
     };
     let mut parsed = Parsed::default();
+    // The legacy BSP-queue form of a batch, as RabbitMQ delivers it back.
+    let value = match value {
+        Value::Object(mut obj) if obj.get("batch_data").is_some_and(Value::is_array) => {
+            obj.remove("batch_data").unwrap_or_default()
+        }
+        other => other,
+    };
     match value {
         Value::Array(items) => {
             for (index, item) in items.into_iter().enumerate() {

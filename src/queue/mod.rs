@@ -5,6 +5,7 @@
 //! to the processor is at-least-once: an entry is only removed by `ack`,
 //! after its events are applied, and comes back after a crash otherwise.
 
+pub mod rabbitmq;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -46,8 +47,13 @@ pub struct InboxEntry {
     pub event_id: String,
     pub bsp: Bsp,
     pub received_at: DateTime<Utc>,
-    /// The body exactly as received.
+    /// The body exactly as received (on RabbitMQ: as the legacy BSP queue
+    /// carries it, see [`rabbitmq::legacy_body`]).
     pub body: Bytes,
+    /// Queue priority (0–10): inbound user messages before status reports.
+    pub priority: u8,
+    /// Number of events when the body is a JSON array (Datagen batches).
+    pub batch_len: Option<usize>,
 }
 
 /// Identifies a received entry for `ack`.

@@ -95,6 +95,8 @@ impl Inbox for SqliteInbox {
                                         .single()
                                         .unwrap_or_else(Utc::now),
                                     body: Bytes::from(body),
+                                    priority: 0,
+                                    batch_len: None,
                                 },
                             })
                         })?;

@@ -8,5 +8,6 @@ mod ingest;
 mod messages;
 mod mongo_e2e;
 mod providers_e2e;
+mod rabbitmq_e2e;
 mod services;
 mod store_conformance;

@@ -89,3 +89,12 @@ impl Drop for PrivateFerret {
         self.stop();
     }
 }
+
+pub fn rabbitmq_url() -> Option<String> {
+    service_url("ZEN_TEST_RABBITMQ_URL")
+}
+
+/// A queue/exchange name prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}

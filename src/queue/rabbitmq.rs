@@ -1,0 +1,631 @@
+//! The inbox on RabbitMQ, compatible with the broker the legacy gateway
+//! shared (DESIGN §2, LEGACY.md §3).
+//!
+//! Ingest publishes **once** per webhook, persistent and mandatory, to
+//! `zen_ingest_exchange` (direct, routing key = the BSP); its bindings put one
+//! copy on the legacy BSP queue for downstream consumers and one on
+//! `zen_ingest_queue` for the processor. `append` returns only after the
+//! broker's publisher confirm; a nack, a return (unroutable) or a lost
+//! connection is an error, which the HTTP edge turns into 503.
+//!
+//! One supervisor task owns the connection: it declares the topology (the
+//! legacy arguments exactly: a mismatch is a 406 from the broker), opens a
+//! small pool of confirm-mode publishing channels and, when this replica
+//! processes, one consuming channel; when anything breaks it reconnects with
+//! backoff. Delivery tags carry the connection generation, so an ack for a
+//! delivery of a dead connection is skipped (the broker redelivers it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::{Mutex, Notify, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use super::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QueueError};
+use crate::model::Bsp;
+use crate::store::BackendHealth;
+
+pub const INGEST_EXCHANGE: &str = "zen_ingest_exchange";
+pub const INGEST_QUEUE: &str = "zen_ingest_queue";
+pub const INGEST_DLX: &str = "zen_ingest_dlx";
+pub const INGEST_DLQ: &str = "zen_ingest_dlq";
+pub const FORWARDING_EXCHANGE: &str = "webhook_forwarding_exchange";
+pub const FORWARDING_QUEUE: &str = "webhook_forwarding_queue";
+pub const FORWARDING_DLX: &str = "webhook_forwarding_dlx";
+pub const FORWARDING_DLQ: &str = "webhook_forwarding_dlq";
+pub const FORWARDING_ROUTING_KEY: &str = "webhook.forward";
+
+/// The legacy per-BSP queue that receives the raw events (Meta is new).
+pub fn bsp_queue(bsp: Bsp) -> String {
+    format!("{bsp}_webhook_queue")
+}
+
+/// The per-delay retry queue of the forwarder: messages wait `ms` there and
+/// dead-letter back to the forwarding exchange (no plugin needed).
+pub fn retry_queue(ms: u32) -> String {
+    format!("webhook_forwarding_retry_{ms}")
+}
+
+const HEADER_EVENT_ID: &str = "x-zen-event-id";
+const HEADER_BSP: &str = "x-zen-bsp";
+const HEADER_RECEIVED_AT: &str = "x-zen-received-at";
+
+/// Settings of the RabbitMQ inbox.
+#[derive(Debug, Clone)]
+pub struct RabbitOptions {
+    pub url: String,
+    /// Prepended to every exchange and queue name. Empty in production (the
+    /// legacy names); tests use it to isolate themselves on one broker.
+    pub prefix: String,
+    /// Consume `zen_ingest_queue` (this replica runs the processor).
+    pub consume: bool,
+    /// Unacked deliveries the broker may push to this replica.
+    pub prefetch: u16,
+    /// Confirm-mode channels publishes are spread over.
+    pub publish_channels: usize,
+    /// Retry delays of the forwarder, one queue each.
+    pub retry_delays_ms: Vec<u32>,
+}
+
+struct Live {
+    generation: u64,
+    connection: Connection,
+    publishers: Vec<Channel>,
+    next_publisher: AtomicUsize,
+    consumer_channel: Option<Channel>,
+    consumer: Option<Mutex<Consumer>>,
+}
+
+/// The inbox on RabbitMQ.
+pub struct RabbitInbox {
+    opts: RabbitOptions,
+    live: RwLock<Option<Arc<Live>>>,
+    generation: AtomicU64,
+    connected: AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+    broken: Notify,
+    shutdown: CancellationToken,
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn unavailable(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+/// Declares everything, idempotently, with the legacy arguments.
+pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), lapin::Error> {
+    let p = &opts.prefix;
+    let name = |n: &str| format!("{p}{n}");
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let lazy_priority = table(&[
+        ("x-queue-mode", long("lazy")),
+        ("x-max-priority", AMQPValue::LongInt(10)),
+    ]);
+
+    // Ingest: one publish, two copies (BSP queue + processor inbox).
+    ch.exchange_declare(
+        name(INGEST_EXCHANGE).into(),
+        ExchangeKind::Direct,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        name(INGEST_DLX).into(),
+        ExchangeKind::Fanout,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        name(INGEST_DLQ).into(),
+        durable_queue,
+        table(&[("x-queue-mode", long("lazy"))]),
+    )
+    .await?;
+    ch.queue_bind(
+        name(INGEST_DLQ).into(),
+        name(INGEST_DLX).into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        name(INGEST_QUEUE).into(),
+        durable_queue,
+        table(&[
+            ("x-queue-mode", long("lazy")),
+            ("x-max-priority", AMQPValue::LongInt(10)),
+            ("x-dead-letter-exchange", long(&name(INGEST_DLX))),
+        ]),
+    )
+    .await?;
+    for bsp in Bsp::ALL {
+        let queue = name(&bsp_queue(bsp));
+        ch.queue_declare(queue.as_str().into(), durable_queue, lazy_priority.clone())
+            .await?;
+        for target in [queue.clone(), name(INGEST_QUEUE)] {
+            ch.queue_bind(
+                target.into(),
+                name(INGEST_EXCHANGE).into(),
+                bsp.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+    }
+
+    // Forwarding: the legacy queue, exchange, DLX and DLQ.
+    ch.exchange_declare(
+        name(FORWARDING_EXCHANGE).into(),
+        ExchangeKind::Direct,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        name(FORWARDING_DLX).into(),
+        ExchangeKind::Fanout,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        name(FORWARDING_DLQ).into(),
+        durable_queue,
+        table(&[("x-queue-mode", long("lazy"))]),
+    )
+    .await?;
+    ch.queue_bind(
+        name(FORWARDING_DLQ).into(),
+        name(FORWARDING_DLX).into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        name(FORWARDING_QUEUE).into(),
+        durable_queue,
+        table(&[
+            ("x-dead-letter-exchange", long(&name(FORWARDING_DLX))),
+            ("x-queue-mode", long("lazy")),
+            ("x-max-priority", AMQPValue::LongInt(10)),
+        ]),
+    )
+    .await?;
+    ch.queue_bind(
+        name(FORWARDING_QUEUE).into(),
+        name(FORWARDING_EXCHANGE).into(),
+        FORWARDING_ROUTING_KEY.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    for &ms in &opts.retry_delays_ms {
+        ch.queue_declare(
+            name(&retry_queue(ms)).into(),
+            durable_queue,
+            table(&[
+                ("x-message-ttl", AMQPValue::LongInt(ms as i32)),
+                ("x-dead-letter-exchange", long(&name(FORWARDING_EXCHANGE))),
+                ("x-dead-letter-routing-key", long(FORWARDING_ROUTING_KEY)),
+                ("x-queue-mode", long("lazy")),
+            ]),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl RabbitInbox {
+    /// Starts the supervisor; the first connection attempt happens in the
+    /// background, so a broker that is down at start-up is retried, and
+    /// reported by `/ready`, rather than fatal.
+    pub fn start(opts: RabbitOptions) -> Arc<RabbitInbox> {
+        let inbox = Arc::new(RabbitInbox {
+            opts,
+            live: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            last_error: std::sync::Mutex::new(Some("connecting".into())),
+            broken: Notify::new(),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(inbox.clone()));
+        inbox
+    }
+
+    /// Waits until connected (tests, start-up logs); false on timeout.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.connected.load(Ordering::Relaxed) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Stops the supervisor and closes the connection.
+    pub async fn close(&self) {
+        self.shutdown.cancel();
+        if let Some(live) = self.live.write().await.take() {
+            let _ = live.connection.close(200, "shutdown".into()).await;
+        }
+        self.connected.store(false, Ordering::Relaxed);
+    }
+
+    fn set_error(&self, e: &str) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(e.to_owned());
+        }
+    }
+
+    /// Marks the connection broken so the supervisor replaces it.
+    fn report_broken(&self, e: &str) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = e, "rabbitmq connection lost; reconnecting");
+        }
+        self.set_error(e);
+        self.broken.notify_one();
+    }
+
+    async fn live(&self) -> Result<Arc<Live>, QueueError> {
+        self.live
+            .read()
+            .await
+            .clone()
+            .filter(|_| self.connected.load(Ordering::Relaxed))
+            .ok_or_else(|| {
+                let why = self
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_default();
+                QueueError::Unavailable(format!("rabbitmq not connected: {why}"))
+            })
+    }
+
+    async fn connect(&self) -> Result<Live, lapin::Error> {
+        let connection = Connection::connect(
+            &self.opts.url,
+            ConnectionProperties::default().with_connection_name(LongString::from("zen-gateway")),
+        )
+        .await?;
+        let setup = connection.create_channel().await?;
+        declare_topology(&setup, &self.opts).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut publishers = Vec::new();
+        for _ in 0..self.opts.publish_channels.max(1) {
+            let ch = connection.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            publishers.push(ch);
+        }
+        let (consumer_channel, consumer) = if self.opts.consume {
+            let ch = connection.create_channel().await?;
+            ch.basic_qos(self.opts.prefetch.max(1), BasicQosOptions::default())
+                .await?;
+            let consumer = ch
+                .basic_consume(
+                    format!("{}{INGEST_QUEUE}", self.opts.prefix).into(),
+                    "zen-gateway-processor".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            (Some(ch), Some(Mutex::new(consumer)))
+        } else {
+            (None, None)
+        };
+        Ok(Live {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            connection,
+            publishers,
+            next_publisher: AtomicUsize::new(0),
+            consumer_channel,
+            consumer,
+        })
+    }
+
+    fn entry_from(delivery: &lapin::message::Delivery) -> Result<InboxEntry, String> {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let text = |key: &str| -> Option<String> {
+            match headers.inner().get(&ShortString::from(key)) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+                _ => None,
+            }
+        };
+        let bsp_name = text(HEADER_BSP).unwrap_or_else(|| delivery.routing_key.to_string());
+        let bsp = Bsp::parse(&bsp_name).ok_or_else(|| format!("unknown bsp {bsp_name:?}"))?;
+        let received_ms = match headers.inner().get(&ShortString::from(HEADER_RECEIVED_AT)) {
+            Some(AMQPValue::LongLongInt(ms)) => Some(*ms),
+            Some(AMQPValue::Timestamp(s)) => Some(*s as i64 * 1000),
+            _ => None,
+        };
+        Ok(InboxEntry {
+            event_id: text(HEADER_EVENT_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            bsp,
+            received_at: received_ms
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+                .unwrap_or_else(Utc::now),
+            body: Bytes::from(delivery.data.clone()),
+            priority: delivery.properties.priority().unwrap_or(0),
+            batch_len: None,
+        })
+    }
+}
+
+/// Keeps a live connection; replaces it whenever it breaks.
+async fn supervise(inbox: Arc<RabbitInbox>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if inbox.shutdown.is_cancelled() {
+            return;
+        }
+        match inbox.connect().await {
+            Ok(live) => {
+                let live = Arc::new(live);
+                *inbox.live.write().await = Some(live.clone());
+                inbox.connected.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    generation = live.generation,
+                    "rabbitmq connected, topology declared"
+                );
+                delay = Duration::from_millis(200);
+                // Watch until something reports it broken or it dies.
+                loop {
+                    tokio::select! {
+                        _ = inbox.shutdown.cancelled() => return,
+                        _ = inbox.broken.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    let healthy = live.connection.status().connected()
+                        && live.publishers.iter().all(|c| c.status().connected())
+                        && live
+                            .consumer_channel
+                            .as_ref()
+                            .is_none_or(|c| c.status().connected());
+                    if !healthy || !inbox.connected.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                inbox.connected.store(false, Ordering::Relaxed);
+                inbox.live.write().await.take();
+                let _ = live.connection.close(200, "replacing".into()).await;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(error = %msg, retry_in = ?delay, "cannot connect to rabbitmq");
+                inbox.set_error(&msg);
+                tokio::select! {
+                    _ = inbox.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The body as the legacy BSP queues carry it: a Datagen array goes out as
+/// `{"batch_data":[…],"batch_size":N}`; everything else as received.
+pub fn legacy_body(entry: &InboxEntry) -> Bytes {
+    match (entry.bsp, entry.batch_len) {
+        (Bsp::Datagen, Some(n)) => {
+            let raw = entry.body.as_ref();
+            let start = raw
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(0);
+            let mut out = Vec::with_capacity(raw.len() + 40);
+            out.extend_from_slice(b"{\"batch_data\":");
+            out.extend_from_slice(&raw[start..]);
+            out.extend_from_slice(format!(",\"batch_size\":{n}}}").as_bytes());
+            Bytes::from(out)
+        }
+        _ => entry.body.clone(),
+    }
+}
+
+#[async_trait]
+impl Inbox for RabbitInbox {
+    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
+        let channel = &live.publishers[i];
+        let headers = table(&[
+            (HEADER_EVENT_ID, long(&entry.event_id)),
+            (HEADER_BSP, long(entry.bsp.as_str())),
+            (
+                HEADER_RECEIVED_AT,
+                AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
+            ),
+        ]);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_priority(entry.priority)
+            .with_headers(headers);
+        let body = legacy_body(&entry);
+        let published = channel
+            .basic_publish(
+                format!("{}{INGEST_EXCHANGE}", self.opts.prefix).into(),
+                entry.bsp.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                props,
+            )
+            .await;
+        let confirm = match published {
+            Ok(c) => c.await,
+            Err(e) => Err(e),
+        };
+        match confirm {
+            Ok(c) if c.is_ack() => {
+                if c.take_message().is_some() {
+                    return Err(QueueError::Unavailable(
+                        "the broker returned the message: the ingest bindings are missing".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Ok(_) => Err(QueueError::Unavailable(
+                "the broker nacked the message".into(),
+            )),
+            Err(e) => {
+                self.report_broken(&e.to_string());
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
+        let live = match self.live().await {
+            Ok(l) => l,
+            Err(e) => {
+                // Not connected: wait a little rather than spin.
+                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                return Err(e);
+            }
+        };
+        let Some(consumer) = &live.consumer else {
+            return Err(QueueError::Unavailable(
+                "this replica does not consume the inbox".into(),
+            ));
+        };
+        let mut consumer = consumer.lock().await;
+        let mut out = Vec::new();
+        let first = match tokio::time::timeout(wait, consumer.next()).await {
+            Err(_) => return Ok(out),
+            Ok(next) => next,
+        };
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(delivery)) => {
+                    let tag = (live.generation << 48) | (delivery.delivery_tag & ((1 << 48) - 1));
+                    match Self::entry_from(&delivery) {
+                        Ok(entry) => out.push(InboxDelivery {
+                            tag: DeliveryTag(tag),
+                            entry,
+                        }),
+                        Err(why) => {
+                            // Not ours: to the inbox DLQ, where it can be inspected.
+                            tracing::warn!(reason = %why, "poison message in the inbox; dead-lettered");
+                            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.report_broken(&e.to_string());
+                    break;
+                }
+                None => {
+                    self.report_broken("the inbox consumer was cancelled");
+                    break;
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+            match consumer.next().now_or_never() {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let Some(channel) = &live.consumer_channel else {
+            return Ok(());
+        };
+        for tag in tags {
+            if tag.0 >> 48 != live.generation {
+                continue; // from a dead connection: the broker redelivers it
+            }
+            channel
+                .basic_ack(tag.0 & ((1 << 48) - 1), BasicAckOptions::default())
+                .await
+                .map_err(|e| {
+                    self.report_broken(&e.to_string());
+                    unavailable(e)
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let live = self.live().await?;
+        let ch = live
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let q = ch
+            .queue_declare(
+                format!("{}{INGEST_QUEUE}", self.opts.prefix).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let _ = ch.close(200, "depth".into()).await;
+        Ok(q.message_count() as u64)
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let up = self.connected.load(Ordering::Relaxed);
+        BackendHealth {
+            backend: "rabbitmq",
+            up,
+            detail: if up {
+                None
+            } else {
+                self.last_error.lock().ok().and_then(|e| e.clone())
+            },
+        }
+    }
+}

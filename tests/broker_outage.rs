@@ -1,0 +1,116 @@
+//! RabbitMQ stopped and started under ingest: 503 while it is down (never a
+//! 200 without a confirm), recovery without a restart, nothing acked lost.
+//! Its own test binary: it stops the shared broker, which no other test may
+//! be using meanwhile (cargo runs test binaries one after another).
+
+#[path = "it/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "it/services.rs"]
+#[allow(dead_code)]
+mod services;
+
+use std::process::Command;
+use std::time::Duration;
+
+use helpers::*;
+use serde_json::Value;
+
+fn rabbitmqctl(arg: &str) {
+    let status = Command::new("timeout")
+        .args(["120", "rabbitmqctl", "-q", arg])
+        .status()
+        .expect("rabbitmqctl");
+    assert!(status.success(), "rabbitmqctl {arg} failed");
+}
+
+/// Starts the broker app again even if the test fails half-way.
+struct RestartOnDrop;
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .args(["120", "rabbitmqctl", "-q", "start_app"])
+            .status();
+    }
+}
+
+async fn ready(app: &TestApp) -> (u16, Value) {
+    let r = app.client.get(app.url("/ready")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = spawn_app_with(|s| {
+        s.rabbitmq_url = Some(url.clone());
+        s.rabbitmq_queue_prefix = prefix.clone();
+        s.ingest_ack_timeout_ms = 2000;
+    })
+    .await;
+    for _ in 0..200 {
+        if ready(&app).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let w = format!("wamid.mq-before-{i}");
+        let r = app
+            .post_webhook("/webhook/datagen", datagen_status(&w, "sent", i))
+            .await;
+        assert_eq!(r.status(), 200);
+        acked.push((w, "sent"));
+    }
+
+    let _guard = RestartOnDrop;
+    rabbitmqctl("stop_app");
+    let mut refused = 0;
+    for i in 0..10 {
+        let w = format!("wamid.mq-down-{i}");
+        let r = app
+            .post_webhook("/webhook/datagen", datagen_status(&w, "sent", i))
+            .await;
+        match r.status().as_u16() {
+            503 => refused += 1,
+            200 => panic!("a 200 while the broker is down: {w}"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(refused, 10);
+    let (code, body) = ready(&app).await;
+    assert_eq!(code, 503);
+    assert_eq!(body["inbox"]["up"], false);
+
+    rabbitmqctl("start_app");
+    let mut healed = false;
+    for _ in 0..300 {
+        if ready(&app).await.0 == 200 {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healed, "the gateway did not reconnect by itself");
+    for i in 0..10 {
+        let w = format!("wamid.mq-after-{i}");
+        let r = app
+            .post_webhook("/webhook/datagen", datagen_status(&w, "delivered", i))
+            .await;
+        assert_eq!(r.status(), 200);
+        acked.push((w, "delivered"));
+    }
+    for (w, status) in &acked {
+        app.wait_for_message(w, |m| m["current_status"] == *status)
+            .await;
+    }
+    eprintln!(
+        "broker outage: {} acked, 10 refused with 503 while down, 0 lost",
+        acked.len()
+    );
+    app.stop().await;
+}

@@ -1,0 +1,366 @@
+//! The RabbitMQ inbox against the real broker: legacy topology arguments,
+//! confirm-gated ingest, the legacy BSP-queue bodies, priorities, the retry
+//! queues and the DLQ. Every test uses its own name prefix.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+use zen_gateway::model::Bsp;
+use zen_gateway::queue::rabbitmq::{self, RabbitInbox, RabbitOptions, bsp_queue, retry_queue};
+use zen_gateway::queue::{Inbox, InboxEntry};
+
+use crate::helpers::*;
+use crate::services;
+
+async fn channel(url: &str) -> (Connection, Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+fn options(url: &str, prefix: &str, consume: bool) -> RabbitOptions {
+    RabbitOptions {
+        url: url.into(),
+        prefix: prefix.into(),
+        consume,
+        prefetch: 64,
+        publish_channels: 2,
+        retry_delays_ms: vec![300],
+    }
+}
+
+/// Removes what a test declared.
+async fn cleanup(ch: &Channel, prefix: &str) {
+    let mut queues: Vec<String> = Bsp::ALL.iter().map(|b| bsp_queue(*b)).collect();
+    queues.extend(
+        [
+            rabbitmq::INGEST_QUEUE,
+            rabbitmq::INGEST_DLQ,
+            rabbitmq::FORWARDING_QUEUE,
+            rabbitmq::FORWARDING_DLQ,
+        ]
+        .map(String::from),
+    );
+    queues.push(retry_queue(300));
+    for q in queues {
+        let _ = ch
+            .queue_delete(format!("{prefix}{q}").into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for e in [
+        rabbitmq::INGEST_EXCHANGE,
+        rabbitmq::INGEST_DLX,
+        rabbitmq::FORWARDING_EXCHANGE,
+        rabbitmq::FORWARDING_DLX,
+    ] {
+        let _ = ch
+            .exchange_delete(
+                format!("{prefix}{e}").into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+}
+
+async fn get(ch: &Channel, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn our_declares_match_queues_the_legacy_gateway_created() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let (_conn, ch) = channel(&url).await;
+    // As streadway/amqp declared them: Go `int` is a signed 32-bit 'I'.
+    let mut legacy = FieldTable::default();
+    legacy.insert(
+        ShortString::from("x-queue-mode"),
+        AMQPValue::LongString(LongString::from("lazy")),
+    );
+    legacy.insert(ShortString::from("x-max-priority"), AMQPValue::LongInt(10));
+    for bsp in [Bsp::Datagen, Bsp::Aisensy, Bsp::Karix] {
+        ch.queue_declare(
+            format!("{prefix}{}", bsp_queue(bsp)).into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            legacy.clone(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut fwd = legacy.clone();
+    fwd.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from(format!("{prefix}webhook_forwarding_dlx"))),
+    );
+    ch.queue_declare(
+        format!("{prefix}webhook_forwarding_queue").into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        fwd,
+    )
+    .await
+    .unwrap();
+
+    let inbox = RabbitInbox::start(options(&url, &prefix, true));
+    assert!(
+        inbox.wait_connected(Duration::from_secs(10)).await,
+        "{:?}",
+        inbox.health().await
+    );
+    assert!(inbox.health().await.up);
+    inbox.close().await;
+
+    // A queue with other arguments makes the broker refuse: reported, not hidden.
+    let other = services::unique_prefix();
+    ch.queue_declare(
+        format!("{other}datagen_webhook_queue").into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let inbox = RabbitInbox::start(options(&url, &other, true));
+    assert!(!inbox.wait_connected(Duration::from_secs(2)).await);
+    let health = inbox.health().await;
+    assert!(!health.up);
+    assert!(health.detail.unwrap().contains("PRECONDITION_FAILED"));
+    inbox.close().await;
+    cleanup(&ch, &prefix).await;
+    cleanup(&ch, &other).await;
+}
+
+#[tokio::test]
+async fn webhooks_are_acked_on_confirm_copied_to_bsp_queues_and_processed() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = spawn_app_with(|s| {
+        s.rabbitmq_url = Some(url.clone());
+        s.rabbitmq_queue_prefix = prefix.clone();
+    })
+    .await;
+    // The broker connection is made in the background.
+    for _ in 0..100 {
+        let ready: Value = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["inbox"]["up"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let single = fixture("datagen_delivered.json");
+    let batch = fixture("datagen_batch.json");
+    let inbound = fixture("datagen_inbound_text.json");
+    let aisensy = fixture("aisensy_status_read.json");
+    let karix = fixture("karix_sent.json");
+    for (route, body) in [
+        ("/webhook/datagen", &single),
+        ("/webhook/datagen", &batch),
+        ("/webhook/datagen", &inbound),
+        ("/webhook/aisensy", &aisensy),
+        ("/webhook/karix", &karix),
+    ] {
+        assert_eq!(
+            app.post_webhook(route, body.clone()).await.status(),
+            200,
+            "{route}"
+        );
+    }
+    // Processed from zen_ingest_queue.
+    app.wait_for_message(
+        "wamid.HBgMOTE5ODEyMzQ1Njc4FQIAERgSNDdCRkE1RTZEMDlDM0IyRjFBAA==",
+        |m| m["current_status"] == "delivered",
+    )
+    .await;
+    app.wait_for_message("wamid.batch-2", |m| m["current_status"] == "failed")
+        .await;
+    app.wait_for_message("176901234567890123456", |m| m["current_status"] == "sent")
+        .await;
+    app.wait_for_message(
+        "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSM0VCMEE4QzdGNEQyRTlBMUIwAA==",
+        |m| m["current_status"] == "read",
+    )
+    .await;
+
+    // The legacy queues got the legacy bodies and properties.
+    let (_conn, ch) = channel(&url).await;
+    let q = format!("{prefix}datagen_webhook_queue");
+    let mut bodies = Vec::new();
+    while let Some(m) = get(&ch, &q).await {
+        let props = &m.delivery.properties;
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(
+            props.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        bodies.push((
+            String::from_utf8(m.delivery.data.clone()).unwrap(),
+            props.priority().unwrap_or(0),
+        ));
+    }
+    assert_eq!(bodies.len(), 3);
+    // Priority queues deliver the inbound message (5) first.
+    assert_eq!(bodies[0].0, inbound);
+    assert_eq!(bodies[0].1, 5);
+    assert!(bodies.iter().any(|(b, p)| b == &single && *p == 0));
+    let wrapped = bodies
+        .iter()
+        .find(|(b, _)| b.starts_with("{\"batch_data\":"))
+        .unwrap();
+    let v: Value = serde_json::from_str(&wrapped.0).unwrap();
+    assert_eq!(v["batch_size"], 4);
+    assert_eq!(v["batch_data"].as_array().unwrap().len(), 4);
+    let a = get(&ch, &format!("{prefix}aisensy_webhook_queue"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(a.delivery.data.clone()).unwrap(), aisensy);
+    let k = get(&ch, &format!("{prefix}karix_webhook_queue"))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8(k.delivery.data.clone()).unwrap(), karix);
+    app.stop().await;
+    cleanup(&ch, &prefix).await;
+}
+
+fn entry(bsp: Bsp, body: &str, priority: u8) -> InboxEntry {
+    InboxEntry {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        bsp,
+        received_at: Utc::now(),
+        body: body.to_owned().into(),
+        priority,
+        batch_len: None,
+    }
+}
+
+#[tokio::test]
+async fn inbound_messages_are_processed_before_waiting_status_reports() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let publisher = RabbitInbox::start(options(&url, &prefix, false));
+    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    for i in 0..5 {
+        publisher
+            .append(entry(
+                Bsp::Datagen,
+                &datagen_status(&format!("wamid.p{i}"), "sent", i),
+                0,
+            ))
+            .await
+            .unwrap();
+    }
+    publisher
+        .append(entry(
+            Bsp::Datagen,
+            &fixture("datagen_inbound_text.json"),
+            5,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(publisher.depth().await.unwrap(), 6);
+
+    let consumer = RabbitInbox::start(options(&url, &prefix, true));
+    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let batch = consumer.receive(10, Duration::from_secs(5)).await.unwrap();
+        assert!(!batch.is_empty());
+        got.extend(batch);
+    }
+    assert_eq!(got[0].entry.priority, 5);
+    assert!(got[1..].iter().all(|d| d.entry.priority == 0));
+    assert_eq!(got[0].entry.bsp, Bsp::Datagen);
+    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+    consumer.ack(&tags).await.unwrap();
+    publisher.close().await;
+    consumer.close().await;
+    let (_conn, ch) = channel(&url).await;
+    cleanup(&ch, &prefix).await;
+}
+
+#[tokio::test]
+async fn retry_queues_dead_letter_back_after_their_delay_and_rejects_reach_the_dlq() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let inbox = RabbitInbox::start(options(&url, &prefix, false));
+    assert!(inbox.wait_connected(Duration::from_secs(10)).await);
+    let (_conn, ch) = channel(&url).await;
+    let started = std::time::Instant::now();
+    ch.basic_publish(
+        "".into(),
+        format!("{prefix}{}", retry_queue(300)).into(),
+        BasicPublishOptions::default(),
+        b"{\"job\":1}",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let fwd = format!("{prefix}webhook_forwarding_queue");
+    let mut arrived = None;
+    for _ in 0..100 {
+        if let Some(m) = ch
+            .basic_get(fwd.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            arrived = Some(m);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = arrived.expect("the retry queue never dead-lettered back");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(m.delivery.data, b"{\"job\":1}");
+    // A rejected forwarding job dead-letters to the DLQ.
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dlq = format!("{prefix}webhook_forwarding_dlq");
+    let mut in_dlq = false;
+    for _ in 0..100 {
+        if get(&ch, &dlq).await.is_some() {
+            in_dlq = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_dlq);
+    inbox.close().await;
+    cleanup(&ch, &prefix).await;
+}
