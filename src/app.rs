@@ -21,6 +21,10 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::cache::Cache;
 use crate::cache::memory::MemoryCache;
 use crate::config::Settings;
+use crate::forwarding::fanout::Fanout;
+use crate::forwarding::sqlite::{SqliteForwardQueue, SqliteWebhookStore};
+use crate::forwarding::worker::Forwarder;
+use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::http::{self, AppState};
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
@@ -45,6 +49,7 @@ pub struct Application {
     processor: Processor,
     db: Option<SqliteDb>,
     rabbit: Option<Arc<RabbitInbox>>,
+    forwarder: Arc<Forwarder>,
 }
 
 impl Application {
@@ -118,6 +123,19 @@ impl Application {
         let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
 
         let providers = Providers::new();
+        // Webhook configs, delivery logs and forwarding jobs live in the
+        // embedded database in this version, whatever the other backends.
+        let webhooks: Arc<dyn WebhookStore> = Arc::new(SqliteWebhookStore::new(db.clone()));
+        let forward_queue: Arc<dyn ForwardQueue> = Arc::new(SqliteForwardQueue::new(db.clone()));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                forward_queue.clone(),
+                webhooks.clone(),
+                settings.forwarder(),
+            )
+            .context("cannot build the HTTP client of the forwarder")?,
+        );
+        let fanout = Fanout::new(webhooks.clone(), forward_queue.clone(), cache.clone());
         let state = AppState {
             ingest: Ingest::new(
                 inbox.clone(),
@@ -125,13 +143,17 @@ impl Application {
             ),
             inbox: inbox.clone(),
             store: store.clone(),
-            cache,
+            cache: cache.clone(),
             admin_key: settings.admin_api_key.as_deref().map(Arc::from),
             body_limit: settings.body_limit_bytes,
             auth: InboundAuth::new(settings.inbound_credentials(), providers.clone()),
             meta_verify_token: settings.meta_verify_token.as_deref().map(Arc::from),
+            webhooks,
+            forward_queue,
+            forwarder: forwarder.clone(),
         };
-        let processor = Processor::new(inbox, store, providers, settings.processor_batch_size);
+        let processor = Processor::new(inbox, store, providers, settings.processor_batch_size)
+            .with_fanout(fanout);
         Ok(Application {
             listener,
             settings,
@@ -139,6 +161,7 @@ impl Application {
             processor,
             db: Some(db),
             rabbit,
+            forwarder,
         })
     }
 
@@ -155,10 +178,12 @@ impl Application {
             processor,
             db,
             rabbit,
+            forwarder,
         } = self;
         let grace = Duration::from_secs(settings.shutdown_timeout_secs);
         let workers = CancellationToken::new();
         let processor_task = tokio::spawn(processor.run(workers.clone()));
+        let forwarder_task = tokio::spawn(forwarder.run(workers.clone()));
 
         let router = http::router(state, Duration::from_secs(settings.request_timeout_secs));
         let app = NormalizePathLayer::trim_trailing_slash().layer(router);
@@ -185,6 +210,11 @@ impl Application {
         workers.cancel();
         if tokio::time::timeout(grace, processor_task).await.is_err() {
             tracing::warn!("processor did not stop in time; its batch stays in the inbox");
+        }
+        if tokio::time::timeout(grace, forwarder_task).await.is_err() {
+            tracing::warn!(
+                "forwarder did not stop in time; unfinished jobs run again after restart"
+            );
         }
         if let Some(rabbit) = rabbit {
             rabbit.close().await;

@@ -41,6 +41,18 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("RABBITMQ_PREFETCH", "rabbitmq_prefetch"),
     ("RABBITMQ_PUBLISH_CHANNELS", "rabbitmq_publish_channels"),
     ("FORWARD_RETRY_DELAYS_MS", "forward_retry_delays_ms"),
+    ("FORWARD_RETRY_BACKOFF", "forward_retry_backoff"),
+    ("FORWARD_CONCURRENCY", "forward_concurrency"),
+    ("FORWARD_CONNECT_TIMEOUT_MS", "forward_connect_timeout_ms"),
+    ("FORWARD_TIMEOUT_MS", "forward_timeout_ms"),
+    (
+        "FORWARD_MAX_RETRY_AFTER_SECS",
+        "forward_max_retry_after_secs",
+    ),
+    ("FORWARD_MAX_PARKED_SECS", "forward_max_parked_secs"),
+    ("FORWARD_ALLOW_PRIVATE", "forward_allow_private"),
+    ("BREAKER_THRESHOLD", "breaker_threshold"),
+    ("BREAKER_COOLDOWN_SECS", "breaker_cooldown_secs"),
     ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
     ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
     ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
@@ -51,6 +63,14 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("META_APP_SECRET", "meta_app_secret"),
     ("META_VERIFY_TOKEN", "meta_verify_token"),
 ];
+
+/// Retry backoff of the forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    Fixed,
+    Exponential,
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -114,6 +134,23 @@ pub struct Settings {
     /// Forwarding retry delays in ms, comma-separated: one per retry, so
     /// `3000,3000` is the legacy 3 attempts, 3 s apart.
     pub forward_retry_delays_ms: String,
+    /// `fixed` (the schedule as given) or `exponential` (doubling, ±20 % jitter).
+    pub forward_retry_backoff: Backoff,
+    /// Deliveries in flight at once.
+    pub forward_concurrency: usize,
+    pub forward_connect_timeout_ms: u64,
+    /// Total time one delivery attempt may take.
+    pub forward_timeout_ms: u64,
+    /// Upper bound for a client's `Retry-After`.
+    pub forward_max_retry_after_secs: u64,
+    /// Longest a job waits behind an open circuit before the DLQ.
+    pub forward_max_parked_secs: u64,
+    /// Allow forwarding to private / loopback / link-local addresses.
+    pub forward_allow_private: bool,
+    /// Consecutive failures that open a URL's circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit waits before its single probe.
+    pub breaker_cooldown_secs: u64,
     /// Datagen webhooks must carry this token (`X-Webhook-Token` or `?token=`).
     #[serde(default, deserialize_with = "empty_as_none")]
     pub datagen_webhook_token: Option<String>,
@@ -196,6 +233,15 @@ impl Settings {
             ("rabbitmq_prefetch", "512"),
             ("rabbitmq_publish_channels", "4"),
             ("forward_retry_delays_ms", "3000,3000"),
+            ("forward_retry_backoff", "fixed"),
+            ("forward_concurrency", "100"),
+            ("forward_connect_timeout_ms", "5000"),
+            ("forward_timeout_ms", "15000"),
+            ("forward_max_retry_after_secs", "300"),
+            ("forward_max_parked_secs", "86400"),
+            ("forward_allow_private", "false"),
+            ("breaker_threshold", "10"),
+            ("breaker_cooldown_secs", "300"),
         ] {
             builder = builder
                 .set_default(key, value)
@@ -324,6 +370,28 @@ impl Settings {
                     .filter(|d| (1..=86_400_000).contains(d))
             })
             .collect()
+    }
+
+    /// The forwarder's settings.
+    pub fn forwarder(&self) -> crate::forwarding::worker::ForwarderConfig {
+        use std::time::Duration;
+        crate::forwarding::worker::ForwarderConfig {
+            concurrency: self.forward_concurrency.max(1),
+            connect_timeout: Duration::from_millis(self.forward_connect_timeout_ms),
+            total_timeout: Duration::from_millis(self.forward_timeout_ms),
+            retry_delays: self
+                .retry_delays()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|ms| Duration::from_millis(ms as u64))
+                .collect(),
+            exponential: self.forward_retry_backoff == Backoff::Exponential,
+            max_retry_after: Duration::from_secs(self.forward_max_retry_after_secs),
+            breaker_threshold: self.breaker_threshold.max(1),
+            breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs),
+            max_parked: Duration::from_secs(self.forward_max_parked_secs),
+            allow_private: self.forward_allow_private,
+        }
     }
 
     /// The embedded database file.

@@ -10,6 +10,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod forwarding;
 pub mod http;
 pub mod inbound_auth;
 pub mod ingest;

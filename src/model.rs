@@ -230,6 +230,10 @@ pub struct StatusEntry {
     /// The event's dedup key within this message; legacy entries have none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event_key: String,
+    /// The gateway event that recorded this entry (tells a redelivery of
+    /// that event apart from a provider's duplicate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub event_id: String,
 }
 
 /// The one record per WhatsApp message, in the legacy
@@ -279,7 +283,11 @@ pub enum ApplyOutcome {
     /// New event: recorded in history (and the status moved if it ranked higher).
     Applied,
     /// Seen before: nothing changed.
-    Duplicate,
+    Duplicate {
+        /// The same gateway event was applied before (a redelivery after a
+        /// crash), as opposed to the provider sending the event twice.
+        redelivery: bool,
+    },
 }
 
 /// Rank of a stored `current_status`; legacy pass-through values (e.g.
@@ -348,9 +356,23 @@ impl MessageRecord {
 
     /// Applies one event by the rules of DESIGN §3. Idempotent: applying the
     /// same event again returns `Duplicate` and changes nothing.
-    pub fn apply(&mut self, bsp: Bsp, ev: &MessageEvent, now: DateTime<Utc>) -> ApplyOutcome {
-        if self.has_event(&ev.dedup_key) {
-            return ApplyOutcome::Duplicate;
+    pub fn apply(
+        &mut self,
+        bsp: Bsp,
+        event_id: &str,
+        ev: &MessageEvent,
+        now: DateTime<Utc>,
+    ) -> ApplyOutcome {
+        if !ev.dedup_key.is_empty() {
+            if let Some(seen) = self
+                .status_history
+                .iter()
+                .find(|h| h.event_key == ev.dedup_key)
+            {
+                return ApplyOutcome::Duplicate {
+                    redelivery: !event_id.is_empty() && seen.event_id == event_id,
+                };
+            }
         }
         self.status_history.push(StatusEntry {
             status: ev.history_status(),
@@ -360,6 +382,7 @@ impl MessageRecord {
             error_code: ev.error_code.clone().filter(|c| !c.is_empty()),
             raw_status: ev.raw_status.clone(),
             event_key: ev.dedup_key.clone(),
+            event_id: event_id.to_owned(),
         });
         // Keep history in event-time order whatever the arrival order.
         self.status_history
@@ -527,19 +550,25 @@ mod tests {
         let now = Utc::now();
         let first = ev(Some(Status::Read), "read", 30);
         let mut rec = MessageRecord::new_for(Bsp::Datagen, &first, now);
-        rec.apply(Bsp::Datagen, &first, now);
-        rec.apply(Bsp::Datagen, &ev(Some(Status::Sent), "sent", 10), now);
+        rec.apply(Bsp::Datagen, "e", &first, now);
+        rec.apply(Bsp::Datagen, "e", &ev(Some(Status::Sent), "sent", 10), now);
         assert_eq!(rec.current_status, "read");
         assert_eq!(rec.sent_at, Some(Utc.timestamp_opt(10, 0).unwrap()));
         assert_eq!(rec.status_history.len(), 2);
 
         let mut rec = MessageRecord::new_for(Bsp::Datagen, &first, now);
-        rec.apply(Bsp::Datagen, &ev(Some(Status::Failed), "failed", 5), now);
+        rec.apply(
+            Bsp::Datagen,
+            "e",
+            &ev(Some(Status::Failed), "failed", 5),
+            now,
+        );
         assert_eq!(rec.current_status, "failed");
-        rec.apply(Bsp::Datagen, &ev(Some(Status::Sent), "sent", 3), now);
+        rec.apply(Bsp::Datagen, "e", &ev(Some(Status::Sent), "sent", 3), now);
         assert_eq!(rec.current_status, "failed");
         rec.apply(
             Bsp::Datagen,
+            "e",
             &ev(Some(Status::Delivered), "delivered", 9),
             now,
         );
@@ -551,13 +580,23 @@ mod tests {
         let now = Utc::now();
         let sent = ev(Some(Status::Sent), "sent", 10);
         let mut rec = MessageRecord::new_for(Bsp::Datagen, &sent, now);
-        assert_eq!(rec.apply(Bsp::Datagen, &sent, now), ApplyOutcome::Applied);
+        assert_eq!(
+            rec.apply(Bsp::Datagen, "e", &sent, now),
+            ApplyOutcome::Applied
+        );
         let before = rec.clone();
-        assert_eq!(rec.apply(Bsp::Datagen, &sent, now), ApplyOutcome::Duplicate);
+        assert_eq!(
+            rec.apply(Bsp::Datagen, "e", &sent, now),
+            ApplyOutcome::Duplicate { redelivery: true }
+        );
+        assert_eq!(
+            rec.apply(Bsp::Datagen, "other", &sent, now),
+            ApplyOutcome::Duplicate { redelivery: false }
+        );
         assert_eq!(rec, before);
 
         assert_eq!(
-            rec.apply(Bsp::Datagen, &ev(None, "Enqueued", 11), now),
+            rec.apply(Bsp::Datagen, "e", &ev(None, "Enqueued", 11), now),
             ApplyOutcome::Applied
         );
         assert_eq!(rec.current_status, "sent");
@@ -570,7 +609,7 @@ mod tests {
         let now = Utc::now();
         let d = ev(Some(Status::Delivered), "delivered", 10);
         let mut rec = MessageRecord::new_for(Bsp::Datagen, &d, now);
-        rec.apply(Bsp::Datagen, &d, now);
+        rec.apply(Bsp::Datagen, "e", &d, now);
         rec.register(
             &OutboundRegistration {
                 wamid: Some("wamid.X".into()),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::forwarding::fanout::Fanout;
 use crate::providers::{Providers, RawWebhook};
 use crate::queue::{Inbox, InboxDelivery, QueueError};
 use crate::store::{MessageStore, StoreError};
@@ -38,6 +39,7 @@ pub struct Processor {
     store: Arc<dyn MessageStore>,
     providers: Providers,
     batch_size: usize,
+    fanout: Option<Fanout>,
 }
 
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -55,7 +57,14 @@ impl Processor {
             store,
             providers,
             batch_size: batch_size.max(1),
+            fanout: None,
         }
+    }
+
+    /// Also creates forwarding jobs for every applied event.
+    pub fn with_fanout(mut self, fanout: Fanout) -> Self {
+        self.fanout = Some(fanout);
+        self
     }
 
     /// Normalizes, applies and acks one batch. On error nothing is acked.
@@ -79,6 +88,11 @@ impl Processor {
         self.store.record_unrecognized(&unrecognized).await?;
         let applied = self.store.apply(&events).await?;
         let duplicates = applied.iter().flatten().filter(|a| a.duplicate).count();
+        // Jobs exist before the entry is acked: a crash in between re-runs
+        // the fan-out, whose ids make it idempotent.
+        if let Some(fanout) = &self.fanout {
+            fanout.run(&events, &applied).await?;
+        }
         let tags: Vec<_> = deliveries.iter().map(|d| d.tag).collect();
         self.inbox.ack(&tags).await?;
         Ok(BatchReport {

@@ -164,6 +164,35 @@ CREATE INDEX IF NOT EXISTS messages_campaign ON messages (campaign_id);
 CREATE INDEX IF NOT EXISTS messages_owner ON messages (project_owner_id);
 CREATE INDEX IF NOT EXISTS messages_created ON messages (created_at_ms);
 CREATE INDEX IF NOT EXISTS messages_bsp_id ON messages (bsp_message_id);
+CREATE TABLE IF NOT EXISTS webhooks (
+    id               TEXT PRIMARY KEY,
+    project_owner_id TEXT NOT NULL,
+    project_id       TEXT NOT NULL DEFAULT '',
+    doc              TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_owner ON webhooks (project_owner_id);
+CREATE INDEX IF NOT EXISTS webhooks_project ON webhooks (project_id);
+CREATE TABLE IF NOT EXISTS delivery_logs (
+    id            TEXT PRIMARY KEY,
+    webhook_id    TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    doc           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_logs_webhook ON delivery_logs (webhook_id, created_at_ms);
+CREATE TABLE IF NOT EXISTS forward_jobs (
+    id             TEXT PRIMARY KEY,
+    due_at_ms      INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    priority       INTEGER NOT NULL DEFAULT 0,
+    job            TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS forward_jobs_due ON forward_jobs (due_at_ms);
+CREATE TABLE IF NOT EXISTS forward_dlq (
+    id         TEXT PRIMARY KEY,
+    dead_at_ms INTEGER NOT NULL,
+    reason     TEXT NOT NULL,
+    job        TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS unrecognized (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id       TEXT    NOT NULL,

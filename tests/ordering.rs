@@ -35,7 +35,7 @@ fn final_state(events: &[MessageEvent]) -> MessageRecord {
     let now = Utc.timestamp_opt(1_800_000_000, 0).unwrap();
     let mut rec = MessageRecord::new_for(Bsp::Datagen, &events[0], now);
     for e in events {
-        rec.apply(Bsp::Datagen, e, now);
+        rec.apply(Bsp::Datagen, &e.dedup_key, e, now);
     }
     // Identity and bookkeeping fields are not part of the state.
     rec.message_id = String::new();

@@ -5,6 +5,7 @@
 mod admin;
 mod extract;
 mod health;
+mod webhook_admin;
 mod webhooks;
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::cache::Cache;
 use crate::error::json_status_body;
+use crate::forwarding::worker::Forwarder;
+use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
 use crate::queue::Inbox;
@@ -41,6 +44,9 @@ pub struct AppState {
     pub auth: InboundAuth,
     /// Meta's `hub.verify_token`; `None`: the handshake is refused.
     pub meta_verify_token: Option<Arc<str>>,
+    pub webhooks: Arc<dyn WebhookStore>,
+    pub forward_queue: Arc<dyn ForwardQueue>,
+    pub forwarder: Arc<Forwarder>,
 }
 
 /// The full router. Trailing slashes are trimmed by the caller (see
@@ -50,7 +56,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .merge(webhooks::router())
         .merge(health::router())
-        .nest("/api/v1", admin::router())
+        .nest("/api/v1", admin::router().merge(webhook_admin::router()))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -23,6 +23,7 @@ use crate::model::{Bsp, UnifiedEvent, UnrecognizedEvent};
 
 pub use aisensy::Aisensy;
 pub use datagen::Datagen;
+pub use json::text as json_text;
 pub use karix::Karix;
 pub use meta::Meta;
 

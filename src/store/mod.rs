@@ -39,6 +39,9 @@ impl From<crate::sqlite::DbError> for StoreError {
 pub struct Applied {
     /// The event had been applied before; nothing changed.
     pub duplicate: bool,
+    /// It was applied before by this same gateway event (a redelivery after
+    /// a crash or a failed batch): forwarding must still happen (idempotently).
+    pub redelivery: bool,
     /// The record after the event.
     pub record: MessageRecord,
 }

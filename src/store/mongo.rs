@@ -523,12 +523,19 @@ impl MessageStore for MongoStore {
                     }),
                 };
                 let slot = &mut batch.slots[i];
-                let outcome = slot.record.apply(ev.bsp, &msg, now);
-                let duplicate = outcome == ApplyOutcome::Duplicate;
+                let outcome = slot.record.apply(ev.bsp, &ev.event_id, &msg, now);
+                let (duplicate, redelivery) = match outcome {
+                    ApplyOutcome::Applied => (false, false),
+                    ApplyOutcome::Duplicate { redelivery } => (true, redelivery),
+                };
                 slot.dirty |= !duplicate;
                 let record = slot.record.clone();
                 batch.index(i, &record);
-                out.push(Some(Applied { duplicate, record }));
+                out.push(Some(Applied {
+                    duplicate,
+                    redelivery,
+                    record,
+                }));
             }
             self.write_back(&batch.slots).await?;
             Ok(out)
@@ -813,6 +820,7 @@ pub fn from_doc(d: &Document) -> MessageRecord {
                     error_code: opt_string(h, "error_code"),
                     raw_status: opt_string(h, "raw_status"),
                     event_key: string(h, "event_key"),
+                    event_id: string(h, "event_id"),
                 })
                 .collect()
         })
@@ -874,6 +882,7 @@ pub fn to_doc(r: &MessageRecord) -> Document {
             if let Some(v) = &h.error_code { e.insert("error_code", v); }
             if let Some(v) = &h.raw_status { e.insert("raw_status", v); }
             if !h.event_key.is_empty() { e.insert("event_key", &h.event_key); }
+            if !h.event_id.is_empty() { e.insert("event_id", &h.event_id); }
             Bson::Document(e)
         }).collect::<Vec<_>>(),
         "project_owner_id": &r.project_owner_id,

@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Applied, BackendHealth, MessageStats, MessageStore, StatsQuery, StoreError};
 use crate::model::{
-    Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent,
+    ApplyOutcome, Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent,
+    UnrecognizedEvent,
 };
 use crate::sqlite::SqliteDb;
 
@@ -170,12 +171,19 @@ fn apply_one(conn: &Connection, ev: &UnifiedEvent) -> rusqlite::Result<Option<Ap
         Some((pk, rec)) => (Some(pk), rec),
         None => (None, MessageRecord::new_for(ev.bsp, &msg, now)),
     };
-    let outcome = record.apply(ev.bsp, &msg, now);
-    let duplicate = outcome == crate::model::ApplyOutcome::Duplicate;
+    let outcome = record.apply(ev.bsp, &ev.event_id, &msg, now);
+    let (duplicate, redelivery) = match outcome {
+        ApplyOutcome::Applied => (false, false),
+        ApplyOutcome::Duplicate { redelivery } => (true, redelivery),
+    };
     if !duplicate {
         save(conn, pk, &record)?;
     }
-    Ok(Some(Applied { duplicate, record }))
+    Ok(Some(Applied {
+        duplicate,
+        redelivery,
+        record,
+    }))
 }
 
 #[async_trait]

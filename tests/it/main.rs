@@ -4,10 +4,12 @@
 mod helpers;
 
 mod crash_safety;
+mod forwarding;
 mod ingest;
 mod messages;
 mod mongo_e2e;
 mod providers_e2e;
 mod rabbitmq_e2e;
+mod receiver;
 mod services;
 mod store_conformance;

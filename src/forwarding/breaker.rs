@@ -1,0 +1,133 @@
+//! Per-URL circuit breakers, per replica: after `threshold` consecutive
+//! failures a URL's circuit opens; after `cooldown` exactly **one** probe is
+//! let through; its success closes the circuit, its failure re-opens it for
+//! another cooldown. While open, jobs for that URL are parked (rescheduled
+//! without spending an attempt), so they never hold up other URLs.
+//! Entries expire after an hour idle, so the map stays bounded.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+struct State {
+    consecutive_failures: u32,
+    opened_at: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+/// What the breaker allows for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Closed: go.
+    Allow,
+    /// Half-open: this request is the single probe.
+    Probe,
+    /// Open: park the job for (at least) this long.
+    Reject(Duration),
+}
+
+pub struct Breakers {
+    states: moka::sync::Cache<String, Arc<Mutex<State>>>,
+    threshold: u32,
+    cooldown: Duration,
+}
+
+impl Breakers {
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breakers {
+            states: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            threshold: threshold.max(1),
+            cooldown,
+        }
+    }
+
+    fn state(&self, url: &str) -> Arc<Mutex<State>> {
+        self.states.get_with(url.to_owned(), Default::default)
+    }
+
+    pub fn admit(&self, url: &str) -> Admission {
+        let state = self.state(url);
+        let Ok(mut s) = state.lock() else {
+            return Admission::Allow;
+        };
+        match s.opened_at {
+            None => Admission::Allow,
+            Some(at) => {
+                let elapsed = at.elapsed();
+                if elapsed < self.cooldown {
+                    Admission::Reject(self.cooldown - elapsed)
+                } else if s.probe_in_flight {
+                    // One probe at a time; the others wait a little.
+                    Admission::Reject(self.cooldown.min(Duration::from_secs(5)))
+                } else {
+                    s.probe_in_flight = true;
+                    Admission::Probe
+                }
+            }
+        }
+    }
+
+    pub fn record_success(&self, url: &str) {
+        if let Ok(mut s) = self.state(url).lock() {
+            *s = State::default();
+        }
+    }
+
+    pub fn record_failure(&self, url: &str) {
+        if let Ok(mut s) = self.state(url).lock() {
+            s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            s.probe_in_flight = false;
+            if s.consecutive_failures >= self.threshold {
+                s.opened_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Releases a probe that ended without a verdict (e.g. a permanent 4xx).
+    pub fn release_probe(&self, url: &str) {
+        if let Ok(mut s) = self.state(url).lock() {
+            s.probe_in_flight = false;
+        }
+    }
+
+    /// URLs whose circuit is open now.
+    pub fn open_count(&self) -> usize {
+        self.states
+            .iter()
+            .filter(|(_, s)| s.lock().map(|s| s.opened_at.is_some()).unwrap_or(false))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_then_lets_one_probe_through() {
+        let b = Breakers::new(3, Duration::from_millis(50));
+        for _ in 0..2 {
+            b.record_failure("u");
+        }
+        assert_eq!(b.admit("u"), Admission::Allow);
+        b.record_failure("u");
+        assert!(matches!(b.admit("u"), Admission::Reject(_)));
+        assert_eq!(b.admit("other"), Admission::Allow);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.admit("u"), Admission::Probe);
+        assert!(
+            matches!(b.admit("u"), Admission::Reject(_)),
+            "only one probe"
+        );
+        b.record_failure("u");
+        assert!(matches!(b.admit("u"), Admission::Reject(_)), "re-opened");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(b.admit("u"), Admission::Probe);
+        b.record_success("u");
+        assert_eq!(b.admit("u"), Admission::Allow);
+        assert_eq!(b.open_count(), 0);
+    }
+}

@@ -1,0 +1,168 @@
+//! Fan-out, in the processor: applied events → delivery logs + jobs.
+//!
+//! An event is forwarded when it was new, or when the same gateway event is
+//! being re-processed (a crash between apply and fan-out); a provider's
+//! duplicate is not forwarded again. Ids are derived from (event, webhook),
+//! so a re-run creates nothing twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::{
+    DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, ProjectRef, WebhookConfig, WebhookStore,
+    delivery_id, normalize_number,
+};
+use crate::cache::Cache;
+use crate::model::UnifiedEvent;
+use crate::processor::ProcessError;
+use crate::providers::json_text;
+use crate::store::Applied;
+
+const PROJECT_TTL: Duration = Duration::from_secs(4 * 3600);
+const NOT_FOUND_TTL: Duration = Duration::from_secs(600);
+const NOT_FOUND: &str = "NOT_FOUND";
+
+/// Who an event belongs to: (owner, project, business number).
+type MatchKey = (Option<String>, Option<String>, Option<String>);
+
+#[derive(Clone)]
+pub struct Fanout {
+    webhooks: Arc<dyn WebhookStore>,
+    queue: Arc<dyn ForwardQueue>,
+    cache: Arc<dyn Cache>,
+}
+
+impl Fanout {
+    pub fn new(
+        webhooks: Arc<dyn WebhookStore>,
+        queue: Arc<dyn ForwardQueue>,
+        cache: Arc<dyn Cache>,
+    ) -> Self {
+        Fanout {
+            webhooks,
+            queue,
+            cache,
+        }
+    }
+
+    /// The project behind a business number, through the cache (legacy key
+    /// and TTLs); a cache outage only costs the lookup.
+    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, ProcessError> {
+        let key = format!("project:lookup:{}", normalize_number(business_number));
+        match self.cache.get(&key).await {
+            Ok(Some(v)) if v == NOT_FOUND => return Ok(None),
+            Ok(Some(v)) => {
+                if let Ok(p) = serde_json::from_str(&v) {
+                    return Ok(Some(p));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cache unavailable for project lookup"),
+        }
+        let found = self.webhooks.project_of(business_number).await?;
+        let (value, ttl) = match &found {
+            Some(p) => (serde_json::to_string(p).unwrap_or_default(), PROJECT_TTL),
+            None => (NOT_FOUND.to_owned(), NOT_FOUND_TTL),
+        };
+        let _ = self.cache.set(&key, &value, ttl).await;
+        Ok(found)
+    }
+
+    /// Creates the deliveries for a processed batch; returns how many.
+    pub async fn run(
+        &self,
+        events: &[UnifiedEvent],
+        applied: &[Option<Applied>],
+    ) -> Result<usize, ProcessError> {
+        let mut matches: HashMap<MatchKey, Vec<WebhookConfig>> = HashMap::new();
+        let mut logs = Vec::new();
+        let mut jobs = Vec::new();
+        let now = Utc::now();
+        for (ev, applied) in events.iter().zip(applied) {
+            let (mut owner, mut project, business, message) = match applied {
+                Some(a) if a.duplicate && !a.redelivery => continue,
+                Some(a) => (
+                    Some(a.record.project_owner_id.clone()).filter(|s| !s.is_empty()),
+                    a.record.project_id.clone().filter(|s| !s.is_empty()),
+                    Some(a.record.business_number.clone()).filter(|s| !s.is_empty()),
+                    serde_json::to_value(&a.record).ok(),
+                ),
+                // Not a message (contact, template…): matched by project.
+                None => (None, json_text(&ev.raw, &["project_id"]), None, None),
+            };
+            if owner.is_none() {
+                if let Some(b) = &business {
+                    if let Some(p) = self.project_of(b).await? {
+                        owner = Some(p.project_owner_id).filter(|s| !s.is_empty());
+                        project = project.or(Some(p.project_id).filter(|s| !s.is_empty()));
+                    }
+                }
+            }
+            if owner.is_none() && project.is_none() && business.is_none() {
+                continue;
+            }
+            let key = (owner.clone(), project.clone(), business.clone());
+            if !matches.contains_key(&key) {
+                let found = self
+                    .webhooks
+                    .matching_webhooks(owner.as_deref(), project.as_deref(), business.as_deref())
+                    .await?;
+                matches.insert(key.clone(), found);
+            }
+            for webhook in &matches[&key] {
+                if !webhook.wants(&ev.legacy_type, &ev.unified_type) {
+                    continue;
+                }
+                // The name the client subscribed with is the name it gets.
+                let event_type = if webhook.topics.iter().any(|t| t == &ev.legacy_type) {
+                    ev.legacy_type.clone()
+                } else {
+                    ev.unified_type.clone()
+                };
+                let id = delivery_id(&ev.event_id, &webhook.id);
+                logs.push(DeliveryLog {
+                    id: id.clone(),
+                    project_owner_id: webhook.project_owner_id.clone(),
+                    webhook_id: webhook.id.clone(),
+                    event_id: ev.event_id.clone(),
+                    event_type: event_type.clone(),
+                    webhook_url: webhook.webhook_url.clone(),
+                    payload: ev.raw.clone(),
+                    attempt_count: 0,
+                    status: DeliveryStatus::Pending,
+                    status_code: None,
+                    response_body: None,
+                    error_message: None,
+                    delivery_duration_ms: None,
+                    next_retry_at: None,
+                    created_at: now,
+                    last_attempt_at: now,
+                });
+                jobs.push(ForwardJob {
+                    delivery_log_id: id,
+                    project_owner_id: webhook.project_owner_id.clone(),
+                    webhook_id: webhook.id.clone(),
+                    webhook_url: webhook.webhook_url.clone(),
+                    shared_secret: None,
+                    event_type,
+                    event_id: ev.event_id.clone(),
+                    payload: ev.raw.clone(),
+                    timestamp: now.timestamp_millis(),
+                    attempt_count: 0,
+                    message: message.clone(),
+                    parked_since: None,
+                    v: 1,
+                });
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        self.webhooks.create_delivery_logs(&logs).await?;
+        self.queue.enqueue(&jobs).await?;
+        Ok(jobs.len())
+    }
+}

@@ -1,0 +1,253 @@
+//! Forwarding: every tracked event goes to every client webhook that wants
+//! it, signed, retried, isolated per URL, and logged (DESIGN §5).
+//!
+//! - [`fanout`] turns applied events into delivery logs and jobs (in the
+//!   processor, before the inbox entry is acked);
+//! - a [`ForwardQueue`] holds the jobs durably (SQLite embedded; RabbitMQ);
+//! - the [`worker::Forwarder`] delivers them: per-URL circuit breakers,
+//!   retries with delays, DLQ for permanent failures.
+//!
+//! Job and log ids are derived from (event id, webhook id), so re-running a
+//! fan-out after a crash creates nothing twice.
+
+pub mod breaker;
+pub mod fanout;
+pub mod signing;
+pub mod sqlite;
+pub mod ssrf;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::queue::QueueError;
+use crate::store::{BackendHealth, StoreError};
+
+/// A client's webhook, in the legacy `webhooks` shape plus optional fields
+/// (absent = legacy behaviour).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookConfig {
+    /// ObjectId hex, stored as a string (legacy).
+    pub id: String,
+    pub project_owner_id: String,
+    #[serde(default)]
+    pub project_id: String,
+    pub webhook_url: String,
+    /// 64 lower-case hex chars; empty = deliveries are unsigned.
+    #[serde(default)]
+    pub shared_secret: String,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Unix ms (legacy int64).
+    pub created_at: i64,
+    pub updated_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub business_numbers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+impl WebhookConfig {
+    pub fn is_active(&self) -> bool {
+        self.active.unwrap_or(true)
+    }
+
+    /// Legacy names (`datagen.delivery`, `aisensy.<topic>`, …), unified
+    /// names (`message.delivered`, …) or `*`.
+    pub fn wants(&self, legacy_type: &str, unified_type: &str) -> bool {
+        self.topics
+            .iter()
+            .any(|t| t == "*" || t == legacy_type || t == unified_type)
+    }
+}
+
+/// `webhook_delivery_logs.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Retrying,
+    Success,
+    Failed,
+}
+
+/// One delivery (event × webhook), updated on every attempt (legacy shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryLog {
+    pub id: String,
+    pub project_owner_id: String,
+    pub webhook_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub webhook_url: String,
+    pub payload: Value,
+    pub attempt_count: u32,
+    pub status: DeliveryStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub last_attempt_at: DateTime<Utc>,
+}
+
+/// The outcome of one attempt, as written to its delivery log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub status: DeliveryStatus,
+    pub status_code: Option<u16>,
+    pub response_body: Option<String>,
+    pub error_message: Option<String>,
+    pub duration_ms: u64,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+    /// Attempts are counted (`$inc`); a parked job is not an attempt.
+    pub counts_as_attempt: bool,
+}
+
+/// A forwarding job: the legacy `WebhookForwardingPayload` (which other
+/// services on the broker publish), plus optional fields of ours. A legacy
+/// job may carry `shared_secret`; ours never do (the secret is looked up by
+/// `webhook_id`), and it is never written back out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardJob {
+    pub delivery_log_id: String,
+    #[serde(default)]
+    pub project_owner_id: String,
+    pub webhook_id: String,
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default, skip_serializing)]
+    pub shared_secret: Option<String>,
+    pub event_type: String,
+    pub event_id: String,
+    #[serde(default)]
+    pub payload: Value,
+    #[serde(default)]
+    pub timestamp: i64,
+    #[serde(default)]
+    pub attempt_count: u32,
+    /// The unified message record at fan-out time (ours only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Value>,
+    /// Since when the job waits behind an open circuit (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_since: Option<i64>,
+    /// Format version: absent/0 = legacy, 1 = this one.
+    #[serde(default)]
+    pub v: u32,
+}
+
+/// Identifies a received job for `complete` / `reschedule` / `dead_letter`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JobTag(pub String);
+
+/// A job in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadJob {
+    pub id: String,
+    pub reason: String,
+    pub dead_at: DateTime<Utc>,
+    pub job: ForwardJob,
+}
+
+/// Client webhooks and their delivery logs.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
+    async fn create_webhook(&self, webhook: &WebhookConfig) -> Result<(), StoreError>;
+    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError>;
+    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError>;
+    /// Replaces a webhook; false when it does not exist.
+    async fn update_webhook(&self, webhook: &WebhookConfig) -> Result<bool, StoreError>;
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+    /// Active webhooks whose owner, project or business numbers match.
+    async fn matching_webhooks(
+        &self,
+        owner: Option<&str>,
+        project_id: Option<&str>,
+        business_number: Option<&str>,
+    ) -> Result<Vec<WebhookConfig>, StoreError>;
+    /// The project of a business number (`projects.wa_number`, raw or
+    /// normalized), where the backend has that collection.
+    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError>;
+    /// Creates logs, skipping ids that exist (fan-out is re-runnable).
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError>;
+    async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError>;
+    async fn list_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError>;
+}
+
+/// Where forwarding jobs wait, durably, for the forwarder.
+#[async_trait]
+pub trait ForwardQueue: Send + Sync {
+    /// Adds jobs; a job whose `delivery_log_id` is queued already is skipped.
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError>;
+    /// Up to `max` due jobs, waiting up to `wait` for the first.
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(JobTag, ForwardJob)>, QueueError>;
+    /// Done with the job (delivered).
+    async fn complete(&self, tag: &JobTag) -> Result<(), QueueError>;
+    /// Runs `job` (as updated) again after `delay`.
+    async fn reschedule(
+        &self,
+        tag: &JobTag,
+        job: &ForwardJob,
+        delay: Duration,
+    ) -> Result<(), QueueError>;
+    /// Moves the job to the dead-letter queue.
+    async fn dead_letter(
+        &self,
+        tag: &JobTag,
+        job: &ForwardJob,
+        reason: &str,
+    ) -> Result<(), QueueError>;
+    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError>;
+    /// Requeues dead jobs (all, or those ids) with fresh attempts.
+    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, QueueError>;
+    async fn depth(&self) -> Result<u64, QueueError>;
+    async fn health(&self) -> BackendHealth;
+}
+
+/// A project as the legacy lookup cache stores it (`project:lookup:<n>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRef {
+    pub project_id: String,
+    pub project_owner_id: String,
+}
+
+/// Legacy number normalization for lookups: strip a leading `+`, then
+/// spaces, `-`, `(` and `)`.
+pub fn normalize_number(n: &str) -> String {
+    n.trim()
+        .trim_start_matches('+')
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')'))
+        .collect()
+}
+
+/// A stable 24-hex id (a valid ObjectId hex, as legacy consumers parse
+/// `delivery_log_id`) for the delivery of `event_id` to `webhook_id`.
+pub fn delivery_id(event_id: &str, webhook_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{event_id}|{webhook_id}").as_bytes());
+    hex::encode(&digest[..12])
+}

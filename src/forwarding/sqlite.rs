@@ -1,0 +1,447 @@
+//! Webhooks, delivery logs and the forwarding queue on the embedded
+//! database. Jobs are rows with a due time and a lease: `receive` leases due
+//! rows (so a crash mid-delivery only delays them until the lease ends),
+//! `reschedule` moves the due time, `dead_letter` moves the row to
+//! `forward_dlq`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeZone, Utc};
+use rusqlite::{OptionalExtension, params};
+use tokio::sync::Notify;
+
+use super::{
+    Attempt, DeadJob, DeliveryLog, ForwardJob, ForwardQueue, JobTag, ProjectRef, WebhookConfig,
+    WebhookStore,
+};
+use crate::queue::QueueError;
+use crate::sqlite::SqliteDb;
+use crate::store::{BackendHealth, StoreError};
+
+/// How long a received job is reserved for its delivery.
+const LEASE: Duration = Duration::from_secs(300);
+
+fn json_err(e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: String) -> rusqlite::Result<T> {
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+#[derive(Clone)]
+pub struct SqliteWebhookStore {
+    db: SqliteDb,
+}
+
+impl SqliteWebhookStore {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteWebhookStore { db }
+    }
+}
+
+fn upsert_webhook(conn: &rusqlite::Connection, w: &WebhookConfig) -> rusqlite::Result<usize> {
+    let doc = serde_json::to_string(w).map_err(json_err)?;
+    conn.prepare_cached(
+        "INSERT INTO webhooks (id, project_owner_id, project_id, doc) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET project_owner_id = ?2, project_id = ?3, doc = ?4",
+    )?
+    .execute(params![w.id, w.project_owner_id, w.project_id, doc])
+}
+
+#[async_trait]
+impl WebhookStore for SqliteWebhookStore {
+    async fn create_webhook(&self, w: &WebhookConfig) -> Result<(), StoreError> {
+        let w = w.clone();
+        self.db.write(move |c| upsert_webhook(c, &w)).await?;
+        Ok(())
+    }
+
+    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+        let id = id.to_owned();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT doc FROM webhooks WHERE id = ?1")?
+                    .query_row([id], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(from_json)
+                    .transpose()
+            })
+            .await?)
+    }
+
+    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError> {
+        let owner = owner.map(str::to_owned);
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT doc FROM webhooks WHERE ?1 IS NULL OR project_owner_id = ?1 ORDER BY id",
+                )?;
+                let rows = stmt.query_map([owner], |r| r.get::<_, String>(0))?;
+                rows.map(|r| r.and_then(from_json)).collect()
+            })
+            .await?)
+    }
+
+    async fn update_webhook(&self, w: &WebhookConfig) -> Result<bool, StoreError> {
+        let w = w.clone();
+        Ok(self
+            .db
+            .write(move |c| {
+                let exists: bool = c
+                    .prepare_cached("SELECT 1 FROM webhooks WHERE id = ?1")?
+                    .exists([&w.id])?;
+                if exists {
+                    upsert_webhook(c, &w)?;
+                }
+                Ok(exists)
+            })
+            .await?)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        Ok(self
+            .db
+            .write(move |c| {
+                c.execute("DELETE FROM webhooks WHERE id = ?1", [id])
+                    .map(|n| n > 0)
+            })
+            .await?)
+    }
+
+    async fn matching_webhooks(
+        &self,
+        owner: Option<&str>,
+        project_id: Option<&str>,
+        business_number: Option<&str>,
+    ) -> Result<Vec<WebhookConfig>, StoreError> {
+        let (o, p, b) = (
+            owner.map(str::to_owned),
+            project_id.map(str::to_owned),
+            business_number.map(super::normalize_number),
+        );
+        let all: Vec<WebhookConfig> = self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT doc FROM webhooks
+                     WHERE (?1 IS NOT NULL AND project_owner_id = ?1)
+                        OR (?2 IS NOT NULL AND project_id = ?2)
+                        OR (?3 IS NOT NULL AND EXISTS (
+                              SELECT 1 FROM json_each(doc, '$.business_numbers')
+                              WHERE replace(replace(replace(replace(ltrim(value, '+'), ' ', ''), '-', ''), '(', ''), ')', '') = ?3))",
+                )?;
+                let rows = stmt.query_map(params![o, p, b], |r| r.get::<_, String>(0))?;
+                rows.map(|r| r.and_then(from_json)).collect()
+            })
+            .await?;
+        Ok(all.into_iter().filter(WebhookConfig::is_active).collect())
+    }
+
+    async fn project_of(&self, _business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
+        // The embedded backend has no `projects` collection: owners come from
+        // registered messages, and webhooks can match by business number.
+        Ok(None)
+    }
+
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
+        let logs = logs.to_vec();
+        self.db
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT OR IGNORE INTO delivery_logs (id, webhook_id, created_at_ms, doc)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for l in &logs {
+                    let doc = serde_json::to_string(l).map_err(json_err)?;
+                    stmt.execute(params![
+                        l.id,
+                        l.webhook_id,
+                        l.created_at.timestamp_millis(),
+                        doc
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, log_id: &str, a: &Attempt) -> Result<(), StoreError> {
+        let (id, a) = (log_id.to_owned(), a.clone());
+        self.db
+            .write(move |c| {
+                let Some(doc) = c
+                    .prepare_cached("SELECT doc FROM delivery_logs WHERE id = ?1")?
+                    .query_row([&id], |r| r.get::<_, String>(0))
+                    .optional()?
+                else {
+                    return Ok(());
+                };
+                let mut log: DeliveryLog = from_json(doc)?;
+                apply_attempt(&mut log, &a);
+                let doc = serde_json::to_string(&log).map_err(json_err)?;
+                c.prepare_cached("UPDATE delivery_logs SET doc = ?2 WHERE id = ?1")?
+                    .execute(params![id, doc])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        let id = webhook_id.to_owned();
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT doc FROM delivery_logs WHERE webhook_id = ?1
+                     ORDER BY created_at_ms DESC, id LIMIT ?2",
+                )?;
+                let rows = stmt.query_map(params![id, limit as i64], |r| r.get::<_, String>(0))?;
+                rows.map(|r| r.and_then(from_json)).collect()
+            })
+            .await?)
+    }
+}
+
+/// The legacy per-attempt update: `$set` the outcome, `$inc` the count.
+pub fn apply_attempt(log: &mut DeliveryLog, a: &Attempt) {
+    log.status = a.status;
+    if a.counts_as_attempt {
+        log.attempt_count += 1;
+    }
+    log.status_code = a.status_code.or(log.status_code);
+    if a.response_body.is_some() {
+        log.response_body = a.response_body.clone();
+    }
+    log.error_message = a.error_message.clone();
+    log.delivery_duration_ms = Some(a.duration_ms);
+    log.next_retry_at = a.next_retry_at;
+    log.last_attempt_at = a.at;
+}
+
+/// The forwarding queue on the embedded database.
+pub struct SqliteForwardQueue {
+    db: SqliteDb,
+    arrived: Arc<Notify>,
+}
+
+impl SqliteForwardQueue {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteForwardQueue {
+            db,
+            arrived: Arc::new(Notify::new()),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn priority(job: &ForwardJob) -> i64 {
+    // Legacy: 10 − attempt_count, at least 1.
+    (10 - job.attempt_count as i64).max(1)
+}
+
+#[async_trait]
+impl ForwardQueue for SqliteForwardQueue {
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError> {
+        let jobs = jobs.to_vec();
+        self.db
+            .write(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "INSERT OR IGNORE INTO forward_jobs (id, due_at_ms, priority, job) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let now = now_ms();
+                for j in &jobs {
+                    let doc = serde_json::to_string(j).map_err(json_err)?;
+                    stmt.execute(params![j.delivery_log_id, now, priority(j), doc])?;
+                }
+                Ok(())
+            })
+            .await?;
+        self.arrived.notify_waiters();
+        self.arrived.notify_one();
+        Ok(())
+    }
+
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(JobTag, ForwardJob)>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let limit = max.max(1) as i64;
+            let leased: Vec<(String, String)> = self
+                .db
+                .write(move |c| {
+                    let now = now_ms();
+                    let mut stmt = c.prepare_cached(
+                        "UPDATE forward_jobs SET lease_until_ms = ?1
+                         WHERE id IN (SELECT id FROM forward_jobs
+                                      WHERE due_at_ms <= ?2 AND lease_until_ms <= ?2
+                                      ORDER BY priority DESC, due_at_ms LIMIT ?3)
+                         RETURNING id, job",
+                    )?;
+                    let rows = stmt
+                        .query_map(params![now + LEASE.as_millis() as i64, now, limit], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                    rows.collect()
+                })
+                .await?;
+            if !leased.is_empty() {
+                let mut out = Vec::with_capacity(leased.len());
+                for (id, doc) in leased {
+                    match serde_json::from_str::<ForwardJob>(&doc) {
+                        Ok(job) => out.push((JobTag(id), job)),
+                        Err(e) => {
+                            tracing::error!(job.id = %id, error = %e, "undecodable forwarding job left leased")
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            // Woken by new jobs; otherwise poll for due retries.
+            let nap = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(nap, self.arrived.notified()).await;
+        }
+    }
+
+    async fn complete(&self, tag: &JobTag) -> Result<(), QueueError> {
+        let id = tag.0.clone();
+        self.db
+            .write(move |c| c.execute("DELETE FROM forward_jobs WHERE id = ?1", [id]))
+            .await?;
+        Ok(())
+    }
+
+    async fn reschedule(
+        &self,
+        tag: &JobTag,
+        job: &ForwardJob,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        let (id, job) = (tag.0.clone(), job.clone());
+        self.db
+            .write(move |c| {
+                let doc = serde_json::to_string(&job).map_err(json_err)?;
+                c.prepare_cached(
+                    "UPDATE forward_jobs SET due_at_ms = ?2, lease_until_ms = 0, priority = ?3, job = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, now_ms() + delay.as_millis() as i64, priority(&job), doc])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        tag: &JobTag,
+        job: &ForwardJob,
+        reason: &str,
+    ) -> Result<(), QueueError> {
+        let (id, job, reason) = (tag.0.clone(), job.clone(), reason.to_owned());
+        self.db
+            .write(move |c| {
+                let doc = serde_json::to_string(&job).map_err(json_err)?;
+                c.execute("DELETE FROM forward_jobs WHERE id = ?1", [&id])?;
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO forward_dlq (id, dead_at_ms, reason, job) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, now_ms(), reason, doc])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, dead_at_ms, reason, job FROM forward_dlq ORDER BY dead_at_ms DESC, id LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit as i64], |r| {
+                    Ok(DeadJob {
+                        id: r.get(0)?,
+                        dead_at: Utc.timestamp_millis_opt(r.get(1)?).single().unwrap_or_default(),
+                        reason: r.get(2)?,
+                        job: from_json(r.get(3)?)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await?)
+    }
+
+    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, QueueError> {
+        let ids = ids.map(<[String]>::to_vec);
+        let n = self
+            .db
+            .write(move |c| {
+                let dead: Vec<(String, String)> = {
+                    let mut stmt = c.prepare("SELECT id, job FROM forward_dlq")?;
+                    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                let mut n = 0;
+                for (id, doc) in dead {
+                    if ids.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+                        continue;
+                    }
+                    let mut job: ForwardJob = from_json(doc)?;
+                    // A replay starts over: fresh attempts, not parked.
+                    job.attempt_count = 0;
+                    job.parked_since = None;
+                    let doc = serde_json::to_string(&job).map_err(json_err)?;
+                    c.execute(
+                        "INSERT OR REPLACE INTO forward_jobs (id, due_at_ms, lease_until_ms, priority, job)
+                         VALUES (?1, ?2, 0, ?3, ?4)",
+                        params![id, now_ms(), priority(&job), doc],
+                    )?;
+                    c.execute("DELETE FROM forward_dlq WHERE id = ?1", [&id])?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await?;
+        self.arrived.notify_one();
+        Ok(n)
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        let n: i64 = self
+            .db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM forward_jobs", [], |r| r.get(0)))
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let up = self.db.is_writable();
+        BackendHealth {
+            backend: "sqlite",
+            up,
+            detail: (!up).then(|| self.db.last_error()).flatten(),
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! The forwarder: takes jobs from the forwarding queue and delivers them,
+//! up to `concurrency` at a time, each through its URL's circuit breaker.
+//!
+//! Outcomes (DESIGN §5): 2xx delivered; 408, 429, 5xx and transport errors
+//! are retried on the schedule (then the DLQ); other 4xx go to the DLQ at
+//! once, 410 also deactivates the webhook. An open circuit parks the job
+//! (rescheduled, no attempt spent) until the cool-down's probe, or the DLQ
+//! past the maximum parked age. Every attempt and park updates the delivery
+//! log before the job moves on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::{Admission, Breakers};
+use super::signing::{legacy_signature, standard_signature};
+use super::ssrf::{PublicOnlyResolver, check_literal_host};
+use super::{
+    Attempt, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, WebhookConfig, WebhookStore,
+};
+
+/// How the forwarder behaves; every knob has an environment variable.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    pub concurrency: usize,
+    pub connect_timeout: Duration,
+    pub total_timeout: Duration,
+    /// Delay before each retry; attempts in total = delays + 1.
+    pub retry_delays: Vec<Duration>,
+    /// Exponential backoff with jitter instead of the fixed schedule.
+    pub exponential: bool,
+    /// Upper bound for a `Retry-After` the client sends.
+    pub max_retry_after: Duration,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+    /// Longest a job may stay parked behind an open circuit before the DLQ.
+    pub max_parked: Duration,
+    /// Allow private / loopback targets (local receivers, tests).
+    pub allow_private: bool,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        ForwarderConfig {
+            concurrency: 100,
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(15),
+            retry_delays: vec![Duration::from_secs(3), Duration::from_secs(3)],
+            exponential: false,
+            max_retry_after: Duration::from_secs(300),
+            breaker_threshold: 10,
+            breaker_cooldown: Duration::from_secs(300),
+            max_parked: Duration::from_secs(24 * 3600),
+            allow_private: false,
+        }
+    }
+}
+
+/// Longest response body read (the rest is not waited for).
+const MAX_RESPONSE_BYTES: usize = 10 * 1024;
+/// Longest response body kept in the delivery log (legacy).
+const LOGGED_RESPONSE_BYTES: usize = 1000;
+
+/// What one HTTP attempt came back with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendOutcome {
+    pub status: Option<u16>,
+    pub body: Option<String>,
+    pub error: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub duration: Duration,
+}
+
+impl SendOutcome {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// How an outcome is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Delivered,
+    Retry,
+    Permanent,
+    Gone,
+}
+
+fn verdict(o: &SendOutcome) -> Verdict {
+    match o.status {
+        Some(s) if (200..300).contains(&s) => Verdict::Delivered,
+        Some(410) => Verdict::Gone,
+        Some(408 | 429) => Verdict::Retry,
+        Some(s) if s >= 500 => Verdict::Retry,
+        Some(s) if (400..500).contains(&s) => Verdict::Permanent,
+        Some(_) => Verdict::Retry,
+        // A target refused by the SSRF guard will not become allowed.
+        None if o
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused to forward")) =>
+        {
+            Verdict::Permanent
+        }
+        None => Verdict::Retry,
+    }
+}
+
+pub struct Forwarder {
+    queue: Arc<dyn ForwardQueue>,
+    webhooks: Arc<dyn WebhookStore>,
+    client: reqwest::Client,
+    breakers: Breakers,
+    cfg: ForwarderConfig,
+}
+
+/// The request body: `{"data","event_id","event_type","message","timestamp"}`
+/// (keys in the order the legacy gateway's Go maps produced).
+pub fn request_body(job: &ForwardJob, now_ms: i64) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert("data".into(), job.payload.clone());
+    m.insert("event_id".into(), Value::String(job.event_id.clone()));
+    m.insert("event_type".into(), Value::String(job.event_type.clone()));
+    if let Some(message) = &job.message {
+        m.insert("message".into(), message.clone());
+    }
+    m.insert("timestamp".into(), Value::from(now_ms));
+    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(s).ok()?;
+    (at.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+impl Forwarder {
+    pub fn new(
+        queue: Arc<dyn ForwardQueue>,
+        webhooks: Arc<dyn WebhookStore>,
+        cfg: ForwarderConfig,
+    ) -> Result<Forwarder, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.total_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(50)
+            .user_agent(concat!("zen-gateway/", env!("CARGO_PKG_VERSION")));
+        if !cfg.allow_private {
+            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+        }
+        Ok(Forwarder {
+            queue,
+            webhooks,
+            client: builder.build()?,
+            breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown),
+            cfg,
+        })
+    }
+
+    pub fn open_circuits(&self) -> usize {
+        self.breakers.open_count()
+    }
+
+    /// Runs until `shutdown`, then lets in-flight deliveries finish.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let want = (permits.available_permits() + 1).min(100);
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.queue.receive(want, Duration::from_secs(1)) => r,
+            };
+            let jobs = match received {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the forwarding queue; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let mut first = Some(first);
+            for (tag, job) in jobs {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let this = self.clone();
+                tasks.spawn(async move {
+                    this.deliver(tag, job).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Let in-flight deliveries finish (each bounded by the timeouts).
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("forwarder stopped");
+    }
+
+    /// One HTTP attempt of `job` to `url` (no queue or log side effects).
+    pub async fn send(
+        &self,
+        url: &str,
+        secret: &str,
+        extra_headers: Option<&std::collections::BTreeMap<String, String>>,
+        job: &ForwardJob,
+    ) -> SendOutcome {
+        let started = Instant::now();
+        let failed = |e: String| SendOutcome {
+            status: None,
+            body: None,
+            error: Some(e),
+            retry_after: None,
+            duration: started.elapsed(),
+        };
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+            Ok(u) => return failed(format!("refused to forward to scheme {}", u.scheme())),
+            Err(e) => return failed(format!("refused to forward to an invalid URL: {e}")),
+        };
+        if !self.cfg.allow_private {
+            if let Err(e) = check_literal_host(&parsed) {
+                return failed(e);
+            }
+        }
+        let now = Utc::now();
+        let body = request_body(job, now.timestamp_millis());
+        let mut headers = HeaderMap::new();
+        for (k, v) in extra_headers.into_iter().flatten() {
+            if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+                headers.insert(k, v);
+            }
+        }
+        let mut set = |k: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                headers.insert(HeaderName::from_static(k), v);
+            }
+        };
+        set("content-type", "application/json".into());
+        set("x-event-type", job.event_type.clone());
+        set("x-event-id", job.event_id.clone());
+        set("x-attempt-count", job.attempt_count.to_string());
+        if !secret.is_empty() {
+            let ts = now.timestamp();
+            set("x-webhook-signature", legacy_signature(secret, &body));
+            set("webhook-id", job.event_id.clone());
+            set("webhook-timestamp", ts.to_string());
+            set(
+                "webhook-signature",
+                standard_signature(secret, &job.event_id, ts, &body),
+            );
+        }
+        let resp = match self
+            .client
+            .post(parsed)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                // The SSRF resolver's message is in the source chain.
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                return failed(msg);
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+        let mut resp = resp;
+        let mut buf = Vec::new();
+        while buf.len() < MAX_RESPONSE_BYTES {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        buf.truncate(MAX_RESPONSE_BYTES);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        SendOutcome {
+            status: Some(status),
+            error: (!(200..300).contains(&status))
+                .then(|| format!("HTTP {status}: {}", truncate(&text, 200))),
+            body: Some(text),
+            retry_after,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn retry_delay(&self, attempt_index: usize, retry_after: Option<Duration>) -> Duration {
+        let schedule = self
+            .cfg
+            .retry_delays
+            .get(attempt_index)
+            .or(self.cfg.retry_delays.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(3));
+        let base = if self.cfg.exponential {
+            let exp = schedule.saturating_mul(1 << attempt_index.min(16));
+            // ±20 % jitter so retries of one outage do not arrive together.
+            let jitter = (uuid::Uuid::new_v4().as_bytes()[0] as f64 / 255.0) * 0.4 + 0.8;
+            exp.mul_f64(jitter)
+        } else {
+            schedule
+        };
+        // The client's Retry-After wins, within bounds.
+        match retry_after {
+            Some(ra) => ra.min(self.cfg.max_retry_after),
+            None => base,
+        }
+    }
+
+    async fn log_attempt(&self, log_id: &str, attempt: Attempt) {
+        // Delivery logs are never dropped: retry the write for a while.
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..8 {
+            match self.webhooks.record_attempt(log_id, &attempt).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(delivery.id = log_id, error = %e, "delivery log write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        tracing::error!(
+            delivery.id = log_id,
+            "delivery log write abandoned after retries"
+        );
+    }
+
+    async fn finish(&self, what: &str, r: Result<(), crate::queue::QueueError>) {
+        if let Err(e) = r {
+            // The lease runs out and the job comes back: at-least-once.
+            tracing::warn!(error = %e, step = what, "forwarding queue update failed; the job will run again");
+        }
+    }
+
+    async fn dead(
+        &self,
+        tag: &JobTag,
+        job: &ForwardJob,
+        reason: String,
+        outcome: Option<&SendOutcome>,
+    ) {
+        tracing::info!(delivery.id = %job.delivery_log_id, webhook.id = %job.webhook_id, reason = %reason, "delivery dead-lettered");
+        self.log_attempt(
+            &job.delivery_log_id,
+            Attempt {
+                status: DeliveryStatus::Failed,
+                status_code: outcome.and_then(|o| o.status),
+                response_body: outcome
+                    .and_then(|o| o.body.as_deref())
+                    .map(|b| truncate(b, LOGGED_RESPONSE_BYTES)),
+                error_message: Some(reason.clone()),
+                duration_ms: outcome.map(|o| o.duration.as_millis() as u64).unwrap_or(0),
+                next_retry_at: None,
+                at: Utc::now(),
+                counts_as_attempt: outcome.is_some(),
+            },
+        )
+        .await;
+        self.finish(
+            "dead_letter",
+            self.queue.dead_letter(tag, job, &reason).await,
+        )
+        .await;
+    }
+
+    /// Delivers one job and moves it on (done, retry, park or DLQ).
+    pub async fn deliver(&self, tag: JobTag, job: ForwardJob) {
+        let webhook: Option<WebhookConfig> = match self.webhooks.get_webhook(&job.webhook_id).await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook store unavailable; job postponed");
+                self.finish(
+                    "reschedule",
+                    self.queue
+                        .reschedule(&tag, &job, Duration::from_secs(5))
+                        .await,
+                )
+                .await;
+                return;
+            }
+        };
+        let (url, secret, headers) = match &webhook {
+            Some(w) if !w.is_active() => {
+                return self
+                    .dead(&tag, &job, "webhook is inactive".into(), None)
+                    .await;
+            }
+            Some(w) => (
+                w.webhook_url.clone(),
+                w.shared_secret.clone(),
+                w.headers.clone(),
+            ),
+            // A legacy job from another service can carry url and secret.
+            None if !job.webhook_url.is_empty() && job.shared_secret.is_some() => (
+                job.webhook_url.clone(),
+                job.shared_secret.clone().unwrap_or_default(),
+                None,
+            ),
+            None => {
+                return self
+                    .dead(&tag, &job, "webhook no longer exists".into(), None)
+                    .await;
+            }
+        };
+
+        match self.breakers.admit(&url) {
+            Admission::Reject(wait) => return self.park(tag, job, wait).await,
+            Admission::Allow | Admission::Probe => {}
+        }
+
+        let outcome = self.send(&url, &secret, headers.as_ref(), &job).await;
+        let now = Utc::now();
+        let logged_body = outcome
+            .body
+            .as_deref()
+            .map(|b| truncate(b, LOGGED_RESPONSE_BYTES));
+        match verdict(&outcome) {
+            Verdict::Delivered => {
+                self.breakers.record_success(&url);
+                self.log_attempt(
+                    &job.delivery_log_id,
+                    Attempt {
+                        status: DeliveryStatus::Success,
+                        status_code: outcome.status,
+                        response_body: logged_body,
+                        error_message: None,
+                        duration_ms: outcome.duration.as_millis() as u64,
+                        next_retry_at: None,
+                        at: now,
+                        counts_as_attempt: true,
+                    },
+                )
+                .await;
+                self.finish("complete", self.queue.complete(&tag).await)
+                    .await;
+            }
+            Verdict::Gone => {
+                self.breakers.release_probe(&url);
+                if let Some(mut w) = webhook {
+                    w.active = Some(false);
+                    w.updated_at = now.timestamp_millis();
+                    if let Err(e) = self.webhooks.update_webhook(&w).await {
+                        tracing::warn!(error = %e, webhook.id = %w.id, "could not deactivate the webhook");
+                    } else {
+                        tracing::warn!(webhook.id = %w.id, "endpoint answered 410 Gone: webhook deactivated");
+                    }
+                }
+                self.dead(
+                    &tag,
+                    &job,
+                    "410 Gone: the webhook was deactivated".into(),
+                    Some(&outcome),
+                )
+                .await;
+            }
+            Verdict::Permanent => {
+                self.breakers.release_probe(&url);
+                let reason = outcome
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "permanent failure".into());
+                self.dead(&tag, &job, reason, Some(&outcome)).await;
+            }
+            Verdict::Retry => {
+                // 429 says "slow down", not "broken": it does not trip the circuit.
+                if outcome.status == Some(429) {
+                    self.breakers.release_probe(&url);
+                } else {
+                    self.breakers.record_failure(&url);
+                }
+                let attempts_done = job.attempt_count as usize + 1;
+                let total_attempts = self.cfg.retry_delays.len() + 1;
+                let reason = outcome.error.clone().unwrap_or_else(|| "failed".into());
+                if attempts_done >= total_attempts {
+                    return self
+                        .dead(
+                            &tag,
+                            &job,
+                            format!("gave up after {attempts_done} attempts: {reason}"),
+                            Some(&outcome),
+                        )
+                        .await;
+                }
+                let delay = self.retry_delay(job.attempt_count as usize, outcome.retry_after);
+                let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                self.log_attempt(
+                    &job.delivery_log_id,
+                    Attempt {
+                        status: DeliveryStatus::Retrying,
+                        status_code: outcome.status,
+                        response_body: logged_body,
+                        error_message: Some(reason),
+                        duration_ms: outcome.duration.as_millis() as u64,
+                        next_retry_at: Some(next_at),
+                        at: now,
+                        counts_as_attempt: true,
+                    },
+                )
+                .await;
+                let mut next = job.clone();
+                next.attempt_count += 1;
+                next.parked_since = None;
+                self.finish(
+                    "reschedule",
+                    self.queue.reschedule(&tag, &next, delay).await,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The circuit is open: wait without spending an attempt, unless the job
+    /// has waited too long already.
+    async fn park(&self, tag: JobTag, mut job: ForwardJob, wait: Duration) {
+        let now = Utc::now();
+        let since = *job.parked_since.get_or_insert(now.timestamp_millis());
+        let parked_for = Duration::from_millis((now.timestamp_millis() - since).max(0) as u64);
+        if parked_for >= self.cfg.max_parked {
+            return self
+                .dead(
+                    &tag,
+                    &job,
+                    format!("circuit open; parked for {}s", parked_for.as_secs()),
+                    None,
+                )
+                .await;
+        }
+        let delay = wait.max(Duration::from_millis(100));
+        self.log_attempt(
+            &job.delivery_log_id,
+            Attempt {
+                status: DeliveryStatus::Retrying,
+                status_code: None,
+                response_body: None,
+                error_message: Some("circuit open for this URL; parked".into()),
+                duration_ms: 0,
+                next_retry_at: Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),
+                at: now,
+                counts_as_attempt: false,
+            },
+        )
+        .await;
+        self.finish("reschedule", self.queue.reschedule(&tag, &job, delay).await)
+            .await;
+    }
+}

@@ -1,0 +1,513 @@
+//! Forwarding end to end on the embedded backend: a webhook posted by a BSP
+//! reaches the client's endpoint (a real HTTP receiver), signed both ways,
+//! with retries, DLQ and replay, 410 deactivation, circuit breakers and the
+//! SSRF guard.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::receiver::{Behavior, Receiver};
+
+const BUSINESS: &str = "918071234567";
+
+/// A gateway that may forward to loopback, with quick retries.
+async fn app_fast_retries() -> TestApp {
+    spawn_app_with(|s| {
+        s.forward_allow_private = true;
+        s.forward_retry_delays_ms = "100,100".into();
+    })
+    .await
+}
+
+async fn create_webhook(app: &TestApp, body: Value) -> Value {
+    let resp = app
+        .client
+        .post(app.url("/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json().await.unwrap()
+}
+
+async fn admin_get(app: &TestApp, path: &str) -> Value {
+    app.client
+        .get(app.url(path))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_until(mut check: impl AsyncFnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_delivery_reaches_the_client_signed_both_ways() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    let hook = create_webhook(
+        &app,
+        json!({
+            "project_owner_id": "owner-1",
+            "webhook_url": rx.url("ok"),
+            "topics": ["datagen.delivery"],
+            "business_numbers": [BUSINESS],
+        }),
+    )
+    .await;
+    let secret = hook["shared_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64);
+    let whsec = hook["signing_secret"].as_str().unwrap().to_owned();
+    assert!(whsec.starts_with("whsec_"));
+
+    let body = fixture("datagen_delivered.json");
+    assert_eq!(
+        app.post_webhook("/webhook/datagen", body.clone())
+            .await
+            .status(),
+        200
+    );
+    let got = rx.wait_for("ok", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!(req.header("content-type"), "application/json");
+    assert_eq!(req.header("x-event-type"), "datagen.delivery");
+    assert_eq!(req.header("x-attempt-count"), "0");
+    assert!(req.header("user-agent").starts_with("zen-gateway/"));
+    // Legacy signature: hex HMAC-SHA256 of the body with the secret's bytes.
+    let expected = zen_gateway::inbound_auth::hmac_sha256_hex(secret.as_bytes(), &req.body);
+    assert_eq!(req.header("x-webhook-signature"), expected);
+    // Standard Webhooks, checked by an independent implementation.
+    let wh = standardwebhooks::Webhook::new(&whsec).unwrap();
+    wh.verify(&req.body, &req.headers)
+        .expect("standard webhooks signature");
+    assert_eq!(req.header("webhook-id"), req.header("x-event-id"));
+
+    let payload = req.json();
+    let raw: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(payload["data"], raw);
+    assert_eq!(payload["event_type"], "datagen.delivery");
+    assert_eq!(payload["event_id"], req.header("x-event-id"));
+    assert!(payload["timestamp"].is_i64());
+    assert_eq!(payload["message"]["current_status"], "delivered");
+
+    // The delivery log says so.
+    let id = hook["id"].as_str().unwrap();
+    let logs = admin_get(&app, &format!("/api/v1/webhooks/{id}/deliveries")).await;
+    assert!(wait_until(async || admin_get(&app, &format!("/api/v1/webhooks/{id}/deliveries")).await[0]["status"] == "success").await, "{logs}");
+    let logs = admin_get(&app, &format!("/api/v1/webhooks/{id}/deliveries")).await;
+    assert_eq!(logs[0]["attempt_count"], 1);
+    assert_eq!(logs[0]["status_code"], 200);
+    assert_eq!(logs[0]["response_body"], "receiver says hi");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    rx.set("flaky", Behavior::Sequence(vec![500, 200]));
+    rx.set("down", Behavior::Status(503));
+    for path in ["flaky", "down"] {
+        create_webhook(
+            &app,
+            json!({
+            "project_owner_id": "o", "webhook_url": rx.url(path),
+            "topics": ["message.delivered"], "business_numbers": [BUSINESS]}),
+        )
+        .await;
+    }
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    let flaky = rx.wait_for("flaky", 2, Duration::from_secs(10)).await;
+    assert_eq!(flaky.len(), 2);
+    assert_eq!(flaky[0].header("x-attempt-count"), "0");
+    assert_eq!(flaky[1].header("x-attempt-count"), "1");
+    // Same event id on every attempt, re-signed (the timestamp changes).
+    assert_eq!(flaky[0].header("x-event-id"), flaky[1].header("x-event-id"));
+    assert!(flaky[1].at.duration_since(flaky[0].at) >= Duration::from_millis(90));
+
+    let down = rx.wait_for("down", 3, Duration::from_secs(10)).await;
+    assert_eq!(down.len(), 3, "3 attempts in total");
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.len() == 1))
+        .await
+    );
+    let dlq = admin_get(&app, "/api/v1/dlq").await;
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{dlq}"
+    );
+    assert!(
+        dlq[0]["job"].get("shared_secret").is_none(),
+        "secrets never travel in jobs"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received("down").len(), 3, "no attempt after the DLQ");
+
+    // Replay: fresh attempts.
+    rx.set("down", Behavior::Status(200));
+    let resp: Value = app
+        .client
+        .post(app.url("/api/v1/dlq/replay"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(resp["replayed"], 1);
+    let down = rx.wait_for("down", 4, Duration::from_secs(10)).await;
+    assert_eq!(down[3].header("x-attempt-count"), "0");
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.is_empty()))
+        .await
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    rx.set("bad", Behavior::Status(400));
+    rx.set("gone", Behavior::Status(410));
+    let gone = create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("gone"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("bad"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.len() == 2))
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.received("bad").len(), 1);
+    assert_eq!(rx.received("gone").len(), 1);
+    let id = gone["id"].as_str().unwrap();
+    let hook = admin_get(&app, &format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(hook["active"], false);
+    // An inactive webhook gets nothing more.
+    app.post_webhook(
+        "/webhook/datagen",
+        datagen_status("wamid.after-gone", "read", 1),
+    )
+    .await;
+    rx.wait_for("bad", 2, Duration::from_secs(5)).await;
+    assert_eq!(rx.received("gone").len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let app = spawn_app_with(|s| {
+        s.forward_allow_private = true;
+        s.forward_retry_delays_ms = "50".into();
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.set("busy", Behavior::RetryAfter(429, 1));
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("busy"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    let got = rx.wait_for("busy", 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(950));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one() {
+    let app = spawn_app_with(|s| {
+        s.forward_allow_private = true;
+        s.forward_retry_delays_ms = "100,100".into();
+        s.breaker_threshold = 3;
+        s.breaker_cooldown_secs = 1;
+        s.forward_timeout_ms = 500;
+        s.forward_concurrency = 8;
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.set("dead", Behavior::Hang(Duration::from_secs(5)));
+    for path in ["dead", "healthy"] {
+        create_webhook(
+            &app,
+            json!({"project_owner_id": "o", "webhook_url": rx.url(path),
+            "topics": ["*"], "business_numbers": [BUSINESS]}),
+        )
+        .await;
+    }
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        app.post_webhook(
+            "/webhook/datagen",
+            datagen_status(&format!("wamid.cb-{i}"), "sent", i),
+        )
+        .await;
+    }
+    let healthy = rx.wait_for("healthy", 20, Duration::from_secs(10)).await;
+    assert_eq!(healthy.len(), 20);
+    let healthy_took = started.elapsed();
+    // The dead URL's circuit opened: far fewer than 20 × 3 attempts reached it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dead_calls = rx.received("dead").len();
+    assert!(dead_calls < 20, "breaker did not open: {dead_calls} calls");
+    eprintln!(
+        "healthy endpoint: 20 deliveries in {healthy_took:?}; dead endpoint saw {dead_calls} calls"
+    );
+
+    // It recovers: one probe after the cool-down, then everything flows.
+    rx.set("dead", Behavior::Status(200));
+    let recovered = rx
+        .wait_for("dead", dead_calls + 20, Duration::from_secs(20))
+        .await;
+    assert!(
+        recovered.len() >= dead_calls + 20,
+        "parked jobs were not delivered after recovery"
+    );
+    assert!(
+        admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "parked jobs keep their attempts"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn private_targets_are_refused_unless_allowed() {
+    let app = spawn_app().await; // FORWARD_ALLOW_PRIVATE unset
+    let rx = Receiver::start().await;
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("internal"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": "http://localhost:9/x",
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.len() == 2))
+        .await
+    );
+    let dlq = admin_get(&app, "/api/v1/dlq").await;
+    for d in dlq.as_array().unwrap() {
+        assert!(
+            d["reason"].as_str().unwrap().contains("refused to forward"),
+            "{d}"
+        );
+    }
+    assert!(rx.received("internal").is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_once() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    create_webhook(&app, json!({"project_owner_id": "owner-F", "webhook_url": rx.url("a"), "topics": ["message.read"]})).await;
+    create_webhook(&app, json!({"project_owner_id": "owner-F", "webhook_url": rx.url("b"), "topics": ["datagen.delivery"]})).await;
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "someone-else", "webhook_url": rx.url("c"),
+        "topics": ["*"], "business_numbers": ["+91 80712 34567"]}),
+    )
+    .await;
+    create_webhook(&app, json!({"project_owner_id": "owner-F", "webhook_url": rx.url("no-topic"), "topics": ["message.failed"]})).await;
+    // The owner comes from the registered message.
+    app.client
+        .post(app.url("/api/v1/messages"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"bsp": "datagen", "wamid": "wamid.fan", "project_owner_id": "owner-F"}))
+        .send()
+        .await
+        .unwrap();
+    let event = datagen_status("wamid.fan", "read", 5);
+    for _ in 0..3 {
+        assert_eq!(
+            app.post_webhook("/webhook/datagen", event.clone())
+                .await
+                .status(),
+            200
+        );
+    }
+    for path in ["a", "b", "c"] {
+        rx.wait_for(path, 1, Duration::from_secs(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received("a").len(), 1);
+    assert_eq!(rx.received("a")[0].header("x-event-type"), "message.read");
+    assert_eq!(rx.received("b").len(), 1);
+    assert_eq!(
+        rx.received("b")[0].header("x-event-type"),
+        "datagen.delivery"
+    );
+    assert_eq!(rx.received("c").len(), 1);
+    assert!(rx.received("no-topic").is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_admin_api() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    let bad = app
+        .client
+        .post(app.url("/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"project_owner_id": "o", "webhook_url": "ftp://x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    assert!(
+        bad.json::<Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("webhook_url")
+    );
+
+    let hook = create_webhook(
+        &app,
+        json!({"project_owner_id": "o-admin", "webhook_url": rx.url("t")}),
+    )
+    .await;
+    assert_eq!(
+        hook["topics"],
+        json!(["datagen.delivery"]),
+        "legacy default subscription"
+    );
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let listed = admin_get(&app, "/api/v1/webhooks?project_owner_id=o-admin").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["shared_secret"], "", "secrets are not listed");
+    assert_eq!(listed[0]["auth_enabled"], true);
+
+    let patched: Value = app
+        .client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"topics": ["*"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["topics"], json!(["*"]));
+    assert_eq!(patched["auth_enabled"], true, "an update leaves signing on");
+
+    let rotated: Value = app
+        .client
+        .post(app.url(&format!("/api/v1/webhooks/{id}/rotate-secret")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(rotated["shared_secret"], hook["shared_secret"]);
+
+    let tested: Value = app
+        .client
+        .post(app.url(&format!("/api/v1/webhooks/{id}/test")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tested["success"], true, "{tested}");
+    let got = rx.wait_for("t", 1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].header("x-event-type"), "test.webhook");
+    let sig = zen_gateway::inbound_auth::hmac_sha256_hex(
+        rotated["shared_secret"].as_str().unwrap().as_bytes(),
+        &got[0].body,
+    );
+    assert_eq!(
+        got[0].header("x-webhook-signature"),
+        sig,
+        "signed with the rotated secret"
+    );
+
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let gone = app
+        .client
+        .get(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let unauth = app
+        .client
+        .get(app.url("/api/v1/webhooks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauth.status(), 401);
+    app.stop().await;
+}
