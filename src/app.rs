@@ -22,6 +22,7 @@ use crate::cache::Cache;
 use crate::cache::memory::MemoryCache;
 use crate::config::Settings;
 use crate::forwarding::fanout::Fanout;
+use crate::forwarding::mongo::MongoWebhookStore;
 use crate::forwarding::sqlite::{SqliteForwardQueue, SqliteWebhookStore};
 use crate::forwarding::worker::Forwarder;
 use crate::forwarding::{ForwardQueue, WebhookStore};
@@ -108,24 +109,28 @@ impl Application {
             }
             None => Arc::new(SqliteInbox::new(db.clone())),
         };
-        let store: Arc<dyn MessageStore> = match &settings.mongo_uri {
-            Some(uri) => {
-                let mongo = Arc::new(
-                    MongoStore::connect(uri, &settings.database_name)
-                        .await
-                        .context("MONGO_URI")?,
-                );
-                spawn_index_builder(mongo.clone());
-                mongo
-            }
-            None => Arc::new(SqliteStore::new(db.clone())),
-        };
+        let (store, webhooks): (Arc<dyn MessageStore>, Arc<dyn WebhookStore>) =
+            match &settings.mongo_uri {
+                Some(uri) => {
+                    let mongo = Arc::new(
+                        MongoStore::connect(uri, &settings.database_name)
+                            .await
+                            .context("MONGO_URI")?,
+                    );
+                    spawn_index_builder(mongo.clone());
+                    let webhooks = Arc::new(MongoWebhookStore::new(mongo.database()));
+                    (mongo, webhooks)
+                }
+                None => (
+                    Arc::new(SqliteStore::new(db.clone())),
+                    Arc::new(SqliteWebhookStore::new(db.clone())),
+                ),
+            };
         let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
 
         let providers = Providers::new();
-        // Webhook configs, delivery logs and forwarding jobs live in the
-        // embedded database in this version, whatever the other backends.
-        let webhooks: Arc<dyn WebhookStore> = Arc::new(SqliteWebhookStore::new(db.clone()));
+        // Forwarding jobs live in the embedded database in this version,
+        // whatever the other backends.
         let forward_queue: Arc<dyn ForwardQueue> = Arc::new(SqliteForwardQueue::new(db.clone()));
         let forwarder = Arc::new(
             Forwarder::new(

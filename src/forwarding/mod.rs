@@ -12,6 +12,7 @@
 
 pub mod breaker;
 pub mod fanout;
+pub mod mongo;
 pub mod signing;
 pub mod sqlite;
 pub mod ssrf;
@@ -55,6 +56,18 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// The config as stored: business numbers normalized, so that every
+    /// backend can match them with a plain equality.
+    pub fn normalized(&self) -> WebhookConfig {
+        let mut w = self.clone();
+        if let Some(numbers) = &mut w.business_numbers {
+            for n in numbers.iter_mut() {
+                *n = normalize_number(n);
+            }
+        }
+        w
+    }
+
     pub fn is_active(&self) -> bool {
         self.active.unwrap_or(true)
     }

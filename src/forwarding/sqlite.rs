@@ -45,6 +45,7 @@ impl SqliteWebhookStore {
 }
 
 fn upsert_webhook(conn: &rusqlite::Connection, w: &WebhookConfig) -> rusqlite::Result<usize> {
+    let w = &w.normalized();
     let doc = serde_json::to_string(w).map_err(json_err)?;
     conn.prepare_cached(
         "INSERT INTO webhooks (id, project_owner_id, project_id, doc) VALUES (?1, ?2, ?3, ?4)
@@ -136,7 +137,7 @@ impl WebhookStore for SqliteWebhookStore {
                         OR (?2 IS NOT NULL AND project_id = ?2)
                         OR (?3 IS NOT NULL AND EXISTS (
                               SELECT 1 FROM json_each(doc, '$.business_numbers')
-                              WHERE replace(replace(replace(replace(ltrim(value, '+'), ' ', ''), '-', ''), '(', ''), ')', '') = ?3))",
+                              WHERE value = ?3))",
                 )?;
                 let rows = stmt.query_map(params![o, p, b], |r| r.get::<_, String>(0))?;
                 rows.map(|r| r.and_then(from_json)).collect()

@@ -511,3 +511,59 @@ async fn webhook_admin_api() {
     assert_eq!(unauth.status(), 401);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn on_mongodb_the_owner_comes_from_projects_and_logs_are_legacy_documents() {
+    let Some(uri) = crate::services::mongo_uri() else {
+        return;
+    };
+    let db_name = crate::services::unique_db_name();
+    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let db = client.database(&db_name);
+    db.collection::<bson::Document>("projects")
+        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "wa_number": BUSINESS, "project_owner_id": "owner-M"})
+        .await
+        .unwrap();
+    let app = spawn_app_with(|s| {
+        s.forward_allow_private = true;
+        s.mongo_uri = Some(uri.clone());
+        s.database_name = db_name.clone();
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let hook = create_webhook(
+        &app,
+        json!({"project_owner_id": "owner-M", "webhook_url": rx.url("m"),
+        "topics": ["datagen.delivery"]}),
+    )
+    .await;
+    // No registration: the business number leads to the owner.
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    let got = rx.wait_for("m", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let id = hook["id"].as_str().unwrap();
+    let stored = db
+        .collection::<bson::Document>("webhooks")
+        .find_one(bson::doc! {"_id": id})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.get_str("project_owner_id").unwrap(), "owner-M");
+    let logs = db.collection::<bson::Document>("webhook_delivery_logs");
+    let mut ok = false;
+    for _ in 0..200 {
+        if let Some(l) = logs.find_one(bson::doc! {"webhook_id": id}).await.unwrap() {
+            if l.get_str("status").unwrap() == "success" {
+                assert_eq!(l.get_i32("attempt_count").unwrap(), 1);
+                assert_eq!(l.get_i32("status_code").unwrap(), 200);
+                ok = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ok, "delivery log not updated to success");
+    app.stop().await;
+    db.drop().await.unwrap();
+}

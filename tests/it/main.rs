@@ -13,3 +13,4 @@ mod rabbitmq_e2e;
 mod receiver;
 mod services;
 mod store_conformance;
+mod webhook_store_conformance;

@@ -1,0 +1,253 @@
+//! The webhook store's conformance suite, on SQLite and on MongoDB
+//! (FerretDB): configs, matching, delivery logs.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde_json::json;
+use zen_gateway::forwarding::mongo::MongoWebhookStore;
+use zen_gateway::forwarding::sqlite::SqliteWebhookStore;
+use zen_gateway::forwarding::{Attempt, DeliveryLog, DeliveryStatus, WebhookConfig, WebhookStore};
+use zen_gateway::sqlite::{SqliteDb, SqliteOptions, Synchronous};
+
+use crate::services;
+
+struct Backend {
+    store: Arc<dyn WebhookStore>,
+    db: Option<mongodb::Database>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let db = SqliteDb::open(&SqliteOptions {
+        path: dir.path().join("zen.db"),
+        synchronous: Synchronous::Normal,
+        queue_capacity: 100,
+        max_batch: 64,
+        readers: 2,
+    })
+    .unwrap();
+    Backend {
+        store: Arc::new(SqliteWebhookStore::new(db)),
+        db: None,
+        _dir: Some(dir),
+    }
+}
+
+async fn mongo() -> Option<Backend> {
+    let uri = services::mongo_uri()?;
+    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let db = client.database(&services::unique_db_name());
+    Some(Backend {
+        store: Arc::new(MongoWebhookStore::new(&db)),
+        db: Some(db),
+        _dir: None,
+    })
+}
+
+fn hook(id: &str, owner: &str) -> WebhookConfig {
+    WebhookConfig {
+        id: id.into(),
+        project_owner_id: owner.into(),
+        project_id: String::new(),
+        webhook_url: format!("https://example.com/{id}"),
+        shared_secret: "s".repeat(64),
+        topics: vec!["*".into()],
+        created_at: 1,
+        updated_at: 1,
+        active: None,
+        business_numbers: None,
+        headers: None,
+    }
+}
+
+async fn configs_and_matching(store: &dyn WebhookStore) {
+    let mut by_number = hook("w2", "other");
+    by_number.business_numbers = Some(vec!["+91 80712-34567".into()]);
+    let mut by_project = hook("w3", "other");
+    by_project.project_id = "prj-9".into();
+    let mut inactive = hook("w4", "owner-1");
+    inactive.active = Some(false);
+    for w in [hook("w1", "owner-1"), by_number, by_project, inactive] {
+        store.create_webhook(&w).await.unwrap();
+    }
+    assert_eq!(
+        store.get_webhook("w1").await.unwrap().unwrap(),
+        hook("w1", "owner-1")
+    );
+    assert_eq!(store.list_webhooks(Some("owner-1")).await.unwrap().len(), 2);
+    assert_eq!(store.list_webhooks(None).await.unwrap().len(), 4);
+    let ids = |v: Vec<WebhookConfig>| {
+        let mut ids: Vec<String> = v.into_iter().map(|w| w.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        ids(store
+            .matching_webhooks(Some("owner-1"), None, None)
+            .await
+            .unwrap()),
+        ["w1"]
+    );
+    assert_eq!(
+        ids(store
+            .matching_webhooks(None, None, Some("918071234567"))
+            .await
+            .unwrap()),
+        ["w2"]
+    );
+    assert_eq!(
+        ids(store
+            .matching_webhooks(None, Some("prj-9"), None)
+            .await
+            .unwrap()),
+        ["w3"]
+    );
+    assert_eq!(
+        ids(store
+            .matching_webhooks(Some("owner-1"), Some("prj-9"), Some("918071234567"))
+            .await
+            .unwrap()),
+        ["w1", "w2", "w3"]
+    );
+    let mut changed = hook("w1", "owner-1");
+    changed.topics = vec!["message.read".into()];
+    changed.headers = Some([("x-tenant".to_string(), "t1".to_string())].into());
+    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
+    assert!(!store.update_webhook(&hook("nope", "x")).await.unwrap());
+    assert!(store.delete_webhook("w1").await.unwrap());
+    assert!(!store.delete_webhook("w1").await.unwrap());
+    assert!(store.get_webhook("w1").await.unwrap().is_none());
+}
+
+async fn delivery_logs(store: &dyn WebhookStore) {
+    let now = Utc::now();
+    let log = DeliveryLog {
+        id: "65a1b2c3d4e5f6a7b8c9d0e1".into(),
+        project_owner_id: "o".into(),
+        webhook_id: "w".into(),
+        event_id: "e".into(),
+        event_type: "datagen.delivery".into(),
+        webhook_url: "https://example.com".into(),
+        payload: json!({"a": 1}),
+        attempt_count: 0,
+        status: DeliveryStatus::Pending,
+        status_code: None,
+        response_body: None,
+        error_message: None,
+        delivery_duration_ms: None,
+        next_retry_at: None,
+        created_at: now,
+        last_attempt_at: now,
+    };
+    store
+        .create_delivery_logs(std::slice::from_ref(&log))
+        .await
+        .unwrap();
+    store
+        .create_delivery_logs(std::slice::from_ref(&log))
+        .await
+        .unwrap(); // re-run: no error, no copy
+    let attempt = |status, code, counts| Attempt {
+        status,
+        status_code: Some(code),
+        response_body: Some("body".into()),
+        error_message: None,
+        duration_ms: 12,
+        next_retry_at: None,
+        at: Utc::now(),
+        counts_as_attempt: counts,
+    };
+    store
+        .record_attempt(&log.id, &attempt(DeliveryStatus::Retrying, 500, true))
+        .await
+        .unwrap();
+    store
+        .record_attempt(&log.id, &attempt(DeliveryStatus::Retrying, 500, false))
+        .await
+        .unwrap();
+    store
+        .record_attempt(&log.id, &attempt(DeliveryStatus::Success, 200, true))
+        .await
+        .unwrap();
+    let logs = store.list_deliveries("w", 10).await.unwrap();
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0].attempt_count, 2);
+    assert_eq!(logs[0].status, DeliveryStatus::Success);
+    assert_eq!(logs[0].status_code, Some(200));
+    assert_eq!(logs[0].payload, json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn sqlite_configs_and_matching() {
+    configs_and_matching(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn sqlite_delivery_logs() {
+    delivery_logs(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn mongo_configs_and_matching() {
+    let Some(b) = mongo().await else { return };
+    configs_and_matching(&*b.store).await;
+    b.db.unwrap().drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mongo_delivery_logs() {
+    let Some(b) = mongo().await else { return };
+    delivery_logs(&*b.store).await;
+    // Legacy BSON types.
+    let db = b.db.unwrap();
+    let doc = db
+        .collection::<bson::Document>("webhook_delivery_logs")
+        .find_one(bson::doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(doc.get("_id"), Some(bson::Bson::ObjectId(_))));
+    assert!(matches!(
+        doc.get("attempt_count"),
+        Some(bson::Bson::Int32(2))
+    ));
+    assert!(matches!(
+        doc.get("status_code"),
+        Some(bson::Bson::Int32(200))
+    ));
+    assert!(matches!(
+        doc.get("last_attempt_at"),
+        Some(bson::Bson::DateTime(_))
+    ));
+    db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn mongo_projects_resolve_owners_and_webhooks_keep_legacy_types() {
+    let Some(b) = mongo().await else { return };
+    let db = b.db.clone().unwrap();
+    db.collection::<bson::Document>("projects")
+        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "wa_number": "918071234567", "project_owner_id": "owner-P"})
+        .await
+        .unwrap();
+    let p = b.store.project_of("+91 8071234567").await.unwrap().unwrap();
+    assert_eq!(p.project_owner_id, "owner-P");
+    assert_eq!(p.project_id.len(), 24);
+    assert!(b.store.project_of("911111111111").await.unwrap().is_none());
+    b.store
+        .create_webhook(&hook("65a1b2c3d4e5f6a7b8c9d0ff", "owner-P"))
+        .await
+        .unwrap();
+    let doc = db
+        .collection::<bson::Document>("webhooks")
+        .find_one(bson::doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(doc.get("_id"), Some(bson::Bson::String(_))));
+    assert!(matches!(doc.get("created_at"), Some(bson::Bson::Int64(1))));
+    db.drop().await.unwrap();
+}
