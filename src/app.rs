@@ -23,6 +23,7 @@ use crate::cache::memory::MemoryCache;
 use crate::config::Settings;
 use crate::forwarding::fanout::Fanout;
 use crate::forwarding::mongo::MongoWebhookStore;
+use crate::forwarding::rabbitmq::RabbitForwardQueue;
 use crate::forwarding::sqlite::{SqliteForwardQueue, SqliteWebhookStore};
 use crate::forwarding::worker::Forwarder;
 use crate::forwarding::{ForwardQueue, WebhookStore};
@@ -103,6 +104,9 @@ impl Application {
                     prefetch: settings.rabbitmq_prefetch,
                     publish_channels: settings.rabbitmq_publish_channels,
                     retry_delays_ms: delays,
+                    forward_consume: true,
+                    forward_prefetch: settings.forward_concurrency.clamp(1, u16::MAX as usize)
+                        as u16,
                 });
                 rabbit = Some(r.clone());
                 r
@@ -129,9 +133,10 @@ impl Application {
         let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
 
         let providers = Providers::new();
-        // Forwarding jobs live in the embedded database in this version,
-        // whatever the other backends.
-        let forward_queue: Arc<dyn ForwardQueue> = Arc::new(SqliteForwardQueue::new(db.clone()));
+        let forward_queue: Arc<dyn ForwardQueue> = match &rabbit {
+            Some(broker) => Arc::new(RabbitForwardQueue::new(broker.clone())),
+            None => Arc::new(SqliteForwardQueue::new(db.clone())),
+        };
         let forwarder = Arc::new(
             Forwarder::new(
                 forward_queue.clone(),

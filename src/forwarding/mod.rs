@@ -13,6 +13,7 @@
 pub mod breaker;
 pub mod fanout;
 pub mod mongo;
+pub mod rabbitmq;
 pub mod signing;
 pub mod sqlite;
 pub mod ssrf;

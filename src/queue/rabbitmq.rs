@@ -51,6 +51,18 @@ pub fn bsp_queue(bsp: Bsp) -> String {
     format!("{bsp}_webhook_queue")
 }
 
+/// Fixed delays always declared besides the configured retry delays, so that
+/// `Retry-After` and parking behind an open circuit have a queue to wait in.
+const LADDER_MS: [u32; 5] = [1_000, 5_000, 30_000, 60_000, 300_000];
+
+/// Every retry queue delay, ascending.
+pub fn retry_ladder(configured: &[u32]) -> Vec<u32> {
+    let mut all: Vec<u32> = configured.iter().copied().chain(LADDER_MS).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 /// The per-delay retry queue of the forwarder: messages wait `ms` there and
 /// dead-letter back to the forwarding exchange (no plugin needed).
 pub fn retry_queue(ms: u32) -> String {
@@ -76,15 +88,21 @@ pub struct RabbitOptions {
     pub publish_channels: usize,
     /// Retry delays of the forwarder, one queue each.
     pub retry_delays_ms: Vec<u32>,
+    /// Consume `webhook_forwarding_queue` (this replica runs the forwarder).
+    pub forward_consume: bool,
+    /// Unacked forwarding jobs the broker may push to this replica.
+    pub forward_prefetch: u16,
 }
 
-struct Live {
+pub(crate) struct Live {
     generation: u64,
     connection: Connection,
     publishers: Vec<Channel>,
     next_publisher: AtomicUsize,
     consumer_channel: Option<Channel>,
     consumer: Option<Mutex<Consumer>>,
+    forward_channel: Option<Channel>,
+    forward_consumer: Option<Mutex<Consumer>>,
 }
 
 /// The inbox on RabbitMQ.
@@ -233,7 +251,7 @@ pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), 
         FieldTable::default(),
     )
     .await?;
-    for &ms in &opts.retry_delays_ms {
+    for ms in retry_ladder(&opts.retry_delays_ms) {
         ch.queue_declare(
             name(&retry_queue(ms)).into(),
             durable_queue,
@@ -351,6 +369,25 @@ impl RabbitInbox {
         } else {
             (None, None)
         };
+        let (forward_channel, forward_consumer) = if self.opts.forward_consume {
+            let ch = connection.create_channel().await?;
+            ch.basic_qos(
+                self.opts.forward_prefetch.max(1),
+                BasicQosOptions::default(),
+            )
+            .await?;
+            let consumer = ch
+                .basic_consume(
+                    format!("{}{FORWARDING_QUEUE}", self.opts.prefix).into(),
+                    "webhook-forwarder".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            (Some(ch), Some(Mutex::new(consumer)))
+        } else {
+            (None, None)
+        };
         Ok(Live {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             connection,
@@ -358,7 +395,58 @@ impl RabbitInbox {
             next_publisher: AtomicUsize::new(0),
             consumer_channel,
             consumer,
+            forward_channel,
+            forward_consumer,
         })
+    }
+
+    /// One persistent, mandatory publish, confirmed by the broker.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
+        let published = live.publishers[i]
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props.with_delivery_mode(2),
+            )
+            .await;
+        let confirm = match published {
+            Ok(c) => c.await,
+            Err(e) => Err(e),
+        };
+        match confirm {
+            Ok(c) if c.is_ack() => {
+                if c.take_message().is_some() {
+                    return Err(QueueError::Unavailable(format!(
+                        "the broker returned the message: nothing is bound to {exchange}/{routing_key}"
+                    )));
+                }
+                Ok(())
+            }
+            Ok(_) => Err(QueueError::Unavailable(
+                "the broker nacked the message".into(),
+            )),
+            Err(e) => {
+                self.report_broken(&e.to_string());
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    fn name(&self, n: &str) -> String {
+        format!("{}{n}", self.opts.prefix)
     }
 
     fn entry_from(delivery: &lapin::message::Delivery) -> Result<InboxEntry, String> {
@@ -390,6 +478,181 @@ impl RabbitInbox {
     }
 }
 
+/// Which consumer to take deliveries from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Inbox,
+    Forwarding,
+}
+
+/// A delivery tag on the wire of this process: the connection generation
+/// in the top 16 bits, the broker's tag below.
+pub(crate) fn wire_tag(generation: u64, tag: u64) -> u64 {
+    (generation << 48) | (tag & ((1 << 48) - 1))
+}
+
+impl RabbitInbox {
+    /// Up to `max` deliveries, waiting up to `wait` for the first.
+    pub(crate) async fn take(
+        &self,
+        stream: Stream,
+        max: usize,
+        wait: Duration,
+    ) -> Result<(u64, Vec<lapin::message::Delivery>), QueueError> {
+        let live = match self.live().await {
+            Ok(l) => l,
+            Err(e) => {
+                // Not connected: wait a little rather than spin.
+                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                return Err(e);
+            }
+        };
+        let consumer = match stream {
+            Stream::Inbox => &live.consumer,
+            Stream::Forwarding => &live.forward_consumer,
+        };
+        let Some(consumer) = consumer else {
+            return Err(QueueError::Unavailable(format!(
+                "this replica does not consume the {stream:?} queue"
+            )));
+        };
+        let mut consumer = consumer.lock().await;
+        let mut out = Vec::new();
+        let Ok(mut next) = tokio::time::timeout(wait, consumer.next()).await else {
+            return Ok((live.generation, out));
+        };
+        loop {
+            match next {
+                Some(Ok(delivery)) => out.push(delivery),
+                Some(Err(e)) => {
+                    self.report_broken(&e.to_string());
+                    break;
+                }
+                None => {
+                    self.report_broken("a consumer was cancelled by the broker");
+                    break;
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+            match consumer.next().now_or_never() {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        Ok((live.generation, out))
+    }
+
+    /// Acks a wire tag on `channel`; a tag of a dead connection is skipped
+    /// (the broker redelivers that message).
+    pub(crate) async fn ack_on(
+        &self,
+        live: &Live,
+        channel: &Channel,
+        tag: u64,
+    ) -> Result<(), QueueError> {
+        if tag >> 48 != live.generation {
+            return Ok(());
+        }
+        channel
+            .basic_ack(tag & ((1 << 48) - 1), BasicAckOptions::default())
+            .await
+            .map_err(|e| {
+                self.report_broken(&e.to_string());
+                unavailable(e)
+            })
+    }
+
+    /// Acks a forwarding job's wire tag.
+    pub(crate) async fn ack_forwarding(&self, tag: u64) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let Some(channel) = &live.forward_channel else {
+            return Ok(());
+        };
+        self.ack_on(&live, channel, tag).await
+    }
+
+    /// Rejects a forwarding job without requeue (dead-letters it).
+    pub(crate) async fn reject_forwarding(&self, tag: u64) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let Some(channel) = &live.forward_channel else {
+            return Ok(());
+        };
+        if tag >> 48 != live.generation {
+            return Ok(());
+        }
+        channel
+            .basic_reject(tag & ((1 << 48) - 1), BasicRejectOptions { requeue: false })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A short-lived channel (peeking at or draining the DLQ); closing it
+    /// requeues whatever it got and did not ack.
+    pub(crate) async fn side_channel(&self) -> Result<Channel, QueueError> {
+        let live = self.live().await?;
+        live.connection.create_channel().await.map_err(unavailable)
+    }
+
+    /// Publishes with confirm (see [`publish_confirmed`](Self::publish_confirmed)).
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), QueueError> {
+        self.publish_confirmed(&self.name(exchange), routing_key, body, props)
+            .await
+    }
+
+    /// Publishes to the default exchange, straight to a (prefixed) queue.
+    pub(crate) async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), QueueError> {
+        self.publish_confirmed("", &self.name(queue), body, props)
+            .await
+    }
+
+    pub(crate) fn queue_name(&self, n: &str) -> String {
+        self.name(n)
+    }
+
+    pub(crate) fn retry_delays(&self) -> Vec<u32> {
+        retry_ladder(&self.opts.retry_delays_ms)
+    }
+
+    /// Messages ready in a (prefixed) queue.
+    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64, QueueError> {
+        let ch = self.side_channel().await?;
+        let q = ch
+            .queue_declare(
+                self.name(queue).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let _ = ch.close(200, "depth".into()).await;
+        Ok(q.message_count() as u64)
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn error_detail(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
 /// Keeps a live connection; replaces it whenever it breaks.
 async fn supervise(inbox: Arc<RabbitInbox>) {
     let mut delay = Duration::from_millis(200);
@@ -416,10 +679,10 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
                     }
                     let healthy = live.connection.status().connected()
                         && live.publishers.iter().all(|c| c.status().connected())
-                        && live
-                            .consumer_channel
-                            .as_ref()
-                            .is_none_or(|c| c.status().connected());
+                        && [&live.consumer_channel, &live.forward_channel]
+                            .into_iter()
+                            .flatten()
+                            .all(|c| c.status().connected());
                     if !healthy || !inbox.connected.load(Ordering::Relaxed) {
                         break;
                     }
@@ -465,9 +728,6 @@ pub fn legacy_body(entry: &InboxEntry) -> Bytes {
 #[async_trait]
 impl Inbox for RabbitInbox {
     async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
-        let live = self.live().await?;
-        let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
-        let channel = &live.publishers[i];
         let headers = table(&[
             (HEADER_EVENT_ID, long(&entry.event_id)),
             (HEADER_BSP, long(entry.bsp.as_str())),
@@ -478,97 +738,31 @@ impl Inbox for RabbitInbox {
         ]);
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_delivery_mode(2)
             .with_priority(entry.priority)
             .with_headers(headers);
-        let body = legacy_body(&entry);
-        let published = channel
-            .basic_publish(
-                format!("{}{INGEST_EXCHANGE}", self.opts.prefix).into(),
-                entry.bsp.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &body,
-                props,
-            )
-            .await;
-        let confirm = match published {
-            Ok(c) => c.await,
-            Err(e) => Err(e),
-        };
-        match confirm {
-            Ok(c) if c.is_ack() => {
-                if c.take_message().is_some() {
-                    return Err(QueueError::Unavailable(
-                        "the broker returned the message: the ingest bindings are missing".into(),
-                    ));
-                }
-                Ok(())
-            }
-            Ok(_) => Err(QueueError::Unavailable(
-                "the broker nacked the message".into(),
-            )),
-            Err(e) => {
-                self.report_broken(&e.to_string());
-                Err(unavailable(e))
-            }
-        }
+        self.publish(
+            INGEST_EXCHANGE,
+            entry.bsp.as_str(),
+            &legacy_body(&entry),
+            props,
+        )
+        .await
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
-        let live = match self.live().await {
-            Ok(l) => l,
-            Err(e) => {
-                // Not connected: wait a little rather than spin.
-                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
-                return Err(e);
-            }
-        };
-        let Some(consumer) = &live.consumer else {
-            return Err(QueueError::Unavailable(
-                "this replica does not consume the inbox".into(),
-            ));
-        };
-        let mut consumer = consumer.lock().await;
-        let mut out = Vec::new();
-        let first = match tokio::time::timeout(wait, consumer.next()).await {
-            Err(_) => return Ok(out),
-            Ok(next) => next,
-        };
-        let mut next = first;
-        loop {
-            match next {
-                Some(Ok(delivery)) => {
-                    let tag = (live.generation << 48) | (delivery.delivery_tag & ((1 << 48) - 1));
-                    match Self::entry_from(&delivery) {
-                        Ok(entry) => out.push(InboxDelivery {
-                            tag: DeliveryTag(tag),
-                            entry,
-                        }),
-                        Err(why) => {
-                            // Not ours: to the inbox DLQ, where it can be inspected.
-                            tracing::warn!(reason = %why, "poison message in the inbox; dead-lettered");
-                            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-                        }
-                    }
+        let (generation, deliveries) = self.take(Stream::Inbox, max, wait).await?;
+        let mut out = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match Self::entry_from(&delivery) {
+                Ok(entry) => out.push(InboxDelivery {
+                    tag: DeliveryTag(wire_tag(generation, delivery.delivery_tag)),
+                    entry,
+                }),
+                Err(why) => {
+                    // Not ours: to the inbox DLQ, where it can be inspected.
+                    tracing::warn!(reason = %why, "poison message in the inbox; dead-lettered");
+                    let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
                 }
-                Some(Err(e)) => {
-                    self.report_broken(&e.to_string());
-                    break;
-                }
-                None => {
-                    self.report_broken("the inbox consumer was cancelled");
-                    break;
-                }
-            }
-            if out.len() >= max {
-                break;
-            }
-            match consumer.next().now_or_never() {
-                Some(n) => next = n,
-                None => break,
             }
         }
         Ok(out)
@@ -580,16 +774,7 @@ impl Inbox for RabbitInbox {
             return Ok(());
         };
         for tag in tags {
-            if tag.0 >> 48 != live.generation {
-                continue; // from a dead connection: the broker redelivers it
-            }
-            channel
-                .basic_ack(tag.0 & ((1 << 48) - 1), BasicAckOptions::default())
-                .await
-                .map_err(|e| {
-                    self.report_broken(&e.to_string());
-                    unavailable(e)
-                })?;
+            self.ack_on(&live, channel, tag.0).await?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ mod messages;
 mod mongo_e2e;
 mod providers_e2e;
 mod rabbitmq_e2e;
+mod rabbitmq_forwarding;
 mod receiver;
 mod services;
 mod store_conformance;

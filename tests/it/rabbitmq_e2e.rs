@@ -35,6 +35,8 @@ fn options(url: &str, prefix: &str, consume: bool) -> RabbitOptions {
         prefetch: 64,
         publish_channels: 2,
         retry_delays_ms: vec![300],
+        forward_consume: false,
+        forward_prefetch: 16,
     }
 }
 

@@ -1,0 +1,164 @@
+//! Forwarding over RabbitMQ: jobs on the legacy webhook_forwarding_queue,
+//! retries through the TTL retry queues, the DLQ and replay, and a legacy
+//! job published by another service (secret inline) delivered and signed.
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::receiver::{Behavior, Receiver};
+use crate::services;
+
+async fn rabbit_app(url: &str, prefix: &str) -> TestApp {
+    let app = spawn_app_with(|s| {
+        s.rabbitmq_url = Some(url.to_owned());
+        s.rabbitmq_queue_prefix = prefix.to_owned();
+        s.forward_allow_private = true;
+        s.forward_retry_delays_ms = "200,200".into();
+    })
+    .await;
+    for _ in 0..200 {
+        let r: Value = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if r["inbox"]["up"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    let mut req = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(ADMIN_KEY);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn jobs_flow_through_the_broker_with_retries_dlq_and_replay() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = rabbit_app(&url, &prefix).await;
+    let rx = Receiver::start().await;
+    rx.set("flaky", Behavior::Sequence(vec![500, 200]));
+    rx.set("down", Behavior::Status(500));
+    for path in ["ok", "flaky", "down"] {
+        admin(
+            &app,
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({
+            "project_owner_id": "o", "webhook_url": rx.url(path), "topics": ["*"],
+            "business_numbers": ["918071234567"]})),
+        )
+        .await;
+    }
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert_eq!(rx.wait_for("ok", 1, Duration::from_secs(10)).await.len(), 1);
+    let flaky = rx.wait_for("flaky", 2, Duration::from_secs(10)).await;
+    assert_eq!(flaky.len(), 2);
+    assert_eq!(flaky[1].header("x-attempt-count"), "1");
+    assert!(
+        flaky[1].at.duration_since(flaky[0].at) >= Duration::from_millis(180),
+        "waited in the retry queue"
+    );
+    assert_eq!(
+        rx.wait_for("down", 3, Duration::from_secs(10)).await.len(),
+        3
+    );
+
+    let mut dead = Value::Null;
+    for _ in 0..200 {
+        dead = admin(&app, reqwest::Method::GET, "/api/v1/dlq", None).await;
+        if dead.as_array().is_some_and(|d| d.len() == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{dead}"
+    );
+    rx.set("down", Behavior::Status(200));
+    let replayed = admin(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/dlq/replay",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(replayed["replayed"], 1);
+    let down = rx.wait_for("down", 4, Duration::from_secs(10)).await;
+    assert_eq!(down[3].header("x-attempt-count"), "0");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_legacy_job_from_another_service_is_delivered_with_its_inline_secret() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = rabbit_app(&url, &prefix).await;
+    let rx = Receiver::start().await;
+    // WebhookForwardingPayload as the monolith publishes it.
+    let legacy = json!({
+        "delivery_log_id": "65f0c0ffee0000000000abcd",
+        "project_owner_id": "owner-legacy",
+        "webhook_id": "65f0c0ffee0000000000ffff",
+        "webhook_url": rx.url("legacy"),
+        "shared_secret": "s3cr3t-legacy",
+        "event_type": "datagen.delivery",
+        "event_id": "65f0c0ffee0000000000eeee",
+        "payload": {"events": {"mid": "wamid.legacy"}},
+        "timestamp": 1_749_540_000_000_i64,
+        "attempt_count": 0
+    });
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        format!("{prefix}webhook_forwarding_exchange").into(),
+        "webhook.forward".into(),
+        BasicPublishOptions::default(),
+        legacy.to_string().as_bytes(),
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_priority(10),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let got = rx.wait_for("legacy", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let req = &got[0];
+    assert_eq!(req.header("x-event-id"), "65f0c0ffee0000000000eeee");
+    assert_eq!(req.header("x-event-type"), "datagen.delivery");
+    let sig = zen_gateway::inbound_auth::hmac_sha256_hex(b"s3cr3t-legacy", &req.body);
+    assert_eq!(req.header("x-webhook-signature"), sig);
+    assert_eq!(req.json()["data"]["events"]["mid"], "wamid.legacy");
+    app.stop().await;
+}
