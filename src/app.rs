@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use axum::ServiceExt;
 use axum::extract::Request;
 use tokio::net::TcpListener;
@@ -20,6 +20,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::cache::Cache;
 use crate::cache::memory::MemoryCache;
+use crate::cache::redis::RedisCache;
 use crate::config::Settings;
 use crate::forwarding::fanout::Fanout;
 use crate::forwarding::mongo::MongoWebhookStore;
@@ -69,15 +70,6 @@ impl Application {
         settings: Settings,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
-        for (set, name) in [(settings.redis_url.is_some(), "REDIS_URL")] {
-            if set {
-                bail!(
-                    "{name} is set, but this build only has the embedded backend for that role; \
-                     unset it to run on {}",
-                    settings.sqlite_path().display()
-                );
-            }
-        }
         let db = SqliteDb::open(&SqliteOptions {
             path: settings.sqlite_path(),
             synchronous: settings.sqlite_synchronous,
@@ -130,7 +122,10 @@ impl Application {
                     Arc::new(SqliteWebhookStore::new(db.clone())),
                 ),
             };
-        let cache: Arc<dyn Cache> = Arc::new(MemoryCache::new(settings.cache_max_entries));
+        let cache: Arc<dyn Cache> = match &settings.redis_url {
+            Some(url) => Arc::new(RedisCache::start(url).context("REDIS_URL")?),
+            None => Arc::new(MemoryCache::new(settings.cache_max_entries)),
+        };
 
         let providers = Providers::new();
         let forward_queue: Arc<dyn ForwardQueue> = match &rabbit {
@@ -163,7 +158,8 @@ impl Application {
             forwarder: forwarder.clone(),
         };
         let processor = Processor::new(inbox, store, providers, settings.processor_batch_size)
-            .with_fanout(fanout);
+            .with_fanout(fanout)
+            .with_dedup(cache.clone());
         Ok(Application {
             listener,
             settings,

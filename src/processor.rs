@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Cache;
 use crate::forwarding::fanout::Fanout;
+use crate::model::UnifiedEvent;
 use crate::providers::{Providers, RawWebhook};
 use crate::queue::{Inbox, InboxDelivery, QueueError};
 use crate::store::{MessageStore, StoreError};
@@ -40,6 +42,18 @@ pub struct Processor {
     providers: Providers,
     batch_size: usize,
     fanout: Option<Fanout>,
+    dedup: Option<Arc<dyn Cache>>,
+}
+
+/// How long a processed event's dedup key is remembered.
+const DEDUP_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The dedup key of a message event: provider + message + event identity.
+fn dedup_key(ev: &UnifiedEvent) -> Option<String> {
+    let m = ev.message.as_ref()?;
+    let key = m.key(ev.bsp)?;
+    (!m.dedup_key.is_empty())
+        .then(|| format!("zen:dedup:{}:{}:{}", ev.bsp, key.routing_key(), m.dedup_key))
 }
 
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -58,7 +72,16 @@ impl Processor {
             providers,
             batch_size: batch_size.max(1),
             fanout: None,
+            dedup: None,
         }
+    }
+
+    /// Skips events already processed (on any replica sharing the cache)
+    /// before they reach the store. Only a shortcut: the store's own dedup
+    /// stays authoritative, and a cache outage just bypasses it.
+    pub fn with_dedup(mut self, cache: Arc<dyn Cache>) -> Self {
+        self.dedup = Some(cache);
+        self
     }
 
     /// Also creates forwarding jobs for every applied event.
@@ -69,7 +92,7 @@ impl Processor {
 
     /// Normalizes, applies and acks one batch. On error nothing is acked.
     pub async fn handle(&self, deliveries: &[InboxDelivery]) -> Result<BatchReport, ProcessError> {
-        let mut events = Vec::with_capacity(deliveries.len());
+        let mut events: Vec<UnifiedEvent> = Vec::with_capacity(deliveries.len());
         let mut unrecognized = Vec::new();
         for d in deliveries {
             let webhook = RawWebhook {
@@ -86,12 +109,47 @@ impl Processor {
             tracing::info!(event.id = %u.event_id, bsp = %u.bsp, reason = %u.reason, "unrecognized webhook content kept");
         }
         self.store.record_unrecognized(&unrecognized).await?;
+        let keys: Vec<Option<String>> = events.iter().map(dedup_key).collect();
+        let mut skipped = 0;
+        if let Some(cache) = &self.dedup {
+            let lookup: Vec<String> = keys.iter().flatten().cloned().collect();
+            match cache.get_many(&lookup).await {
+                Ok(seen) => {
+                    let seen: std::collections::HashSet<&String> = lookup
+                        .iter()
+                        .zip(&seen)
+                        .filter(|(_, v)| v.is_some())
+                        .map(|(k, _)| k)
+                        .collect();
+                    let before = events.len();
+                    events = events
+                        .into_iter()
+                        .zip(&keys)
+                        .filter(|(_, k)| k.as_ref().is_none_or(|k| !seen.contains(k)))
+                        .map(|(e, _)| e)
+                        .collect();
+                    skipped = before - events.len();
+                }
+                Err(e) => tracing::debug!(error = %e, "dedup cache unavailable; the store dedups"),
+            }
+        }
         let applied = self.store.apply(&events).await?;
-        let duplicates = applied.iter().flatten().filter(|a| a.duplicate).count();
+        let duplicates = applied.iter().flatten().filter(|a| a.duplicate).count() + skipped;
         // Jobs exist before the entry is acked: a crash in between re-runs
         // the fan-out, whose ids make it idempotent.
         if let Some(fanout) = &self.fanout {
             fanout.run(&events, &applied).await?;
+        }
+        // Remembered only now: a key never hides an event not fully handled.
+        if let Some(cache) = &self.dedup {
+            let done: Vec<(String, String)> = events
+                .iter()
+                .filter_map(dedup_key)
+                .map(|k| (k, "1".to_owned()))
+                .collect();
+            if let Err(e) = cache.set_many(&done, DEDUP_TTL).await {
+                tracing::debug!(error = %e, "dedup keys not written");
+            }
         }
         let tags: Vec<_> = deliveries.iter().map(|d| d.tag).collect();
         self.inbox.ack(&tags).await?;

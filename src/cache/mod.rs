@@ -6,6 +6,7 @@
 //! lookups, never events.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -32,4 +33,25 @@ pub trait Cache: Send + Sync {
     ) -> Result<bool, CacheError>;
     async fn delete(&self, key: &str) -> Result<(), CacheError>;
     async fn health(&self) -> BackendHealth;
+
+    /// Several gets; backends override it with one round trip.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, CacheError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
+
+    /// Several sets with one TTL; backends override it with one round trip.
+    async fn set_many(
+        &self,
+        entries: &[(String, String)],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        for (k, v) in entries {
+            self.set(k, v, ttl).await?;
+        }
+        Ok(())
+    }
 }

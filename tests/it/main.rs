@@ -12,6 +12,7 @@ mod providers_e2e;
 mod rabbitmq_e2e;
 mod rabbitmq_forwarding;
 mod receiver;
+mod redis_e2e;
 mod services;
 mod store_conformance;
 mod webhook_store_conformance;

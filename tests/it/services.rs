@@ -98,3 +98,7 @@ pub fn rabbitmq_url() -> Option<String> {
 pub fn unique_prefix() -> String {
     format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
+
+pub fn redis_url() -> Option<String> {
+    service_url("ZEN_TEST_REDIS_URL")
+}

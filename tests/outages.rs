@@ -1,7 +1,9 @@
-//! RabbitMQ stopped and started under ingest: 503 while it is down (never a
-//! 200 without a confirm), recovery without a restart, nothing acked lost.
-//! Its own test binary: it stops the shared broker, which no other test may
-//! be using meanwhile (cargo runs test binaries one after another).
+//! Service outages under load: RabbitMQ stopped and started (503 while it is
+//! down, never a 200 without a confirm; recovery without a restart; nothing
+//! acked lost), Redis stopped mid-run (degraded, nothing lost, dedup still
+//! right on one replica). Its own test binary, tests one at a time: they stop
+//! shared services that no other test may be using meanwhile (cargo runs
+//! test binaries one after another).
 
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
@@ -15,6 +17,9 @@ use std::time::Duration;
 
 use helpers::*;
 use serde_json::Value;
+
+/// One outage at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn rabbitmqctl(arg: &str) {
     let status = Command::new("timeout")
@@ -111,6 +116,72 @@ async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
     eprintln!(
         "broker outage: {} acked, 10 refused with 503 while down, 0 lost",
         acked.len()
+    );
+    app.stop().await;
+}
+
+/// Restarts Redis through the services script even if the test fails.
+struct RedisBackOnDrop;
+impl Drop for RedisBackOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services")).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_degrades_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(url) = services::redis_url() else {
+        return;
+    };
+    let app = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    for _ in 0..100 {
+        if ready(&app).await.1["cache"]["up"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _guard = RedisBackOnDrop;
+    let status = Command::new("redis-cli")
+        .args(["-u", &url, "shutdown", "nosave"])
+        .status()
+        .unwrap();
+    let _ = status; // the connection drops as the server stops
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    for i in 0..20 {
+        let w = format!("wamid.redis-down-{tag}-{i}");
+        let body = datagen_status(&w, "read", 1_000 + i);
+        for _ in 0..2 {
+            // Each event twice: dedup falls back to the store.
+            let r = app.post_webhook("/webhook/datagen", body.clone()).await;
+            assert_eq!(r.status(), 200, "ingest must not depend on Redis");
+        }
+    }
+    let (code, body) = ready(&app).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["cache"]["up"], false);
+    for i in 0..20 {
+        let rec = app
+            .wait_for_message(&format!("wamid.redis-down-{tag}-{i}"), |m| {
+                m["current_status"] == "read"
+            })
+            .await;
+        assert_eq!(rec["status_history"].as_array().unwrap().len(), 1);
+    }
+    drop(_guard); // Redis back
+    let mut back = false;
+    for _ in 0..200 {
+        if ready(&app).await.1["status"] == "ready" {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the cache did not come back by itself");
+    eprintln!(
+        "redis outage: 40 posts (20 events twice) acked while down, 20 records with one entry each, 0 lost"
     );
     app.stop().await;
 }

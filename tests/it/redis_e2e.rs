@@ -1,0 +1,68 @@
+//! Redis as the cache: the legacy project lookup key, dedup keys, readiness.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::services;
+
+#[tokio::test]
+async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
+    let Some(url) = services::redis_url() else {
+        return;
+    };
+    let app = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    let mut ready = Value::Null;
+    for _ in 0..100 {
+        ready = app
+            .client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["cache"]["up"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["cache"]["backend"], "redis");
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    let wamid = format!("wamid.redis-{}", uuid::Uuid::new_v4().simple());
+    let body = datagen_status(&wamid, "delivered", 1_749_540_000_000);
+    app.post_webhook("/webhook/datagen", body.clone()).await;
+    app.wait_for_message(&wamid, |m| m["current_status"] == "delivered")
+        .await;
+    app.post_webhook("/webhook/datagen", body).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rec: Value = app.get_message(&wamid).await.json().await.unwrap();
+    assert_eq!(rec["status_history"].as_array().unwrap().len(), 1);
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let dedup: Option<String> = redis::cmd("GET")
+        .arg(format!("zen:dedup:datagen:{wamid}:delivered|1749540000000"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dedup.as_deref(), Some("1"));
+    // No project for the number on the embedded backend: the legacy
+    // NOT_FOUND marker, with its 10 minute TTL.
+    let lookup: Option<String> = redis::cmd("GET")
+        .arg("project:lookup:918071234567")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(lookup.as_deref(), Some("NOT_FOUND"));
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("project:lookup:918071234567")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 600, "{ttl}");
+    app.stop().await;
+}
