@@ -22,6 +22,7 @@ use crate::cache::Cache;
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::RedisCache;
 use crate::config::Settings;
+use crate::forwarding::cached::CachedWebhookStore;
 use crate::forwarding::fanout::Fanout;
 use crate::forwarding::mongo::MongoWebhookStore;
 use crate::forwarding::rabbitmq::RabbitForwardQueue;
@@ -127,6 +128,8 @@ impl Application {
             None => Arc::new(MemoryCache::new(settings.cache_max_entries)),
         };
 
+        let webhooks: Arc<dyn WebhookStore> =
+            Arc::new(CachedWebhookStore::new(webhooks, cache.clone()));
         let providers = Providers::new();
         let forward_queue: Arc<dyn ForwardQueue> = match &rabbit {
             Some(broker) => Arc::new(RabbitForwardQueue::new(broker.clone())),

@@ -11,6 +11,7 @@
 //! fan-out after a crash creates nothing twice.
 
 pub mod breaker;
+pub mod cached;
 pub mod fanout;
 pub mod mongo;
 pub mod rabbitmq;

@@ -567,3 +567,70 @@ async fn on_mongodb_the_owner_comes_from_projects_and_logs_are_legacy_documents(
     app.stop().await;
     db.drop().await.unwrap();
 }
+
+#[tokio::test]
+async fn refused_connections_are_retried_then_dead_lettered() {
+    let app = app_fast_retries().await;
+    // Nothing listens there.
+    let closed = format!("http://127.0.0.1:{}/hook", free_port());
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": closed,
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.len() == 1))
+        .await
+    );
+    let dlq = admin_get(&app, "/api/v1/dlq").await;
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 3 attempts"),
+        "{dlq}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_changes_take_effect_at_once_despite_the_cache() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    let hook = create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("c"),
+        "topics": ["message.failed"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook(
+        "/webhook/datagen",
+        datagen_status("wamid.cache-1", "read", 1),
+    )
+    .await;
+    app.wait_for_message("wamid.cache-1", |m| m["current_status"] == "read")
+        .await;
+    let id = hook["id"].as_str().unwrap();
+    app.client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"topics": ["message.read"]}))
+        .send()
+        .await
+        .unwrap();
+    app.post_webhook(
+        "/webhook/datagen",
+        datagen_status("wamid.cache-2", "read", 2),
+    )
+    .await;
+    let got = rx.wait_for("c", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].json()["message"]["wamid"], "wamid.cache-2");
+    app.stop().await;
+}

@@ -1,0 +1,166 @@
+//! A caching layer over any [`WebhookStore`]: fan-out matches every event
+//! against the webhooks, and the forwarder reads a webhook per delivery;
+//! neither should cost a database round trip each time.
+//!
+//! - Match results go to the shared cache (Redis when configured), **without
+//!   secrets**, under a key that includes a generation value. Every change
+//!   through this layer writes a new generation, which is how all replicas'
+//!   entries are invalidated at once; the short TTL bounds anything else
+//!   (a change made by another service directly in the database).
+//! - Single webhooks (with their secret, for signing) are cached in-process
+//!   only, for a few seconds: secrets never leave the process through a cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{Attempt, DeliveryLog, ProjectRef, WebhookConfig, WebhookStore};
+use crate::cache::Cache;
+use crate::store::StoreError;
+
+const GENERATION_KEY: &str = "zen:webhooks:generation";
+const MATCH_TTL: Duration = Duration::from_secs(30);
+const LOCAL_TTL: Duration = Duration::from_secs(5);
+
+pub struct CachedWebhookStore {
+    inner: Arc<dyn WebhookStore>,
+    shared: Arc<dyn Cache>,
+    local: moka::sync::Cache<String, Option<WebhookConfig>>,
+}
+
+impl CachedWebhookStore {
+    pub fn new(inner: Arc<dyn WebhookStore>, shared: Arc<dyn Cache>) -> Self {
+        CachedWebhookStore {
+            inner,
+            shared,
+            local: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(LOCAL_TTL)
+                .build(),
+        }
+    }
+
+    async fn generation(&self) -> Option<String> {
+        match self.shared.get(GENERATION_KEY).await {
+            Ok(Some(g)) => Some(g),
+            Ok(None) => Some("0".into()),
+            Err(_) => None,
+        }
+    }
+
+    /// Invalidates every cached match, here and on the other replicas.
+    async fn changed(&self, id: &str) {
+        self.local.invalidate(id);
+        let generation = uuid::Uuid::new_v4().simple().to_string();
+        if let Err(e) = self
+            .shared
+            .set(
+                GENERATION_KEY,
+                &generation,
+                Duration::from_secs(7 * 24 * 3600),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "webhook cache not invalidated; entries expire within 30 s");
+        }
+    }
+}
+
+#[async_trait]
+impl WebhookStore for CachedWebhookStore {
+    async fn create_webhook(&self, w: &WebhookConfig) -> Result<(), StoreError> {
+        self.inner.create_webhook(w).await?;
+        self.changed(&w.id).await;
+        Ok(())
+    }
+
+    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+        if let Some(hit) = self.local.get(id) {
+            return Ok(hit);
+        }
+        let found = self.inner.get_webhook(id).await?;
+        self.local.insert(id.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError> {
+        self.inner.list_webhooks(owner).await
+    }
+
+    async fn update_webhook(&self, w: &WebhookConfig) -> Result<bool, StoreError> {
+        let updated = self.inner.update_webhook(w).await?;
+        self.changed(&w.id).await;
+        Ok(updated)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let deleted = self.inner.delete_webhook(id).await?;
+        self.changed(id).await;
+        Ok(deleted)
+    }
+
+    async fn matching_webhooks(
+        &self,
+        owner: Option<&str>,
+        project_id: Option<&str>,
+        business_number: Option<&str>,
+    ) -> Result<Vec<WebhookConfig>, StoreError> {
+        let Some(generation) = self.generation().await else {
+            // Cache down: straight to the store.
+            return self
+                .inner
+                .matching_webhooks(owner, project_id, business_number)
+                .await;
+        };
+        let key = format!(
+            "zen:webhooks:match:{generation}:{}|{}|{}",
+            owner.unwrap_or(""),
+            project_id.unwrap_or(""),
+            business_number
+                .map(super::normalize_number)
+                .unwrap_or_default()
+        );
+        if let Ok(Some(hit)) = self.shared.get(&key).await {
+            if let Ok(list) = serde_json::from_str::<Vec<WebhookConfig>>(&hit) {
+                return Ok(list);
+            }
+        }
+        let found = self
+            .inner
+            .matching_webhooks(owner, project_id, business_number)
+            .await?;
+        let without_secrets: Vec<WebhookConfig> = found
+            .iter()
+            .cloned()
+            .map(|mut w| {
+                w.shared_secret.clear();
+                w
+            })
+            .collect();
+        if let Ok(json) = serde_json::to_string(&without_secrets) {
+            let _ = self.shared.set(&key, &json, MATCH_TTL).await;
+        }
+        Ok(found)
+    }
+
+    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
+        self.inner.project_of(business_number).await
+    }
+
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
+        self.inner.create_delivery_logs(logs).await
+    }
+
+    async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        self.inner.record_attempt(log_id, attempt).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        self.inner.list_deliveries(webhook_id, limit).await
+    }
+}
