@@ -267,6 +267,16 @@ impl SqliteDb {
         self.inner.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// `/ready`'s view of this database, for each role it serves.
+    pub fn health(&self) -> crate::store::BackendHealth {
+        let up = self.is_writable();
+        crate::store::BackendHealth {
+            backend: "sqlite",
+            up,
+            detail: (!up).then(|| self.last_error()).flatten(),
+        }
+    }
+
     /// Runs `work` in the next group commit, waiting for room in the writer's
     /// queue. Resolves once the batch has committed.
     pub async fn write<R, F>(&self, work: F) -> Result<R, DbError>

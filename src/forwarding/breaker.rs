@@ -30,10 +30,18 @@ pub struct Breakers {
     states: moka::sync::Cache<String, Arc<Mutex<State>>>,
     threshold: u32,
     cooldown: Duration,
+    /// How long the probe can take (the request timeout): jobs arriving
+    /// meanwhile wait that long, not less, or a large backlog of parked
+    /// jobs would cycle through the queue and crowd out other URLs.
+    probe_window: Duration,
 }
 
 impl Breakers {
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self::with_probe_window(threshold, cooldown, Duration::from_secs(15))
+    }
+
+    pub fn with_probe_window(threshold: u32, cooldown: Duration, probe_window: Duration) -> Self {
         Breakers {
             states: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -41,6 +49,7 @@ impl Breakers {
                 .build(),
             threshold: threshold.max(1),
             cooldown,
+            probe_window,
         }
     }
 
@@ -60,8 +69,12 @@ impl Breakers {
                 if elapsed < self.cooldown {
                     Admission::Reject(self.cooldown - elapsed)
                 } else if s.probe_in_flight {
-                    // One probe at a time; the others wait a little.
-                    Admission::Reject(self.cooldown.min(Duration::from_secs(5)))
+                    // One probe at a time; the others wait for its verdict,
+                    // spread out so they do not all come back at once.
+                    let jitter = self
+                        .probe_window
+                        .mul_f64(uuid::Uuid::new_v4().as_bytes()[0] as f64 / 255.0 * 0.5);
+                    Admission::Reject(self.probe_window + jitter)
                 } else {
                     s.probe_in_flight = true;
                     Admission::Probe

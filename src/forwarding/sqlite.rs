@@ -438,11 +438,6 @@ impl ForwardQueue for SqliteForwardQueue {
     }
 
     async fn health(&self) -> BackendHealth {
-        let up = self.db.is_writable();
-        BackendHealth {
-            backend: "sqlite",
-            up,
-            detail: (!up).then(|| self.db.last_error()).flatten(),
-        }
+        self.db.health()
     }
 }

@@ -173,7 +173,11 @@ impl Forwarder {
             queue,
             webhooks,
             client: builder.build()?,
-            breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown),
+            breakers: Breakers::with_probe_window(
+                cfg.breaker_threshold,
+                cfg.breaker_cooldown,
+                cfg.total_timeout,
+            ),
             cfg,
         })
     }
@@ -556,6 +560,7 @@ impl Forwarder {
     /// has waited too long already.
     async fn park(&self, tag: JobTag, mut job: ForwardJob, wait: Duration) {
         let now = Utc::now();
+        let first_park = job.parked_since.is_none();
         let since = *job.parked_since.get_or_insert(now.timestamp_millis());
         let parked_for = Duration::from_millis((now.timestamp_millis() - since).max(0) as u64);
         if parked_for >= self.cfg.max_parked {
@@ -568,21 +573,29 @@ impl Forwarder {
                 )
                 .await;
         }
-        let delay = wait.max(Duration::from_millis(100));
-        self.log_attempt(
-            &job.delivery_log_id,
-            Attempt {
-                status: DeliveryStatus::Retrying,
-                status_code: None,
-                response_body: None,
-                error_message: Some("circuit open for this URL; parked".into()),
-                duration_ms: 0,
-                next_retry_at: Some(now + chrono::Duration::from_std(delay).unwrap_or_default()),
-                at: now,
-                counts_as_attempt: false,
-            },
-        )
-        .await;
+        // Spread the wake-ups of a URL's parked jobs (+0–10 %).
+        let spread = wait.mul_f64(uuid::Uuid::new_v4().as_bytes()[1] as f64 / 255.0 * 0.1);
+        let delay = (wait + spread).max(Duration::from_millis(100));
+        // A park is not an attempt: the log says so once, not on every
+        // re-park (that would double the queue's write load behind a dead URL).
+        if first_park {
+            self.log_attempt(
+                &job.delivery_log_id,
+                Attempt {
+                    status: DeliveryStatus::Retrying,
+                    status_code: None,
+                    response_body: None,
+                    error_message: Some("circuit open for this URL; parked".into()),
+                    duration_ms: 0,
+                    next_retry_at: Some(
+                        now + chrono::Duration::from_std(delay).unwrap_or_default(),
+                    ),
+                    at: now,
+                    counts_as_attempt: false,
+                },
+            )
+            .await;
+        }
         self.finish("reschedule", self.queue.reschedule(&tag, &job, delay).await)
             .await;
     }

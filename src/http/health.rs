@@ -53,7 +53,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let depth = state.inbox.depth().await.ok();
+    let (depth, forward_depth) = tokio::join!(state.inbox.depth(), state.forward_queue.depth());
     (
         code,
         Json(json!({
@@ -61,7 +61,8 @@ async fn ready(State(state): State<AppState>) -> Response {
             "inbox": inbox,
             "store": store,
             "cache": cache,
-            "inbox_depth": depth,
+            "inbox_depth": depth.ok(),
+            "forward_depth": forward_depth.ok(),
         })),
     )
         .into_response()

@@ -132,6 +132,37 @@ fn unavailable(e: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
 
+/// A fanout dead-letter exchange and its lazy queue (the legacy DLQ shape).
+async fn declare_dead_letters(ch: &Channel, dlx: &str, dlq: &str) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        dlx.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        dlq.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        table(&[("x-queue-mode", long("lazy"))]),
+    )
+    .await?;
+    ch.queue_bind(
+        dlq.into(),
+        dlx.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
 /// Declares everything, idempotently, with the legacy arguments.
 pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), lapin::Error> {
     let p = &opts.prefix;
@@ -157,27 +188,7 @@ pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), 
         FieldTable::default(),
     )
     .await?;
-    ch.exchange_declare(
-        name(INGEST_DLX).into(),
-        ExchangeKind::Fanout,
-        durable_exchange,
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        name(INGEST_DLQ).into(),
-        durable_queue,
-        table(&[("x-queue-mode", long("lazy"))]),
-    )
-    .await?;
-    ch.queue_bind(
-        name(INGEST_DLQ).into(),
-        name(INGEST_DLX).into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    declare_dead_letters(ch, &name(INGEST_DLX), &name(INGEST_DLQ)).await?;
     ch.queue_declare(
         name(INGEST_QUEUE).into(),
         durable_queue,
@@ -212,27 +223,7 @@ pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), 
         FieldTable::default(),
     )
     .await?;
-    ch.exchange_declare(
-        name(FORWARDING_DLX).into(),
-        ExchangeKind::Fanout,
-        durable_exchange,
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        name(FORWARDING_DLQ).into(),
-        durable_queue,
-        table(&[("x-queue-mode", long("lazy"))]),
-    )
-    .await?;
-    ch.queue_bind(
-        name(FORWARDING_DLQ).into(),
-        name(FORWARDING_DLX).into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    declare_dead_letters(ch, &name(FORWARDING_DLX), &name(FORWARDING_DLQ)).await?;
     ch.queue_declare(
         name(FORWARDING_QUEUE).into(),
         durable_queue,

@@ -145,11 +145,6 @@ impl Inbox for SqliteInbox {
     }
 
     async fn health(&self) -> BackendHealth {
-        let up = self.db.is_writable();
-        BackendHealth {
-            backend: "sqlite",
-            up,
-            detail: (!up).then(|| self.db.last_error()).flatten(),
-        }
+        self.db.health()
     }
 }

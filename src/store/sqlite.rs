@@ -345,12 +345,6 @@ impl MessageStore for SqliteStore {
     }
 
     async fn health(&self) -> BackendHealth {
-        BackendHealth {
-            backend: "sqlite",
-            up: self.db.is_writable(),
-            detail: (!self.db.is_writable())
-                .then(|| self.db.last_error())
-                .flatten(),
-        }
+        self.db.health()
     }
 }

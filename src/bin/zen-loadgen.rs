@@ -1,0 +1,443 @@
+//! zen-loadgen: the benchmark tools of zen-gateway (see scripts/bench).
+//!
+//! - `post`: posts realistic provider bodies (Datagen single and batch,
+//!   AiSensy, Karix, Meta; many distinct wamids, out-of-order statuses and
+//!   duplicates) at a fixed rate or as fast as possible over N connections,
+//!   and reports status codes and the ack latency (HDR histogram; measured
+//!   from the scheduled send time at a fixed rate, so a stall is not hidden).
+//! - `parse-server`: the baseline, an axum handler that only parses the JSON.
+//! - `amqp-ceiling`: a bare publish-with-confirm loop to the same broker,
+//!   with the same topology as the gateway's ingest (one publish, two queues).
+//! - `receiver`: a client webhook endpoint that counts what it gets
+//!   (`/dead/...` paths hang instead), with `GET /count`.
+//!
+//! Traffic goes only where it is told (loopback in scripts/bench), and every
+//! run is bounded by `--duration`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "zen-loadgen", about = "zen-gateway benchmark tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mix {
+    /// Datagen single delivery events only.
+    Datagen,
+    /// Datagen single and batch, AiSensy, Karix and Meta.
+    Mixed,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Post webhooks and report throughput and ack latency as JSON.
+    Post {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Requests per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, value_enum, default_value_t = Mix::Mixed)]
+        mix: Mix,
+        /// Distinct messages the events are about.
+        #[arg(long, default_value_t = 50_000)]
+        messages: u64,
+    },
+    /// The baseline: an axum server whose handler only parses the JSON.
+    ParseServer {
+        #[arg(long, default_value_t = 18090)]
+        port: u16,
+    },
+    /// A bare publish-with-confirm loop; reports messages per second.
+    AmqpCeiling {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Publishes in flight at once.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 4)]
+        channels: usize,
+    },
+    /// A counting webhook receiver.
+    Receiver {
+        #[arg(long, default_value_t = 18091)]
+        port: u16,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Post {
+                url,
+                rate,
+                duration,
+                connections,
+                mix,
+                messages,
+            } => post_load(url, rate, duration, connections, mix, messages).await,
+            Command::ParseServer { port } => parse_server(port).await,
+            Command::AmqpCeiling {
+                url,
+                duration,
+                in_flight,
+                channels,
+            } => amqp_ceiling(url, duration, in_flight, channels).await,
+            Command::Receiver { port } => receiver(port).await,
+        }
+    })
+}
+
+/// Deterministic pseudo-random numbers (xorshift): reproducible runs.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+const STATUSES: [&str; 4] = ["sent", "Delivered", "Read", "failed"];
+
+fn datagen_event(wamid: u64, status: &str, ts: u64) -> serde_json::Value {
+    json!({
+        "channel": "whatsapp",
+        "events": {"eventType": "DELIVERY EVENTS", "timestamp": ts, "date": "2025-06-10", "mid": format!("wamid.bench{wamid:012}")},
+        "notificationAttributes": {"status": status, "reason": "", "code": ""},
+        "recipient": {"to": format!("9198{:08}", wamid % 100_000_000), "recipient_type": "individual",
+                      "reference": {"cust_ref": "", "messageTag1": "", "parent_campaign_id": "665f1a2b3c4d5e6f7a8b9c0e"}},
+        "sender": {"from": "918071234567"}
+    })
+}
+
+/// A pool of (route, body) pairs; events come out of order and repeat.
+fn bodies(mix: Mix, messages: u64, n: usize) -> Vec<(&'static str, Bytes)> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let m = rng.next() % messages.max(1);
+        let s = (rng.next() % 4) as usize;
+        let ts = 1_749_540_000_000 + m * 10 + s as u64;
+        let kind = match mix {
+            Mix::Datagen => 0,
+            Mix::Mixed => rng.next() % 10,
+        };
+        let (route, body) = match kind {
+            0..=5 => ("/webhook/datagen", datagen_event(m, STATUSES[s], ts)),
+            6 => (
+                "/webhook/datagen",
+                json!(
+                    (0..5)
+                        .map(|i| datagen_event((m + i) % messages.max(1), STATUSES[s], ts))
+                        .collect::<Vec<_>>()
+                ),
+            ),
+            7 => (
+                "/webhook/aisensy",
+                json!({
+                    "id": format!("{:024x}", rng.next()), "created_at": "2025-06-10T07:21:36.000Z",
+                    "topic": "message.status.updated", "project_id": "6651c0ffee1234567890abcd", "delivery_attempt": "1",
+                    "data": {"message": {"id": format!("{m:024x}"), "messageId": format!("wamid.bench{m:012}"),
+                        "phone_number": "919876543210", "status": STATUSES[s].to_uppercase(), "read_at": ts,
+                        "delivered_at": ts, "sent_at": ts, "failureResponse": {}}}
+                }),
+            ),
+            8 => (
+                "/webhook/karix",
+                json!({
+                    "channel": "WABA", "appDetails": {"type": "LIVE", "id": ""},
+                    "events": {"eventType": "DELIVERY EVENTS", "timestamp": ts, "mid": format!("1769{m:014}")},
+                    "notificationAttributes": {"status": STATUSES[s].to_lowercase(), "reason": "", "code": "000"},
+                    "recipient": {"to": "919876543210", "reference": {"cust_ref": "ORD"}},
+                    "sender": {"from": "918071234567"}
+                }),
+            ),
+            _ => (
+                "/webhook/meta",
+                json!({
+                    "object": "whatsapp_business_account",
+                    "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+                        "messaging_product": "whatsapp",
+                        "metadata": {"display_phone_number": "918071234567", "phone_number_id": "1"},
+                        "statuses": [{"id": format!("wamid.bench{m:012}"), "status": STATUSES[s].to_lowercase(),
+                                      "timestamp": (ts / 1000).to_string(), "recipient_id": "919876543210"}]}}]}]
+                }),
+            ),
+        };
+        out.push((route, Bytes::from(body.to_string())));
+    }
+    out
+}
+
+async fn post_load(
+    url: String,
+    rate: u64,
+    duration: u64,
+    connections: usize,
+    mix: Mix,
+    messages: u64,
+) -> anyhow::Result<()> {
+    let pool = Arc::new(bodies(mix, messages, 20_000));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(duration);
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (client, pool, issued, url) =
+            (client.clone(), pool.clone(), issued.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut codes = std::collections::BTreeMap::<u16, u64>::new();
+            let mut errors = 0u64;
+            loop {
+                let k = issued.fetch_add(1, Ordering::Relaxed);
+                let scheduled = if rate > 0 {
+                    let at = started + Duration::from_secs_f64(k as f64 / rate as f64);
+                    if at >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                } else {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    now
+                };
+                let (route, body) = &pool[(k as usize) % pool.len()];
+                let resp = client
+                    .post(format!("{url}{route}"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) => {
+                        *codes.entry(r.status().as_u16()).or_default() += 1;
+                        let _ = r.bytes().await;
+                    }
+                    Err(_) => errors += 1,
+                }
+                let _ = hist.record(scheduled.elapsed().as_micros().max(1) as u64);
+            }
+            (hist, codes, errors)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut codes = std::collections::BTreeMap::<u16, u64>::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (h, c, e) = t.await?;
+        hist.add(h)?;
+        for (k, v) in c {
+            *codes.entry(k).or_default() += v;
+        }
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = codes.get(&200).copied().unwrap_or(0);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "{}",
+        json!({
+            "requests": hist.len(),
+            "ok": ok,
+            "status": codes.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "errors": errors,
+            "seconds": elapsed,
+            "ok_per_second": ok as f64 / elapsed,
+            "latency_ms": {"p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99), "p999": ms(0.999), "max": hist.max() as f64 / 1000.0},
+        })
+    );
+    Ok(())
+}
+
+async fn parse_server(port: u16) -> anyhow::Result<()> {
+    async fn parse_only(
+        body: Bytes,
+    ) -> (StatusCode, [(&'static str, &'static str); 1], &'static str) {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            Ok(_) => (
+                StatusCode::OK,
+                [("content-type", "application/json; charset=utf-8")],
+                r#"{"status":200,"message":"Datagen webhook received successfully"}"#,
+            ),
+            Err(_) => (
+                StatusCode::BAD_REQUEST,
+                [("content-type", "application/json")],
+                "{}",
+            ),
+        }
+    }
+    let app = Router::new().route("/webhook/{bsp}", post(parse_only));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn receiver(port: u16) -> anyhow::Result<()> {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let app = Router::new()
+        .route(
+            "/count",
+            get(move || {
+                let c = c.clone();
+                async move { c.load(Ordering::Relaxed).to_string() }
+            }),
+        )
+        .route(
+            "/{*path}",
+            post(
+                move |axum::extract::Path(path): axum::extract::Path<String>| {
+                    let count = count.clone();
+                    async move {
+                        if path.starts_with("dead") {
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        count.fetch_add(1, Ordering::Relaxed);
+                        StatusCode::OK
+                    }
+                },
+            ),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn amqp_ceiling(
+    url: String,
+    duration: u64,
+    in_flight: usize,
+    channels: usize,
+) -> anyhow::Result<()> {
+    use lapin::options::*;
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let setup = conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-mode"),
+        AMQPValue::LongString(LongString::from("lazy")),
+    );
+    args.insert(ShortString::from("x-max-priority"), AMQPValue::LongInt(10));
+    setup
+        .exchange_declare(
+            "zen_bench_exchange".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    for q in ["zen_bench_a", "zen_bench_b"] {
+        setup
+            .queue_declare(
+                q.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args.clone(),
+            )
+            .await?;
+        setup
+            .queue_purge(q.into(), QueuePurgeOptions::default())
+            .await?;
+        setup
+            .queue_bind(
+                q.into(),
+                "zen_bench_exchange".into(),
+                "datagen".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    let body = datagen_event(1, "Delivered", 1_749_540_000_000)
+        .to_string()
+        .into_bytes();
+    let mut chans = Vec::new();
+    for _ in 0..channels.max(1) {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        chans.push(ch);
+    }
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(duration);
+    let mut tasks = Vec::new();
+    for i in 0..in_flight.max(1) {
+        let ch = chans[i % chans.len()].clone();
+        let (body, confirmed) = (body.clone(), confirmed.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let c = ch
+                    .basic_publish(
+                        "zen_bench_exchange".into(),
+                        "datagen".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &body,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_content_type("application/json".into()),
+                    )
+                    .await?
+                    .await?;
+                if c.is_ack() {
+                    confirmed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<(), lapin::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = confirmed.load(Ordering::Relaxed);
+    for q in ["zen_bench_a", "zen_bench_b"] {
+        let _ = setup
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    println!(
+        "{}",
+        json!({"confirmed": n, "seconds": secs, "per_second": n as f64 / secs})
+    );
+    Ok(())
+}
