@@ -84,6 +84,9 @@ impl Application {
                 settings.sqlite_path().display()
             )
         })?;
+        let roles = settings
+            .parsed_roles()
+            .map_err(|r| anyhow::anyhow!("ROLES: unknown role {r:?}"))?;
         let mut rabbit = None;
         let inbox: Arc<dyn Inbox> = match &settings.rabbitmq_url {
             Some(url) => {
@@ -93,11 +96,11 @@ impl Application {
                 let r = RabbitInbox::start(RabbitOptions {
                     url: url.clone(),
                     prefix: settings.rabbitmq_queue_prefix.clone(),
-                    consume: true,
+                    consume: roles.processor,
                     prefetch: settings.rabbitmq_prefetch,
                     publish_channels: settings.rabbitmq_publish_channels,
                     retry_delays_ms: delays,
-                    forward_consume: true,
+                    forward_consume: roles.forwarder,
                     forward_prefetch: settings.forward_concurrency.clamp(1, u16::MAX as usize)
                         as u16,
                 });
@@ -154,6 +157,7 @@ impl Application {
             cache: cache.clone(),
             admin_key: settings.admin_api_key.as_deref().map(Arc::from),
             body_limit: settings.body_limit_bytes,
+            ingest_enabled: roles.ingest,
             auth: InboundAuth::new(settings.inbound_credentials(), providers.clone()),
             meta_verify_token: settings.meta_verify_token.as_deref().map(Arc::from),
             webhooks,
@@ -191,8 +195,14 @@ impl Application {
         } = self;
         let grace = Duration::from_secs(settings.shutdown_timeout_secs);
         let workers = CancellationToken::new();
-        let processor_task = tokio::spawn(processor.run(workers.clone()));
-        let forwarder_task = tokio::spawn(forwarder.run(workers.clone()));
+        let roles = settings.parsed_roles().unwrap_or_default();
+        tracing::info!(?roles, "roles");
+        let processor_task = roles
+            .processor
+            .then(|| tokio::spawn(processor.run(workers.clone())));
+        let forwarder_task = roles
+            .forwarder
+            .then(|| tokio::spawn(forwarder.run(workers.clone())));
 
         let router = http::router(state, Duration::from_secs(settings.request_timeout_secs));
         let app = NormalizePathLayer::trim_trailing_slash().layer(router);
@@ -217,13 +227,17 @@ impl Application {
         };
 
         workers.cancel();
-        if tokio::time::timeout(grace, processor_task).await.is_err() {
-            tracing::warn!("processor did not stop in time; its batch stays in the inbox");
+        if let Some(task) = processor_task {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!("processor did not stop in time; its batch stays in the inbox");
+            }
         }
-        if tokio::time::timeout(grace, forwarder_task).await.is_err() {
-            tracing::warn!(
-                "forwarder did not stop in time; unfinished jobs run again after restart"
-            );
+        if let Some(task) = forwarder_task {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                tracing::warn!(
+                    "forwarder did not stop in time; unfinished jobs run again after restart"
+                );
+            }
         }
         if let Some(rabbit) = rabbit {
             rabbit.close().await;

@@ -53,6 +53,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FORWARD_ALLOW_PRIVATE", "forward_allow_private"),
     ("BREAKER_THRESHOLD", "breaker_threshold"),
     ("BREAKER_COOLDOWN_SECS", "breaker_cooldown_secs"),
+    ("ROLES", "roles"),
     ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
     ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
     ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
@@ -63,6 +64,14 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("META_APP_SECRET", "meta_app_secret"),
     ("META_VERIFY_TOKEN", "meta_verify_token"),
 ];
+
+/// The roles of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Roles {
+    pub ingest: bool,
+    pub processor: bool,
+    pub forwarder: bool,
+}
 
 /// Retry backoff of the forwarder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -151,6 +160,10 @@ pub struct Settings {
     pub breaker_threshold: u32,
     /// How long an open circuit waits before its single probe.
     pub breaker_cooldown_secs: u64,
+    /// What this process does: any of `ingest`, `processor`, `forwarder`,
+    /// comma-separated (default all three). Splitting roles across replicas
+    /// needs the shared backends (RabbitMQ, MongoDB).
+    pub roles: String,
     /// Datagen webhooks must carry this token (`X-Webhook-Token` or `?token=`).
     #[serde(default, deserialize_with = "empty_as_none")]
     pub datagen_webhook_token: Option<String>,
@@ -242,6 +255,7 @@ impl Settings {
             ("forward_allow_private", "false"),
             ("breaker_threshold", "10"),
             ("breaker_cooldown_secs", "300"),
+            ("roles", "ingest,processor,forwarder"),
         ] {
             builder = builder
                 .set_default(key, value)
@@ -318,6 +332,18 @@ impl Settings {
                 "channels and prefetch must be > 0",
             );
         }
+        if let Err(unknown) = self.parsed_roles() {
+            return bad(
+                "roles",
+                &format!("unknown role {unknown:?} (expected ingest, processor, forwarder)"),
+            );
+        }
+        if self
+            .parsed_roles()
+            .is_ok_and(|r| !r.ingest && !r.processor && !r.forwarder)
+        {
+            return bad("roles", "must name at least one role");
+        }
         if self.bind_address.parse::<std::net::IpAddr>().is_err() {
             return bad("bind_address", "must be an IP address");
         }
@@ -370,6 +396,25 @@ impl Settings {
                     .filter(|d| (1..=86_400_000).contains(d))
             })
             .collect()
+    }
+
+    /// The roles this process runs.
+    pub fn parsed_roles(&self) -> Result<Roles, String> {
+        let mut r = Roles::default();
+        for role in self
+            .roles
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            match role {
+                "ingest" => r.ingest = true,
+                "processor" => r.processor = true,
+                "forwarder" => r.forwarder = true,
+                other => return Err(other.to_owned()),
+            }
+        }
+        Ok(r)
     }
 
     /// The forwarder's settings.
@@ -554,6 +599,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("SQLITE_SYNCHRONOUS"), "{e}");
+        let e = load(&[("ROLES", "ingest,router")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ROLES") && e.contains("router"), "{e}");
         let e = load(&[], Some("{not json")).unwrap_err().to_string();
         assert!(e.contains("Keys.json"), "{e}");
     }

@@ -184,9 +184,14 @@ CREATE TABLE IF NOT EXISTS forward_jobs (
     due_at_ms      INTEGER NOT NULL,
     lease_until_ms INTEGER NOT NULL DEFAULT 0,
     priority       INTEGER NOT NULL DEFAULT 0,
-    job            TEXT NOT NULL
+    job            TEXT NOT NULL,
+    url            TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS forward_jobs_due ON forward_jobs (due_at_ms);
+-- The receive order: a receive reads the rows it returns (and the leased
+-- ones), not the whole backlog.
+CREATE INDEX IF NOT EXISTS forward_jobs_ready ON forward_jobs (priority DESC, due_at_ms);
+CREATE INDEX IF NOT EXISTS forward_jobs_url ON forward_jobs (url);
 CREATE TABLE IF NOT EXISTS forward_dlq (
     id         TEXT PRIMARY KEY,
     dead_at_ms INTEGER NOT NULL,

@@ -13,6 +13,10 @@ struct State {
     consecutive_failures: u32,
     opened_at: Option<Instant>,
     probe_in_flight: bool,
+    /// Deliveries to this URL in flight now.
+    in_flight: u32,
+    /// When this URL's queued jobs were last parked in bulk.
+    bulk_parked_at: Option<Instant>,
 }
 
 /// What the breaker allows for one request.
@@ -34,6 +38,24 @@ pub struct Breakers {
     /// meanwhile wait that long, not less, or a large backlog of parked
     /// jobs would cycle through the queue and crowd out other URLs.
     probe_window: Duration,
+    /// Most deliveries in flight to one URL: a slow or hanging endpoint
+    /// can hold at most this many of the forwarder's slots, even before
+    /// its circuit opens.
+    per_url_limit: u32,
+}
+
+/// Releases a URL's in-flight slot when the delivery ends.
+pub struct InFlight<'a> {
+    breakers: &'a Breakers,
+    url: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.breakers.state(&self.url).lock() {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+    }
 }
 
 impl Breakers {
@@ -42,6 +64,15 @@ impl Breakers {
     }
 
     pub fn with_probe_window(threshold: u32, cooldown: Duration, probe_window: Duration) -> Self {
+        Self::with_limits(threshold, cooldown, probe_window, u32::MAX)
+    }
+
+    pub fn with_limits(
+        threshold: u32,
+        cooldown: Duration,
+        probe_window: Duration,
+        per_url_limit: u32,
+    ) -> Self {
         Breakers {
             states: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -50,7 +81,22 @@ impl Breakers {
             threshold: threshold.max(1),
             cooldown,
             probe_window,
+            per_url_limit: per_url_limit.max(1),
         }
+    }
+
+    /// Takes one of the URL's in-flight slots, or says how long to wait.
+    pub fn enter(&self, url: &str) -> Result<InFlight<'_>, Duration> {
+        let state = self.state(url);
+        let mut s = state.lock().map_err(|_| Duration::from_millis(100))?;
+        if s.in_flight >= self.per_url_limit {
+            return Err(Duration::from_millis(250));
+        }
+        s.in_flight += 1;
+        Ok(InFlight {
+            breakers: self,
+            url: url.to_owned(),
+        })
     }
 
     fn state(&self, url: &str) -> Arc<Mutex<State>> {
@@ -106,6 +152,21 @@ impl Breakers {
         }
     }
 
+    /// Whether to park the URL's whole backlog now (at most once a second).
+    pub fn should_bulk_park(&self, url: &str) -> bool {
+        let state = self.state(url);
+        let Ok(mut s) = state.lock() else {
+            return false;
+        };
+        if s.bulk_parked_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        s.bulk_parked_at = Some(Instant::now());
+        true
+    }
+
     /// URLs whose circuit is open now.
     pub fn open_count(&self) -> usize {
         self.states
@@ -118,6 +179,17 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_url_gets_at_most_its_share_of_slots() {
+        let b = Breakers::with_limits(10, Duration::from_secs(1), Duration::from_secs(1), 2);
+        let a1 = b.enter("slow").unwrap();
+        let _a2 = b.enter("slow").unwrap();
+        assert!(b.enter("slow").is_err());
+        assert!(b.enter("fast").is_ok());
+        drop(a1);
+        assert!(b.enter("slow").is_ok());
+    }
 
     #[test]
     fn opens_after_threshold_then_lets_one_probe_through() {

@@ -228,6 +228,12 @@ pub trait ForwardQueue: Send + Sync {
         job: &ForwardJob,
         delay: Duration,
     ) -> Result<(), QueueError>;
+    /// Postpones every queued job for `url` by `delay` at once (its circuit
+    /// is open), so they are not leased one by one just to be parked again.
+    /// Backends without a cheap way to do that park jobs as they come.
+    async fn park_url(&self, _url: &str, _delay: Duration) -> Result<u64, QueueError> {
+        Ok(0)
+    }
     /// Moves the job to the dead-letter queue.
     async fn dead_letter(
         &self,

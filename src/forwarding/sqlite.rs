@@ -264,12 +264,19 @@ impl ForwardQueue for SqliteForwardQueue {
         self.db
             .write(move |c| {
                 let mut stmt = c.prepare_cached(
-                    "INSERT OR IGNORE INTO forward_jobs (id, due_at_ms, priority, job) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT OR IGNORE INTO forward_jobs (id, due_at_ms, priority, job, url)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
                 let now = now_ms();
                 for j in &jobs {
                     let doc = serde_json::to_string(j).map_err(json_err)?;
-                    stmt.execute(params![j.delivery_log_id, now, priority(j), doc])?;
+                    stmt.execute(params![
+                        j.delivery_log_id,
+                        now,
+                        priority(j),
+                        doc,
+                        j.webhook_url
+                    ])?;
                 }
                 Ok(())
             })
@@ -354,6 +361,22 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(())
     }
 
+    async fn park_url(&self, url: &str, delay: Duration) -> Result<u64, QueueError> {
+        let url = url.to_owned();
+        let n = self
+            .db
+            .write(move |c| {
+                let now = now_ms();
+                c.prepare_cached(
+                    "UPDATE forward_jobs SET due_at_ms = ?2
+                     WHERE url = ?1 AND due_at_ms < ?2 AND lease_until_ms <= ?3",
+                )?
+                .execute(params![url, now + delay.as_millis() as i64, now])
+            })
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn dead_letter(
         &self,
         tag: &JobTag,
@@ -415,9 +438,9 @@ impl ForwardQueue for SqliteForwardQueue {
                     job.parked_since = None;
                     let doc = serde_json::to_string(&job).map_err(json_err)?;
                     c.execute(
-                        "INSERT OR REPLACE INTO forward_jobs (id, due_at_ms, lease_until_ms, priority, job)
-                         VALUES (?1, ?2, 0, ?3, ?4)",
-                        params![id, now_ms(), priority(&job), doc],
+                        "INSERT OR REPLACE INTO forward_jobs (id, due_at_ms, lease_until_ms, priority, job, url)
+                         VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+                        params![id, now_ms(), priority(&job), doc, job.webhook_url],
                     )?;
                     c.execute("DELETE FROM forward_dlq WHERE id = ?1", [&id])?;
                     n += 1;
@@ -439,5 +462,59 @@ impl ForwardQueue for SqliteForwardQueue {
 
     async fn health(&self) -> BackendHealth {
         self.db.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::{SqliteOptions, Synchronous};
+
+    fn job(id: &str, url: &str) -> ForwardJob {
+        ForwardJob {
+            delivery_log_id: id.into(),
+            project_owner_id: "o".into(),
+            webhook_id: "w".into(),
+            webhook_url: url.into(),
+            shared_secret: None,
+            event_type: "t".into(),
+            event_id: "e".into(),
+            payload: serde_json::Value::Null,
+            timestamp: 0,
+            attempt_count: 0,
+            message: None,
+            parked_since: None,
+            v: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn parking_a_url_postpones_only_its_queued_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&SqliteOptions {
+            path: dir.path().join("q.db"),
+            synchronous: Synchronous::Normal,
+            queue_capacity: 100,
+            max_batch: 64,
+            readers: 2,
+        })
+        .unwrap();
+        let q = SqliteForwardQueue::new(db);
+        q.enqueue(&[
+            job("a1", "http://dead"),
+            job("a2", "http://dead"),
+            job("b1", "http://ok"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            q.park_url("http://dead", Duration::from_secs(60))
+                .await
+                .unwrap(),
+            2
+        );
+        let got = q.receive(10, Duration::ZERO).await.unwrap();
+        let ids: Vec<_> = got.iter().map(|(t, _)| t.0.as_str()).collect();
+        assert_eq!(ids, ["b1"]);
     }
 }

@@ -173,10 +173,12 @@ impl Forwarder {
             queue,
             webhooks,
             client: builder.build()?,
-            breakers: Breakers::with_probe_window(
+            breakers: Breakers::with_limits(
                 cfg.breaker_threshold,
                 cfg.breaker_cooldown,
                 cfg.total_timeout,
+                // A quarter of the slots per URL (at least 4).
+                (cfg.concurrency as u32 / 4).max(4),
             ),
             cfg,
         })
@@ -450,8 +452,31 @@ impl Forwarder {
             }
         };
 
+        let _slot = match self.breakers.enter(&url) {
+            Ok(slot) => slot,
+            // This URL has its share of slots busy: wait briefly, no attempt
+            // spent, and let other URLs' jobs through.
+            Err(wait) => {
+                self.finish("reschedule", self.queue.reschedule(&tag, &job, wait).await)
+                    .await;
+                return;
+            }
+        };
         match self.breakers.admit(&url) {
-            Admission::Reject(wait) => return self.park(tag, job, wait).await,
+            Admission::Reject(wait) => {
+                if self.breakers.should_bulk_park(&url) {
+                    match self.queue.park_url(&job.webhook_url, wait).await {
+                        Ok(n) if n > 0 => {
+                            tracing::info!(webhook.url = %url, jobs = n, ?wait, "circuit open: queued jobs parked")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not park the URL's queued jobs")
+                        }
+                    }
+                }
+                return self.park(tag, job, wait).await;
+            }
             Admission::Allow | Admission::Probe => {}
         }
 

@@ -40,6 +40,8 @@ pub struct AppState {
     /// `None`: the admin API refuses every call.
     pub admin_key: Option<Arc<str>>,
     pub body_limit: usize,
+    /// False on replicas that do not run the ingest role: webhooks get 503.
+    pub ingest_enabled: bool,
     /// Optional inbound webhook authentication per provider.
     pub auth: InboundAuth,
     /// Meta's `hub.verify_token`; `None`: the handshake is refused.

@@ -50,6 +50,13 @@ async fn accept(
     query: &QueryMap,
     body: WebhookBody,
 ) -> Result<Response, ApiError> {
+    if !state.ingest_enabled {
+        return Err(ApiError::InboxUnavailable(
+            crate::queue::QueueError::Unavailable(
+                "this replica does not run the ingest role".into(),
+            ),
+        ));
+    }
     state.auth.verify(
         bsp,
         headers,
