@@ -133,6 +133,8 @@ impl Application {
 
         let webhooks: Arc<dyn WebhookStore> =
             Arc::new(CachedWebhookStore::new(webhooks, cache.clone()));
+        // Install the metrics recorder before anything records.
+        let _ = crate::metrics::handle();
         let providers = Providers::new();
         let forward_queue: Arc<dyn ForwardQueue> = match &rabbit {
             Some(broker) => Arc::new(RabbitForwardQueue::new(broker.clone())),

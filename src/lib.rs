@@ -14,6 +14,7 @@ pub mod forwarding;
 pub mod http;
 pub mod inbound_auth;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod processor;
 pub mod providers;

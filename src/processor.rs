@@ -106,6 +106,7 @@ impl Processor {
             unrecognized.extend(parsed.unrecognized);
         }
         for u in &unrecognized {
+            metrics::counter!("zen_unrecognized_total", "bsp" => u.bsp.as_str()).increment(1);
             tracing::info!(event.id = %u.event_id, bsp = %u.bsp, reason = %u.reason, "unrecognized webhook content kept");
         }
         self.store.record_unrecognized(&unrecognized).await?;
@@ -153,6 +154,17 @@ impl Processor {
         }
         let tags: Vec<_> = deliveries.iter().map(|d| d.tag).collect();
         self.inbox.ack(&tags).await?;
+        let now = chrono::Utc::now();
+        for (ev, a) in events.iter().zip(&applied) {
+            if a.as_ref().is_some_and(|a| a.duplicate) {
+                continue;
+            }
+            metrics::counter!("zen_events_total", "bsp" => ev.bsp.as_str(), "type" => ev.unified_type.clone())
+                .increment(1);
+            let lag = (now - ev.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("zen_processing_lag_seconds").record(lag);
+        }
+        metrics::counter!("zen_duplicates_total").increment(duplicates as u64);
         Ok(BatchReport {
             entries: deliveries.len(),
             events: events.len(),

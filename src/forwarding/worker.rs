@@ -481,6 +481,7 @@ impl Forwarder {
         }
 
         let outcome = self.send(&url, &secret, headers.as_ref(), &job).await;
+        metrics::histogram!("zen_delivery_seconds").record(outcome.duration.as_secs_f64());
         let now = Utc::now();
         let logged_body = outcome
             .body
@@ -488,6 +489,7 @@ impl Forwarder {
             .map(|b| truncate(b, LOGGED_RESPONSE_BYTES));
         match verdict(&outcome) {
             Verdict::Delivered => {
+                metrics::counter!("zen_deliveries_total", "outcome" => "success").increment(1);
                 self.breakers.record_success(&url);
                 self.log_attempt(
                     &job.delivery_log_id,
@@ -553,6 +555,7 @@ impl Forwarder {
                         )
                         .await;
                 }
+                metrics::counter!("zen_deliveries_total", "outcome" => "retry").increment(1);
                 let delay = self.retry_delay(job.attempt_count as usize, outcome.retry_after);
                 let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                 self.log_attempt(
@@ -584,6 +587,7 @@ impl Forwarder {
     /// The circuit is open: wait without spending an attempt, unless the job
     /// has waited too long already.
     async fn park(&self, tag: JobTag, mut job: ForwardJob, wait: Duration) {
+        metrics::counter!("zen_deliveries_total", "outcome" => "parked").increment(1);
         let now = Utc::now();
         let first_park = job.parked_since.is_none();
         let since = *job.parked_since.get_or_insert(now.timestamp_millis());

@@ -22,6 +22,8 @@ impl FromRequest<AppState> for WebhookBody {
         match Bytes::from_request(req, state).await {
             Ok(body) => Ok(WebhookBody(body)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                metrics::counter!("zen_webhooks_received_total", "bsp" => "unknown", "outcome" => "too_large")
+                    .increment(1);
                 Err(ApiError::PayloadTooLarge {
                     limit: state.body_limit,
                 })

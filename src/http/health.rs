@@ -15,6 +15,43 @@ pub fn router() -> Router<AppState> {
         .route("/", get(root))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+}
+
+/// Prometheus text format; gauges of backends and backlogs are read now.
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let (inbox, store, cache, forward, inbox_depth, forward_depth) = tokio::join!(
+        state.inbox.health(),
+        state.store.health(),
+        state.cache.health(),
+        state.forward_queue.health(),
+        state.inbox.depth(),
+        state.forward_queue.depth()
+    );
+    for (role, h) in [
+        ("inbox", &inbox),
+        ("store", &store),
+        ("cache", &cache),
+        ("forward_queue", &forward),
+    ] {
+        metrics::gauge!("zen_backend_up", "role" => role, "backend" => h.backend).set(if h.up {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    if let Ok(d) = inbox_depth {
+        metrics::gauge!("zen_inbox_depth").set(d as f64);
+    }
+    if let Ok(d) = forward_depth {
+        metrics::gauge!("zen_forward_queue_depth").set(d as f64);
+    }
+    metrics::gauge!("zen_breakers_open").set(state.forwarder.open_circuits() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
 }
 
 fn legacy_json(body: &'static str) -> Response {

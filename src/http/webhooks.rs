@@ -50,6 +50,29 @@ async fn accept(
     query: &QueryMap,
     body: WebhookBody,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = accept_inner(state, bsp, headers, query, body).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(ApiError::InvalidJson(_)) => "invalid",
+        Err(ApiError::WebhookAuth(_)) => "unauthorized",
+        Err(_) => "unavailable",
+    };
+    crate::metrics::webhook(bsp.as_str(), outcome);
+    if result.is_ok() {
+        metrics::histogram!("zen_ingest_ack_seconds", "bsp" => bsp.as_str())
+            .record(started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+async fn accept_inner(
+    state: &AppState,
+    bsp: Bsp,
+    headers: &HeaderMap,
+    query: &QueryMap,
+    body: WebhookBody,
+) -> Result<Response, ApiError> {
     if !state.ingest_enabled {
         return Err(ApiError::InboxUnavailable(
             crate::queue::QueueError::Unavailable(

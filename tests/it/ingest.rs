@@ -236,3 +236,32 @@ impl Drop for LockHolder {
         }
     }
 }
+
+#[tokio::test]
+async fn metrics_are_exposed_for_prometheus() {
+    let app = spawn_app().await;
+    app.post_webhook(
+        "/webhook/datagen",
+        datagen_status("wamid.metrics", "sent", 1),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", "nope").await;
+    app.wait_for_message("wamid.metrics", |m| m["current_status"] == "sent")
+        .await;
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    for needle in [
+        "zen_webhooks_received_total{bsp=\"datagen\",outcome=\"accepted\"}",
+        "zen_webhooks_received_total{bsp=\"datagen\",outcome=\"invalid\"}",
+        "zen_ingest_ack_seconds_bucket",
+        "zen_events_total{bsp=\"datagen\",type=\"message.sent\"}",
+        "zen_processing_lag_seconds",
+        "zen_backend_up{role=\"inbox\",backend=\"sqlite\"} 1",
+        "zen_inbox_depth",
+        "zen_breakers_open",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    app.stop().await;
+}
