@@ -27,6 +27,9 @@ enum Command {
     Serve,
     /// Print the effective configuration with secrets masked, and exit.
     CheckConfig,
+    /// Exit 0 when the gateway on SERVER_PORT answers GET /health (for
+    /// container health checks; the runtime image has no curl).
+    Healthcheck,
     /// Prepare a MongoDB the legacy gateway wrote: merge its duplicate
     /// documents per wamid, then build the indexes. Safe to run again.
     Migrate,
@@ -51,6 +54,24 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(settings),
         Command::Migrate => migrate(settings),
+        Command::Healthcheck => healthcheck(settings.port),
+    }
+}
+
+fn healthcheck(port: u16) -> ExitCode {
+    use std::io::{Read, Write};
+    let check = || -> std::io::Result<bool> {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.ends_with(b" 200"))
+    };
+    match check() {
+        Ok(true) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
     }
 }
 

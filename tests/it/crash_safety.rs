@@ -56,6 +56,15 @@ async fn every_acked_event_survives_kill_9() {
         .build()
         .unwrap();
     wait_healthy(&client, &gw.base).await;
+    // The container health check agrees.
+    let hc = Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .arg("healthcheck")
+        .env_clear()
+        .env("SERVER_PORT", port.to_string())
+        .env("KEYS_JSON", dir.path().join("no-Keys.json"))
+        .status()
+        .unwrap();
+    assert!(hc.success());
 
     // Eight senders post distinct events until the process dies under them.
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
