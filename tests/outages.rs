@@ -40,8 +40,7 @@ impl Drop for RestartOnDrop {
 }
 
 async fn ready(app: &TestApp) -> (u16, Value) {
-    let r = app.client.get(app.url("/ready")).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
+    app.ready().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +134,7 @@ async fn a_redis_outage_degrades_and_loses_nothing() {
         return;
     };
     let app = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
-    for _ in 0..100 {
-        if ready(&app).await.1["cache"]["up"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_ready(|r| r["cache"]["up"] == true).await;
     let _guard = RedisBackOnDrop;
     let status = Command::new("redis-cli")
         .args(["-u", &url, "shutdown", "nosave"])

@@ -35,15 +35,7 @@ async fn create_webhook(app: &TestApp, body: Value) -> Value {
 }
 
 async fn admin_get(app: &TestApp, path: &str) -> Value {
-    app.client
-        .get(app.url(path))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.admin_get(path).await
 }
 
 async fn wait_until(mut check: impl AsyncFnMut() -> bool) -> bool {

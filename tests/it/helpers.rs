@@ -117,6 +117,44 @@ impl TestApp {
         panic!("message {id} never reached the expected state; last seen: {last}");
     }
 
+    /// `GET /ready`: status code and body.
+    pub async fn ready(&self) -> (u16, Value) {
+        let r = self
+            .client
+            .get(self.url("/ready"))
+            .send()
+            .await
+            .expect("ready");
+        (r.status().as_u16(), r.json().await.expect("ready json"))
+    }
+
+    /// Polls `/ready` until `done` holds (backends connect in the
+    /// background); returns the last body either way.
+    pub async fn wait_ready(&self, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            last = self.ready().await.1;
+            if done(&last) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        last
+    }
+
+    /// An admin `GET` as JSON.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .expect("admin get")
+            .json()
+            .await
+            .expect("admin json")
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(self) -> Option<tempfile::TempDir> {
         self.shutdown.cancel();

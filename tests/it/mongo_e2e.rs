@@ -29,15 +29,7 @@ async fn the_gateway_on_mongodb_writes_legacy_shaped_documents() {
         .wait_for_message(wamid, |m| m["current_status"] == "delivered")
         .await;
     assert_eq!(rec["delivered_at"], "2025-06-10T07:20:07Z");
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.ready().await.1;
     assert_eq!(ready["store"]["backend"], "mongodb");
     assert_eq!(ready["store"]["up"], true);
 
@@ -189,15 +181,7 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
             .await;
         assert_eq!(resp.status(), 200, "ingest must not wait for the database");
     }
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.ready().await.1;
     assert_eq!(ready["store"]["up"], false);
     assert_eq!(ready["status"], "degraded");
     assert!(ready["inbox_depth"].as_u64().unwrap() > 0);
@@ -226,15 +210,7 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
         })
         .await;
     }
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.ready().await.1;
     assert_eq!(ready["store"]["up"], true);
     app.stop().await;
 }

@@ -222,15 +222,7 @@ async fn configured_inbound_auth_refuses_and_stores_nothing() {
     // Exactly the four accepted bodies were stored: Karix once, not thrice.
     app.wait_for_message("176901234567890123456", |m| m["current_status"] == "sent")
         .await;
-    let ready: Value = app
-        .client
-        .get(app.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.ready().await.1;
     assert!(ready["inbox_depth"].as_u64().unwrap() <= 4);
     let karix_rec = app
         .get_message("176901234567890123456")
@@ -286,21 +278,7 @@ async fn unrecognized_bodies_are_acked_and_kept() {
         .await;
     assert_eq!(resp.status(), 200);
     // Processed (the inbox drains) without creating a message.
-    for _ in 0..100 {
-        let ready: Value = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["inbox_depth"] == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    app.wait_ready(|r| r["inbox_depth"] == 0).await;
     let db = rusqlite::Connection::open(app.data_dir.join("zen.db")).unwrap();
     let (n, reason): (i64, String) = db
         .query_row("SELECT COUNT(*), MAX(reason) FROM unrecognized", [], |r| {

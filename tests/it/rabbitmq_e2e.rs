@@ -164,21 +164,7 @@ async fn webhooks_are_acked_on_confirm_copied_to_bsp_queues_and_processed() {
     })
     .await;
     // The broker connection is made in the background.
-    for _ in 0..100 {
-        let ready: Value = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["inbox"]["up"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_ready(|r| r["inbox"]["up"] == true).await;
     let single = fixture("datagen_delivered.json");
     let batch = fixture("datagen_batch.json");
     let inbound = fixture("datagen_inbound_text.json");

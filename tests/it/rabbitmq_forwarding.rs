@@ -20,21 +20,7 @@ async fn rabbit_app(url: &str, prefix: &str) -> TestApp {
         s.forward_retry_delays_ms = "200,200".into();
     })
     .await;
-    for _ in 0..200 {
-        let r: Value = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if r["inbox"]["up"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_ready(|r| r["inbox"]["up"] == true).await;
     app
 }
 

@@ -13,22 +13,7 @@ async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
         return;
     };
     let app = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
-    let mut ready = Value::Null;
-    for _ in 0..100 {
-        ready = app
-            .client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ready["cache"]["up"] == true {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ready = app.wait_ready(|r| r["cache"]["up"] == true).await;
     assert_eq!(ready["cache"]["backend"], "redis");
     assert_eq!(ready["status"], "ready", "{ready}");
 
