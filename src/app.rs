@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::ServiceExt;
-use axum::extract::Request;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
@@ -208,25 +206,17 @@ impl Application {
 
         let router = http::router(state, Duration::from_secs(settings.request_timeout_secs));
         let app = NormalizePathLayer::trim_trailing_slash().layer(router);
-        let serve = axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let mut server = tokio::spawn(serve.into_future());
         tracing::info!(port = settings.port, "zen-gateway serving");
-
-        let served = tokio::select! {
-            r = &mut server => r,
-            _ = shutdown.cancelled() => {
-                tracing::info!("shutting down: finishing in-flight requests");
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tracing::warn!(?grace, "requests still in flight at the shutdown deadline; closing");
-                        server.abort();
-                        Ok(Ok(()))
-                    }
-                }
-            }
-        };
+        // Stops accepting on `shutdown`, then drains connections (bounded).
+        http::serve::serve(
+            listener,
+            app,
+            Duration::from_secs(settings.header_read_timeout_secs),
+            shutdown.clone(),
+            grace,
+        )
+        .await;
+        tracing::info!("http server stopped");
 
         workers.cancel();
         if let Some(task) = processor_task {
@@ -248,9 +238,7 @@ impl Application {
             db.close().await;
         }
         tracing::info!("zen-gateway stopped");
-        served
-            .context("server task failed")?
-            .context("server failed")
+        Ok(())
     }
 }
 

@@ -54,6 +54,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("BREAKER_THRESHOLD", "breaker_threshold"),
     ("BREAKER_COOLDOWN_SECS", "breaker_cooldown_secs"),
     ("ROLES", "roles"),
+    ("HEADER_READ_TIMEOUT_SECS", "header_read_timeout_secs"),
     ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
     ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
     ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
@@ -128,6 +129,8 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// Longest one HTTP request may take.
     pub request_timeout_secs: u64,
+    /// Longest a client may take to send its request headers (slow loris).
+    pub header_read_timeout_secs: u64,
     /// Entries of the in-process cache.
     pub cache_max_entries: u64,
     /// `text` or `json`.
@@ -241,6 +244,7 @@ impl Settings {
             ("processor_batch_size", "256"),
             ("shutdown_timeout_secs", "25"),
             ("request_timeout_secs", "30"),
+            ("header_read_timeout_secs", "10"),
             ("cache_max_entries", "100000"),
             ("log_format", "text"),
             ("rabbitmq_prefetch", "512"),

@@ -5,6 +5,7 @@
 mod admin;
 mod extract;
 mod health;
+pub mod serve;
 mod webhook_admin;
 mod webhooks;
 

@@ -265,3 +265,27 @@ async fn metrics_are_exposed_for_prometheus() {
     }
     app.stop().await;
 }
+
+/// A client that never finishes its headers is cut off, not kept forever.
+#[tokio::test]
+async fn slow_loris_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(|s| s.header_read_timeout_secs = 1).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /webhook/datagen HTTP/1.1\r\nHost: x\r\nContent-Type: app")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the connection was kept open past the header timeout"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    // Healthy clients are unaffected.
+    let resp = app.post_webhook("/webhook/datagen", "{\"a\":1}").await;
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+}
