@@ -19,7 +19,7 @@ use tower_http::normalize_path::NormalizePathLayer;
 use crate::cache::Cache;
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::RedisCache;
-use crate::config::Settings;
+use crate::config::{Roles, Settings};
 use crate::forwarding::cached::CachedWebhookStore;
 use crate::forwarding::fanout::Fanout;
 use crate::forwarding::mongo::MongoWebhookStore;
@@ -52,6 +52,7 @@ pub struct Application {
     db: Option<SqliteDb>,
     rabbit: Option<Arc<RabbitInbox>>,
     forwarder: Arc<Forwarder>,
+    roles: Roles,
 }
 
 impl Application {
@@ -175,6 +176,7 @@ impl Application {
             db: Some(db),
             rabbit,
             forwarder,
+            roles,
         })
     }
 
@@ -192,10 +194,10 @@ impl Application {
             db,
             rabbit,
             forwarder,
+            roles,
         } = self;
         let grace = Duration::from_secs(settings.shutdown_timeout_secs);
         let workers = CancellationToken::new();
-        let roles = settings.parsed_roles().unwrap_or_default();
         tracing::info!(?roles, "roles");
         let processor_task = roles
             .processor

@@ -36,12 +36,6 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
-impl From<QueueError> for StoreError {
-    fn from(e: QueueError) -> Self {
-        StoreError::Unavailable(e.to_string())
-    }
-}
-
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

@@ -39,7 +39,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Counts one webhook by its outcome.
-pub fn webhook(bsp: &str, outcome: &'static str) {
-    metrics::counter!("zen_webhooks_received_total", "bsp" => bsp.to_owned(), "outcome" => outcome)
+pub fn webhook(bsp: &'static str, outcome: &'static str) {
+    metrics::counter!("zen_webhooks_received_total", "bsp" => bsp, "outcome" => outcome)
         .increment(1);
 }

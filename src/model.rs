@@ -290,12 +290,6 @@ pub enum ApplyOutcome {
     },
 }
 
-/// Rank of a stored `current_status`; legacy pass-through values (e.g.
-/// `enqueued`) rank below everything so any known status replaces them.
-fn rank(status: &str) -> Option<Status> {
-    Status::parse(status)
-}
-
 fn fill(slot: &mut String, value: &Option<String>) {
     if slot.is_empty() {
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
@@ -345,13 +339,11 @@ impl MessageRecord {
         }
     }
 
-    /// The current status, when it is one the gateway knows.
+    /// The current status, when it is one the gateway knows; legacy
+    /// pass-through values (e.g. `enqueued`) are `None`, so any known status
+    /// replaces them.
     pub fn status(&self) -> Option<Status> {
-        rank(&self.current_status)
-    }
-
-    pub fn has_event(&self, event_key: &str) -> bool {
-        !event_key.is_empty() && self.status_history.iter().any(|h| h.event_key == event_key)
+        Status::parse(&self.current_status)
     }
 
     /// Applies one event by the rules of DESIGN §3. Idempotent: applying the

@@ -59,12 +59,9 @@ impl Drop for InFlight<'_> {
 }
 
 impl Breakers {
+    /// No per-URL slot cap, 15 s probe window (tests).
     pub fn new(threshold: u32, cooldown: Duration) -> Self {
-        Self::with_probe_window(threshold, cooldown, Duration::from_secs(15))
-    }
-
-    pub fn with_probe_window(threshold: u32, cooldown: Duration, probe_window: Duration) -> Self {
-        Self::with_limits(threshold, cooldown, probe_window, u32::MAX)
+        Self::with_limits(threshold, cooldown, Duration::from_secs(15), u32::MAX)
     }
 
     pub fn with_limits(

@@ -281,7 +281,7 @@ impl ForwardQueue for SqliteForwardQueue {
                 Ok(())
             })
             .await?;
-        self.arrived.notify_waiters();
+        // One permit is kept even with no waiter: the next receive wakes.
         self.arrived.notify_one();
         Ok(())
     }

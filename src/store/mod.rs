@@ -34,6 +34,12 @@ impl From<crate::sqlite::DbError> for StoreError {
     }
 }
 
+impl From<crate::queue::QueueError> for StoreError {
+    fn from(e: crate::queue::QueueError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
 /// The result of applying one event to its message record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied {

@@ -264,13 +264,17 @@ async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one() {
     .await;
     let rx = Receiver::start().await;
     rx.set("dead", Behavior::Hang(Duration::from_secs(5)));
+    let mut dead_id = String::new();
     for path in ["dead", "healthy"] {
-        create_webhook(
+        let hook = create_webhook(
             &app,
             json!({"project_owner_id": "o", "webhook_url": rx.url(path),
             "topics": ["*"], "business_numbers": [BUSINESS]}),
         )
         .await;
+        if path == "dead" {
+            dead_id = hook["id"].as_str().unwrap().to_owned();
+        }
     }
     let started = std::time::Instant::now();
     for i in 0..20 {
@@ -287,6 +291,25 @@ async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dead_calls = rx.received("dead").len();
     assert!(dead_calls < 20, "breaker did not open: {dead_calls} calls");
+    // The slot cap alone would also keep that count low: check the circuit
+    // itself opened, i.e. jobs were parked behind it.
+    let deliveries = format!("/api/v1/webhooks/{dead_id}/deliveries?limit=500");
+    assert!(
+        wait_until(async || {
+            admin_get(&app, &deliveries)
+                .await
+                .as_array()
+                .is_some_and(|logs| {
+                    logs.iter().any(|l| {
+                        l["error_message"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("circuit open"))
+                    })
+                })
+        })
+        .await,
+        "no job was parked behind an open circuit"
+    );
     eprintln!(
         "healthy endpoint: 20 deliveries in {healthy_took:?}; dead endpoint saw {dead_calls} calls"
     );
