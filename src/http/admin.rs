@@ -12,12 +12,13 @@ use serde_json::Value;
 use super::AppState;
 use super::extract::{Admin, ApiJson};
 use crate::error::ApiError;
+use crate::model::Status;
 use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnrecognizedEvent};
-use crate::store::{MessageStats, StatsQuery};
+use crate::store::{MessageCursor, MessagePage, MessageQuery, MessageStats, StatsQuery};
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/messages", post(register_message))
+        .route("/messages", post(register_message).get(list_messages))
         .route("/messages/{id}", get(get_message))
         .route("/stats", get(stats))
         .route("/unrecognized", get(unrecognized))
@@ -78,6 +79,68 @@ async fn unrecognized(
 ) -> Result<Json<Vec<UnrecognizedEvent>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(state.store.list_unrecognized(limit).await?))
+}
+
+/// `GET /api/v1/messages` filters and paging.
+#[derive(Debug, Deserialize)]
+struct MessagesParams {
+    phone_number: Option<String>,
+    campaign_id: Option<String>,
+    project_owner_id: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// An empty parameter is the same as an absent one.
+fn given(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+async fn list_messages(
+    _: Admin,
+    State(state): State<AppState>,
+    Query(p): Query<MessagesParams>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let limit = match given(p.limit) {
+        None => 50,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=500).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "limit: must be a whole number from 1 to 500, got {l:?}"
+                )));
+            }
+        },
+    };
+    let status = given(p.status)
+        .map(|s| {
+            Status::parse(&s).map(|st| st.as_str().to_owned()).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "status: unknown status {s:?} (expected sent, delivered, read, failed, accepted or received)"
+                ))
+            })
+        })
+        .transpose()?;
+    let after = given(p.cursor)
+        .map(|c| {
+            MessageCursor::decode(&c).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "cursor: not a cursor this API returned (pass next_cursor back unchanged)"
+                        .into(),
+                )
+            })
+        })
+        .transpose()?;
+    let query = MessageQuery {
+        phone_number: given(p.phone_number),
+        campaign_id: given(p.campaign_id),
+        project_owner_id: given(p.project_owner_id),
+        status,
+        limit,
+        after,
+    };
+    Ok(Json(state.store.list_messages(&query).await?))
 }
 
 async fn get_message(

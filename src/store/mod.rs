@@ -64,6 +64,75 @@ pub struct StatsQuery {
     pub to: Option<DateTime<Utc>>,
 }
 
+/// Filters and page of `GET /api/v1/messages`: newest first, keyset paging
+/// on (`created_at`, `message_id`) so pages stay stable while messages arrive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageQuery {
+    pub phone_number: Option<String>,
+    pub campaign_id: Option<String>,
+    pub project_owner_id: Option<String>,
+    pub status: Option<String>,
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub after: Option<MessageCursor>,
+}
+
+/// The position of the last record of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageCursor {
+    pub created_at_ms: i64,
+    pub message_id: String,
+}
+
+impl MessageCursor {
+    pub fn of(record: &MessageRecord) -> Self {
+        MessageCursor {
+            created_at_ms: record.created_at.timestamp_millis(),
+            message_id: record.message_id.clone(),
+        }
+    }
+
+    /// Opaque to clients: URL-safe base64 of `<ms>:<message_id>`.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}:{}", self.created_at_ms, self.message_id))
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s)
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (ms, id) = text.split_once(':')?;
+        Some(MessageCursor {
+            created_at_ms: ms.parse().ok()?,
+            message_id: id.to_owned(),
+        })
+    }
+}
+
+/// One page of messages; `next_cursor` is absent on the last page.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MessagePage {
+    pub items: Vec<MessageRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl MessagePage {
+    /// From up to `limit + 1` records: the extra one only says a next page exists.
+    pub fn from_probe(mut items: Vec<MessageRecord>, limit: usize) -> Self {
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = more
+            .then(|| items.last().map(|r| MessageCursor::of(r).encode()))
+            .flatten();
+        MessagePage { items, next_cursor }
+    }
+}
+
 /// Message counts by `current_status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MessageStats {
@@ -109,6 +178,9 @@ pub trait MessageStore: Send + Sync {
 
     /// Finds a message by wamid, provider message id or `message_id`.
     async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError>;
+
+    /// Messages matching the filters, newest first, one page at a time.
+    async fn list_messages(&self, query: &MessageQuery) -> Result<MessagePage, StoreError>;
 
     /// Keeps bodies no adapter understood.
     async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError>;

@@ -24,7 +24,10 @@ use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::{Applied, BackendHealth, MessageStats, MessageStore, StatsQuery, StoreError};
+use super::{
+    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
+    StoreError,
+};
 use crate::model::{
     ApplyOutcome, Bsp, Direction, MessageEvent, MessageRecord, OutboundRegistration, StatusEntry,
     UnifiedEvent, UnrecognizedEvent,
@@ -646,6 +649,48 @@ impl MessageStore for MongoStore {
                 .or_else(|| pick("message_id"))
                 .or_else(|| pick("bsp_message_id"))
                 .map(from_doc))
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
+        let mut filter = Document::new();
+        for (field, value) in [
+            ("phone_number", &q.phone_number),
+            ("campaign_id", &q.campaign_id),
+            ("project_owner_id", &q.project_owner_id),
+            ("current_status", &q.status),
+        ] {
+            if let Some(v) = value {
+                filter.insert(field, v);
+            }
+        }
+        if let Some(after) = &q.after {
+            let at = bson::DateTime::from_millis(after.created_at_ms);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! {"created_at": {"$lt": at}},
+                    doc! {"created_at": at, "message_id": {"$lt": &after.message_id}},
+                ],
+            );
+        }
+        let result = async {
+            let docs: Vec<Document> = self
+                .messages
+                .find(filter)
+                .sort(doc! {"created_at": -1, "message_id": -1})
+                .limit(q.limit as i64 + 1)
+                .await
+                .map_err(unavailable)?
+                .try_collect()
+                .await
+                .map_err(unavailable)?;
+            Ok(MessagePage::from_probe(
+                docs.iter().map(from_doc).collect(),
+                q.limit,
+            ))
         }
         .await;
         self.note(result)

@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use chrono::{TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Applied, BackendHealth, MessageStats, MessageStore, StatsQuery, StoreError};
+use super::{
+    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
+    StoreError,
+};
 use crate::model::{
     ApplyOutcome, Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent,
     UnrecognizedEvent,
@@ -255,6 +258,45 @@ impl MessageStore for SqliteStore {
                 Ok(None)
             })
             .await?)
+    }
+
+    async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
+        let q = q.clone();
+        let limit = q.limit;
+        let items = self
+            .db
+            .read(move |conn| {
+                let mut sql = String::from("SELECT pk, doc FROM messages WHERE 1 = 1");
+                let mut args: Vec<rusqlite::types::Value> = Vec::new();
+                for (column, value) in [
+                    ("phone_number", q.phone_number),
+                    ("campaign_id", q.campaign_id),
+                    ("project_owner_id", q.project_owner_id),
+                    ("current_status", q.status),
+                ] {
+                    if let Some(v) = value {
+                        sql.push_str(&format!(" AND {column} = ?"));
+                        args.push(v.into());
+                    }
+                }
+                if let Some(after) = q.after {
+                    sql.push_str(
+                        " AND (created_at_ms < ? OR (created_at_ms = ? AND message_id < ?))",
+                    );
+                    args.push(after.created_at_ms.into());
+                    args.push(after.created_at_ms.into());
+                    args.push(after.message_id.into());
+                }
+                sql.push_str(" ORDER BY created_at_ms DESC, message_id DESC LIMIT ?");
+                args.push((q.limit as i64 + 1).into());
+                let mut stmt = conn.prepare(&sql)?;
+                let rows =
+                    stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(1))?;
+                rows.map(|doc| decode(doc?))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(MessagePage::from_probe(items, limit))
     }
 
     async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError> {

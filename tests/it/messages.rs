@@ -235,6 +235,69 @@ async fn registration_input_is_validated_with_the_field_named() {
 }
 
 #[tokio::test]
+async fn the_messages_list_pages_through_everything_with_a_cursor() {
+    let app = spawn_app().await;
+    for i in 0..9 {
+        let w = format!("wamid.list-{i}");
+        let status = if i % 3 == 0 { "read" } else { "sent" };
+        let r = app
+            .post_webhook("/webhook/datagen", datagen_status(&w, status, i))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    app.wait_for_message("wamid.list-8", |_| true).await;
+    for i in 0..9 {
+        app.wait_for_message(&format!("wamid.list-{i}"), |_| true)
+            .await;
+    }
+    let mut wamids = Vec::new();
+    let mut path = "/api/v1/messages?limit=4".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = app.admin_get(&path).await;
+        pages += 1;
+        for r in page["items"].as_array().unwrap() {
+            wamids.push(r["wamid"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/api/v1/messages?limit=4&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    wamids.sort();
+    wamids.dedup();
+    assert_eq!(wamids.len(), 9);
+
+    let read = app
+        .admin_get("/api/v1/messages?status=read&phone_number=&campaign_id=")
+        .await;
+    assert_eq!(read["items"].as_array().unwrap().len(), 3, "{read}");
+
+    for (query, field) in [
+        ("limit=0", "limit:"),
+        ("limit=lots", "limit:"),
+        ("status=lost", "status:"),
+        ("cursor=%21%21", "cursor:"),
+    ] {
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/v1/messages?{query}")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{query}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["message"].as_str().unwrap().starts_with(field),
+            "{query}: {body}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn graceful_shutdown_keeps_every_acked_event() {
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app_in(dir.path(), |_| {}).await;

@@ -10,7 +10,7 @@ use zen_gateway::model::{
 use zen_gateway::sqlite::{SqliteDb, SqliteOptions, Synchronous};
 use zen_gateway::store::mongo::MongoStore;
 use zen_gateway::store::sqlite::SqliteStore;
-use zen_gateway::store::{MessageStore, StatsQuery};
+use zen_gateway::store::{MessageCursor, MessageQuery, MessageStore, StatsQuery};
 
 use crate::services;
 
@@ -95,6 +95,7 @@ suite!(
     stats_count_by_status_with_filters,
     a_large_mixed_batch_applies_every_event,
     inbound_messages_keep_their_content,
+    messages_list_in_stable_pages_with_filters,
 );
 
 pub fn status(
@@ -394,6 +395,103 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(past.total, 5);
+    }
+
+    pub async fn messages_list_in_stable_pages_with_filters(store: &dyn MessageStore) {
+        // Two batches a few ms apart: ties on created_at within a batch are
+        // broken by message_id.
+        for batch in 0..2 {
+            let events: Vec<_> = (0..13)
+                .map(|i| {
+                    let s = ["sent", "delivered", "read"][i % 3];
+                    status(
+                        Bsp::Datagen,
+                        Some(&format!("wamid.L{batch}-{i:02}")),
+                        None,
+                        s,
+                        i as i64,
+                    )
+                })
+                .collect();
+            store.apply(&events).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_messages(&MessageQuery {
+                    limit: 7,
+                    after: after.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert!(page.items.len() <= 7);
+            seen.extend(
+                page.items
+                    .iter()
+                    .map(|r| (r.created_at, r.message_id.clone())),
+            );
+            match page.next_cursor {
+                Some(c) => after = Some(MessageCursor::decode(&c).expect("cursor decodes")),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 26, "every message once");
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(seen, sorted, "newest first, then message_id descending");
+        sorted.dedup();
+        assert_eq!(sorted.len(), 26, "no message on two pages");
+
+        let delivered = store
+            .list_messages(&MessageQuery {
+                status: Some("delivered".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(delivered.items.len(), 8);
+        assert!(delivered.next_cursor.is_none());
+        assert!(
+            delivered
+                .items
+                .iter()
+                .all(|r| r.current_status == "delivered")
+        );
+
+        store
+            .register(&OutboundRegistration {
+                bsp: Bsp::Datagen,
+                wamid: Some("wamid.L1-03".into()),
+                project_owner_id: Some("owner-L".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let owned = store
+            .list_messages(&MessageQuery {
+                project_owner_id: Some("owner-L".into()),
+                campaign_id: Some("cmp-1".into()),
+                phone_number: Some("919800000001".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(owned.items.len(), 1);
+        assert_eq!(owned.items[0].wamid.as_deref(), Some("wamid.L1-03"));
+        let none = store
+            .list_messages(&MessageQuery {
+                phone_number: Some("nobody".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(none.items.is_empty() && none.next_cursor.is_none());
     }
 
     pub async fn a_large_mixed_batch_applies_every_event(store: &dyn MessageStore) {
