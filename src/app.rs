@@ -246,6 +246,51 @@ impl Application {
 
 /// Builds the MongoDB indexes in the background, retrying while the server
 /// is unreachable: start-up never waits for (or crashes on) the database.
+/// The forwarding queue of the configured backend, for the `dlq` command:
+/// RabbitMQ when `RABBITMQ_URL` is set (nothing consumed), else the
+/// embedded database under `DATA_DIR` (safe beside a running gateway:
+/// SQLite serializes the writers).
+pub async fn forward_queue_for_cli(settings: &Settings) -> anyhow::Result<Arc<dyn ForwardQueue>> {
+    match &settings.rabbitmq_url {
+        Some(url) => {
+            let broker = RabbitInbox::start(RabbitOptions {
+                url: url.clone(),
+                prefix: settings.rabbitmq_queue_prefix.clone(),
+                consume: false,
+                prefetch: settings.rabbitmq_prefetch,
+                publish_channels: 1,
+                retry_delays_ms: settings.retry_delays().unwrap_or_default(),
+                forward_consume: false,
+                forward_prefetch: 1,
+            });
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+            while !broker.health().await.up {
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!("RABBITMQ_URL: the broker did not answer within 15 s");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(Arc::new(RabbitForwardQueue::new(broker)))
+        }
+        None => {
+            let db = SqliteDb::open(&SqliteOptions {
+                path: settings.sqlite_path(),
+                synchronous: settings.sqlite_synchronous,
+                queue_capacity: 64,
+                max_batch: SQLITE_MAX_BATCH,
+                readers: 1,
+            })
+            .with_context(|| {
+                format!(
+                    "cannot open the embedded database {}",
+                    settings.sqlite_path().display()
+                )
+            })?;
+            Ok(Arc::new(SqliteForwardQueue::new(db)))
+        }
+    }
+}
+
 fn spawn_index_builder(store: Arc<MongoStore>) {
     tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);

@@ -33,6 +33,30 @@ enum Command {
     /// Prepare a MongoDB the legacy gateway wrote: merge its duplicate
     /// documents per wamid, then build the indexes. Safe to run again.
     Migrate,
+    /// Dead-lettered deliveries on the configured backend.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead-lettered deliveries as JSON, newest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put deliveries back on the forwarding queue with fresh attempts:
+    /// the given delivery ids, or every one with --all.
+    Replay {
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,6 +79,46 @@ fn main() -> ExitCode {
         Command::Serve => serve(settings),
         Command::Migrate => migrate(settings),
         Command::Healthcheck => healthcheck(settings.port),
+        Command::Dlq { action } => dlq(settings, action),
+        Command::Openapi => {
+            println!("{}", zen_gateway::http::openapi::document_json());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn dlq(settings: Settings, action: DlqAction) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("zen-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let queue = zen_gateway::app::forward_queue_for_cli(&settings).await?;
+        let out = match action {
+            DlqAction::List { limit } => {
+                serde_json::to_value(queue.list_dead(limit.clamp(1, 10_000)).await?)?
+            }
+            DlqAction::Replay { all, ids } => {
+                let n = queue
+                    .replay_dead(if all { None } else { Some(&ids) })
+                    .await?;
+                serde_json::json!({ "replayed": n })
+            }
+        };
+        anyhow::Ok(out)
+    });
+    match result {
+        Ok(out) => {
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zen-gateway dlq: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A Business Solution Provider (or Meta itself) that posts webhooks to us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Bsp {
     #[default]
@@ -108,7 +110,7 @@ impl Status {
 }
 
 /// Which way a message travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     #[default]
@@ -216,7 +218,7 @@ impl MessageEvent {
 }
 
 /// One entry of `status_history` (legacy shape plus `raw_status` / `event_key`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusEntry {
     pub status: String,
     pub source: String,
@@ -238,7 +240,7 @@ pub struct StatusEntry {
 
 /// The one record per WhatsApp message, in the legacy
 /// `unified_message_tracking` field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageRecord {
     pub message_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,7 +513,7 @@ impl OutboundRegistration {
 
 /// A webhook body (or part of one) that no adapter understood. It is kept,
 /// counted and queryable, never dropped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UnrecognizedEvent {
     pub event_id: String,
     pub bsp: Bsp,

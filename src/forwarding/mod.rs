@@ -33,7 +33,7 @@ use crate::store::{BackendHealth, StoreError};
 
 /// A client's webhook, in the legacy `webhooks` shape plus optional fields
 /// (absent = legacy behaviour).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfig {
     /// ObjectId hex, stored as a string (legacy).
     pub id: String,
@@ -84,7 +84,7 @@ impl WebhookConfig {
 }
 
 /// `webhook_delivery_logs.status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -94,7 +94,7 @@ pub enum DeliveryStatus {
 }
 
 /// One delivery (event × webhook), updated on every attempt (legacy shape).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryLog {
     pub id: String,
     pub project_owner_id: String,
@@ -137,7 +137,7 @@ pub struct Attempt {
 /// services on the broker publish), plus optional fields of ours. A legacy
 /// job may carry `shared_secret`; ours never do (the secret is looked up by
 /// `webhook_id`), and it is never written back out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForwardJob {
     pub delivery_log_id: String,
     #[serde(default)]
@@ -171,7 +171,7 @@ pub struct ForwardJob {
 pub struct JobTag(pub String);
 
 /// A job in the dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeadJob {
     pub id: String,
     pub reason: String,

@@ -1,13 +1,15 @@
 //! The admin API under `/api/v1` (bearer `ADMIN_API_KEY`).
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{Admin, ApiJson};
@@ -16,21 +18,24 @@ use crate::model::Status;
 use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnrecognizedEvent};
 use crate::store::{MessageCursor, MessagePage, MessageQuery, MessageStats, StatsQuery};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/messages", post(register_message).get(list_messages))
-        .route("/messages/{id}", get(get_message))
-        .route("/stats", get(stats))
-        .route("/unrecognized", get(unrecognized))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register_message, list_messages))
+        .routes(routes!(get_message))
+        .routes(routes!(stats))
+        .routes(routes!(unrecognized))
 }
 
 /// `GET /api/v1/stats` filters; times are RFC 3339.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatsParams {
     project_owner_id: Option<String>,
     campaign_id: Option<String>,
     bsp: Option<String>,
+    /// `created_at >= from` (RFC 3339)
     from: Option<String>,
+    /// `created_at < to` (RFC 3339)
     to: Option<String>,
 }
 
@@ -44,6 +49,12 @@ fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, A
         .transpose()
 }
 
+/// Message counts by current status.
+#[utoipa::path(get, path = "/stats", tag = "messages", params(StatsParams),
+    security(("admin" = [])),
+    responses((status = 200, body = MessageStats), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn stats(
     _: Admin,
     State(state): State<AppState>,
@@ -67,11 +78,19 @@ async fn stats(
     Ok(Json(state.store.stats(&query).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
+    /// 1 to 500, default 50.
     limit: Option<usize>,
 }
 
+/// Bodies no provider adapter understood, newest first.
+#[utoipa::path(get, path = "/unrecognized", tag = "messages", params(ListParams),
+    security(("admin" = [])),
+    responses((status = 200, body = Vec<UnrecognizedEvent>), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn unrecognized(
     _: Admin,
     State(state): State<AppState>,
@@ -82,13 +101,18 @@ async fn unrecognized(
 }
 
 /// `GET /api/v1/messages` filters and paging.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct MessagesParams {
     phone_number: Option<String>,
     campaign_id: Option<String>,
     project_owner_id: Option<String>,
+    /// `sent`, `delivered`, `read`, `failed`, `accepted` or `received`.
     status: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
+    /// `next_cursor` of the previous page, unchanged.
     cursor: Option<String>,
 }
 
@@ -97,6 +121,12 @@ fn given(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
 }
 
+/// Tracked messages, newest first, one page at a time.
+#[utoipa::path(get, path = "/messages", tag = "messages", params(MessagesParams),
+    security(("admin" = [])),
+    responses((status = 200, body = MessagePage), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn list_messages(
     _: Admin,
     State(state): State<AppState>,
@@ -143,6 +173,14 @@ async fn list_messages(
     Ok(Json(state.store.list_messages(&query).await?))
 }
 
+/// One message record, by wamid, provider message id or `message_id`.
+#[utoipa::path(get, path = "/messages/{id}", tag = "messages",
+    params(("id" = String, Path, description = "wamid, provider message id or message_id")),
+    security(("admin" = [])),
+    responses((status = 200, body = MessageRecord),
+        (status = 404, description = "No such message", body = crate::http::openapi::ErrorBody), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn get_message(
     _: Admin,
     State(state): State<AppState>,
@@ -157,7 +195,7 @@ async fn get_message(
 }
 
 /// An outbound message as the sending side registers it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct RegisterMessageIn {
     /// `datagen`, `aisensy`, `karix` or `meta`.
     bsp: String,
@@ -171,6 +209,15 @@ struct RegisterMessageIn {
     bsp_data: Option<Value>,
 }
 
+/// Registers (or completes) an outbound message with its campaign and
+/// owner context; events before or after it land on the same record.
+#[utoipa::path(post, path = "/messages", tag = "messages", request_body = RegisterMessageIn,
+    security(("admin" = [])),
+    responses((status = 201, description = "Created", body = MessageRecord),
+        (status = 200, description = "Already known; completed", body = MessageRecord),
+        (status = 422, description = "Invalid field", body = crate::http::openapi::ErrorBody), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn register_message(
     _: Admin,
     State(state): State<AppState>,

@@ -1,24 +1,27 @@
 //! `GET /` and `GET /health` (legacy, static: liveness only) and `GET /ready`
 //! (each backend's state; 503 when the inbox cannot accept).
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(root))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics_text))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(root))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics_text))
 }
 
 /// Prometheus text format; gauges of backends and backlogs are read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     let (inbox, store, cache, forward, inbox_depth, forward_depth) = tokio::join!(
         state.inbox.health(),
@@ -62,14 +65,23 @@ fn legacy_json(body: &'static str) -> Response {
         .into_response()
 }
 
+/// Legacy liveness: `{"message":"ZEN Messaging Gateway is running"}`.
+#[utoipa::path(get, path = "/", tag = "operations", responses((status = 200, body = Object)))]
 async fn root() -> Response {
     legacy_json(r#"{"message":"ZEN Messaging Gateway is running"}"#)
 }
 
+/// Liveness (static): `{"status":"healthy"}`.
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Object)))]
 async fn health() -> Response {
     legacy_json(r#"{"status":"healthy"}"#)
 }
 
+/// Readiness: each backend's state and the backlogs; 503 only when the
+/// inbox cannot accept webhooks.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "`ready` or `degraded`", body = Object),
+        (status = 503, description = "`unavailable`: the inbox backend is down", body = Object)))]
 async fn ready(State(state): State<AppState>) -> Response {
     let (inbox, store, cache) = tokio::join!(
         state.inbox.health(),

@@ -5,6 +5,7 @@
 mod admin;
 mod extract;
 mod health;
+pub mod openapi;
 pub mod serve;
 mod webhook_admin;
 mod webhooks;
@@ -21,6 +22,9 @@ use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::cache::Cache;
 use crate::error::json_status_body;
@@ -56,10 +60,8 @@ pub struct AppState {
 /// [`crate::app`]), since that must happen before routing.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let body_limit = state.body_limit;
-    Router::new()
-        .merge(webhooks::router())
-        .merge(health::router())
-        .nest("/api/v1", admin::router().merge(webhook_admin::router()))
+    let (routes, _) = documented_routes().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -74,6 +76,24 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every route, each with its OpenAPI operation.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(webhooks::router())
+        .merge(health::router())
+        .nest(
+            "/api/v1",
+            admin::router()
+                .merge(webhook_admin::router())
+                .routes(routes!(openapi::document)),
+        )
+}
+
+/// The OpenAPI document of the served routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().split_for_parts().1
 }
 
 /// Gin's answer to an unknown route or method, kept for drop-in behaviour.

@@ -4,14 +4,16 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{Admin, ApiJson};
@@ -19,23 +21,25 @@ use crate::error::ApiError;
 use crate::forwarding::signing::{new_secret, whsec};
 use crate::forwarding::{DeadJob, DeliveryLog, ForwardJob, WebhookConfig};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhooks", post(create).get(list))
-        .route("/webhooks/{id}", get(show).patch(update).delete(remove))
-        .route("/webhooks/{id}/rotate-secret", post(rotate))
-        .route("/webhooks/{id}/test", post(test))
-        .route("/webhooks/{id}/deliveries", get(deliveries))
-        .route("/dlq", get(dlq))
-        .route("/dlq/replay", post(replay))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(rotate))
+        .routes(routes!(test))
+        .routes(routes!(deliveries))
+        .routes(routes!(dlq))
+        .routes(routes!(replay))
 }
 
 /// A webhook as the API shows it: no secret, but whether one is set.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct WebhookOut {
     #[serde(flatten)]
     config: WebhookConfig,
     auth_enabled: bool,
+    /// Only when created or rotated: the Standard Webhooks `whsec_` form
+    /// (`shared_secret` then holds the 64-hex legacy form).
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_secret: Option<String>,
 }
@@ -72,7 +76,7 @@ fn validate_topics(topics: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CreateIn {
     project_owner_id: String,
     webhook_url: String,
@@ -86,6 +90,11 @@ struct CreateIn {
     active: Option<bool>,
 }
 
+/// Registers a client webhook; its signing secret is shown this once.
+#[utoipa::path(post, path = "/webhooks", tag = "webhooks", request_body = CreateIn,
+    security(("admin" = [])),
+    responses((status = 201, body = WebhookOut), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn create(
     _: Admin,
     State(state): State<AppState>,
@@ -122,11 +131,17 @@ async fn create(
     Ok((StatusCode::CREATED, Json(out(config, true))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListParams {
     project_owner_id: Option<String>,
 }
 
+/// Client webhooks, all or one owner's (secrets never shown).
+#[utoipa::path(get, path = "/webhooks", tag = "webhooks", params(ListParams),
+    security(("admin" = [])),
+    responses((status = 200, body = Vec<WebhookOut>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn list(
     _: Admin,
     State(state): State<AppState>,
@@ -147,6 +162,11 @@ async fn find(state: &AppState, id: &str) -> Result<WebhookConfig, ApiError> {
         .ok_or(ApiError::NotFound("webhook"))
 }
 
+/// One client webhook.
+#[utoipa::path(get, path = "/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+    security(("admin" = [])),
+    responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn show(
     _: Admin,
     State(state): State<AppState>,
@@ -157,7 +177,7 @@ async fn show(
 
 /// Fields left out are left as they are (unlike the legacy API, an update
 /// never silently turns signing off).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct UpdateIn {
     webhook_url: Option<String>,
     project_id: Option<String>,
@@ -168,6 +188,11 @@ struct UpdateIn {
     active: Option<bool>,
 }
 
+/// Changes the given fields; the others stay as they are.
+#[utoipa::path(patch, path = "/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")), request_body = UpdateIn,
+    security(("admin" = [])),
+    responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn update(
     _: Admin,
     State(state): State<AppState>,
@@ -211,6 +236,11 @@ async fn update(
     Ok(Json(out(w, reveal)))
 }
 
+/// Deletes a client webhook.
+#[utoipa::path(delete, path = "/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+    security(("admin" = [])),
+    responses((status = 200, description = "`{\"message\":\"webhook deleted successfully\"}`", body = Object), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn remove(
     _: Admin,
     State(state): State<AppState>,
@@ -222,6 +252,11 @@ async fn remove(
     Ok(Json(json!({"message": "webhook deleted successfully"})))
 }
 
+/// A new signing secret, shown this once; the old one stops signing at once.
+#[utoipa::path(post, path = "/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+    security(("admin" = [])),
+    responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn rotate(
     _: Admin,
     State(state): State<AppState>,
@@ -236,6 +271,10 @@ async fn rotate(
 
 /// Sends a `test.webhook` event now and reports what the endpoint said
 /// (legacy shape: always 200, `success` tells).
+#[utoipa::path(post, path = "/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+    security(("admin" = [])),
+    responses((status = 200, description = "What the endpoint answered: `success`, `status_code`, `response_body`, `error`, `duration_ms`", body = Object), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn test(
     _: Admin,
     State(state): State<AppState>,
@@ -273,11 +312,19 @@ async fn test(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LimitParams {
+    /// 1 to 500, default 50.
     limit: Option<usize>,
 }
 
+/// The delivery log of one webhook, newest first: one entry per event,
+/// updated on every attempt.
+#[utoipa::path(get, path = "/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "webhook id"), LimitParams),
+    security(("admin" = [])),
+    responses((status = 200, body = Vec<DeliveryLog>), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn deliveries(
     _: Admin,
     State(state): State<AppState>,
@@ -289,6 +336,11 @@ async fn deliveries(
     Ok(Json(state.webhooks.list_deliveries(&id, limit).await?))
 }
 
+/// Dead-lettered deliveries, newest first.
+#[utoipa::path(get, path = "/dlq", tag = "webhooks", params(LimitParams),
+    security(("admin" = [])),
+    responses((status = 200, body = Vec<DeadJob>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn dlq(
     _: Admin,
     State(state): State<AppState>,
@@ -298,12 +350,18 @@ async fn dlq(
     Ok(Json(state.forward_queue.list_dead(limit).await?))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, ToSchema)]
 struct ReplayIn {
     /// Dead job ids; absent = all.
     ids: Option<Vec<String>>,
 }
 
+/// Puts dead-lettered deliveries back on the forwarding queue with fresh
+/// attempts: the given ids, or all of them without a body.
+#[utoipa::path(post, path = "/dlq/replay", tag = "webhooks", request_body(content = Option<ReplayIn>),
+    security(("admin" = [])),
+    responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay(
     _: Admin,
     State(state): State<AppState>,

@@ -4,26 +4,26 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::WebhookBody;
 use crate::error::ApiError;
 use crate::model::Bsp;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/webhook/datagen", post(datagen))
-        .route("/datagen-webhook", post(datagen))
-        .route("/webhook/aisensy", post(aisensy))
-        .route("/partner-webhook", post(aisensy))
-        .route("/webhook/karix", post(karix))
-        .route("/webhook/meta", post(meta).get(meta_verify))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(datagen))
+        .routes(routes!(datagen_legacy))
+        .routes(routes!(aisensy))
+        .routes(routes!(aisensy_legacy))
+        .routes(routes!(karix))
+        .routes(routes!(meta, meta_verify))
 }
 
 /// The legacy 200 body for `bsp`, byte for byte.
@@ -92,7 +92,17 @@ async fn accept_inner(
 }
 
 macro_rules! webhook_handler {
-    ($name:ident, $bsp:expr) => {
+    ($name:ident, $bsp:expr, $path:literal, $summary:literal) => {
+        #[doc = $summary]
+        #[utoipa::path(post, path = $path, tag = "webhooks (BSP)",
+            request_body(content = Object, description = "The provider's webhook body, as it sends it (one event or a batch)"),
+            params(("token" = Option<String>, Query, description = "Shared token, when inbound authentication by query token is configured")),
+            responses(
+                (status = 200, description = "Durably accepted (legacy body, e.g. `{\"status\":200,\"message\":\"Datagen webhook received successfully\"}`)", body = crate::http::openapi::ErrorBody),
+                (status = 400, description = "Not JSON / not UTF-8 / unreadable", body = crate::http::openapi::ErrorBody),
+                (status = 401, description = "Inbound authentication failed", body = crate::http::openapi::ErrorBody),
+                (status = 413, description = "Body over BODY_LIMIT_BYTES", body = crate::http::openapi::ErrorBody),
+                (status = 503, description = "Not accepted, retry (inbox unavailable or saturated; `Retry-After`)", body = crate::http::openapi::ErrorBody)))]
         async fn $name(
             State(state): State<AppState>,
             headers: HeaderMap,
@@ -104,13 +114,39 @@ macro_rules! webhook_handler {
     };
 }
 
-webhook_handler!(datagen, Bsp::Datagen);
-webhook_handler!(aisensy, Bsp::Aisensy);
-webhook_handler!(karix, Bsp::Karix);
-webhook_handler!(meta, Bsp::Meta);
+webhook_handler!(
+    datagen,
+    Bsp::Datagen,
+    "/webhook/datagen",
+    "Datagen delivery reports and replies."
+);
+webhook_handler!(
+    datagen_legacy,
+    Bsp::Datagen,
+    "/datagen-webhook",
+    "Datagen (legacy alias of `/webhook/datagen`)."
+);
+webhook_handler!(aisensy, Bsp::Aisensy, "/webhook/aisensy", "AiSensy events.");
+webhook_handler!(
+    aisensy_legacy,
+    Bsp::Aisensy,
+    "/partner-webhook",
+    "AiSensy (legacy alias of `/webhook/aisensy`)."
+);
+webhook_handler!(karix, Bsp::Karix, "/webhook/karix", "Karix RCM callbacks.");
+webhook_handler!(
+    meta,
+    Bsp::Meta,
+    "/webhook/meta",
+    "WhatsApp Cloud API (Meta) notifications; `X-Hub-Signature-256` checked when `META_APP_SECRET` is set."
+);
 
 /// Meta's subscription handshake: echo `hub.challenge` when
 /// `hub.verify_token` matches `META_VERIFY_TOKEN`; 403 otherwise.
+#[utoipa::path(get, path = "/webhook/meta", tag = "webhooks (BSP)",
+    params(("hub.mode" = String, Query), ("hub.verify_token" = String, Query), ("hub.challenge" = String, Query)),
+    responses((status = 200, description = "The challenge, as text/plain", body = String, content_type = "text/plain"),
+        (status = 403, description = "Token mismatch or not configured", body = crate::http::openapi::ErrorBody)))]
 async fn meta_verify(
     State(state): State<AppState>,
     Query(query): QueryMap,

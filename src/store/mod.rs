@@ -114,7 +114,7 @@ impl MessageCursor {
 }
 
 /// One page of messages; `next_cursor` is absent on the last page.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct MessagePage {
     pub items: Vec<MessageRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +134,7 @@ impl MessagePage {
 }
 
 /// Message counts by `current_status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct MessageStats {
     pub total: u64,
     /// Always has `sent`, `delivered`, `read` and `failed` (0 when none),
@@ -155,7 +155,7 @@ impl MessageStats {
 }
 
 /// Health of one backend, as `/ready` reports it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BackendHealth {
     pub backend: &'static str,
     pub up: bool,

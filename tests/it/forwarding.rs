@@ -649,3 +649,65 @@ async fn webhook_changes_take_effect_at_once_despite_the_cache() {
     assert_eq!(got[0].json()["message"]["wamid"], "wamid.cache-2");
     app.stop().await;
 }
+
+/// `zen-gateway dlq list|replay` on the embedded database, beside the
+/// running gateway that then delivers the replayed job.
+#[tokio::test]
+async fn the_dlq_command_lists_and_replays_beside_a_running_gateway() {
+    let app = app_fast_retries().await;
+    let rx = Receiver::start().await;
+    rx.set("refuses", Behavior::Status(400));
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("refuses"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.len() == 1))
+        .await
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+            .args(args)
+            .env_clear()
+            .env("DATA_DIR", &app.data_dir)
+            .env("KEYS_JSON", "/nonexistent/Keys.json")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let listed = cli(&["dlq", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert!(
+        listed[0]["reason"].as_str().unwrap().contains("400"),
+        "{listed}"
+    );
+
+    // Without ids or --all, nothing is replayed by accident.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .args(["dlq", "replay"])
+        .env_clear()
+        .env("DATA_DIR", &app.data_dir)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+
+    rx.set("refuses", Behavior::Status(200));
+    let replayed = cli(&["dlq", "replay", "--all"]);
+    assert_eq!(replayed["replayed"], 1);
+    assert_eq!(cli(&["dlq", "list"]).as_array().unwrap().len(), 0);
+    rx.wait_for("refuses", 2, Duration::from_secs(10)).await;
+    assert_eq!(rx.received("refuses").len(), 2);
+    app.stop().await;
+}

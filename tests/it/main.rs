@@ -8,6 +8,7 @@ mod forwarding;
 mod ingest;
 mod messages;
 mod mongo_e2e;
+mod openapi;
 mod providers_e2e;
 mod rabbitmq_e2e;
 mod rabbitmq_forwarding;
