@@ -10,7 +10,7 @@
 //! | `zen_processing_lag_seconds` | histogram | (receive → applied) |
 //! | `zen_deliveries_total` | counter | `outcome` (success, retry, dead, parked) |
 //! | `zen_delivery_seconds` | histogram | |
-//! | `zen_inbox_depth`, `zen_forward_queue_depth`, `zen_breakers_open` | gauge | (read at scrape) |
+//! | `zen_inbox_depth`, `zen_forward_queue_depth`, `zen_forward_dlq_depth`, `zen_breakers_open` | gauge | (read at scrape) |
 //! | `zen_backend_up` | gauge | `role`, `backend` (read at scrape) |
 
 use std::sync::OnceLock;

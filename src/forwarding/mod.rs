@@ -245,6 +245,8 @@ pub trait ForwardQueue: Send + Sync {
     /// Requeues dead jobs (all, or those ids) with fresh attempts.
     async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, QueueError>;
     async fn depth(&self) -> Result<u64, QueueError>;
+    /// Jobs in the dead-letter queue.
+    async fn dead_depth(&self) -> Result<u64, QueueError>;
     async fn health(&self) -> BackendHealth;
 }
 

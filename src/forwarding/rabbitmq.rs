@@ -262,6 +262,10 @@ impl ForwardQueue for RabbitForwardQueue {
         self.broker.queue_depth(FORWARDING_QUEUE).await
     }
 
+    async fn dead_depth(&self) -> Result<u64, QueueError> {
+        self.broker.queue_depth(FORWARDING_DLQ).await
+    }
+
     async fn health(&self) -> BackendHealth {
         let up = self.broker.is_connected();
         BackendHealth {

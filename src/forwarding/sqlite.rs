@@ -460,6 +460,14 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(n as u64)
     }
 
+    async fn dead_depth(&self) -> Result<u64, QueueError> {
+        let n: i64 = self
+            .db
+            .read(|c| c.query_row("SELECT COUNT(*) FROM forward_dlq", [], |r| r.get(0)))
+            .await?;
+        Ok(n as u64)
+    }
+
     async fn health(&self) -> BackendHealth {
         self.db.health()
     }

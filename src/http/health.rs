@@ -23,13 +23,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let (inbox, store, cache, forward, inbox_depth, forward_depth) = tokio::join!(
+    let (inbox, store, cache, forward, inbox_depth, forward_depth, dlq_depth) = tokio::join!(
         state.inbox.health(),
         state.store.health(),
         state.cache.health(),
         state.forward_queue.health(),
         state.inbox.depth(),
-        state.forward_queue.depth()
+        state.forward_queue.depth(),
+        state.forward_queue.dead_depth()
     );
     for (role, h) in [
         ("inbox", &inbox),
@@ -48,6 +49,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
     if let Ok(d) = forward_depth {
         metrics::gauge!("zen_forward_queue_depth").set(d as f64);
+    }
+    if let Ok(d) = dlq_depth {
+        metrics::gauge!("zen_forward_dlq_depth").set(d as f64);
     }
     metrics::gauge!("zen_breakers_open").set(state.forwarder.open_circuits() as f64);
     (

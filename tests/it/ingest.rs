@@ -259,6 +259,8 @@ async fn metrics_are_exposed_for_prometheus() {
         "zen_processing_lag_seconds",
         "zen_backend_up{role=\"inbox\",backend=\"sqlite\"} 1",
         "zen_inbox_depth",
+        "zen_forward_queue_depth",
+        "zen_forward_dlq_depth",
         "zen_breakers_open",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
