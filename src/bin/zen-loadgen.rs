@@ -9,7 +9,9 @@
 //! - `amqp-ceiling`: a bare publish-with-confirm loop to the same broker,
 //!   with the same topology as the gateway's ingest (one publish, two queues).
 //! - `receiver`: a client webhook endpoint that counts what it gets
-//!   (`/dead/...` paths hang instead), with `GET /count`.
+//!   (`/dead/...` paths hang instead), with `GET /count`; with `--print` it
+//!   prints each delivery, and with `--secret whsec_…` it checks the
+//!   Standard Webhooks signature (the walk-through in the README uses it).
 //!
 //! Traffic goes only where it is told (loopback in scripts/bench), and every
 //! run is bounded by `--duration`.
@@ -81,6 +83,12 @@ enum Command {
     Receiver {
         #[arg(long, default_value_t = 18091)]
         port: u16,
+        /// Print each delivery (headers that matter and the body) as a JSON line.
+        #[arg(long)]
+        print: bool,
+        /// The webhook's `whsec_…` secret: check each `webhook-signature`.
+        #[arg(long)]
+        secret: Option<String>,
     },
 }
 
@@ -104,7 +112,11 @@ fn main() -> anyhow::Result<()> {
                 in_flight,
                 channels,
             } => amqp_ceiling(url, duration, in_flight, channels).await,
-            Command::Receiver { port } => receiver(port).await,
+            Command::Receiver {
+                port,
+                print,
+                secret,
+            } => receiver(port, print, secret).await,
         }
     })
 }
@@ -303,8 +315,36 @@ async fn parse_server(port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn receiver(port: u16) -> anyhow::Result<()> {
+/// Checks a Standard Webhooks signature from its headers, independently of
+/// the gateway's signing code: the key is the base64 after `whsec_`, the
+/// signed content `{webhook-id}.{webhook-timestamp}.{body}`.
+fn standard_webhooks_valid(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::Mac;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(id), Some(ts), Some(sigs)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let Ok(key) = STANDARD.decode(secret.trim_start_matches("whsec_")) else {
+        return false;
+    };
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key) else {
+        return false;
+    };
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    sigs.split(' ').any(|s| s == expected)
+}
+
+async fn receiver(port: u16, print: bool, secret: Option<String>) -> anyhow::Result<()> {
     let count = Arc::new(AtomicU64::new(0));
+    let secret: Option<Arc<str>> = secret.map(Into::into);
     let c = count.clone();
     let app = Router::new()
         .route(
@@ -317,9 +357,41 @@ async fn receiver(port: u16) -> anyhow::Result<()> {
         .route(
             "/{*path}",
             post(
-                move |axum::extract::Path(path): axum::extract::Path<String>| {
+                move |axum::extract::Path(path): axum::extract::Path<String>,
+                      headers: axum::http::HeaderMap,
+                      body: Bytes| {
                     let count = count.clone();
+                    let secret = secret.clone();
                     async move {
+                        if print {
+                            let h = |name: &str| {
+                                headers
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_owned()
+                            };
+                            let signature = match &secret {
+                                Some(s) if standard_webhooks_valid(s, &headers, &body) => "valid",
+                                Some(_) => "INVALID",
+                                None => "not checked (no --secret)",
+                            };
+                            let body: serde_json::Value = serde_json::from_slice(&body)
+                                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
+                            println!(
+                                "{}",
+                                json!({
+                                    "path": format!("/{path}"),
+                                    "x-event-type": h("x-event-type"),
+                                    "x-event-id": h("x-event-id"),
+                                    "x-attempt-count": h("x-attempt-count"),
+                                    "webhook-id": h("webhook-id"),
+                                    "x-webhook-signature": h("x-webhook-signature"),
+                                    "signature": signature,
+                                    "body": body,
+                                })
+                            );
+                        }
                         if path.starts_with("dead") {
                             tokio::time::sleep(Duration::from_secs(60)).await;
                             return StatusCode::SERVICE_UNAVAILABLE;
