@@ -137,7 +137,22 @@ impl Application {
         let providers = Providers::new();
         let forward_queue: Arc<dyn ForwardQueue> = match &rabbit {
             Some(broker) => Arc::new(RabbitForwardQueue::new(broker.clone())),
-            None => Arc::new(SqliteForwardQueue::new(db.clone())),
+            None => {
+                let queue = SqliteForwardQueue::new(db.clone());
+                if roles.forwarder {
+                    let freed = queue
+                        .release_stale_leases()
+                        .await
+                        .context("cannot recover the forwarding queue")?;
+                    if freed > 0 {
+                        tracing::info!(
+                            jobs = freed,
+                            "forwarding jobs in flight at the last stop are due again"
+                        );
+                    }
+                }
+                Arc::new(queue)
+            }
         };
         let forwarder = Arc::new(
             Forwarder::new(

@@ -246,6 +246,26 @@ impl SqliteForwardQueue {
             arrived: Arc::new(Notify::new()),
         }
     }
+
+    /// Frees the leases a previous process held: it is gone (the embedded
+    /// database has one gateway process), so the jobs it was delivering are
+    /// due now rather than when their lease would have run out. Returns how
+    /// many jobs were freed.
+    pub async fn release_stale_leases(&self) -> Result<usize, QueueError> {
+        let freed = self
+            .db
+            .write(|c| {
+                c.execute(
+                    "UPDATE forward_jobs SET lease_until_ms = 0 WHERE lease_until_ms > 0",
+                    [],
+                )
+            })
+            .await?;
+        if freed > 0 {
+            self.arrived.notify_one();
+        }
+        Ok(freed)
+    }
 }
 
 fn now_ms() -> i64 {

@@ -292,7 +292,11 @@ impl RabbitInbox {
     pub async fn close(&self) {
         self.shutdown.cancel();
         if let Some(live) = self.live.write().await.take() {
-            let _ = live.connection.close(200, "shutdown".into()).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                live.connection.close(200, "shutdown".into()),
+            )
+            .await;
         }
         self.connected.store(false, Ordering::Relaxed);
     }
@@ -644,6 +648,9 @@ impl RabbitInbox {
     }
 }
 
+/// How long one connection attempt (connect, declare, open channels) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Keeps a live connection; replaces it whenever it breaks.
 async fn supervise(inbox: Arc<RabbitInbox>) {
     let mut delay = Duration::from_millis(200);
@@ -651,7 +658,15 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
         if inbox.shutdown.is_cancelled() {
             return;
         }
-        match inbox.connect().await {
+        // A broker that accepts TCP but never finishes the handshake (one
+        // still booting) must not stall the supervisor forever.
+        let attempt = match tokio::time::timeout(CONNECT_TIMEOUT, inbox.connect()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "connect and topology not done within {CONNECT_TIMEOUT:?}"
+            )),
+        };
+        match attempt {
             Ok(live) => {
                 let live = Arc::new(live);
                 *inbox.live.write().await = Some(live.clone());
@@ -680,10 +695,15 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
                 }
                 inbox.connected.store(false, Ordering::Relaxed);
                 inbox.live.write().await.take();
-                let _ = live.connection.close(200, "replacing".into()).await;
+                // Closing a connection the broker already dropped can wait
+                // forever for a close-ok; the replacement must not.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    live.connection.close(200, "replacing".into()),
+                )
+                .await;
             }
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 tracing::warn!(error = %msg, retry_in = ?delay, "cannot connect to rabbitmq");
                 inbox.set_error(&msg);
                 tokio::select! {

@@ -186,3 +186,77 @@ pub fn datagen_status(wamid: &str, status: &str, ts_ms: i64) -> String {
     })
     .to_string()
 }
+
+/// Background senders posting distinct Datagen events (`wamid.<tag>-<s>-<i>`,
+/// status `sent`) until stopped: steady load through a fault.
+pub struct BackgroundLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<JoinHandle<(Vec<String>, usize, usize)>>,
+}
+
+/// What the load saw: the wamids answered 200, and how many 503s and other
+/// answers (including transport errors) it got.
+pub struct LoadOutcome {
+    pub acked: Vec<String>,
+    pub refused_503: usize,
+    pub other: usize,
+}
+
+impl BackgroundLoad {
+    /// `senders` loops, each pausing `pause` between posts.
+    pub fn start(app: &TestApp, tag: &str, senders: usize, pause: Duration) -> BackgroundLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..senders)
+            .map(|s| {
+                let (client, url, stop, tag) = (
+                    app.client.clone(),
+                    app.url("/webhook/datagen"),
+                    stop.clone(),
+                    tag.to_owned(),
+                );
+                tokio::spawn(async move {
+                    let (mut acked, mut refused, mut other) = (Vec::new(), 0, 0);
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let wamid = format!("wamid.{tag}-{s}-{i}");
+                        i += 1;
+                        let r = client
+                            .post(&url)
+                            .body(datagen_status(&wamid, "sent", 1_700_000_000_000 + i))
+                            .send()
+                            .await;
+                        match r.map(|r| r.status().as_u16()) {
+                            Ok(200) => {
+                                acked.push(wamid);
+                                tokio::time::sleep(pause).await;
+                            }
+                            Ok(503) => {
+                                refused += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            _ => other += 1,
+                        }
+                    }
+                    (acked, refused, other)
+                })
+            })
+            .collect();
+        BackgroundLoad { stop, tasks }
+    }
+
+    pub async fn finish(self) -> LoadOutcome {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut out = LoadOutcome {
+            acked: Vec::new(),
+            refused_503: 0,
+            other: 0,
+        };
+        for t in self.tasks {
+            let (a, r, o) = t.await.expect("sender");
+            out.acked.extend(a);
+            out.refused_503 += r;
+            out.other += o;
+        }
+        out
+    }
+}

@@ -1,6 +1,8 @@
 //! The gateway on MongoDB (FerretDB in CI): legacy document shape, the
 //! migration of legacy duplicates, and a database outage under ingest.
 
+use std::time::Duration;
+
 use bson::{Bson, doc};
 use chrono::{TimeZone, Utc};
 use futures::TryStreamExt;
@@ -192,8 +194,11 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
             .await;
     }
 
-    // Down again mid-run, more traffic, back up.
+    // Down again under steady load, more traffic, back up.
+    let load = BackgroundLoad::start(&app, "mongo-load", 4, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     ferret.stop();
+    let outage = std::time::Instant::now();
     for i in 20..40 {
         let resp = app
             .post_webhook(
@@ -203,7 +208,27 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
             .await;
         assert_eq!(resp.status(), 200);
     }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let backlog = app.ready().await.1["inbox_depth"].as_u64().unwrap_or(0);
     ferret.start().await;
+    let outage = outage.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = load.finish().await;
+    assert_eq!(
+        load.refused_503 + load.other,
+        0,
+        "ingest must not wait for the database"
+    );
+    for w in &load.acked {
+        app.wait_for_message(w, |m| m["current_status"] == "sent")
+            .await;
+    }
+    println!(
+        "chaos: mongo outage: {:.1} s down under 4 steady senders: {} acked (0 refused), \
+         inbox backlog {backlog} while down, all stored after; 0 lost",
+        outage.as_secs_f64(),
+        load.acked.len() + 40
+    );
     for i in 20..40 {
         app.wait_for_message(&format!("wamid.out-{i}"), |m| {
             m["current_status"] == "delivered"

@@ -45,8 +45,9 @@ async fn jobs_flow_through_the_broker_with_retries_dlq_and_replay() {
     let rx = Receiver::start().await;
     rx.set("flaky", Behavior::Sequence(vec![500, 200]));
     rx.set("down", Behavior::Status(500));
+    let mut secrets = Vec::new();
     for path in ["ok", "flaky", "down"] {
-        admin(
+        let hook = admin(
             &app,
             reqwest::Method::POST,
             "/api/v1/webhooks",
@@ -55,6 +56,7 @@ async fn jobs_flow_through_the_broker_with_retries_dlq_and_replay() {
             "business_numbers": ["918071234567"]})),
         )
         .await;
+        secrets.push(hook["shared_secret"].as_str().unwrap().to_owned());
     }
     app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
         .await;
@@ -86,6 +88,36 @@ async fn jobs_flow_through_the_broker_with_retries_dlq_and_replay() {
             .contains("gave up after 3 attempts"),
         "{dead}"
     );
+    // The dead job as it sits on the broker carries no signing secret (nor
+    // did it on the forwarding and retry queues: the same serialization).
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let raw = ch
+        .basic_get(
+            format!("{prefix}webhook_forwarding_dlq").as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .unwrap()
+        .expect("the dead job is on the DLQ");
+    let text = String::from_utf8_lossy(&raw.delivery.data).to_string();
+    for s in &secrets {
+        assert!(
+            !text.contains(s.as_str()),
+            "a secret in a queue message: {text}"
+        );
+    }
+    assert!(!text.contains("shared_secret"), "{text}");
+    raw.delivery
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    ch.close(200, "checked".into()).await.unwrap();
     rx.set("down", Behavior::Status(200));
     let replayed = admin(
         &app,

@@ -1,0 +1,541 @@
+//! Reliability scenarios with figures (docs/RELIABILITY.md). Each test prints
+//! one `chaos:` line with what it held, injected and counted. CI runs them
+//! with small defaults; `scripts/chaos <scenario>` runs them longer:
+//!
+//! | env | default | what |
+//! |---|---|---|
+//! | `ZEN_CHAOS_LOAD_MS` | 700 | load before the kill -9 |
+//! | `ZEN_CHAOS_EVENTS` | 200 | distinct events in the storm / endpoint scenarios |
+//! | `ZEN_CHAOS_COPIES` | 5 | copies of each event in the duplicate storm |
+//!
+//! Tests here run one at a time (they measure, and the kill -9 ones own a
+//! child process each).
+
+#[path = "it/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "it/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+#[path = "it/services.rs"]
+#[allow(dead_code)]
+mod services;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use helpers::*;
+use receiver::{Behavior, Receiver};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const BUSINESS: &str = "918071234567";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The real binary as a child process, its log in `log`.
+fn start_gateway(data_dir: &Path, port: u16, extra: &[(String, String)], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let log_too = log.try_clone().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SERVER_PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("DATA_DIR", data_dir)
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
+        .env("FORWARD_ALLOW_PRIVATE", "true")
+        .env("FORWARD_RETRY_DELAYS_MS", "200,200,200")
+        // Debug logs: the secrets check below reads everything logged.
+        .env(
+            "RUST_LOG",
+            "debug,hyper=info,h2=info,lapin=info,reqwest=info",
+        )
+        .envs(extra.iter().cloned())
+        .stdout(log)
+        .stderr(log_too)
+        .spawn()
+        .expect("spawn zen-gateway")
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    for _ in 0..500 {
+        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("gateway at {base} never became ready");
+}
+
+async fn create_webhook(client: &reqwest::Client, base: &str, body: Value) -> Value {
+    let resp = client
+        .post(format!("{base}/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json().await.unwrap()
+}
+
+/// The wamids a receiver path got deliveries for, with their counts.
+fn delivered_wamids(rx: &Receiver, path: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in rx.received(path) {
+        let body = r.json();
+        let wamid = body["message"]["wamid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        *out.entry(wamid).or_insert(0) += 1;
+    }
+    out
+}
+
+/// kill -9 under steady load, restart on the same data (and broker): every
+/// webhook that got a 200 is stored and forwarded at least once, and no
+/// secret appears in the logs.
+async fn kill9(backend: &str, extra: Vec<(String, String)>) {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let rx = Receiver::start().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let port = free_port();
+    let mut child = start_gateway(dir.path(), port, &extra, &log);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&client, &base).await;
+    let hook = create_webhook(
+        &client,
+        &base,
+        json!({"project_owner_id": "chaos", "webhook_url": rx.url("kill"),
+               "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    let secret = hook["shared_secret"].as_str().unwrap().to_owned();
+    let whsec = hook["signing_secret"].as_str().unwrap().to_owned();
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for s in 0..8 {
+        let (client, base, acked, stop) =
+            (client.clone(), base.clone(), acked.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let wamid = format!("wamid.chaos-kill-{s}-{i}");
+                i += 1;
+                let sent = client
+                    .post(format!("{base}/webhook/datagen"))
+                    .body(datagen_status(&wamid, "delivered", 1_749_540_000_000 + i))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => acked.lock().await.push(wamid),
+                    Ok(_) => {}
+                    Err(_) => break, // the process is gone
+                }
+            }
+        }));
+    }
+    let load = Duration::from_millis(env_num("ZEN_CHAOS_LOAD_MS", 700));
+    tokio::time::sleep(load).await;
+    child.kill().expect("SIGKILL"); // kill -9: no shutdown path runs
+    child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() > 50, "too little load: {}", acked.len());
+
+    let port = free_port();
+    let mut child = start_gateway(dir.path(), port, &extra, &log);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&client, &base).await;
+    let started = Instant::now();
+    let mut stored = 0;
+    for wamid in &acked {
+        for _ in 0..1500 {
+            let r = client
+                .get(format!("{base}/api/v1/messages/{wamid}"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 200 {
+                let rec: Value = r.json().await.unwrap();
+                if rec["current_status"] == "delivered" {
+                    stored += 1;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let wanted: HashSet<&String> = acked.iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let forwarded = loop {
+        let got = delivered_wamids(&rx, "kill");
+        let n = wanted
+            .iter()
+            .filter(|w| got.contains_key(w.as_str()))
+            .count();
+        if n == wanted.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let forwarded_acked = wanted
+        .iter()
+        .filter(|w| forwarded.contains_key(w.as_str()))
+        .count();
+    let repeats: usize = forwarded.values().map(|n| n - 1).sum();
+    child.kill().ok();
+    child.wait().ok();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    println!(
+        "chaos: kill9 {backend}: load {} ms, acked {}, stored {stored}, forwarded {forwarded_acked} \
+         (+{} not acked, {repeats} repeat deliveries), lost {}, recovered in {:.1} s, \
+         log {} KB without secrets",
+        load.as_millis(),
+        acked.len(),
+        forwarded.len() - forwarded_acked,
+        acked.len() - stored.min(forwarded_acked),
+        started.elapsed().as_secs_f64(),
+        logged.len() / 1024,
+    );
+    assert_eq!(stored, acked.len(), "acked but not stored");
+    assert_eq!(forwarded_acked, acked.len(), "acked but never forwarded");
+    assert!(!logged.is_empty());
+    for s in [&secret, &whsec, &ADMIN_KEY.to_owned()] {
+        assert!(!logged.contains(s.as_str()), "a secret was logged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_embedded() {
+    kill9("embedded", Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_rabbitmq() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    kill9(
+        "rabbitmq",
+        vec![
+            ("RABBITMQ_URL".into(), url),
+            ("RABBITMQ_QUEUE_PREFIX".into(), prefix),
+        ],
+    )
+    .await;
+}
+
+/// The same events posted many times, concurrently: one history entry per
+/// distinct event, one delivery per (event, webhook).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_storm() {
+    let _serial = SERIAL.lock().await;
+    let events = env_num("ZEN_CHAOS_EVENTS", 200) as usize;
+    let copies = env_num("ZEN_CHAOS_COPIES", 5) as usize;
+    let app = spawn_app_with(|s| s.forward_allow_private = true).await;
+    let rx = Receiver::start().await;
+    for path in ["a", "b"] {
+        let resp = app
+            .client
+            .post(app.url("/api/v1/webhooks"))
+            .bearer_auth(ADMIN_KEY)
+            .json(
+                &json!({"project_owner_id": "storm", "webhook_url": rx.url(path),
+                           "topics": ["*"], "business_numbers": [BUSINESS]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    // events/2 messages, each with a `sent` and a `delivered` event.
+    let bodies: Vec<String> = (0..events)
+        .map(|i| {
+            let status = if i % 2 == 0 { "sent" } else { "delivered" };
+            datagen_status(
+                &format!("wamid.storm-{}", i / 2),
+                status,
+                1_749_540_000_000 + i as i64,
+            )
+        })
+        .collect();
+    let bodies = Arc::new(bodies);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let (bodies, client, url) = (
+            bodies.clone(),
+            app.client.clone(),
+            app.url("/webhook/datagen"),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut acked = 0;
+            // Every task posts every copy of its share, in its own order.
+            for n in (t..bodies.len() * copies).step_by(16) {
+                let body = &bodies[(n * 7919) % bodies.len()];
+                let r = client.post(&url).body(body.clone()).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                acked += 1;
+            }
+            acked
+        }));
+    }
+    let mut posted = 0;
+    for t in tasks {
+        posted += t.await.unwrap();
+    }
+    // Quiescence: both endpoints have everything and nothing more arrives.
+    let distinct = events;
+    rx.wait_for("a", distinct, Duration::from_secs(60)).await;
+    rx.wait_for("b", distinct, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let took = started.elapsed();
+    let mut history_ok = 0;
+    for m in 0..events / 2 {
+        let rec = app
+            .wait_for_message(&format!("wamid.storm-{m}"), |r| {
+                r["current_status"] == "delivered"
+            })
+            .await;
+        if rec["status_history"].as_array().unwrap().len() == 2 {
+            history_ok += 1;
+        }
+    }
+    let per_event = |path: &str| {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for r in rx.received(path) {
+            *counts.entry(r.header("x-event-id")).or_insert(0) += 1;
+        }
+        counts
+    };
+    let (a, b) = (per_event("a"), per_event("b"));
+    println!(
+        "chaos: duplicate storm: {posted} posts ({distinct} distinct events x {copies}, 16 concurrent senders), \
+         {history_ok}/{} records with exactly one history entry per event, deliveries a={} b={} \
+         (distinct {} / {}), {:.1} s",
+        events / 2,
+        a.values().sum::<usize>(),
+        b.values().sum::<usize>(),
+        a.len(),
+        b.len(),
+        took.as_secs_f64()
+    );
+    assert_eq!(posted, distinct * copies);
+    assert_eq!(history_ok, events / 2);
+    assert_eq!(a.len(), distinct);
+    assert_eq!(b.len(), distinct);
+    assert!(
+        a.values().chain(b.values()).all(|&n| n == 1),
+        "a duplicate was forwarded"
+    );
+    app.stop().await;
+}
+
+/// One healthy endpoint next to slow, hanging, erroring and gone ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
+    let _serial = SERIAL.lock().await;
+    let events = env_num("ZEN_CHAOS_EVENTS", 200) as usize;
+    let app = spawn_app_with(|s| {
+        s.forward_allow_private = true;
+        s.forward_retry_delays_ms = "200,200".into();
+        s.forward_timeout_ms = 1000;
+        s.breaker_threshold = 5;
+        s.breaker_cooldown_secs = 60;
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.set("slow", Behavior::Hang(Duration::from_millis(300)));
+    rx.set("hanging", Behavior::Hang(Duration::from_secs(120)));
+    rx.set("erroring", Behavior::Status(500));
+    rx.set("gone", Behavior::Status(410));
+    let mut ids = BTreeMap::new();
+    for path in ["healthy", "slow", "hanging", "erroring", "gone"] {
+        let resp = app
+            .client
+            .post(app.url("/api/v1/webhooks"))
+            .bearer_auth(ADMIN_KEY)
+            .json(
+                &json!({"project_owner_id": "ends", "webhook_url": rx.url(path),
+                           "topics": ["*"], "business_numbers": [BUSINESS]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let hook: Value = resp.json().await.unwrap();
+        ids.insert(path, hook["id"].as_str().unwrap().to_owned());
+    }
+    let started = Instant::now();
+    for i in 0..events {
+        let r = app
+            .post_webhook(
+                "/webhook/datagen",
+                datagen_status(&format!("wamid.ends-{i}"), "delivered", 1),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let healthy = rx
+        .wait_for("healthy", events, Duration::from_secs(60))
+        .await;
+    let healthy_done = started.elapsed();
+    let slow = rx.wait_for("slow", events, Duration::from_secs(120)).await;
+    let slow_done = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gone = app
+        .admin_get(&format!("/api/v1/webhooks/{}", ids["gone"]))
+        .await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open_breakers = metrics
+        .lines()
+        .find(|l| l.starts_with("zen_breakers_open"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!(
+        "chaos: bad endpoints: {events} events to 5 endpoints; healthy got {} in {:.2} s, \
+         slow (300 ms) {} in {:.2} s; hanging got {} requests, erroring {}, gone {} \
+         (then deactivated: {}); open breakers {open_breakers}",
+        healthy.len(),
+        healthy_done.as_secs_f64(),
+        slow.len(),
+        slow_done.as_secs_f64(),
+        rx.received("hanging").len(),
+        rx.received("erroring").len(),
+        rx.received("gone").len(),
+        gone["active"] == false,
+    );
+    assert_eq!(healthy.len(), events);
+    assert_eq!(slow.len(), events);
+    assert_eq!(gone["active"], false, "410 deactivates");
+    assert_eq!(rx.received("gone").len(), 1, "nothing more after a 410");
+    // Breakers cut the dead ones off long before every job was tried.
+    assert!(rx.received("erroring").len() < events, "erroring breaker");
+    assert!(rx.received("hanging").len() < events, "hanging breaker");
+    assert!(open_breakers >= 2.0, "{open_breakers}");
+    app.stop().await;
+}
+
+/// Hostile bodies and clients: clear 4xx, never a panic, the gateway stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_clear_4xx() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app_with(|s| {
+        s.body_limit_bytes = 1024 * 1024;
+        s.request_timeout_secs = 1;
+    })
+    .await;
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        app.client
+            .post(app.url("/webhook/datagen"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let mut tried = Vec::new();
+    // Oversized: 413 while streaming, not after buffering it all.
+    let r = post(vec![b' '; 8 * 1024 * 1024], "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    tried.push("8 MB body: 413");
+    // Invalid UTF-8.
+    let r = post(b"{\"a\":\"\xff\xfe\"}".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    tried.push("invalid UTF-8: 400");
+    // Not JSON at all, whatever the content type says.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let r = post(b"a=1&b=2".to_vec(), ct).await.unwrap();
+        assert_eq!(r.status(), 400, "{ct}");
+    }
+    tried.push("form / multipart / text bodies: 400");
+    // Deeply nested JSON: refused or kept as unrecognized, never a stack overflow.
+    for depth in [1_000usize, 100_000] {
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let r = post(body.into_bytes(), "application/json").await.unwrap();
+        assert!(matches!(r.status().as_u16(), 200 | 400), "{}", r.status());
+    }
+    let nested = format!("{{\"events\":{}1{}}}", "[".repeat(5_000), "]".repeat(5_000));
+    let r = post(nested.into_bytes(), "application/json").await.unwrap();
+    assert!(matches!(r.status().as_u16(), 200 | 400));
+    tried.push("nesting 1,000 / 5,000 / 100,000 deep: 400 or kept as unrecognized");
+    // A slow body: headers at once, then the body never finishes.
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(
+        b"POST /webhook/datagen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("a slow body is cut off by the request timeout")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    tried.push("body never finished: 408 after REQUEST_TIMEOUT_SECS");
+    // Still healthy, and the valid traffic still goes through.
+    let r = app
+        .post_webhook(
+            "/webhook/datagen",
+            datagen_status("wamid.after-hostile", "sent", 1),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.wait_for_message("wamid.after-hostile", |_| true).await;
+    let unrecognized = app.admin_get("/api/v1/unrecognized?limit=500").await;
+    println!(
+        "chaos: hostile input: {}; {} bodies kept as unrecognized; gateway healthy after",
+        tried.join("; "),
+        unrecognized.as_array().unwrap().len()
+    );
+    app.stop().await;
+}
