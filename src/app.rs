@@ -162,7 +162,10 @@ impl Application {
             )
             .context("cannot build the HTTP client of the forwarder")?,
         );
-        let fanout = Fanout::new(webhooks.clone(), forward_queue.clone(), cache.clone());
+        let mut fanout = Fanout::new(webhooks.clone(), forward_queue.clone(), cache.clone());
+        if roles.forwarder {
+            fanout = fanout.with_breakers(forwarder.breakers());
+        }
         let state = AppState {
             ingest: Ingest::new(
                 inbox.clone(),

@@ -164,6 +164,15 @@ impl Breakers {
         true
     }
 
+    /// How much longer the URL's circuit stays open, if it is open and
+    /// still cooling down (read-only: no probe is taken).
+    pub fn open_for(&self, url: &str) -> Option<Duration> {
+        let state = self.states.get(url)?;
+        let s = state.lock().ok()?;
+        let elapsed = s.opened_at?.elapsed();
+        (elapsed < self.cooldown).then(|| self.cooldown - elapsed)
+    }
+
     /// URLs whose circuit is open now.
     pub fn open_count(&self) -> usize {
         self.states
@@ -186,6 +195,19 @@ mod tests {
         assert!(b.enter("fast").is_ok());
         drop(a1);
         assert!(b.enter("slow").is_ok());
+    }
+
+    #[test]
+    fn open_for_tells_the_remaining_cooldown_without_taking_the_probe() {
+        let b = Breakers::new(1, Duration::from_millis(200));
+        assert_eq!(b.open_for("u"), None);
+        b.record_failure("u");
+        let left = b.open_for("u").expect("open");
+        assert!(left <= Duration::from_millis(200) && left > Duration::from_millis(100));
+        assert_eq!(b.open_for("other"), None);
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(b.open_for("u"), None, "cooled down: due for its probe");
+        assert_eq!(b.admit("u"), Admission::Probe, "the probe is still there");
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Fanout {
     webhooks: Arc<dyn WebhookStore>,
     queue: Arc<dyn ForwardQueue>,
     cache: Arc<dyn Cache>,
+    /// The forwarder's breakers, when it runs in this process: a new job
+    /// for a URL whose circuit is open is queued parked, so a dead
+    /// endpoint's jobs cost one insert, not a lease and a park each.
+    breakers: Option<Arc<super::breaker::Breakers>>,
 }
 
 impl Fanout {
@@ -45,7 +49,13 @@ impl Fanout {
             webhooks,
             queue,
             cache,
+            breakers: None,
         }
+    }
+
+    pub fn with_breakers(mut self, breakers: Arc<super::breaker::Breakers>) -> Self {
+        self.breakers = Some(breakers);
+        self
     }
 
     /// The project behind a business number, through the cache (legacy key
@@ -162,7 +172,32 @@ impl Fanout {
             return Ok(0);
         }
         self.webhooks.create_delivery_logs(&logs).await?;
-        self.queue.enqueue(&jobs).await?;
-        Ok(jobs.len())
+        let n = jobs.len();
+        let mut parked: Vec<(std::time::Duration, Vec<ForwardJob>)> = Vec::new();
+        if let Some(breakers) = &self.breakers {
+            let mut due_now = Vec::with_capacity(jobs.len());
+            for mut job in jobs {
+                match breakers.open_for(&job.webhook_url) {
+                    Some(wait) => {
+                        job.parked_since = Some(now.timestamp_millis());
+                        match parked.iter_mut().find(|(w, _)| *w == wait) {
+                            Some((_, group)) => group.push(job),
+                            None => parked.push((wait, vec![job])),
+                        }
+                    }
+                    None => due_now.push(job),
+                }
+            }
+            jobs = due_now;
+        }
+        if !jobs.is_empty() {
+            self.queue.enqueue(&jobs).await?;
+        }
+        for (wait, group) in parked {
+            metrics::counter!("zen_deliveries_total", "outcome" => "parked")
+                .increment(group.len() as u64);
+            self.queue.enqueue_after(&group, wait).await?;
+        }
+        Ok(n)
     }
 }

@@ -280,19 +280,24 @@ fn priority(job: &ForwardJob) -> i64 {
 #[async_trait]
 impl ForwardQueue for SqliteForwardQueue {
     async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError> {
+        self.enqueue_after(jobs, Duration::ZERO).await
+    }
+
+    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError> {
         let jobs = jobs.to_vec();
+        let delay_ms = delay.as_millis() as i64;
         self.db
             .write(move |c| {
                 let mut stmt = c.prepare_cached(
                     "INSERT OR IGNORE INTO forward_jobs (id, due_at_ms, priority, job, url)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
-                let now = now_ms();
+                let due = now_ms() + delay_ms;
                 for j in &jobs {
                     let doc = serde_json::to_string(j).map_err(json_err)?;
                     stmt.execute(params![
                         j.delivery_log_id,
-                        now,
+                        due,
                         priority(j),
                         doc,
                         j.webhook_url
@@ -302,7 +307,9 @@ impl ForwardQueue for SqliteForwardQueue {
             })
             .await?;
         // One permit is kept even with no waiter: the next receive wakes.
-        self.arrived.notify_one();
+        if delay_ms == 0 {
+            self.arrived.notify_one();
+        }
         Ok(())
     }
 

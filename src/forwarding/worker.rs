@@ -116,9 +116,14 @@ pub struct Forwarder {
     queue: Arc<dyn ForwardQueue>,
     webhooks: Arc<dyn WebhookStore>,
     client: reqwest::Client,
-    breakers: Breakers,
+    breakers: Arc<Breakers>,
     cfg: ForwarderConfig,
 }
+
+/// How long a URL's queued jobs wait when all its delivery slots are busy
+/// (a slow or hanging endpoint): long enough not to churn the queue, short
+/// next to the request timeout that frees a slot.
+const URL_BUSY_PARK: Duration = Duration::from_secs(1);
 
 /// The request body: `{"data","event_id","event_type","message","timestamp"}`
 /// (keys in the order the legacy gateway's Go maps produced).
@@ -173,15 +178,21 @@ impl Forwarder {
             queue,
             webhooks,
             client: builder.build()?,
-            breakers: Breakers::with_limits(
+            breakers: Arc::new(Breakers::with_limits(
                 cfg.breaker_threshold,
                 cfg.breaker_cooldown,
                 cfg.total_timeout,
                 // A quarter of the slots per URL (at least 4).
                 (cfg.concurrency as u32 / 4).max(4),
-            ),
+            )),
             cfg,
         })
+    }
+
+    /// The circuit breakers, shared with the fan-out (which parks new jobs
+    /// for an open circuit at once).
+    pub fn breakers(&self) -> Arc<Breakers> {
+        self.breakers.clone()
     }
 
     pub fn open_circuits(&self) -> usize {
@@ -456,7 +467,17 @@ impl Forwarder {
             Ok(slot) => slot,
             // This URL has its share of slots busy: wait briefly, no attempt
             // spent, and let other URLs' jobs through.
+            // Its queued jobs are pushed back together, at most once a
+            // second, so a hanging URL's backlog does not cycle through the
+            // queue (a write per job every few hundred ms) and crowd out
+            // the other URLs' deliveries.
             Err(wait) => {
+                let wait = wait.max(URL_BUSY_PARK);
+                if self.breakers.should_bulk_park(&url) {
+                    if let Err(e) = self.queue.park_url(&job.webhook_url, wait).await {
+                        tracing::warn!(error = %e, "could not park the URL's queued jobs");
+                    }
+                }
                 self.finish("reschedule", self.queue.reschedule(&tag, &job, wait).await)
                     .await;
                 return;
