@@ -220,7 +220,7 @@ async fn kill9(backend: &str, extra: Vec<(String, String)>) {
     let logged = std::fs::read_to_string(&log).unwrap();
     println!(
         "chaos: kill9 {backend}: load {} ms, acked {}, stored {stored}, forwarded {forwarded_acked} \
-         (+{} not acked, {repeats} repeat deliveries), lost {}, recovered in {:.1} s, \
+         (+{} not acked, {repeats} repeat deliveries), lost {}, all checked {:.1} s after the restart, \
          log {} KB without secrets",
         load.as_millis(),
         acked.len(),
