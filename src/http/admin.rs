@@ -1,7 +1,7 @@
 //! The admin API under `/api/v1` (bearer `ADMIN_API_KEY`).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Admin, ApiJson};
+use super::extract::{Admin, ApiJson, ApiQuery};
 use crate::error::ApiError;
 use crate::model::Status;
 use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnrecognizedEvent};
@@ -58,7 +58,7 @@ fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, A
 async fn stats(
     _: Admin,
     State(state): State<AppState>,
-    Query(p): Query<StatsParams>,
+    ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Json<MessageStats>, ApiError> {
     let bsp = p
         .bsp
@@ -94,7 +94,7 @@ struct ListParams {
 async fn unrecognized(
     _: Admin,
     State(state): State<AppState>,
-    Query(p): Query<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<UnrecognizedEvent>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(state.store.list_unrecognized(limit).await?))
@@ -130,7 +130,7 @@ fn given(v: Option<String>) -> Option<String> {
 async fn list_messages(
     _: Admin,
     State(state): State<AppState>,
-    Query(p): Query<MessagesParams>,
+    ApiQuery(p): ApiQuery<MessagesParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
     let limit = match given(p.limit) {
         None => 50,

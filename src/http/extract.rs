@@ -53,6 +53,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Query parameters whose errors come back as the API's JSON 400, naming
+/// the parameter (axum's own rejection is plain text).
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::BadRequest(
+                rejection
+                    .body_text()
+                    .trim_start_matches("Failed to deserialize query string: ")
+                    .to_owned(),
+            )),
+        }
+    }
+}
+
 /// Proof that the request carries `Authorization: Bearer <ADMIN_API_KEY>`.
 /// With no key configured, nothing passes.
 pub struct Admin;

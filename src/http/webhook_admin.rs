@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::Utc;
@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Admin, ApiJson};
+use super::extract::{Admin, ApiJson, ApiQuery};
 use crate::error::ApiError;
 use crate::forwarding::signing::{new_secret, whsec};
 use crate::forwarding::{DeadJob, DeliveryLog, ForwardJob, WebhookConfig};
@@ -145,7 +145,7 @@ struct ListParams {
 async fn list(
     _: Admin,
     State(state): State<AppState>,
-    Query(p): Query<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<WebhookOut>>, ApiError> {
     let all = state
         .webhooks
@@ -329,7 +329,7 @@ async fn deliveries(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(p): Query<LimitParams>,
+    ApiQuery(p): ApiQuery<LimitParams>,
 ) -> Result<Json<Vec<DeliveryLog>>, ApiError> {
     find(&state, &id).await?;
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
@@ -344,7 +344,7 @@ async fn deliveries(
 async fn dlq(
     _: Admin,
     State(state): State<AppState>,
-    Query(p): Query<LimitParams>,
+    ApiQuery(p): ApiQuery<LimitParams>,
 ) -> Result<Json<Vec<DeadJob>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(state.forward_queue.list_dead(limit).await?))

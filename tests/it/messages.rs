@@ -318,3 +318,29 @@ async fn graceful_shutdown_keeps_every_acked_event() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn bad_query_parameters_get_a_json_400_naming_them() {
+    let app = spawn_app().await;
+    for path in [
+        "/api/v1/dlq?limit=lots",
+        "/api/v1/unrecognized?limit=-1",
+        "/api/v1/webhooks/some-id/deliveries?limit=x",
+    ] {
+        let resp = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{path}");
+        let body: Value = resp.json().await.expect("a JSON error");
+        assert_eq!(body["status"], 400);
+        assert!(
+            body["message"].as_str().unwrap().contains("limit"),
+            "{path}: {body}"
+        );
+    }
+    app.stop().await;
+}
