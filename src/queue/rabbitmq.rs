@@ -418,7 +418,17 @@ impl RabbitInbox {
             )
             .await;
         let confirm = match published {
-            Ok(c) => c.await,
+            // A confirm can wait forever on a connection that died under it;
+            // past the bound the connection counts as broken.
+            Ok(c) => match tokio::time::timeout(BROKER_OP_TIMEOUT, c).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.report_broken("no publisher confirm in time");
+                    return Err(QueueError::Unavailable(format!(
+                        "no publisher confirm within {BROKER_OP_TIMEOUT:?}"
+                    )));
+                }
+            },
             Err(e) => Err(e),
         };
         match confirm {
@@ -550,13 +560,24 @@ impl RabbitInbox {
         if tag >> 48 != live.generation {
             return Ok(());
         }
-        channel
-            .basic_ack(tag & ((1 << 48) - 1), BasicAckOptions::default())
-            .await
-            .map_err(|e| {
+        match tokio::time::timeout(
+            BROKER_OP_TIMEOUT,
+            channel.basic_ack(tag & ((1 << 48) - 1), BasicAckOptions::default()),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
                 self.report_broken(&e.to_string());
-                unavailable(e)
-            })
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.report_broken("an ack did not complete in time");
+                Err(QueueError::Unavailable(format!(
+                    "ack not done within {BROKER_OP_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     /// Acks a forwarding job's wire tag.
@@ -623,6 +644,10 @@ impl RabbitInbox {
 
     /// Messages ready in a (prefixed) queue.
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64, QueueError> {
+        bounded(self.queue_depth_now(queue)).await
+    }
+
+    async fn queue_depth_now(&self, queue: &str) -> Result<u64, QueueError> {
         let ch = self.side_channel().await?;
         let q = ch
             .queue_declare(
@@ -646,6 +671,25 @@ impl RabbitInbox {
     pub(crate) fn error_detail(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
+}
+
+/// Longest a single publish-confirm or ack may take before the connection
+/// is treated as broken (so no caller, the processor included, can hang on
+/// a connection that died under it).
+const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker round trip for `/ready` and `/metrics`: a broker that does not
+/// answer reads as unavailable rather than hanging the probe.
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(Duration::from_secs(2), op)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(
+                "the broker did not answer within 2 s".into(),
+            ))
+        })
 }
 
 /// How long one connection attempt (connect, declare, open channels) may take.
@@ -791,25 +835,7 @@ impl Inbox for RabbitInbox {
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
-        let live = self.live().await?;
-        let ch = live
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        let q = ch
-            .queue_declare(
-                format!("{}{INGEST_QUEUE}", self.opts.prefix).into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
-        let _ = ch.close(200, "depth".into()).await;
-        Ok(q.message_count() as u64)
+        bounded(self.queue_depth_now(INGEST_QUEUE)).await
     }
 
     async fn health(&self) -> BackendHealth {
