@@ -45,6 +45,7 @@ async fn ready(app: &TestApp) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
     let Some(url) = services::rabbitmq_url() else {
         return;
     };
