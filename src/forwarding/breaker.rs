@@ -96,6 +96,32 @@ impl Breakers {
         })
     }
 
+    /// Like [`enter`](Self::enter), but waits up to `max_wait` for a slot:
+    /// a fast endpoint frees one within milliseconds, so its jobs need not
+    /// go back to the queue.
+    pub async fn enter_within(
+        &self,
+        url: &str,
+        max_wait: Duration,
+    ) -> Result<InFlight<'_>, Duration> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            match self.enter(url) {
+                Ok(slot) => return Ok(slot),
+                Err(wait) if Instant::now() >= deadline => return Err(wait),
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    /// Whether the URL's last delivery failed (slow or dead, not just busy).
+    pub fn failing(&self, url: &str) -> bool {
+        self.states
+            .get(url)
+            .and_then(|s| s.lock().ok().map(|s| s.consecutive_failures > 0))
+            .unwrap_or(false)
+    }
+
     fn state(&self, url: &str) -> Arc<Mutex<State>> {
         self.states.get_with(url.to_owned(), Default::default)
     }

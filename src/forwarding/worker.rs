@@ -125,6 +125,10 @@ pub struct Forwarder {
 /// next to the request timeout that frees a slot.
 const URL_BUSY_PARK: Duration = Duration::from_secs(1);
 
+/// How long a job waits for one of its URL's slots before going back to the
+/// queue: a healthy endpoint frees one within milliseconds.
+const URL_SLOT_WAIT: Duration = Duration::from_millis(50);
+
 /// The request body: `{"data","event_id","event_type","message","timestamp"}`
 /// (keys in the order the legacy gateway's Go maps produced).
 pub fn request_body(job: &ForwardJob, now_ms: i64) -> Vec<u8> {
@@ -463,17 +467,21 @@ impl Forwarder {
             }
         };
 
-        let _slot = match self.breakers.enter(&url) {
+        let _slot = match self.breakers.enter_within(&url, URL_SLOT_WAIT).await {
             Ok(slot) => slot,
-            // This URL has its share of slots busy: wait briefly, no attempt
-            // spent, and let other URLs' jobs through.
-            // Its queued jobs are pushed back together, at most once a
-            // second, so a hanging URL's backlog does not cycle through the
-            // queue (a write per job every few hundred ms) and crowd out
-            // the other URLs' deliveries.
+            // This URL's share of slots stayed busy: back to the queue, no
+            // attempt spent, so other URLs' jobs get through. When the URL
+            // is failing (slow or hanging, not just busy), its whole queued
+            // backlog is pushed back 1 s, at most once a second, so it does
+            // not cycle through the queue and crowd out the other URLs.
             Err(wait) => {
-                let wait = wait.max(URL_BUSY_PARK);
-                if self.breakers.should_bulk_park(&url) {
+                let failing = self.breakers.failing(&url);
+                let wait = if failing {
+                    wait.max(URL_BUSY_PARK)
+                } else {
+                    wait
+                };
+                if failing && self.breakers.should_bulk_park(&url) {
                     if let Err(e) = self.queue.park_url(&job.webhook_url, wait).await {
                         tracing::warn!(error = %e, "could not park the URL's queued jobs");
                     }
