@@ -19,6 +19,19 @@ impl FromRequest<AppState> for WebhookBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        // A body announced over the limit is refused before it is read.
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > state.body_limit as u64) {
+            metrics::counter!("zen_webhooks_received_total", "bsp" => "unknown", "outcome" => "too_large")
+                .increment(1);
+            return Err(ApiError::PayloadTooLarge {
+                limit: state.body_limit,
+            });
+        }
         match Bytes::from_request(req, state).await {
             Ok(body) => Ok(WebhookBody(body)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
