@@ -173,19 +173,20 @@ impl Fanout {
         }
         self.webhooks.create_delivery_logs(&logs).await?;
         let n = jobs.len();
-        let mut parked: Vec<(std::time::Duration, Vec<ForwardJob>)> = Vec::new();
+        // Jobs for an open circuit, by URL, with the rest of its cool-down
+        // (read once per URL).
+        let mut parked: HashMap<String, (Option<Duration>, Vec<ForwardJob>)> = HashMap::new();
         if let Some(breakers) = &self.breakers {
             let mut due_now = Vec::with_capacity(jobs.len());
             for mut job in jobs {
-                match breakers.open_for(&job.webhook_url) {
-                    Some(wait) => {
-                        job.parked_since = Some(now.timestamp_millis());
-                        match parked.iter_mut().find(|(w, _)| *w == wait) {
-                            Some((_, group)) => group.push(job),
-                            None => parked.push((wait, vec![job])),
-                        }
-                    }
-                    None => due_now.push(job),
+                let (wait, group) = parked
+                    .entry(job.webhook_url.clone())
+                    .or_insert_with(|| (breakers.open_for(&job.webhook_url), Vec::new()));
+                if wait.is_some() {
+                    job.parked_since = Some(now.timestamp_millis());
+                    group.push(job);
+                } else {
+                    due_now.push(job);
                 }
             }
             jobs = due_now;
@@ -193,7 +194,8 @@ impl Fanout {
         if !jobs.is_empty() {
             self.queue.enqueue(&jobs).await?;
         }
-        for (wait, group) in parked {
+        for (wait, group) in parked.into_values() {
+            let Some(wait) = wait else { continue };
             metrics::counter!("zen_deliveries_total", "outcome" => "parked")
                 .increment(group.len() as u64);
             self.queue.enqueue_after(&group, wait).await?;

@@ -214,12 +214,8 @@ pub trait ForwardQueue: Send + Sync {
     /// Adds jobs; a job whose `delivery_log_id` is queued already is skipped.
     async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError>;
     /// Adds jobs that are due only after `delay` (new jobs for a URL whose
-    /// circuit is open). Backends without delayed enqueue make them due now;
-    /// the forwarder then parks them.
-    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError> {
-        let _ = delay;
-        self.enqueue(jobs).await
-    }
+    /// circuit is open).
+    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError>;
     /// Up to `max` due jobs, waiting up to `wait` for the first.
     async fn receive(
         &self,

@@ -98,8 +98,39 @@ fn header_text(props: &BasicProperties, key: &str) -> Option<String> {
     }
 }
 
+impl RabbitForwardQueue {
+    /// The retry queue for `delay`: the longest declared delay that does not
+    /// exceed it (the shortest when none does).
+    fn ladder_step(&self, delay: Duration) -> u32 {
+        let ladder = self.broker.retry_delays();
+        let wanted = delay.as_millis().min(u32::MAX as u128) as u32;
+        ladder
+            .iter()
+            .rev()
+            .find(|&&d| d <= wanted)
+            .or(ladder.first())
+            .copied()
+            .unwrap_or(1000)
+    }
+}
+
 #[async_trait]
 impl ForwardQueue for RabbitForwardQueue {
+    /// New jobs that wait in the retry queue for `delay` first (a URL whose
+    /// circuit is open), dead-lettered back to the forwarding queue after.
+    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError> {
+        let queue = retry_queue(self.ladder_step(delay));
+        let bodies: Vec<Vec<u8>> = jobs.iter().map(body).collect();
+        let publishes = jobs
+            .iter()
+            .zip(&bodies)
+            .map(|(job, b)| self.broker.publish_to_queue(&queue, b, props(job, &[])));
+        for r in futures::future::join_all(publishes).await {
+            r?;
+        }
+        Ok(())
+    }
+
     async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError> {
         // Confirms are pipelined: all publishes go out, then all are awaited.
         let bodies: Vec<Vec<u8>> = jobs.iter().map(body).collect();
@@ -148,16 +179,7 @@ impl ForwardQueue for RabbitForwardQueue {
         job: &ForwardJob,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        // The longest declared delay that does not exceed the wanted one.
-        let ladder = self.broker.retry_delays();
-        let wanted = delay.as_millis().min(u32::MAX as u128) as u32;
-        let ms = ladder
-            .iter()
-            .rev()
-            .find(|&&d| d <= wanted)
-            .or(ladder.first())
-            .copied()
-            .unwrap_or(1000);
+        let ms = self.ladder_step(delay);
         let mut job = job.clone();
         job.timestamp = Utc::now().timestamp_millis();
         self.broker
