@@ -23,7 +23,7 @@ mod services;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -44,46 +44,23 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The real binary as a child process, its log in `log`.
-fn start_gateway(data_dir: &Path, port: u16, extra: &[(String, String)], log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    let log_too = log.try_clone().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SERVER_PORT", port.to_string())
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("DATA_DIR", data_dir)
-        .env("ADMIN_API_KEY", ADMIN_KEY)
-        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
-        .env("FORWARD_ALLOW_PRIVATE", "true")
-        .env("FORWARD_RETRY_DELAYS_MS", "200,200,200")
+/// The real binary as a child process, its whole output in `log`.
+fn start_gateway(data_dir: &Path, port: u16, extra: &[(&str, &str)], log: &Path) -> Child {
+    let mut env = vec![
+        ("FORWARD_ALLOW_PRIVATE", "true"),
+        ("FORWARD_RETRY_DELAYS_MS", "200,200,200"),
         // Debug logs: the secrets check below reads everything logged.
-        .env(
+        (
             "RUST_LOG",
             "debug,hyper=info,h2=info,lapin=info,reqwest=info",
-        )
-        .envs(extra.iter().cloned())
-        .stdout(log)
-        .stderr(log_too)
-        .spawn()
-        .expect("spawn zen-gateway")
+        ),
+    ];
+    env.extend_from_slice(extra);
+    spawn_gateway_process(data_dir, port, &env, Some(log))
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    for _ in 0..500 {
-        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("gateway at {base} never became ready");
+    wait_until_ok(client, &format!("{base}/ready")).await;
 }
 
 async fn create_webhook(client: &reqwest::Client, base: &str, body: Value) -> Value {
@@ -115,7 +92,7 @@ fn delivered_wamids(rx: &Receiver, path: &str) -> BTreeMap<String, usize> {
 /// kill -9 under steady load, restart on the same data (and broker): every
 /// webhook that got a 200 is stored and forwarded at least once, and no
 /// secret appears in the logs.
-async fn kill9(backend: &str, extra: Vec<(String, String)>) {
+async fn kill9(backend: &str, extra: Vec<(&str, &str)>) {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gateway.log");
@@ -251,8 +228,8 @@ async fn kill9_rabbitmq() {
     kill9(
         "rabbitmq",
         vec![
-            ("RABBITMQ_URL".into(), url),
-            ("RABBITMQ_QUEUE_PREFIX".into(), prefix),
+            ("RABBITMQ_URL", url.as_str()),
+            ("RABBITMQ_QUEUE_PREFIX", prefix.as_str()),
         ],
     )
     .await;

@@ -1,6 +1,6 @@
 //! kill -9 under load: every webhook that got a 200 is applied after restart.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,35 +15,14 @@ struct Gateway {
 }
 
 fn start_gateway(data_dir: &std::path::Path, port: u16) -> Gateway {
-    let child = Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SERVER_PORT", port.to_string())
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("DATA_DIR", data_dir)
-        .env("ADMIN_API_KEY", ADMIN_KEY)
-        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn zen-gateway");
     Gateway {
-        child,
+        child: spawn_gateway_process(data_dir, port, &[("RUST_LOG", "warn")], None),
         base: format!("http://127.0.0.1:{port}"),
     }
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    for _ in 0..300 {
-        if let Ok(r) = client.get(format!("{base}/health")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("gateway at {base} never became healthy");
+    wait_until_ok(client, &format!("{base}/health")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

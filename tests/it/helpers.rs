@@ -260,3 +260,55 @@ impl BackgroundLoad {
         out
     }
 }
+
+/// The real binary as a child process on `data_dir` and `port`, with the
+/// admin key and no Keys.json, plus `extra` variables. Its output goes to
+/// `log` when given (stdout null and stderr inherited otherwise).
+pub fn spawn_gateway_process(
+    data_dir: &Path,
+    port: u16,
+    extra: &[(&str, &str)],
+    log: Option<&Path>,
+) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let (stdout, stderr) = match log {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("log file");
+            (
+                Stdio::from(file.try_clone().expect("log file")),
+                Stdio::from(file),
+            )
+        }
+        None => (Stdio::null(), Stdio::inherit()),
+    };
+    Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SERVER_PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("DATA_DIR", data_dir)
+        .env("ADMIN_API_KEY", ADMIN_KEY)
+        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
+        .envs(extra.iter().copied())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn zen-gateway")
+}
+
+/// Waits until `url` answers 200 (a child gateway coming up).
+pub async fn wait_until_ok(client: &reqwest::Client, url: &str) {
+    for _ in 0..500 {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{url} never answered 200");
+}
