@@ -41,6 +41,21 @@ fn decode(doc: String) -> rusqlite::Result<MessageRecord> {
     })
 }
 
+/// Appends ` AND <column> = ?` for each given filter (columns are ours,
+/// values are bound).
+fn and_equal<const N: usize>(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    filters: [(&str, Option<String>); N],
+) {
+    for (column, value) in filters {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            args.push(v.into());
+        }
+    }
+}
+
 fn find_by(
     conn: &Connection,
     sql: &str,
@@ -268,17 +283,16 @@ impl MessageStore for SqliteStore {
             .read(move |conn| {
                 let mut sql = String::from("SELECT pk, doc FROM messages WHERE 1 = 1");
                 let mut args: Vec<rusqlite::types::Value> = Vec::new();
-                for (column, value) in [
-                    ("phone_number", q.phone_number),
-                    ("campaign_id", q.campaign_id),
-                    ("project_owner_id", q.project_owner_id),
-                    ("current_status", q.status),
-                ] {
-                    if let Some(v) = value {
-                        sql.push_str(&format!(" AND {column} = ?"));
-                        args.push(v.into());
-                    }
-                }
+                and_equal(
+                    &mut sql,
+                    &mut args,
+                    [
+                        ("phone_number", q.phone_number),
+                        ("campaign_id", q.campaign_id),
+                        ("project_owner_id", q.project_owner_id),
+                        ("current_status", q.status),
+                    ],
+                );
                 if let Some(after) = q.after {
                     sql.push_str(
                         " AND (created_at_ms < ? OR (created_at_ms = ? AND message_id < ?))",
@@ -357,16 +371,15 @@ impl MessageStore for SqliteStore {
                 let mut sql =
                     String::from("SELECT current_status, COUNT(*) FROM messages WHERE 1 = 1");
                 let mut args: Vec<rusqlite::types::Value> = Vec::new();
-                for (column, value) in [
-                    ("project_owner_id", q.project_owner_id.clone()),
-                    ("campaign_id", q.campaign_id.clone()),
-                    ("bsp", q.bsp.map(|b| b.as_str().to_owned())),
-                ] {
-                    if let Some(v) = value {
-                        sql.push_str(&format!(" AND {column} = ?"));
-                        args.push(v.into());
-                    }
-                }
+                and_equal(
+                    &mut sql,
+                    &mut args,
+                    [
+                        ("project_owner_id", q.project_owner_id.clone()),
+                        ("campaign_id", q.campaign_id.clone()),
+                        ("bsp", q.bsp.map(|b| b.as_str().to_owned())),
+                    ],
+                );
                 if let Some(from) = q.from {
                     sql.push_str(" AND created_at_ms >= ?");
                     args.push(from.timestamp_millis().into());
