@@ -15,9 +15,16 @@ struct State {
     probe_in_flight: bool,
     /// Deliveries to this URL in flight now.
     in_flight: u32,
+    /// When a slot of this URL was last taken or given back.
+    last_progress: Option<Instant>,
     /// When this URL's queued jobs were last parked in bulk.
     bulk_parked_at: Option<Instant>,
 }
+
+/// A URL whose slots are all taken and none freed for this long is
+/// [stalled](Breakers::stalled). A healthy endpoint at its cap frees a slot
+/// every few milliseconds; one with 2 s responses, every 80 ms or so.
+pub const STALL_AFTER: Duration = Duration::from_millis(100);
 
 /// What the breaker allows for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +61,7 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Ok(mut s) = self.breakers.state(&self.url).lock() {
             s.in_flight = s.in_flight.saturating_sub(1);
+            s.last_progress = Some(Instant::now());
         }
     }
 }
@@ -90,6 +98,7 @@ impl Breakers {
             return Err(Duration::from_millis(250));
         }
         s.in_flight += 1;
+        s.last_progress = Some(Instant::now());
         Ok(InFlight {
             breakers: self,
             url: url.to_owned(),
@@ -98,7 +107,8 @@ impl Breakers {
 
     /// Like [`enter`](Self::enter), but waits up to `max_wait` for a slot:
     /// a fast endpoint frees one within milliseconds, so its jobs need not
-    /// go back to the queue.
+    /// go back to the queue. A [stalled](Self::stalled) URL is not waited
+    /// for: that wait would hold a forwarder slot other URLs could use.
     pub async fn enter_within(
         &self,
         url: &str,
@@ -108,7 +118,7 @@ impl Breakers {
         loop {
             match self.enter(url) {
                 Ok(slot) => return Ok(slot),
-                Err(wait) if Instant::now() >= deadline => return Err(wait),
+                Err(wait) if Instant::now() >= deadline || self.stalled(url) => return Err(wait),
                 Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
@@ -119,6 +129,21 @@ impl Breakers {
         self.states
             .get(url)
             .and_then(|s| s.lock().ok().map(|s| s.consecutive_failures > 0))
+            .unwrap_or(false)
+    }
+
+    /// Whether every slot of the URL is taken and none has been given back
+    /// for [`STALL_AFTER`]: its requests hang (a dead or overloaded endpoint)
+    /// rather than finish quickly, though none may have failed yet.
+    pub fn stalled(&self, url: &str) -> bool {
+        self.states
+            .get(url)
+            .and_then(|s| {
+                s.lock().ok().map(|s| {
+                    s.in_flight >= self.per_url_limit
+                        && s.last_progress.is_some_and(|t| t.elapsed() >= STALL_AFTER)
+                })
+            })
             .unwrap_or(false)
     }
 
@@ -221,6 +246,21 @@ mod tests {
         assert!(b.enter("fast").is_ok());
         drop(a1);
         assert!(b.enter("slow").is_ok());
+    }
+
+    #[test]
+    fn a_url_at_its_cap_with_no_slot_freed_for_a_while_is_stalled() {
+        let b = Breakers::with_limits(10, Duration::from_secs(1), Duration::from_secs(1), 2);
+        let _a1 = b.enter("hangs").unwrap();
+        let a2 = b.enter("hangs").unwrap();
+        assert!(!b.stalled("hangs"), "just busy");
+        std::thread::sleep(STALL_AFTER + Duration::from_millis(10));
+        assert!(b.stalled("hangs"), "no slot freed since");
+        assert!(!b.stalled("never-seen"));
+        drop(a2);
+        assert!(!b.stalled("hangs"), "a slot came back");
+        let _a3 = b.enter("hangs").unwrap();
+        assert!(!b.stalled("hangs"), "at the cap again, but progressing");
     }
 
     #[test]

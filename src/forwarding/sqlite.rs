@@ -256,8 +256,9 @@ impl SqliteForwardQueue {
             .db
             .write(|c| {
                 c.execute(
-                    "UPDATE forward_jobs SET lease_until_ms = 0 WHERE lease_until_ms > 0",
-                    [],
+                    "UPDATE forward_jobs SET lease_until_ms = 0, due_at_ms = MIN(due_at_ms, ?1)
+                     WHERE lease_until_ms > 0",
+                    [now_ms()],
                 )
             })
             .await?;
@@ -267,6 +268,17 @@ impl SqliteForwardQueue {
         Ok(freed)
     }
 }
+
+/// Leases the next due jobs. The scan walks the receive-order index and
+/// stops after LIMIT rows; INDEXED BY because, left to itself, SQLite picks
+/// a due-time range scan and sorts every due job on every receive, which
+/// costs O(backlog). A lease also moves the due time to the lease's end, so
+/// jobs in flight are not in the scan's way.
+const RECEIVE_SQL: &str = "UPDATE forward_jobs SET lease_until_ms = ?1, due_at_ms = ?1
+     WHERE id IN (SELECT id FROM forward_jobs INDEXED BY forward_jobs_ready
+                  WHERE due_at_ms <= ?2
+                  ORDER BY priority DESC, due_at_ms LIMIT ?3)
+     RETURNING id, job";
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -325,13 +337,7 @@ impl ForwardQueue for SqliteForwardQueue {
                 .db
                 .write(move |c| {
                     let now = now_ms();
-                    let mut stmt = c.prepare_cached(
-                        "UPDATE forward_jobs SET lease_until_ms = ?1
-                         WHERE id IN (SELECT id FROM forward_jobs
-                                      WHERE due_at_ms <= ?2 AND lease_until_ms <= ?2
-                                      ORDER BY priority DESC, due_at_ms LIMIT ?3)
-                         RETURNING id, job",
-                    )?;
+                    let mut stmt = c.prepare_cached(RECEIVE_SQL)?;
                     let rows = stmt
                         .query_map(params![now + LEASE.as_millis() as i64, now, limit], |r| {
                             Ok((r.get(0)?, r.get(1)?))
@@ -523,18 +529,57 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn parking_a_url_postpones_only_its_queued_jobs() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::open(&SqliteOptions {
-            path: dir.path().join("q.db"),
+    fn open(dir: &std::path::Path) -> SqliteDb {
+        SqliteDb::open(&SqliteOptions {
+            path: dir.join("q.db"),
             synchronous: Synchronous::Normal,
             queue_capacity: 100,
             max_batch: 64,
             readers: 2,
         })
-        .unwrap();
-        let q = SqliteForwardQueue::new(db);
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_receive_reads_its_rows_from_the_index_without_sorting_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        let plan: Vec<String> = db
+            .read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {RECEIVE_SQL}"))?;
+                let rows = stmt.query_map(params![1, 1, 1], |r| r.get::<_, String>(3))?;
+                rows.collect()
+            })
+            .await
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("forward_jobs_ready")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+    }
+
+    #[tokio::test]
+    async fn a_leased_job_is_not_handed_out_again_until_its_lease_is_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteForwardQueue::new(open(dir.path()));
+        q.enqueue(&[job("a", "http://x"), job("b", "http://x")])
+            .await
+            .unwrap();
+        let first = q.receive(1, Duration::ZERO).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let second = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(first[0].0.0, second[0].0.0);
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+        assert_eq!(q.release_stale_leases().await.unwrap(), 2);
+        assert_eq!(q.receive(10, Duration::ZERO).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn parking_a_url_postpones_only_its_queued_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteForwardQueue::new(open(dir.path()));
         q.enqueue(&[
             job("a1", "http://dead"),
             job("a2", "http://dead"),

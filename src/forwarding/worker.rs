@@ -471,11 +471,12 @@ impl Forwarder {
             Ok(slot) => slot,
             // This URL's share of slots stayed busy: back to the queue, no
             // attempt spent, so other URLs' jobs get through. When the URL
-            // is failing (slow or hanging, not just busy), its whole queued
-            // backlog is pushed back 1 s, at most once a second, so it does
-            // not cycle through the queue and crowd out the other URLs.
+            // is failing or stalled (slow or hanging, not just busy), its
+            // whole queued backlog is pushed back 1 s, at most once a second,
+            // so it does not cycle through the queue and crowd out the other
+            // URLs while its first requests run into their timeout.
             Err(wait) => {
-                let failing = self.breakers.failing(&url);
+                let failing = self.breakers.failing(&url) || self.breakers.stalled(&url);
                 let wait = if failing {
                     wait.max(URL_BUSY_PARK)
                 } else {
