@@ -11,6 +11,12 @@ use zen_gateway::config::Settings;
 use zen_gateway::store::mongo::MongoStore;
 use zen_gateway::telemetry;
 
+// The request path allocates small, short-lived buffers on every webhook;
+// mimalloc's per-thread free lists cost a fraction of glibc malloc's arena
+// locking there (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "zen-gateway", version, about = "WhatsApp BSP webhook gateway")]
 struct Cli {
