@@ -166,7 +166,7 @@ impl Application {
         if roles.forwarder {
             fanout = fanout.with_breakers(forwarder.breakers());
         }
-        let state = AppState {
+        let state = AppState::new(http::Services {
             ingest: Ingest::new(
                 inbox.clone(),
                 Duration::from_millis(settings.ingest_ack_timeout_ms),
@@ -182,7 +182,7 @@ impl Application {
             webhooks,
             forward_queue,
             forwarder: forwarder.clone(),
-        };
+        });
         let processor = Processor::new(inbox, store, providers, settings.processor_batch_size)
             .with_fanout(fanout)
             .with_dedup(cache.clone());

@@ -59,6 +59,12 @@ impl InboundAuth {
         InboundAuth { by_bsp, providers }
     }
 
+    /// Whether webhooks from `bsp` must authenticate (else [`verify`](Self::verify)
+    /// accepts anything, and the caller need not gather what it looks at).
+    pub fn configured_for(&self, bsp: Bsp) -> bool {
+        self.by_bsp.contains_key(&bsp)
+    }
+
     pub fn verify(
         &self,
         bsp: Bsp,

@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::model::Bsp;
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process-wide recorder, installed on first use (tests build several
@@ -38,8 +40,62 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// The webhook outcomes `zen_webhooks_received_total` counts.
+const WEBHOOK_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "invalid",
+    "unauthorized",
+    "too_large",
+    "unavailable",
+];
+
+/// The ingest path's metric handles, registered once: a `counter!` call
+/// hashes its labels and looks the series up on every webhook.
+struct IngestMetrics {
+    /// `[bsp][outcome]`, in `Bsp::ALL` and `WEBHOOK_OUTCOMES` order.
+    received: Vec<Vec<metrics::Counter>>,
+    ack_seconds: Vec<metrics::Histogram>,
+}
+
+fn ingest_metrics() -> &'static IngestMetrics {
+    static METRICS: OnceLock<IngestMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        // Handles taken before the recorder is installed would record nowhere.
+        handle();
+        IngestMetrics {
+            received: Bsp::ALL
+                .iter()
+                .map(|bsp| {
+                    WEBHOOK_OUTCOMES
+                        .iter()
+                        .map(|outcome| {
+                            metrics::counter!("zen_webhooks_received_total", "bsp" => bsp.as_str(), "outcome" => *outcome)
+                        })
+                        .collect()
+                })
+                .collect(),
+            ack_seconds: Bsp::ALL
+                .iter()
+                .map(|bsp| metrics::histogram!("zen_ingest_ack_seconds", "bsp" => bsp.as_str()))
+                .collect(),
+        }
+    })
+}
+
+fn bsp_index(bsp: Bsp) -> usize {
+    Bsp::ALL.iter().position(|b| *b == bsp).unwrap_or(0)
+}
+
 /// Counts one webhook by its outcome.
-pub fn webhook(bsp: &'static str, outcome: &'static str) {
-    metrics::counter!("zen_webhooks_received_total", "bsp" => bsp, "outcome" => outcome)
-        .increment(1);
+pub fn webhook(bsp: Bsp, outcome: &'static str) {
+    match WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {
+        Some(i) => ingest_metrics().received[bsp_index(bsp)][i].increment(1),
+        None => metrics::counter!("zen_webhooks_received_total", "bsp" => bsp.as_str(), "outcome" => outcome)
+            .increment(1),
+    }
+}
+
+/// Records how long a webhook took to become durable.
+pub fn ingest_ack(bsp: Bsp, elapsed: std::time::Duration) {
+    ingest_metrics().ack_seconds[bsp_index(bsp)].record(elapsed.as_secs_f64());
 }

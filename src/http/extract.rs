@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
@@ -12,13 +12,30 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use crate::error::ApiError;
 
-/// A webhook body: 413 over the limit, the legacy 400 when it cannot be read.
-pub struct WebhookBody(pub Bytes);
+/// A webhook request: its body (413 over the limit, the legacy 400 when it
+/// cannot be read), its headers and raw query string for inbound
+/// authentication. Taken whole, so nothing is cloned or parsed that the
+/// configured authentication does not look at.
+pub struct WebhookRequest {
+    pub headers: HeaderMap,
+    query: Option<String>,
+    pub body: Bytes,
+}
 
-impl FromRequest<AppState> for WebhookBody {
+impl WebhookRequest {
+    /// The `token` query parameter (inbound authentication by query token).
+    pub fn query_token(&self) -> Option<String> {
+        let query = self.query.as_deref()?;
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+impl FromRequest<AppState> for WebhookRequest {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(mut req: Request, state: &AppState) -> Result<Self, ApiError> {
         // A body announced over the limit is refused before it is read.
         let announced = req
             .headers()
@@ -32,8 +49,14 @@ impl FromRequest<AppState> for WebhookBody {
                 limit: state.body_limit,
             });
         }
+        let headers = std::mem::take(req.headers_mut());
+        let query = req.uri().query().map(str::to_owned);
         match Bytes::from_request(req, state).await {
-            Ok(body) => Ok(WebhookBody(body)),
+            Ok(body) => Ok(WebhookRequest {
+                headers,
+                query,
+                body,
+            }),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 metrics::counter!("zen_webhooks_received_total", "bsp" => "unknown", "outcome" => "too_large")
                     .increment(1);

@@ -35,9 +35,29 @@ use crate::ingest::Ingest;
 use crate::queue::Inbox;
 use crate::store::MessageStore;
 
-/// Shared handles for the handlers; cheap to clone.
+/// Shared handles for the handlers. axum clones the state for every
+/// request, so it is one `Arc` (a dozen handles and the inbound-auth map
+/// would otherwise be cloned per webhook).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What the handlers call: the ingest path, the backends, the settings
+/// they need.
+pub struct Services {
     pub ingest: Ingest,
     pub inbox: Arc<dyn Inbox>,
     pub store: Arc<dyn MessageStore>,
@@ -65,7 +85,6 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(CompressionLayer::new().gzip(true))
         .layer(legacy_cors())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -82,13 +101,21 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(webhooks::router())
-        .merge(health::router())
+        .merge(health::router().layer(compression()))
         .nest(
             "/api/v1",
             admin::router()
                 .merge(webhook_admin::router())
-                .routes(routes!(openapi::document)),
+                .routes(routes!(openapi::document))
+                .layer(compression()),
         )
+}
+
+/// gzip for the responses worth it (metrics, admin lists, the OpenAPI
+/// document); not on the webhook routes, whose acks are a few dozen bytes
+/// and whose callers are the BSPs' servers.
+fn compression() -> CompressionLayer {
+    CompressionLayer::new().gzip(true)
 }
 
 /// The OpenAPI document of the served routes.

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::WebhookBody;
+use super::extract::WebhookRequest;
 use crate::error::ApiError;
 use crate::model::Bsp;
 
@@ -41,27 +41,18 @@ fn legacy_ack(bsp: Bsp) -> Response {
         .into_response()
 }
 
-type QueryMap = Query<HashMap<String, String>>;
-
-async fn accept(
-    state: &AppState,
-    bsp: Bsp,
-    headers: &HeaderMap,
-    query: &QueryMap,
-    body: WebhookBody,
-) -> Result<Response, ApiError> {
+async fn accept(state: &AppState, bsp: Bsp, request: WebhookRequest) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let result = accept_inner(state, bsp, headers, query, body).await;
+    let result = accept_inner(state, bsp, request).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(ApiError::InvalidJson(_)) => "invalid",
         Err(ApiError::WebhookAuth(_)) => "unauthorized",
         Err(_) => "unavailable",
     };
-    crate::metrics::webhook(bsp.as_str(), outcome);
+    crate::metrics::webhook(bsp, outcome);
     if result.is_ok() {
-        metrics::histogram!("zen_ingest_ack_seconds", "bsp" => bsp.as_str())
-            .record(started.elapsed().as_secs_f64());
+        crate::metrics::ingest_ack(bsp, started.elapsed());
     }
     result
 }
@@ -69,9 +60,7 @@ async fn accept(
 async fn accept_inner(
     state: &AppState,
     bsp: Bsp,
-    headers: &HeaderMap,
-    query: &QueryMap,
-    body: WebhookBody,
+    request: WebhookRequest,
 ) -> Result<Response, ApiError> {
     if !state.ingest_enabled {
         return Err(ApiError::InboxUnavailable(
@@ -80,13 +69,15 @@ async fn accept_inner(
             ),
         ));
     }
-    state.auth.verify(
-        bsp,
-        headers,
-        query.get("token").map(String::as_str),
-        &body.0,
-    )?;
-    let event_id = state.ingest.accept(bsp, body.0).await?;
+    if state.auth.configured_for(bsp) {
+        state.auth.verify(
+            bsp,
+            &request.headers,
+            request.query_token().as_deref(),
+            &request.body,
+        )?;
+    }
+    let event_id = state.ingest.accept(bsp, request.body).await?;
     tracing::debug!(event.id = %event_id, %bsp, "webhook accepted");
     Ok(legacy_ack(bsp))
 }
@@ -105,11 +96,9 @@ macro_rules! webhook_handler {
                 (status = 503, description = "Not accepted, retry (inbox unavailable or saturated; `Retry-After`)", body = crate::http::openapi::ErrorBody)))]
         async fn $name(
             State(state): State<AppState>,
-            headers: HeaderMap,
-            query: QueryMap,
-            body: WebhookBody,
+            request: WebhookRequest,
         ) -> Result<Response, ApiError> {
-            accept(&state, $bsp, &headers, &query, body).await
+            accept(&state, $bsp, request).await
         }
     };
 }
@@ -149,7 +138,7 @@ webhook_handler!(
         (status = 403, description = "Token mismatch or not configured", body = crate::http::openapi::ErrorBody)))]
 async fn meta_verify(
     State(state): State<AppState>,
-    Query(query): QueryMap,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let expected = state
         .meta_verify_token
