@@ -223,6 +223,10 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
         },
     )?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Each write runs in a savepoint; with a file temp store, a batch's
+    // savepoint journal spills to a temporary file (a write syscall per
+    // page) once past 64 KiB. It only ever holds one batch's pages.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
