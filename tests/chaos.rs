@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use helpers::*;
@@ -115,39 +114,13 @@ async fn kill9(backend: &str, extra: Vec<(&str, &str)>) {
     let secret = hook["shared_secret"].as_str().unwrap().to_owned();
     let whsec = hook["signing_secret"].as_str().unwrap().to_owned();
 
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for s in 0..8 {
-        let (client, base, acked, stop) =
-            (client.clone(), base.clone(), acked.clone(), stop.clone());
-        senders.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let wamid = format!("wamid.chaos-kill-{s}-{i}");
-                i += 1;
-                let sent = client
-                    .post(format!("{base}/webhook/datagen"))
-                    .body(datagen_status(&wamid, "delivered", 1_749_540_000_000 + i))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status() == 200 => acked.lock().await.push(wamid),
-                    Ok(_) => {}
-                    Err(_) => break, // the process is gone
-                }
-            }
-        }));
-    }
+    let senders =
+        BackgroundLoad::start_at(&client, &base, "chaos-kill", 8, Duration::ZERO, "delivered");
     let load = Duration::from_millis(env_num("ZEN_CHAOS_LOAD_MS", 700));
     tokio::time::sleep(load).await;
     child.kill().expect("SIGKILL"); // kill -9: no shutdown path runs
     child.wait().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.unwrap();
-    }
-    let acked = acked.lock().await.clone();
+    let acked = senders.finish().await.acked;
     assert!(acked.len() > 50, "too little load: {}", acked.len());
 
     let port = free_port();

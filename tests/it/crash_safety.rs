@@ -1,11 +1,7 @@
 //! kill -9 under load: every webhook that got a 200 is applied after restart.
 
 use std::process::{Child, Command};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use tokio::sync::Mutex;
 
 use crate::helpers::*;
 
@@ -46,38 +42,11 @@ async fn every_acked_event_survives_kill_9() {
     assert!(hc.success());
 
     // Eight senders post distinct events until the process dies under them.
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for s in 0..8 {
-        let (client, base, acked, stop) =
-            (client.clone(), gw.base.clone(), acked.clone(), stop.clone());
-        senders.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let wamid = format!("wamid.kill-{s}-{i}");
-                i += 1;
-                let sent = client
-                    .post(format!("{base}/webhook/datagen"))
-                    .body(datagen_status(&wamid, "delivered", 1_749_540_000_000 + i))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status() == 200 => acked.lock().await.push(wamid),
-                    Ok(_) => {}
-                    Err(_) => break, // the process is gone
-                }
-            }
-        }));
-    }
+    let load = BackgroundLoad::start_at(&client, &gw.base, "kill", 8, Duration::ZERO, "delivered");
     tokio::time::sleep(Duration::from_millis(700)).await;
     gw.child.kill().expect("SIGKILL"); // kill -9: no shutdown path runs
     gw.child.wait().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.unwrap();
-    }
-    let acked = acked.lock().await.clone();
+    let acked = load.finish().await.acked;
     assert!(
         acked.len() > 50,
         "too little load before the kill: {}",

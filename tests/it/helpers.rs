@@ -187,8 +187,9 @@ pub fn datagen_status(wamid: &str, status: &str, ts_ms: i64) -> String {
     .to_string()
 }
 
-/// Background senders posting distinct Datagen events (`wamid.<tag>-<s>-<i>`,
-/// status `sent`) until stopped: steady load through a fault.
+/// Background senders posting distinct Datagen events (`wamid.<tag>-<s>-<i>`)
+/// until stopped: steady load through a fault, or until a process is killed
+/// under them.
 pub struct BackgroundLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<JoinHandle<(Vec<String>, usize, usize)>>,
@@ -203,14 +204,28 @@ pub struct LoadOutcome {
 }
 
 impl BackgroundLoad {
-    /// `senders` loops, each pausing `pause` between posts.
+    /// `senders` loops against `app`, each pausing `pause` between posts of
+    /// status `sent`.
     pub fn start(app: &TestApp, tag: &str, senders: usize, pause: Duration) -> BackgroundLoad {
+        Self::start_at(&app.client, &app.url(""), tag, senders, pause, "sent")
+    }
+
+    /// The same against the gateway at `base` (a child process), posting
+    /// events of `status`.
+    pub fn start_at(
+        client: &reqwest::Client,
+        base: &str,
+        tag: &str,
+        senders: usize,
+        pause: Duration,
+        status: &'static str,
+    ) -> BackgroundLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..senders)
             .map(|s| {
                 let (client, url, stop, tag) = (
-                    app.client.clone(),
-                    app.url("/webhook/datagen"),
+                    client.clone(),
+                    format!("{base}/webhook/datagen"),
                     stop.clone(),
                     tag.to_owned(),
                 );
@@ -222,7 +237,7 @@ impl BackgroundLoad {
                         i += 1;
                         let r = client
                             .post(&url)
-                            .body(datagen_status(&wamid, "sent", 1_700_000_000_000 + i))
+                            .body(datagen_status(&wamid, status, 1_700_000_000_000 + i))
                             .send()
                             .await;
                         match r.map(|r| r.status().as_u16()) {
