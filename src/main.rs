@@ -93,13 +93,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime of a subcommand, or `None` (said on stderr).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new()
+        .inspect_err(|e| eprintln!("zen-gateway: cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn dlq(settings: Settings, action: DlqAction) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("zen-gateway: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let queue = zen_gateway::app::forward_queue_for_cli(&settings).await?;
@@ -151,12 +154,8 @@ fn migrate(settings: Settings) -> ExitCode {
         eprintln!("zen-gateway migrate: MONGO_URI (Keys.json `mongo_uri`) is not set");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("zen-gateway: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let store = MongoStore::connect(&uri, &settings.database_name).await?;
@@ -179,12 +178,8 @@ fn migrate(settings: Settings) -> ExitCode {
 
 fn serve(settings: Settings) -> ExitCode {
     telemetry::init(settings.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("zen-gateway: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let app = Application::build(settings).await?;
