@@ -62,18 +62,6 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
     wait_until_ok(client, &format!("{base}/ready")).await;
 }
 
-async fn create_webhook(client: &reqwest::Client, base: &str, body: Value) -> Value {
-    let resp = client
-        .post(format!("{base}/api/v1/webhooks"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json().await.unwrap()
-}
-
 /// The wamids a receiver path got deliveries for, with their counts.
 fn delivered_wamids(rx: &Receiver, path: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -104,7 +92,7 @@ async fn kill9(backend: &str, extra: Vec<(&str, &str)>) {
     let mut child = start_gateway(dir.path(), port, &extra, &log);
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&client, &base).await;
-    let hook = create_webhook(
+    let hook = create_webhook_at(
         &client,
         &base,
         json!({"project_owner_id": "chaos", "webhook_url": rx.url("kill"),
@@ -218,18 +206,11 @@ async fn duplicate_storm() {
     let app = spawn_app_with(|s| s.forward_allow_private = true).await;
     let rx = Receiver::start().await;
     for path in ["a", "b"] {
-        let resp = app
-            .client
-            .post(app.url("/api/v1/webhooks"))
-            .bearer_auth(ADMIN_KEY)
-            .json(
-                &json!({"project_owner_id": "storm", "webhook_url": rx.url(path),
-                           "topics": ["*"], "business_numbers": [BUSINESS]}),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
+        app.create_webhook(
+            json!({"project_owner_id": "storm", "webhook_url": rx.url(path),
+                                  "topics": ["*"], "business_numbers": [BUSINESS]}),
+        )
+        .await;
     }
     // events/2 messages, each with a `sent` and a `delivered` event.
     let bodies: Vec<String> = (0..events)
@@ -334,18 +315,12 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
     rx.set("gone", Behavior::Status(410));
     let mut ids = BTreeMap::new();
     for path in ["healthy", "slow", "hanging", "erroring", "gone"] {
-        let resp = app
-            .client
-            .post(app.url("/api/v1/webhooks"))
-            .bearer_auth(ADMIN_KEY)
-            .json(
-                &json!({"project_owner_id": "ends", "webhook_url": rx.url(path),
-                           "topics": ["*"], "business_numbers": [BUSINESS]}),
+        let hook = app
+            .create_webhook(
+                json!({"project_owner_id": "ends", "webhook_url": rx.url(path),
+                                   "topics": ["*"], "business_numbers": [BUSINESS]}),
             )
-            .send()
-            .await
-            .unwrap();
-        let hook: Value = resp.json().await.unwrap();
+            .await;
         ids.insert(path, hook["id"].as_str().unwrap().to_owned());
     }
     let started = Instant::now();

@@ -22,16 +22,7 @@ async fn app_fast_retries() -> TestApp {
 }
 
 async fn create_webhook(app: &TestApp, body: Value) -> Value {
-    let resp = app
-        .client
-        .post(app.url("/api/v1/webhooks"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json().await.unwrap()
+    app.create_webhook(body).await
 }
 
 async fn admin_get(app: &TestApp, path: &str) -> Value {

@@ -155,6 +155,11 @@ impl TestApp {
             .expect("admin json")
     }
 
+    /// Registers a client webhook (`POST /api/v1/webhooks`, expecting 201).
+    pub async fn create_webhook(&self, body: Value) -> Value {
+        create_webhook_at(&self.client, &self.url(""), body).await
+    }
+
     /// Graceful stop, as on SIGTERM.
     pub async fn stop(self) -> Option<tempfile::TempDir> {
         self.shutdown.cancel();
@@ -164,6 +169,19 @@ impl TestApp {
             .expect("server result");
         self._dir
     }
+}
+
+/// Registers a client webhook on the gateway at `base`, expecting 201.
+pub async fn create_webhook_at(client: &reqwest::Client, base: &str, body: Value) -> Value {
+    let resp = client
+        .post(format!("{base}/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("create webhook");
+    assert_eq!(resp.status(), 201);
+    resp.json().await.expect("webhook json")
 }
 
 /// A free loopback port (for child processes, which bind it themselves).
