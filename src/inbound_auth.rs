@@ -59,28 +59,29 @@ impl InboundAuth {
         InboundAuth { by_bsp, providers }
     }
 
-    /// Whether webhooks from `bsp` must authenticate (else [`verify`](Self::verify)
-    /// accepts anything, and the caller need not gather what it looks at).
-    pub fn configured_for(&self, bsp: Bsp) -> bool {
-        self.by_bsp.contains_key(&bsp)
-    }
-
+    /// Checks a webhook against `bsp`'s credentials, if it has any. `query`
+    /// is the raw query string; its `token` is read only when a token is
+    /// configured and the header does not carry it.
     pub fn verify(
         &self,
         bsp: Bsp,
         headers: &HeaderMap,
-        query_token: Option<&str>,
+        query: Option<&str>,
         body: &[u8],
     ) -> Result<(), AuthFailure> {
         let Some(creds) = self.by_bsp.get(&bsp) else {
             return Ok(());
         };
         if let Some(expected) = creds.token.as_deref() {
-            let given = headers
-                .get(TOKEN_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .or(query_token)
-                .unwrap_or("");
+            let given = match headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+                Some(header) => std::borrow::Cow::Borrowed(header),
+                None => query
+                    .and_then(|q| {
+                        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token")
+                    })
+                    .map(|(_, v)| v)
+                    .unwrap_or_default(),
+            };
             if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) || given.is_empty() {
                 return Err(AuthFailure::Token);
             }
@@ -154,10 +155,13 @@ mod tests {
             Err(AuthFailure::Token)
         );
         assert_eq!(
-            a.verify(Bsp::Datagen, &h, Some("nope"), b"{}"),
+            a.verify(Bsp::Datagen, &h, Some("a=1&token=nope"), b"{}"),
             Err(AuthFailure::Token)
         );
-        assert_eq!(a.verify(Bsp::Datagen, &h, Some("s3cret"), b"{}"), Ok(()));
+        assert_eq!(
+            a.verify(Bsp::Datagen, &h, Some("token=s3cret"), b"{}"),
+            Ok(())
+        );
         h.insert(TOKEN_HEADER, HeaderValue::from_static("s3cret"));
         assert_eq!(a.verify(Bsp::Datagen, &h, None, b"{}"), Ok(()));
     }

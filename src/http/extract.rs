@@ -14,8 +14,8 @@ use crate::error::ApiError;
 
 /// A webhook request: its body (413 over the limit, the legacy 400 when it
 /// cannot be read), its headers and raw query string for inbound
-/// authentication. Taken whole, so nothing is cloned or parsed that the
-/// configured authentication does not look at.
+/// authentication. Taken whole, so the headers are moved rather than cloned
+/// and the query is parsed only if authentication looks at it.
 pub struct WebhookRequest {
     pub headers: HeaderMap,
     query: Option<String>,
@@ -23,12 +23,9 @@ pub struct WebhookRequest {
 }
 
 impl WebhookRequest {
-    /// The `token` query parameter (inbound authentication by query token).
-    pub fn query_token(&self) -> Option<String> {
-        let query = self.query.as_deref()?;
-        url::form_urlencoded::parse(query.as_bytes())
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v.into_owned())
+    /// The raw query string (inbound authentication reads `?token` from it).
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
     }
 }
 

@@ -69,14 +69,9 @@ async fn accept_inner(
             ),
         ));
     }
-    if state.auth.configured_for(bsp) {
-        state.auth.verify(
-            bsp,
-            &request.headers,
-            request.query_token().as_deref(),
-            &request.body,
-        )?;
-    }
+    state
+        .auth
+        .verify(bsp, &request.headers, request.query(), &request.body)?;
     let event_id = state.ingest.accept(bsp, request.body).await?;
     tracing::debug!(event.id = %event_id, %bsp, "webhook accepted");
     Ok(legacy_ack(bsp))
