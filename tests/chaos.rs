@@ -62,6 +62,21 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) {
     wait_until_ok(client, &format!("{base}/ready")).await;
 }
 
+/// Writes `request` on a raw connection and returns the start of the answer
+/// (within 10 s, else panics with `expect`). A raw connection because the
+/// server may answer, and close, before a client finishes writing.
+async fn raw_answer(addr: std::net::SocketAddr, request: &[u8], expect: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect(expect)
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).to_string()
+}
+
 /// The wamids a receiver path got deliveries for, with their counts.
 fn delivered_wamids(rx: &Receiver, path: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -385,7 +400,6 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
 /// Hostile bodies and clients: clear 4xx, never a panic, the gateway stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_gets_clear_4xx() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _serial = SERIAL.lock().await;
     let app = spawn_app_with(|s| {
         s.body_limit_bytes = 1024 * 1024;
@@ -403,20 +417,13 @@ async fn hostile_input_gets_clear_4xx() {
     // Oversized: 413 at once, not after reading 8 MB. A raw connection
     // reads the answer: the server may close before a client finishes
     // writing, which an HTTP client reports as a broken pipe.
-    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    s.write_all(
+    let head = raw_answer(
+        app.addr,
         b"POST /webhook/datagen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 8388608\r\n\r\n[",
+        "an oversized body is refused without being read",
     )
-    .await
-    .unwrap();
-    let mut answer = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
-        .await
-        .expect("an oversized body is refused without being read")
-        .unwrap();
-    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    .await;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
-    drop(s);
     tried.push("8 MB body: 413 before it is read");
     // Invalid UTF-8.
     let r = post(b"{\"a\":\"\xff\xfe\"}".to_vec(), "application/json")
@@ -445,18 +452,12 @@ async fn hostile_input_gets_clear_4xx() {
     assert!(matches!(r.status().as_u16(), 200 | 400));
     tried.push("nesting 1,000 / 5,000 / 100,000 deep: 400 or kept as unrecognized");
     // A slow body: headers at once, then the body never finishes.
-    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    s.write_all(
+    let head = raw_answer(
+        app.addr,
         b"POST /webhook/datagen HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":",
+        "a slow body is cut off by the request timeout",
     )
-    .await
-    .unwrap();
-    let mut answer = vec![0u8; 512];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut answer))
-        .await
-        .expect("a slow body is cut off by the request timeout")
-        .unwrap();
-    let head = String::from_utf8_lossy(&answer[..n]).to_string();
+    .await;
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     tried.push("body never finished: 408 after REQUEST_TIMEOUT_SECS");
     // Still healthy, and the valid traffic still goes through.
