@@ -39,8 +39,13 @@ struct StatsParams {
     to: Option<String>,
 }
 
-fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+/// An empty parameter is the same as an absent one.
+fn given(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.is_empty())
+}
+
+fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    given(v)
         .map(|s| {
             DateTime::parse_from_rfc3339(&s)
                 .map(|t| t.with_timezone(&Utc))
@@ -60,17 +65,15 @@ async fn stats(
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Json<MessageStats>, ApiError> {
-    let bsp = p
-        .bsp
-        .filter(|b| !b.is_empty())
+    let bsp = given(p.bsp)
         .map(|b| {
             Bsp::parse(&b)
                 .ok_or_else(|| ApiError::BadRequest(format!("bsp: unknown provider {b:?}")))
         })
         .transpose()?;
     let query = StatsQuery {
-        project_owner_id: p.project_owner_id.filter(|s| !s.is_empty()),
-        campaign_id: p.campaign_id.filter(|s| !s.is_empty()),
+        project_owner_id: given(p.project_owner_id),
+        campaign_id: given(p.campaign_id),
         bsp,
         from: parse_time("from", p.from)?,
         to: parse_time("to", p.to)?,
@@ -114,11 +117,6 @@ struct MessagesParams {
     limit: Option<String>,
     /// `next_cursor` of the previous page, unchanged.
     cursor: Option<String>,
-}
-
-/// An empty parameter is the same as an absent one.
-fn given(v: Option<String>) -> Option<String> {
-    v.filter(|s| !s.is_empty())
 }
 
 /// Tracked messages, newest first, one page at a time.
