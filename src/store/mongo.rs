@@ -473,6 +473,17 @@ fn rev_of(d: &Document) -> i64 {
     }
 }
 
+/// `{field: value}` for each given filter.
+fn equal_filter<const N: usize>(filters: [(&str, Option<&str>); N]) -> Document {
+    let mut filter = Document::new();
+    for (field, value) in filters {
+        if let Some(v) = value {
+            filter.insert(field, v);
+        }
+    }
+    filter
+}
+
 #[async_trait]
 impl MessageStore for MongoStore {
     async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
@@ -655,17 +666,12 @@ impl MessageStore for MongoStore {
     }
 
     async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
-        let mut filter = Document::new();
-        for (field, value) in [
-            ("phone_number", &q.phone_number),
-            ("campaign_id", &q.campaign_id),
-            ("project_owner_id", &q.project_owner_id),
-            ("current_status", &q.status),
-        ] {
-            if let Some(v) = value {
-                filter.insert(field, v);
-            }
-        }
+        let mut filter = equal_filter([
+            ("phone_number", q.phone_number.as_deref()),
+            ("campaign_id", q.campaign_id.as_deref()),
+            ("project_owner_id", q.project_owner_id.as_deref()),
+            ("current_status", q.status.as_deref()),
+        ]);
         if let Some(after) = &q.after {
             let at = bson::DateTime::from_millis(after.created_at_ms);
             filter.insert(
@@ -750,16 +756,11 @@ impl MessageStore for MongoStore {
     }
 
     async fn stats(&self, q: &StatsQuery) -> Result<MessageStats, StoreError> {
-        let mut filter = Document::new();
-        if let Some(v) = &q.project_owner_id {
-            filter.insert("project_owner_id", v);
-        }
-        if let Some(v) = &q.campaign_id {
-            filter.insert("campaign_id", v);
-        }
-        if let Some(v) = q.bsp {
-            filter.insert("bsp", v.as_str());
-        }
+        let mut filter = equal_filter([
+            ("project_owner_id", q.project_owner_id.as_deref()),
+            ("campaign_id", q.campaign_id.as_deref()),
+            ("bsp", q.bsp.map(Bsp::as_str)),
+        ]);
         let mut created = Document::new();
         if let Some(from) = q.from {
             created.insert("$gte", bson::DateTime::from_chrono(from));
