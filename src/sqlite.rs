@@ -68,6 +68,8 @@ trait WriteJob: Send {
 
 struct ClosureJob<F, R> {
     work: Option<F>,
+    /// Whether `work` runs in a savepoint of its own (see `try_write_statement`).
+    savepoint: bool,
     result: Option<rusqlite::Result<R>>,
     reply: oneshot::Sender<Result<R, DbError>>,
 }
@@ -79,7 +81,11 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         if let Some(work) = self.work.take() {
-            self.result = Some(in_savepoint(conn, work));
+            self.result = Some(if self.savepoint {
+                in_savepoint(conn, work)
+            } else {
+                work(conn)
+            });
         }
     }
 
@@ -296,7 +302,7 @@ impl SqliteDb {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (job, reply) = Self::job(work);
+        let (job, reply) = Self::job(work, true);
         self.inner
             .sender
             .send(WriterMsg::Job(job))
@@ -305,14 +311,17 @@ impl SqliteDb {
         reply.await.map_err(|_| DbError::Closed)?
     }
 
-    /// Like [`write`](Self::write) but refuses at once when the writer's queue
-    /// is full: the ingest path answers 503 rather than queueing without bound.
-    pub async fn try_write<R, F>(&self, work: F) -> Result<R, DbError>
+    /// Like [`write`](Self::write) for `work` that runs **one statement**,
+    /// but refuses at once when the writer's queue is full: the ingest path
+    /// answers 503 rather than queueing without bound. A failing statement
+    /// is undone by SQLite itself, so it needs no savepoint of its own (two
+    /// statements and a sub-journal saved per ingest write).
+    pub async fn try_write_statement<R, F>(&self, work: F) -> Result<R, DbError>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (job, reply) = Self::job(work);
+        let (job, reply) = Self::job(work, false);
         match self.inner.sender.try_send(WriterMsg::Job(job)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -323,7 +332,10 @@ impl SqliteDb {
         reply.await.map_err(|_| DbError::Closed)?
     }
 
-    fn job<R, F>(work: F) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<R, DbError>>)
+    fn job<R, F>(
+        work: F,
+        savepoint: bool,
+    ) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<R, DbError>>)
     where
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -331,6 +343,7 @@ impl SqliteDb {
         let (reply, rx) = oneshot::channel();
         let job = ClosureJob {
             work: Some(work),
+            savepoint,
             result: None,
             reply,
         };

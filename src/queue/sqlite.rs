@@ -51,7 +51,7 @@ fn bsp_from_sql(s: String) -> rusqlite::Result<Bsp> {
 impl Inbox for SqliteInbox {
     async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
         self.db
-            .try_write(move |conn| {
+            .try_write_statement(move |conn| {
                 conn.prepare_cached(
                     "INSERT INTO inbox (event_id, bsp, received_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
                 )?
