@@ -217,12 +217,18 @@ impl Application {
         let grace = Duration::from_secs(settings.shutdown_timeout_secs);
         let workers = CancellationToken::new();
         tracing::info!(?roles, "roles");
-        let processor_task = roles
-            .processor
-            .then(|| tokio::spawn(processor.run(workers.clone())));
-        let forwarder_task = roles
-            .forwarder
-            .then(|| tokio::spawn(forwarder.run(workers.clone())));
+        let background = (roles.processor || roles.forwarder)
+            .then(|| crate::background::runtime(settings.background_nice))
+            .transpose()
+            .context("cannot start the background runtime")?;
+        let processor_task = background
+            .as_ref()
+            .filter(|_| roles.processor)
+            .map(|rt| rt.spawn(processor.run(workers.clone())));
+        let forwarder_task = background
+            .as_ref()
+            .filter(|_| roles.forwarder)
+            .map(|rt| rt.spawn(forwarder.run(workers.clone())));
 
         let router = http::router(state, Duration::from_secs(settings.request_timeout_secs));
         let app = NormalizePathLayer::trim_trailing_slash().layer(router);
@@ -250,6 +256,10 @@ impl Application {
                     "forwarder did not stop in time; unfinished jobs run again after restart"
                 );
             }
+        }
+        if let Some(background) = background {
+            // Whatever did not stop in time is abandoned here (see above).
+            background.shutdown_background();
         }
         if let Some(rabbit) = rabbit {
             rabbit.close().await;

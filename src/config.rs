@@ -33,6 +33,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("INBOX_WRITE_QUEUE", "inbox_write_queue"),
     ("SQLITE_SYNCHRONOUS", "sqlite_synchronous"),
     ("PROCESSOR_BATCH_SIZE", "processor_batch_size"),
+    ("BACKGROUND_NICE", "background_nice"),
     ("SHUTDOWN_TIMEOUT_SECS", "shutdown_timeout_secs"),
     ("REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
     ("CACHE_MAX_ENTRIES", "cache_max_entries"),
@@ -124,6 +125,10 @@ pub struct Settings {
     pub sqlite_synchronous: Synchronous,
     /// Inbox entries the processor takes at once.
     pub processor_batch_size: usize,
+    /// Nice value (0–19) of the processor's and forwarder's threads: when the
+    /// CPU is saturated, acks get it first and the background catches up
+    /// after the burst. 0 = the same priority as ingest.
+    pub background_nice: i32,
     /// Longest graceful shutdown may take before in-flight work is abandoned
     /// (it stays in the inbox and is processed after restart).
     pub shutdown_timeout_secs: u64,
@@ -242,6 +247,7 @@ impl Settings {
             ("inbox_write_queue", "20000"),
             ("sqlite_synchronous", "full"),
             ("processor_batch_size", "256"),
+            ("background_nice", "10"),
             ("shutdown_timeout_secs", "25"),
             ("request_timeout_secs", "30"),
             ("header_read_timeout_secs", "10"),
@@ -320,6 +326,9 @@ impl Settings {
         }
         if self.processor_batch_size == 0 {
             return bad("processor_batch_size", "must be greater than 0");
+        }
+        if !(0..=19).contains(&self.background_nice) {
+            return bad("background_nice", "must be between 0 and 19");
         }
         if self.database_name.trim().is_empty() {
             return bad("database_name", "must not be empty");

@@ -7,6 +7,7 @@
 //! `docs/DESIGN.md` is the contract.
 
 pub mod app;
+pub mod background;
 pub mod cache;
 pub mod config;
 pub mod error;
