@@ -280,6 +280,14 @@ const RECEIVE_SQL: &str = "UPDATE forward_jobs SET lease_until_ms = ?1, due_at_m
                   ORDER BY priority DESC, due_at_ms LIMIT ?3)
      RETURNING id, job";
 
+/// Rows of one park chunk (about 10 ms of the writer).
+const PARK_CHUNK: i64 = 500;
+
+/// The last rowid of a URL's next park chunk, walking the `url` index
+/// (which carries the rowid) from where the previous chunk ended.
+const PARK_CHUNK_END_SQL: &str = "SELECT MAX(rowid) FROM
+     (SELECT rowid FROM forward_jobs WHERE url = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3)";
+
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
@@ -395,19 +403,39 @@ impl ForwardQueue for SqliteForwardQueue {
     }
 
     async fn park_url(&self, url: &str, delay: Duration) -> Result<u64, QueueError> {
-        let url = url.to_owned();
-        let n = self
-            .db
-            .write(move |c| {
-                let now = now_ms();
-                c.prepare_cached(
-                    "UPDATE forward_jobs SET due_at_ms = ?2
-                     WHERE url = ?1 AND due_at_ms < ?2 AND lease_until_ms <= ?3",
-                )?
-                .execute(params![url, now + delay.as_millis() as i64, now])
-            })
-            .await?;
-        Ok(n as u64)
+        // In chunks, each its own write: a dead URL's backlog (tens of
+        // thousands of ~1.5 KiB rows) in one statement holds the writer, and
+        // every ingest ack and delivery behind it, for hundreds of ms.
+        let due = now_ms() + delay.as_millis() as i64;
+        let mut after = 0_i64;
+        let mut parked = 0_u64;
+        loop {
+            let url = url.to_owned();
+            let (n, last) = self
+                .db
+                .write(move |c| {
+                    let last: Option<i64> = c
+                        .prepare_cached(PARK_CHUNK_END_SQL)?
+                        .query_row(params![url, after, PARK_CHUNK], |r| r.get(0))?;
+                    let Some(last) = last else {
+                        return Ok((0, None));
+                    };
+                    let n = c
+                        .prepare_cached(
+                            "UPDATE forward_jobs SET due_at_ms = ?2
+                             WHERE url = ?1 AND rowid > ?3 AND rowid <= ?4
+                               AND due_at_ms < ?2 AND lease_until_ms <= ?5",
+                        )?
+                        .execute(params![url, due, after, last, now_ms()])?;
+                    Ok((n, Some(last)))
+                })
+                .await?;
+            parked += n as u64;
+            match last {
+                Some(last) => after = last,
+                None => return Ok(parked),
+            }
+        }
     }
 
     async fn dead_letter(
@@ -596,5 +624,59 @@ mod tests {
         let got = q.receive(10, Duration::ZERO).await.unwrap();
         let ids: Vec<_> = got.iter().map(|(t, _)| t.0.as_str()).collect();
         assert_eq!(ids, ["b1"]);
+    }
+
+    #[tokio::test]
+    async fn a_url_backlog_is_parked_in_chunks_found_through_the_url_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteForwardQueue::new(open(dir.path()));
+        let plan: Vec<String> =
+            q.db.read(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {PARK_CHUNK_END_SQL}"))?;
+                let rows = stmt.query_map(params!["u", 0, 1], |r| r.get::<_, String>(3))?;
+                rows.collect()
+            })
+            .await
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("forward_jobs_url")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+
+        let jobs: Vec<_> = (0..PARK_CHUNK * 2 + 7)
+            .flat_map(|i| {
+                [
+                    job(&format!("d{i}"), "http://dead"),
+                    job(&format!("o{i}"), "http://ok"),
+                ]
+            })
+            .collect();
+        q.enqueue(&jobs).await.unwrap();
+        let leased = q.receive(2, Duration::ZERO).await.unwrap();
+        assert_eq!(leased.len(), 2);
+        let parked = q
+            .park_url("http://dead", Duration::from_secs(60))
+            .await
+            .unwrap();
+        let leased_dead = leased
+            .iter()
+            .filter(|(_, j)| j.webhook_url == "http://dead")
+            .count();
+        // Every queued job of the URL but those in flight.
+        assert_eq!(parked, (PARK_CHUNK * 2 + 7) as u64 - leased_dead as u64);
+        let due = q.receive(10_000, Duration::ZERO).await.unwrap();
+        assert!(due.iter().all(|(_, j)| j.webhook_url == "http://ok"));
+        assert_eq!(
+            due.len() + leased.len() - leased_dead,
+            (PARK_CHUNK * 2 + 7) as usize
+        );
+        // A second park finds nothing left to push back.
+        assert_eq!(
+            q.park_url("http://dead", Duration::from_secs(30))
+                .await
+                .unwrap(),
+            0
+        );
     }
 }
