@@ -140,6 +140,25 @@ pub struct SqliteDb {
     inner: Arc<Inner>,
 }
 
+/// The forwarding queue: a narrow schedule row per job, since leases,
+/// retries and parking rewrite it (parking, a URL's whole backlog at once),
+/// and the job document (~1.5 KiB) beside it, written only when the job is
+/// queued or retried and deleted with its row.
+const FORWARD_JOB_TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS forward_jobs (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    due_at_ms      INTEGER NOT NULL,
+    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+    priority       INTEGER NOT NULL DEFAULT 0,
+    url            TEXT    NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS forward_job_docs (
+    seq INTEGER PRIMARY KEY REFERENCES forward_jobs (seq) ON DELETE CASCADE,
+    job TEXT    NOT NULL
+);
+"#;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS inbox (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -185,14 +204,6 @@ CREATE TABLE IF NOT EXISTS delivery_logs (
     doc           TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS delivery_logs_webhook ON delivery_logs (webhook_id, created_at_ms);
-CREATE TABLE IF NOT EXISTS forward_jobs (
-    id             TEXT PRIMARY KEY,
-    due_at_ms      INTEGER NOT NULL,
-    lease_until_ms INTEGER NOT NULL DEFAULT 0,
-    priority       INTEGER NOT NULL DEFAULT 0,
-    job            TEXT NOT NULL,
-    url            TEXT NOT NULL DEFAULT ''
-);
 -- (forward_jobs_due, once on due_at_ms alone, only cost writes and misled
 -- the planner: see the receive query.)
 DROP INDEX IF EXISTS forward_jobs_due;
@@ -236,6 +247,33 @@ fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Moves a forwarding queue written before the job documents had a table of
+/// their own (`forward_jobs.job`) to the current layout, keeping every job;
+/// once, at open, in one transaction.
+fn split_forward_job_docs(conn: &Connection) -> rusqlite::Result<()> {
+    let unsplit: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('forward_jobs') WHERE name = 'job'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !unsplit {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         DROP INDEX IF EXISTS forward_jobs_ready;
+         DROP INDEX IF EXISTS forward_jobs_url;
+         DROP INDEX IF EXISTS forward_jobs_due;
+         ALTER TABLE forward_jobs RENAME TO forward_jobs_unsplit;
+         {FORWARD_JOB_TABLES}
+         INSERT INTO forward_jobs (seq, id, due_at_ms, lease_until_ms, priority, url)
+             SELECT rowid, id, due_at_ms, lease_until_ms, priority, url FROM forward_jobs_unsplit;
+         INSERT INTO forward_job_docs (seq, job) SELECT rowid, job FROM forward_jobs_unsplit;
+         DROP TABLE forward_jobs_unsplit;
+         COMMIT;"
+    ))
+}
+
 impl SqliteDb {
     /// Opens (creating if needed) the database file, applies the schema and
     /// starts the writer thread.
@@ -245,6 +283,8 @@ impl SqliteDb {
         }
         let conn = Connection::open(&opts.path)?;
         configure(&conn, opts.synchronous)?;
+        split_forward_job_docs(&conn)?;
+        conn.execute_batch(FORWARD_JOB_TABLES)?;
         conn.execute_batch(SCHEMA)?;
 
         let (sender, receiver) = mpsc::channel(opts.queue_capacity.max(1));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{
@@ -275,18 +275,45 @@ impl SqliteForwardQueue {
 /// costs O(backlog). A lease also moves the due time to the lease's end, so
 /// jobs in flight are not in the scan's way.
 const RECEIVE_SQL: &str = "UPDATE forward_jobs SET lease_until_ms = ?1, due_at_ms = ?1
-     WHERE id IN (SELECT id FROM forward_jobs INDEXED BY forward_jobs_ready
-                  WHERE due_at_ms <= ?2
-                  ORDER BY priority DESC, due_at_ms LIMIT ?3)
-     RETURNING id, job";
+     WHERE seq IN (SELECT seq FROM forward_jobs INDEXED BY forward_jobs_ready
+                   WHERE due_at_ms <= ?2
+                   ORDER BY priority DESC, due_at_ms LIMIT ?3)
+     RETURNING seq, id";
+
+/// Queues one job unless its id is queued already (then it is left as is).
+fn insert_job(c: &Connection, job: &ForwardJob, due_at_ms: i64) -> rusqlite::Result<()> {
+    let queued = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO forward_jobs (id, due_at_ms, priority, url)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            job.delivery_log_id,
+            due_at_ms,
+            priority(job),
+            job.webhook_url
+        ])?;
+    if queued > 0 {
+        let doc = serde_json::to_string(job).map_err(json_err)?;
+        c.prepare_cached("INSERT INTO forward_job_docs (seq, job) VALUES (?1, ?2)")?
+            .execute(params![c.last_insert_rowid(), doc])?;
+    }
+    Ok(())
+}
+
+/// Deletes a job (its document goes with it: ON DELETE CASCADE).
+fn delete_job(c: &Connection, id: &str) -> rusqlite::Result<usize> {
+    c.prepare_cached("DELETE FROM forward_jobs WHERE id = ?1")?
+        .execute([id])
+}
 
 /// Rows of one park chunk (about 10 ms of the writer).
 const PARK_CHUNK: i64 = 500;
 
-/// The last rowid of a URL's next park chunk, walking the `url` index
-/// (which carries the rowid) from where the previous chunk ended.
-const PARK_CHUNK_END_SQL: &str = "SELECT MAX(rowid) FROM
-     (SELECT rowid FROM forward_jobs WHERE url = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3)";
+/// The last `seq` of a URL's next park chunk, walking the `url` index
+/// (which carries `seq`, the rowid) from where the previous chunk ended.
+const PARK_CHUNK_END_SQL: &str = "SELECT MAX(seq) FROM
+     (SELECT seq FROM forward_jobs WHERE url = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)";
 
 fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -308,22 +335,8 @@ impl ForwardQueue for SqliteForwardQueue {
         let delay_ms = delay.as_millis() as i64;
         self.db
             .write(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "INSERT OR IGNORE INTO forward_jobs (id, due_at_ms, priority, job, url)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
                 let due = now_ms() + delay_ms;
-                for j in &jobs {
-                    let doc = serde_json::to_string(j).map_err(json_err)?;
-                    stmt.execute(params![
-                        j.delivery_log_id,
-                        due,
-                        priority(j),
-                        doc,
-                        j.webhook_url
-                    ])?;
-                }
-                Ok(())
+                jobs.iter().try_for_each(|j| insert_job(c, j, due))
             })
             .await?;
         // One permit is kept even with no waiter: the next receive wakes.
@@ -345,12 +358,21 @@ impl ForwardQueue for SqliteForwardQueue {
                 .db
                 .write(move |c| {
                     let now = now_ms();
-                    let mut stmt = c.prepare_cached(RECEIVE_SQL)?;
-                    let rows = stmt
+                    let leased: Vec<(i64, String)> = c
+                        .prepare_cached(RECEIVE_SQL)?
                         .query_map(params![now + LEASE.as_millis() as i64, now, limit], |r| {
                             Ok((r.get(0)?, r.get(1)?))
-                        })?;
-                    rows.collect()
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let mut doc = c.prepare_cached("SELECT job FROM forward_job_docs WHERE seq = ?1")?;
+                    let mut out = Vec::with_capacity(leased.len());
+                    for (seq, id) in leased {
+                        match doc.query_row([seq], |r| r.get(0)).optional()? {
+                            Some(job) => out.push((id, job)),
+                            None => tracing::error!(job.id = %id, "forwarding job without its document left leased"),
+                        }
+                    }
+                    Ok(out)
                 })
                 .await?;
             if !leased.is_empty() {
@@ -377,9 +399,7 @@ impl ForwardQueue for SqliteForwardQueue {
 
     async fn complete(&self, tag: &JobTag) -> Result<(), QueueError> {
         let id = tag.0.clone();
-        self.db
-            .write(move |c| c.execute("DELETE FROM forward_jobs WHERE id = ?1", [id]))
-            .await?;
+        self.db.write(move |c| delete_job(c, &id)).await?;
         Ok(())
     }
 
@@ -392,11 +412,22 @@ impl ForwardQueue for SqliteForwardQueue {
         let (id, job) = (tag.0.clone(), job.clone());
         self.db
             .write(move |c| {
-                let doc = serde_json::to_string(&job).map_err(json_err)?;
-                c.prepare_cached(
-                    "UPDATE forward_jobs SET due_at_ms = ?2, lease_until_ms = 0, priority = ?3, job = ?4 WHERE id = ?1",
-                )?
-                .execute(params![id, now_ms() + delay.as_millis() as i64, priority(&job), doc])
+                let seq: Option<i64> = c
+                    .prepare_cached(
+                        "UPDATE forward_jobs SET due_at_ms = ?2, lease_until_ms = 0, priority = ?3
+                         WHERE id = ?1 RETURNING seq",
+                    )?
+                    .query_row(
+                        params![id, now_ms() + delay.as_millis() as i64, priority(&job)],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(seq) = seq {
+                    let doc = serde_json::to_string(&job).map_err(json_err)?;
+                    c.prepare_cached("UPDATE forward_job_docs SET job = ?2 WHERE seq = ?1")?
+                        .execute(params![seq, doc])?;
+                }
+                Ok(())
             })
             .await?;
         Ok(())
@@ -423,7 +454,7 @@ impl ForwardQueue for SqliteForwardQueue {
                     let n = c
                         .prepare_cached(
                             "UPDATE forward_jobs SET due_at_ms = ?2
-                             WHERE url = ?1 AND rowid > ?3 AND rowid <= ?4
+                             WHERE url = ?1 AND seq > ?3 AND seq <= ?4
                                AND due_at_ms < ?2 AND lease_until_ms <= ?5",
                         )?
                         .execute(params![url, due, after, last, now_ms()])?;
@@ -448,7 +479,7 @@ impl ForwardQueue for SqliteForwardQueue {
         self.db
             .write(move |c| {
                 let doc = serde_json::to_string(&job).map_err(json_err)?;
-                c.execute("DELETE FROM forward_jobs WHERE id = ?1", [&id])?;
+                delete_job(c, &id)?;
                 c.prepare_cached(
                     "INSERT OR REPLACE INTO forward_dlq (id, dead_at_ms, reason, job) VALUES (?1, ?2, ?3, ?4)",
                 )?
@@ -497,12 +528,9 @@ impl ForwardQueue for SqliteForwardQueue {
                     // A replay starts over: fresh attempts, not parked.
                     job.attempt_count = 0;
                     job.parked_since = None;
-                    let doc = serde_json::to_string(&job).map_err(json_err)?;
-                    c.execute(
-                        "INSERT OR REPLACE INTO forward_jobs (id, due_at_ms, lease_until_ms, priority, job, url)
-                         VALUES (?1, ?2, 0, ?3, ?4, ?5)",
-                        params![id, now_ms(), priority(&job), doc, job.webhook_url],
-                    )?;
+                    // The replay replaces a job of the same id still queued.
+                    delete_job(c, &id)?;
+                    insert_job(c, &job, now_ms())?;
                     c.execute("DELETE FROM forward_dlq WHERE id = ?1", [&id])?;
                     n += 1;
                 }
@@ -678,5 +706,63 @@ mod tests {
                 .unwrap(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_before_the_documents_had_their_own_table_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The earlier layout: the document in the schedule row.
+            let c = Connection::open(dir.path().join("q.db")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE forward_jobs (id TEXT PRIMARY KEY, due_at_ms INTEGER NOT NULL,
+                    lease_until_ms INTEGER NOT NULL DEFAULT 0, priority INTEGER NOT NULL DEFAULT 0,
+                    job TEXT NOT NULL, url TEXT NOT NULL DEFAULT '');
+                 CREATE INDEX forward_jobs_ready ON forward_jobs (priority DESC, due_at_ms);
+                 CREATE INDEX forward_jobs_url ON forward_jobs (url);",
+            )
+            .unwrap();
+            for id in ["old1", "old2"] {
+                let doc = serde_json::to_string(&job(id, "http://x")).unwrap();
+                c.execute(
+                    "INSERT INTO forward_jobs (id, due_at_ms, priority, job, url) VALUES (?1, 0, 10, ?2, 'http://x')",
+                    [id, &doc],
+                )
+                .unwrap();
+            }
+        }
+        let q = SqliteForwardQueue::new(open(dir.path()));
+        let mut got = q.receive(10, Duration::ZERO).await.unwrap();
+        got.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+        let ids: Vec<_> = got
+            .iter()
+            .map(|(_, j)| j.delivery_log_id.as_str())
+            .collect();
+        assert_eq!(ids, ["old1", "old2"]);
+        assert_eq!(got[0].0.0, "old1");
+        // Retried with its new attempt count, then delivered: the document
+        // follows the job and goes with it.
+        let mut retried = got[0].1.clone();
+        retried.attempt_count = 1;
+        q.reschedule(&got[0].0, &retried, Duration::ZERO)
+            .await
+            .unwrap();
+        q.complete(&got[1].0).await.unwrap();
+        let again = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].1.attempt_count, 1);
+        q.complete(&again[0].0).await.unwrap();
+        let left: (i64, i64) = q
+            .db
+            .read(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM forward_jobs), (SELECT COUNT(*) FROM forward_job_docs)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, (0, 0));
     }
 }
