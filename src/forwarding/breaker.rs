@@ -136,15 +136,16 @@ impl Breakers {
     /// for [`STALL_AFTER`]: its requests hang (a dead or overloaded endpoint)
     /// rather than finish quickly, though none may have failed yet.
     pub fn stalled(&self, url: &str) -> bool {
-        self.states
-            .get(url)
-            .and_then(|s| {
-                s.lock().ok().map(|s| {
-                    s.in_flight >= self.per_url_limit
-                        && s.last_progress.is_some_and(|t| t.elapsed() >= STALL_AFTER)
-                })
-            })
-            .unwrap_or(false)
+        self.stalled_for(url).is_some()
+    }
+
+    /// How long a [stalled](Self::stalled) URL has gone without a slot
+    /// given back; `None` when it is not stalled.
+    pub fn stalled_for(&self, url: &str) -> Option<Duration> {
+        let state = self.states.get(url)?;
+        let s = state.lock().ok()?;
+        let since = s.last_progress?.elapsed();
+        (s.in_flight >= self.per_url_limit && since >= STALL_AFTER).then_some(since)
     }
 
     fn state(&self, url: &str) -> Arc<Mutex<State>> {
@@ -256,8 +257,16 @@ mod tests {
         assert!(!b.stalled("hangs"), "just busy");
         std::thread::sleep(STALL_AFTER + Duration::from_millis(10));
         assert!(b.stalled("hangs"), "no slot freed since");
+        let for_now = b.stalled_for("hangs").unwrap();
+        assert!(for_now >= STALL_AFTER);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            b.stalled_for("hangs").unwrap() > for_now,
+            "the longer it hangs"
+        );
         assert!(!b.stalled("never-seen"));
         drop(a2);
+        assert_eq!(b.stalled_for("hangs"), None);
         assert!(!b.stalled("hangs"), "a slot came back");
         let _a3 = b.enter("hangs").unwrap();
         assert!(!b.stalled("hangs"), "at the cap again, but progressing");

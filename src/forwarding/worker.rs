@@ -129,6 +129,18 @@ const URL_BUSY_PARK: Duration = Duration::from_secs(1);
 /// queue: a healthy endpoint frees one within milliseconds.
 const URL_SLOT_WAIT: Duration = Duration::from_millis(50);
 
+/// How long a failing or stalled URL's backlog is pushed back: as long as
+/// it has been stalled, at least [`URL_BUSY_PARK`] and at most the request
+/// timeout (by then its requests in flight are over). The backlog is moved
+/// about log2(timeout / 1 s) times while the first requests hang, not once
+/// a second (15 times with the default 15 s timeout).
+fn busy_park(stalled_for: Option<Duration>, request_timeout: Duration) -> Duration {
+    stalled_for
+        .unwrap_or_default()
+        .min(request_timeout)
+        .max(URL_BUSY_PARK)
+}
+
 /// The request body: `{"data","event_id","event_type","message","timestamp"}`
 /// (keys in the order the legacy gateway's Go maps produced).
 pub fn request_body(job: &ForwardJob, now_ms: i64) -> Vec<u8> {
@@ -476,9 +488,10 @@ impl Forwarder {
             // so it does not cycle through the queue and crowd out the other
             // URLs while its first requests run into their timeout.
             Err(wait) => {
-                let failing = self.breakers.failing(&url) || self.breakers.stalled(&url);
+                let stalled = self.breakers.stalled_for(&url);
+                let failing = stalled.is_some() || self.breakers.failing(&url);
                 let wait = if failing {
-                    wait.max(URL_BUSY_PARK)
+                    wait.max(busy_park(stalled, self.cfg.total_timeout))
                 } else {
                     wait
                 };
@@ -657,5 +670,32 @@ impl Forwarder {
         }
         self.finish("reschedule", self.queue.reschedule(&tag, &job, delay).await)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_urls_backlog_waits_as_long_as_it_has_hung_within_bounds() {
+        let timeout = Duration::from_secs(15);
+        let s = Duration::from_secs;
+        assert_eq!(
+            busy_park(None, timeout),
+            URL_BUSY_PARK,
+            "failing, not stalled"
+        );
+        assert_eq!(
+            busy_park(Some(Duration::from_millis(100)), timeout),
+            URL_BUSY_PARK
+        );
+        assert_eq!(busy_park(Some(s(4)), timeout), s(4));
+        assert_eq!(busy_park(Some(s(60)), timeout), timeout);
+        // A request timeout under a second does not shorten the floor.
+        assert_eq!(
+            busy_park(Some(s(4)), Duration::from_millis(300)),
+            URL_BUSY_PARK
+        );
     }
 }
