@@ -599,19 +599,22 @@ mod tests {
     #[tokio::test]
     async fn a_receive_reads_its_rows_from_the_index_without_sorting_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path());
+        assert_walks_index(&open(dir.path()), RECEIVE_SQL, "forward_jobs_ready").await;
+    }
+
+    /// `sql`'s plan reads `index` and sorts nothing.
+    async fn assert_walks_index(db: &SqliteDb, sql: &'static str, index: &str) {
         let plan: Vec<String> = db
-            .read(|c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {RECEIVE_SQL}"))?;
-                let rows = stmt.query_map(params![1, 1, 1], |r| r.get::<_, String>(3))?;
+            .read(move |c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+                let rows =
+                    stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))?;
                 rows.collect()
             })
             .await
             .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("forward_jobs_ready")),
-            "{plan:?}"
-        );
+        assert!(plan.iter().any(|p| p.contains(index)), "{plan:?}");
         assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
     }
 
@@ -658,19 +661,7 @@ mod tests {
     async fn a_url_backlog_is_parked_in_chunks_found_through_the_url_index() {
         let dir = tempfile::tempdir().unwrap();
         let q = SqliteForwardQueue::new(open(dir.path()));
-        let plan: Vec<String> =
-            q.db.read(|c| {
-                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {PARK_CHUNK_END_SQL}"))?;
-                let rows = stmt.query_map(params!["u", 0, 1], |r| r.get::<_, String>(3))?;
-                rows.collect()
-            })
-            .await
-            .unwrap();
-        assert!(
-            plan.iter().any(|p| p.contains("forward_jobs_url")),
-            "{plan:?}"
-        );
-        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        assert_walks_index(&q.db, PARK_CHUNK_END_SQL, "forward_jobs_url").await;
 
         let jobs: Vec<_> = (0..PARK_CHUNK * 2 + 7)
             .flat_map(|i| {
