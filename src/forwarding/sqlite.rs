@@ -307,7 +307,7 @@ fn delete_job(c: &Connection, id: &str) -> rusqlite::Result<usize> {
         .execute([id])
 }
 
-/// Rows of one park chunk (about 10 ms of the writer).
+/// Rows of one park chunk (a few ms of the writer).
 const PARK_CHUNK: i64 = 500;
 
 /// The last `seq` of a URL's next park chunk, walking the `url` index
@@ -435,8 +435,8 @@ impl ForwardQueue for SqliteForwardQueue {
 
     async fn park_url(&self, url: &str, delay: Duration) -> Result<u64, QueueError> {
         // In chunks, each its own write: a dead URL's backlog (tens of
-        // thousands of ~1.5 KiB rows) in one statement holds the writer, and
-        // every ingest ack and delivery behind it, for hundreds of ms.
+        // thousands of rows) in one statement holds the writer, and every
+        // ingest ack and delivery behind it, for tens of ms.
         let due = now_ms() + delay.as_millis() as i64;
         let mut after = 0_i64;
         let mut parked = 0_u64;
