@@ -15,6 +15,7 @@
 //! backoff. Delivery tags carry the connection generation, so an ack for a
 //! delivery of a dead connection is skipped (the broker redelivers it).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -103,6 +104,10 @@ pub(crate) struct Live {
     consumer: Option<Mutex<Consumer>>,
     forward_channel: Option<Channel>,
     forward_consumer: Option<Mutex<Consumer>>,
+    /// Inbox deliveries handed out on `consumer_channel` and not yet
+    /// settled (broker tags): an ack may cover every tag up to its highest
+    /// at once only when none below it is still out.
+    inbox_unsettled: std::sync::Mutex<BTreeSet<u64>>,
 }
 
 /// The inbox on RabbitMQ.
@@ -392,6 +397,7 @@ impl RabbitInbox {
             consumer,
             forward_channel,
             forward_consumer,
+            inbox_unsettled: Default::default(),
         })
     }
 
@@ -522,7 +528,7 @@ impl RabbitInbox {
             )));
         };
         let mut consumer = consumer.lock().await;
-        let mut out = Vec::new();
+        let mut out: Vec<lapin::message::Delivery> = Vec::new();
         let Ok(mut next) = tokio::time::timeout(wait, consumer.next()).await else {
             return Ok((live.generation, out));
         };
@@ -546,6 +552,11 @@ impl RabbitInbox {
                 None => break,
             }
         }
+        if matches!(stream, Stream::Inbox) {
+            if let Ok(mut unsettled) = live.inbox_unsettled.lock() {
+                unsettled.extend(out.iter().map(|d| d.delivery_tag));
+            }
+        }
         Ok((live.generation, out))
     }
 
@@ -556,13 +567,14 @@ impl RabbitInbox {
         live: &Live,
         channel: &Channel,
         tag: u64,
+        options: BasicAckOptions,
     ) -> Result<(), QueueError> {
         if tag >> 48 != live.generation {
             return Ok(());
         }
         match tokio::time::timeout(
             BROKER_OP_TIMEOUT,
-            channel.basic_ack(tag & ((1 << 48) - 1), BasicAckOptions::default()),
+            channel.basic_ack(tag & ((1 << 48) - 1), options),
         )
         .await
         {
@@ -586,7 +598,22 @@ impl RabbitInbox {
         let Some(channel) = &live.forward_channel else {
             return Ok(());
         };
-        self.ack_on(&live, channel, tag).await
+        self.ack_on(&live, channel, tag, BasicAckOptions::default())
+            .await
+    }
+
+    /// Forgets inbox deliveries settled other than by `Inbox::ack` (a
+    /// poison message rejected on receipt).
+    async fn settled(&self, generation: u64, raw_tags: &[u64]) {
+        if let Ok(live) = self.live().await {
+            if live.generation == generation {
+                if let Ok(mut unsettled) = live.inbox_unsettled.lock() {
+                    for t in raw_tags {
+                        unsettled.remove(t);
+                    }
+                }
+            }
+        }
     }
 
     /// Rejects a forwarding job without requeue (dead-letters it).
@@ -817,6 +844,7 @@ impl Inbox for RabbitInbox {
                     // Not ours: to the inbox DLQ, where it can be inspected.
                     tracing::warn!(reason = %why, "poison message in the inbox; dead-lettered");
                     let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                    self.settled(generation, &[delivery.delivery_tag]).await;
                 }
             }
         }
@@ -828,10 +856,42 @@ impl Inbox for RabbitInbox {
         let Some(channel) = &live.consumer_channel else {
             return Ok(());
         };
-        for tag in tags {
-            self.ack_on(&live, channel, tag.0).await?;
+        // Tags of an earlier connection are void (see `ack_on`).
+        let current: Vec<u64> = tags
+            .iter()
+            .filter(|t| t.0 >> 48 == live.generation)
+            .map(|t| t.0 & ((1 << 48) - 1))
+            .collect();
+        // One `multiple` ack for the batch when nothing below its highest
+        // tag is still out (the usual case: the processor acks what it took,
+        // in order); else one ack per tag.
+        let covers_all = {
+            let Ok(mut unsettled) = live.inbox_unsettled.lock() else {
+                return Err(QueueError::Unavailable("inbox bookkeeping poisoned".into()));
+            };
+            for t in &current {
+                unsettled.remove(t);
+            }
+            current
+                .iter()
+                .max()
+                .filter(|&&max| unsettled.range(..max).next().is_none())
+                .copied()
+        };
+        match covers_all {
+            Some(max) => {
+                let all = BasicAckOptions { multiple: true };
+                self.ack_on(&live, channel, wire_tag(live.generation, max), all)
+                    .await
+            }
+            None => {
+                for t in tags {
+                    self.ack_on(&live, channel, t.0, BasicAckOptions::default())
+                        .await?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {

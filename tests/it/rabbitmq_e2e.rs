@@ -298,6 +298,72 @@ async fn inbound_messages_are_processed_before_waiting_status_reports() {
 }
 
 #[tokio::test]
+async fn an_ack_settles_its_own_batch_and_never_an_earlier_one_still_out() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let publisher = RabbitInbox::start(options(&url, &prefix, false));
+    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
+    for i in 0..12 {
+        publisher
+            .append(entry(
+                Bsp::Datagen,
+                &datagen_status(&format!("wamid.a{i}"), "sent", i),
+                0,
+            ))
+            .await
+            .unwrap();
+    }
+    let consumer = RabbitInbox::start(options(&url, &prefix, true));
+    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let mut got = Vec::new();
+    while got.len() < 12 {
+        got.extend(consumer.receive(4, Duration::from_secs(5)).await.unwrap());
+    }
+    let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
+    // The second batch first: the first is still out, so it stays unacked.
+    consumer.ack(&tags[4..8]).await.unwrap();
+    // The third batch, in one go once nothing below it is out but the first.
+    consumer.ack(&tags[8..]).await.unwrap();
+    consumer.close().await;
+
+    // Closing the connection requeues exactly the unacked first batch.
+    let consumer = RabbitInbox::start(options(&url, &prefix, true));
+    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let mut again = Vec::new();
+    while let Ok(batch) = consumer.receive(12, Duration::from_millis(500)).await {
+        if batch.is_empty() {
+            break;
+        }
+        again.extend(batch);
+    }
+    let ids = |ds: &[zen_gateway::queue::InboxDelivery]| {
+        let mut v: Vec<_> = ds.iter().map(|d| d.entry.event_id.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&again), ids(&got[..4]));
+    // Acked in order, in one go: nothing comes back.
+    let tags: Vec<_> = again.iter().map(|d| d.tag).collect();
+    consumer.ack(&tags).await.unwrap();
+    consumer.close().await;
+    let consumer = RabbitInbox::start(options(&url, &prefix, true));
+    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    assert!(
+        consumer
+            .receive(12, Duration::from_millis(500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    consumer.close().await;
+    publisher.close().await;
+    let (_conn, ch) = channel(&url).await;
+    cleanup(&ch, &prefix).await;
+}
+
+#[tokio::test]
 async fn retry_queues_dead_letter_back_after_their_delay_and_rejects_reach_the_dlq() {
     let Some(url) = services::rabbitmq_url() else {
         return;
