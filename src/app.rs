@@ -257,10 +257,8 @@ impl Application {
                 );
             }
         }
-        if let Some(background) = background {
-            // Whatever did not stop in time is abandoned here (see above).
-            background.shutdown_background();
-        }
+        // Whatever did not stop in time is abandoned here (see above).
+        drop(background);
         if let Some(rabbit) = rabbit {
             rabbit.close().await;
         }
