@@ -246,7 +246,7 @@ impl Settings {
             ("ingest_ack_timeout_ms", "5000"),
             ("inbox_write_queue", "20000"),
             ("sqlite_synchronous", "full"),
-            ("processor_batch_size", "256"),
+            ("processor_batch_size", "128"),
             ("background_nice", "10"),
             ("shutdown_timeout_secs", "25"),
             ("request_timeout_secs", "30"),
