@@ -68,8 +68,6 @@ trait WriteJob: Send {
 
 struct ClosureJob<F, R> {
     work: Option<F>,
-    /// Whether `work` runs in a savepoint of its own (see `try_write_statement`).
-    savepoint: bool,
     result: Option<rusqlite::Result<R>>,
     reply: oneshot::Sender<Result<R, DbError>>,
 }
@@ -81,11 +79,7 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         if let Some(work) = self.work.take() {
-            self.result = Some(if self.savepoint {
-                in_savepoint(conn, work)
-            } else {
-                work(conn)
-            });
+            self.result = Some(work(conn));
         }
     }
 
@@ -342,7 +336,7 @@ impl SqliteDb {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (job, reply) = Self::job(work, true);
+        let (job, reply) = Self::job(move |conn: &Connection| in_savepoint(conn, work));
         self.inner
             .sender
             .send(WriterMsg::Job(job))
@@ -361,7 +355,7 @@ impl SqliteDb {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
     {
-        let (job, reply) = Self::job(work, false);
+        let (job, reply) = Self::job(work);
         match self.inner.sender.try_send(WriterMsg::Job(job)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -372,10 +366,7 @@ impl SqliteDb {
         reply.await.map_err(|_| DbError::Closed)?
     }
 
-    fn job<R, F>(
-        work: F,
-        savepoint: bool,
-    ) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<R, DbError>>)
+    fn job<R, F>(work: F) -> (Box<dyn WriteJob>, oneshot::Receiver<Result<R, DbError>>)
     where
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -383,7 +374,6 @@ impl SqliteDb {
         let (reply, rx) = oneshot::channel();
         let job = ClosureJob {
             work: Some(work),
-            savepoint,
             result: None,
             reply,
         };

@@ -484,9 +484,10 @@ impl Forwarder {
             // This URL's share of slots stayed busy: back to the queue, no
             // attempt spent, so other URLs' jobs get through. When the URL
             // is failing or stalled (slow or hanging, not just busy), its
-            // whole queued backlog is pushed back 1 s, at most once a second,
-            // so it does not cycle through the queue and crowd out the other
-            // URLs while its first requests run into their timeout.
+            // whole queued backlog is pushed back (see `busy_park`), at most
+            // once a second, so it does not cycle through the queue and crowd
+            // out the other URLs while its first requests run into their
+            // timeout.
             Err(wait) => {
                 let stalled = self.breakers.stalled_for(&url);
                 let failing = stalled.is_some() || self.breakers.failing(&url);
