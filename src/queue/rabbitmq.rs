@@ -110,6 +110,14 @@ pub(crate) struct Live {
     inbox_unsettled: std::sync::Mutex<BTreeSet<u64>>,
 }
 
+impl Live {
+    /// The broker's tag inside a wire tag, if the wire tag is of this
+    /// connection (see [`wire_tag`]).
+    fn broker_tag(&self, wire: u64) -> Option<u64> {
+        (wire >> 48 == self.generation).then_some(wire & ((1 << 48) - 1))
+    }
+}
+
 /// The inbox on RabbitMQ.
 pub struct RabbitInbox {
     opts: RabbitOptions,
@@ -528,7 +536,7 @@ impl RabbitInbox {
             )));
         };
         let mut consumer = consumer.lock().await;
-        let mut out: Vec<lapin::message::Delivery> = Vec::new();
+        let mut out = Vec::new();
         let Ok(mut next) = tokio::time::timeout(wait, consumer.next()).await else {
             return Ok((live.generation, out));
         };
@@ -569,15 +577,10 @@ impl RabbitInbox {
         tag: u64,
         options: BasicAckOptions,
     ) -> Result<(), QueueError> {
-        if tag >> 48 != live.generation {
+        let Some(tag) = live.broker_tag(tag) else {
             return Ok(());
-        }
-        match tokio::time::timeout(
-            BROKER_OP_TIMEOUT,
-            channel.basic_ack(tag & ((1 << 48) - 1), options),
-        )
-        .await
-        {
+        };
+        match tokio::time::timeout(BROKER_OP_TIMEOUT, channel.basic_ack(tag, options)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 self.report_broken(&e.to_string());
@@ -622,11 +625,11 @@ impl RabbitInbox {
         let Some(channel) = &live.forward_channel else {
             return Ok(());
         };
-        if tag >> 48 != live.generation {
+        let Some(tag) = live.broker_tag(tag) else {
             return Ok(());
-        }
+        };
         channel
-            .basic_reject(tag & ((1 << 48) - 1), BasicRejectOptions { requeue: false })
+            .basic_reject(tag, BasicRejectOptions { requeue: false })
             .await
             .map_err(unavailable)
     }
@@ -857,11 +860,7 @@ impl Inbox for RabbitInbox {
             return Ok(());
         };
         // Tags of an earlier connection are void (see `ack_on`).
-        let current: Vec<u64> = tags
-            .iter()
-            .filter(|t| t.0 >> 48 == live.generation)
-            .map(|t| t.0 & ((1 << 48) - 1))
-            .collect();
+        let current: Vec<u64> = tags.iter().filter_map(|t| live.broker_tag(t.0)).collect();
         // One `multiple` ack for the batch when nothing below its highest
         // tag is still out (the usual case: the processor acks what it took,
         // in order); else one ack per tag.
