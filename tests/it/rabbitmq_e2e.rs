@@ -239,6 +239,27 @@ async fn webhooks_are_acked_on_confirm_copied_to_bsp_queues_and_processed() {
     cleanup(&ch, &prefix).await;
 }
 
+/// An inbox on the test broker, connected.
+async fn connected(url: &str, prefix: &str, consume: bool) -> std::sync::Arc<RabbitInbox> {
+    let inbox = RabbitInbox::start(options(url, prefix, consume));
+    assert!(inbox.wait_connected(Duration::from_secs(10)).await);
+    inbox
+}
+
+/// Publishes `n` Datagen "sent" reports for `wamid.<tag><i>`.
+async fn append_statuses(inbox: &RabbitInbox, tag: &str, n: i64) {
+    for i in 0..n {
+        inbox
+            .append(entry(
+                Bsp::Datagen,
+                &datagen_status(&format!("wamid.{tag}{i}"), "sent", i),
+                0,
+            ))
+            .await
+            .unwrap();
+    }
+}
+
 fn entry(bsp: Bsp, body: &str, priority: u8) -> InboxEntry {
     InboxEntry {
         event_id: uuid::Uuid::now_v7().to_string(),
@@ -256,18 +277,8 @@ async fn inbound_messages_are_processed_before_waiting_status_reports() {
         return;
     };
     let prefix = services::unique_prefix();
-    let publisher = RabbitInbox::start(options(&url, &prefix, false));
-    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
-    for i in 0..5 {
-        publisher
-            .append(entry(
-                Bsp::Datagen,
-                &datagen_status(&format!("wamid.p{i}"), "sent", i),
-                0,
-            ))
-            .await
-            .unwrap();
-    }
+    let publisher = connected(&url, &prefix, false).await;
+    append_statuses(&publisher, "p", 5).await;
     publisher
         .append(entry(
             Bsp::Datagen,
@@ -278,8 +289,7 @@ async fn inbound_messages_are_processed_before_waiting_status_reports() {
         .unwrap();
     assert_eq!(publisher.depth().await.unwrap(), 6);
 
-    let consumer = RabbitInbox::start(options(&url, &prefix, true));
-    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let consumer = connected(&url, &prefix, true).await;
     let mut got = Vec::new();
     while got.len() < 6 {
         let batch = consumer.receive(10, Duration::from_secs(5)).await.unwrap();
@@ -303,20 +313,9 @@ async fn an_ack_settles_its_own_batch_and_never_an_earlier_one_still_out() {
         return;
     };
     let prefix = services::unique_prefix();
-    let publisher = RabbitInbox::start(options(&url, &prefix, false));
-    assert!(publisher.wait_connected(Duration::from_secs(10)).await);
-    for i in 0..12 {
-        publisher
-            .append(entry(
-                Bsp::Datagen,
-                &datagen_status(&format!("wamid.a{i}"), "sent", i),
-                0,
-            ))
-            .await
-            .unwrap();
-    }
-    let consumer = RabbitInbox::start(options(&url, &prefix, true));
-    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let publisher = connected(&url, &prefix, false).await;
+    append_statuses(&publisher, "a", 12).await;
+    let consumer = connected(&url, &prefix, true).await;
     let mut got = Vec::new();
     while got.len() < 12 {
         got.extend(consumer.receive(4, Duration::from_secs(5)).await.unwrap());
@@ -324,13 +323,12 @@ async fn an_ack_settles_its_own_batch_and_never_an_earlier_one_still_out() {
     let tags: Vec<_> = got.iter().map(|d| d.tag).collect();
     // The second batch first: the first is still out, so it stays unacked.
     consumer.ack(&tags[4..8]).await.unwrap();
-    // The third batch, in one go once nothing below it is out but the first.
+    // The third batch too, with the first still out below it.
     consumer.ack(&tags[8..]).await.unwrap();
     consumer.close().await;
 
     // Closing the connection requeues exactly the unacked first batch.
-    let consumer = RabbitInbox::start(options(&url, &prefix, true));
-    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let consumer = connected(&url, &prefix, true).await;
     let mut again = Vec::new();
     while let Ok(batch) = consumer.receive(12, Duration::from_millis(500)).await {
         if batch.is_empty() {
@@ -348,8 +346,7 @@ async fn an_ack_settles_its_own_batch_and_never_an_earlier_one_still_out() {
     let tags: Vec<_> = again.iter().map(|d| d.tag).collect();
     consumer.ack(&tags).await.unwrap();
     consumer.close().await;
-    let consumer = RabbitInbox::start(options(&url, &prefix, true));
-    assert!(consumer.wait_connected(Duration::from_secs(10)).await);
+    let consumer = connected(&url, &prefix, true).await;
     assert!(
         consumer
             .receive(12, Duration::from_millis(500))
@@ -369,8 +366,7 @@ async fn retry_queues_dead_letter_back_after_their_delay_and_rejects_reach_the_d
         return;
     };
     let prefix = services::unique_prefix();
-    let inbox = RabbitInbox::start(options(&url, &prefix, false));
-    assert!(inbox.wait_connected(Duration::from_secs(10)).await);
+    let inbox = connected(&url, &prefix, false).await;
     let (_conn, ch) = channel(&url).await;
     let started = std::time::Instant::now();
     ch.basic_publish(
