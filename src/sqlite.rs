@@ -4,8 +4,9 @@
 //! All writes go through **one writer thread** that batches whatever is queued
 //! into a single transaction (group commit): while one batch is being
 //! committed and fsynced, the next one accumulates, so an ack costs a share
-//! of one fsync instead of a whole one. Each write runs in its own savepoint,
-//! so one failing write does not roll back the others in its batch. A write
+//! of one fsync instead of a whole one. Each write runs in its own savepoint
+//! (a one-statement write needs none: SQLite undoes a failing statement), so
+//! one failing write does not roll back the others in its batch. A write
 //! only reports success after the batch has committed.
 //!
 //! Reads use a small pool of separate connections (WAL readers never block
