@@ -9,9 +9,16 @@
 //! one failing write does not roll back the others in its batch. A write
 //! only reports success after the batch has committed.
 //!
+//! Writes wait in two lanes (see [`Lane`]): acked ones (webhook appends, API
+//! writes) are committed first and with the configured `synchronous`; the
+//! processor's and forwarder's bookkeeping in transactions of its own,
+//! without an fsync. The writer holds at most `max_batch` jobs taken off its
+//! channel; past that the channel fills and appends are refused (503).
+//!
 //! Reads use a small pool of separate connections (WAL readers never block
 //! the writer).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +53,15 @@ pub enum Synchronous {
     /// WAL-mode NORMAL: an acked event survives a process crash (kill -9) but
     /// the last commits may be lost on power loss.
     Normal,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
 }
 
 /// Options for opening the embedded database.
@@ -113,8 +129,21 @@ fn in_savepoint<R>(
     }
 }
 
+/// Which queue a write waits in, and how it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Someone is told it is stored once it commits (a BSP's webhook, an API
+    /// call): committed with the configured `synchronous`, ahead of
+    /// background work.
+    Acked,
+    /// The processor's and forwarder's bookkeeping, redone from what is
+    /// acked if lost: committed without an fsync of its own (it survives a
+    /// process crash; the next acked commit makes it survive a power loss).
+    Background,
+}
+
 enum WriterMsg {
-    Job(Box<dyn WriteJob>),
+    Job(Box<dyn WriteJob>, Lane),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -226,14 +255,7 @@ CREATE TABLE IF NOT EXISTS unrecognized (
 fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        match sync {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        },
-    )?;
+    conn.execute_batch(sync.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Each write runs in a savepoint; with a file temp store, a batch's
     // savepoint journal spills to a temporary file (a write syscall per
@@ -286,12 +308,15 @@ impl SqliteDb {
         let writable = Arc::new(AtomicBool::new(true));
         let last_error = Arc::new(Mutex::new(None));
         let max_batch = opts.max_batch.max(1);
+        let opts_sync = opts.synchronous;
         let thread = {
             let writable = writable.clone();
             let last_error = last_error.clone();
             std::thread::Builder::new()
                 .name("zen-sqlite-writer".into())
-                .spawn(move || writer_loop(conn, receiver, max_batch, writable, last_error))?
+                .spawn(move || {
+                    writer_loop(conn, receiver, max_batch, opts_sync, writable, last_error)
+                })?
         };
         Ok(SqliteDb {
             inner: Arc::new(Inner {
@@ -331,8 +356,31 @@ impl SqliteDb {
     }
 
     /// Runs `work` in the next group commit, waiting for room in the writer's
-    /// queue. Resolves once the batch has committed.
+    /// queue. Resolves once the batch has committed (and, with `synchronous`
+    /// full, is on disk): for writes someone is told are stored.
     pub async fn write<R, F>(&self, work: F) -> Result<R, DbError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.write_in(Lane::Acked, work).await
+    }
+
+    /// Like [`write`](Self::write) for bookkeeping that is redone from acked
+    /// data when lost (the processor's results, forwarding state). It waits
+    /// behind acked writes and resolves once committed, without an fsync of
+    /// its own: it survives a process crash; after a power loss the WAL
+    /// keeps a prefix of the commits, so it can only be lost together with
+    /// everything committed after it, none of which was acked.
+    pub async fn write_background<R, F>(&self, work: F) -> Result<R, DbError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.write_in(Lane::Background, work).await
+    }
+
+    async fn write_in<R, F>(&self, lane: Lane, work: F) -> Result<R, DbError>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
         R: Send + 'static,
@@ -340,7 +388,7 @@ impl SqliteDb {
         let (job, reply) = Self::job(move |conn: &Connection| in_savepoint(conn, work));
         self.inner
             .sender
-            .send(WriterMsg::Job(job))
+            .send(WriterMsg::Job(job, lane))
             .await
             .map_err(|_| DbError::Closed)?;
         reply.await.map_err(|_| DbError::Closed)?
@@ -357,7 +405,7 @@ impl SqliteDb {
         R: Send + 'static,
     {
         let (job, reply) = Self::job(work);
-        match self.inner.sender.try_send(WriterMsg::Job(job)) {
+        match self.inner.sender.try_send(WriterMsg::Job(job, Lane::Acked)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 return Err(DbError::Overloaded(self.inner.capacity));
@@ -450,44 +498,60 @@ fn writer_loop(
     conn: Connection,
     mut receiver: mpsc::Receiver<WriterMsg>,
     max_batch: usize,
+    acked_sync: Synchronous,
     writable: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
 ) {
-    let mut jobs: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
-    let mut shutdown: Option<oneshot::Sender<()>> = None;
-    while shutdown.is_none() {
-        let Some(first) = receiver.blocking_recv() else {
-            break;
-        };
-        match first {
-            WriterMsg::Job(job) => jobs.push(job),
-            WriterMsg::Shutdown(done) => shutdown = Some(done),
-        }
-        // Take whatever else is already waiting: that is the group commit.
-        while shutdown.is_none() && jobs.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(WriterMsg::Job(job)) => jobs.push(job),
-                Ok(WriterMsg::Shutdown(done)) => shutdown = Some(done),
-                Err(_) => break,
+    let mut queued = Queued::default();
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
+    let mut sync = SyncSetting::new(acked_sync);
+    let mut last_was_acked = false;
+    loop {
+        if queued.is_empty() {
+            if queued.shutdown.is_some() {
+                break;
+            }
+            match receiver.blocking_recv() {
+                Some(msg) => queued.push(msg),
+                None => break,
             }
         }
-        if jobs.is_empty() {
+        queued.take_waiting(&mut receiver, max_batch);
+        if queued.is_empty() {
             continue;
         }
-        let commit = commit_batch(&conn, &mut jobs);
+        // Acked writes go first, but never twice in a row while background
+        // work waits: under a flood of webhooks the processor still gets a turn.
+        let lane = if !queued.acked.is_empty() && (queued.background.is_empty() || !last_was_acked)
+        {
+            Lane::Acked
+        } else {
+            Lane::Background
+        };
+        let commit = sync.set(&conn, lane).and_then(|()| {
+            run_transaction(
+                &conn,
+                &mut queued,
+                &mut receiver,
+                &mut batch,
+                lane,
+                max_batch,
+            )
+        });
+        last_was_acked = lane == Lane::Acked;
         match &commit {
             Ok(()) => {
                 writable.store(true, Ordering::Relaxed);
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = jobs.len(), "embedded database commit failed");
+                tracing::error!(error = %e, batch = batch.len(), "embedded database commit failed");
                 writable.store(false, Ordering::Relaxed);
                 if let Ok(mut slot) = last_error.lock() {
                     *slot = Some(e.clone());
                 }
             }
         }
-        for job in jobs.drain(..) {
+        for job in batch.drain(..) {
             job.complete(commit.clone());
         }
     }
@@ -495,21 +559,124 @@ fn writer_loop(
     // been committed above.
     receiver.close();
     while let Ok(msg) = receiver.try_recv() {
-        if let WriterMsg::Job(job) = msg {
+        if let WriterMsg::Job(job, _) = msg {
             job.complete(Err("the database is closing".into()));
         }
     }
     drop(conn);
-    if let Some(done) = shutdown {
+    if let Some(done) = queued.shutdown {
         let _ = done.send(());
     }
 }
 
-fn commit_batch(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| e.to_string())?;
-    for job in jobs.iter_mut() {
+/// The writer connection's `synchronous`, switched per transaction (SQLite
+/// refuses to switch inside one).
+struct SyncSetting {
+    acked: Synchronous,
+    current: Option<Synchronous>,
+}
+
+impl SyncSetting {
+    fn new(acked: Synchronous) -> Self {
+        SyncSetting {
+            acked,
+            current: None,
+        }
+    }
+
+    fn set(&mut self, conn: &Connection, lane: Lane) -> Result<(), String> {
+        let wanted = match lane {
+            Lane::Acked => self.acked,
+            Lane::Background => Synchronous::Normal,
+        };
+        if self.current != Some(wanted) {
+            self.current = None;
+            conn.execute_batch(wanted.pragma())
+                .map_err(|e| e.to_string())?;
+            self.current = Some(wanted);
+        }
+        Ok(())
+    }
+}
+
+/// Jobs taken off the channel, by lane, waiting for a transaction.
+#[derive(Default)]
+struct Queued {
+    acked: VecDeque<Box<dyn WriteJob>>,
+    background: VecDeque<Box<dyn WriteJob>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Queued {
+    fn is_empty(&self) -> bool {
+        self.acked.is_empty() && self.background.is_empty()
+    }
+
+    fn push(&mut self, msg: WriterMsg) {
+        match msg {
+            WriterMsg::Job(job, Lane::Acked) => self.acked.push_back(job),
+            WriterMsg::Job(job, Lane::Background) => self.background.push_back(job),
+            WriterMsg::Shutdown(done) => self.shutdown = Some(done),
+        }
+    }
+
+    /// Moves what is waiting in the channel here, holding at most `limit`
+    /// jobs: past that the channel fills, and ingest refuses (503) rather
+    /// than queue without bound. Nothing sent after a shutdown is taken.
+    fn take_waiting(&mut self, receiver: &mut mpsc::Receiver<WriterMsg>, limit: usize) {
+        while self.shutdown.is_none() && self.acked.len() + self.background.len() < limit {
+            match receiver.try_recv() {
+                Ok(msg) => self.push(msg),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Runs one transaction of `lane`'s writes into `batch` and commits it:
+/// acked writes, including those arriving meanwhile; or background writes
+/// until an acked one arrives, which so waits for at most the write in
+/// progress and a commit without an fsync.
+fn run_transaction(
+    conn: &Connection,
+    queued: &mut Queued,
+    receiver: &mut mpsc::Receiver<WriterMsg>,
+    batch: &mut Vec<Box<dyn WriteJob>>,
+    lane: Lane,
+    max_batch: usize,
+) -> Result<(), String> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Nothing can commit: fail everything taken so far.
+        batch.extend(queued.acked.drain(..));
+        batch.extend(queued.background.drain(..));
+        return Err(e.to_string());
+    }
+    while batch.len() < max_batch {
+        let next = match lane {
+            Lane::Acked => queued.acked.pop_front(),
+            // At least one, even with acked writes waiting: see the turns.
+            Lane::Background if batch.is_empty() || queued.acked.is_empty() => {
+                queued.background.pop_front()
+            }
+            Lane::Background => None,
+        };
+        let Some(mut job) = next else {
+            // Take in what arrived meanwhile; stop once nothing more to run.
+            queued.take_waiting(receiver, max_batch);
+            let more = match lane {
+                Lane::Acked => !queued.acked.is_empty(),
+                Lane::Background => false,
+            };
+            if more {
+                continue;
+            }
+            break;
+        };
         job.run(conn);
+        batch.push(job);
+        if lane == Lane::Background {
+            queued.take_waiting(receiver, max_batch);
+        }
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
@@ -523,9 +690,13 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> SqliteDb {
+        open_with(dir, Synchronous::Normal)
+    }
+
+    fn open_with(dir: &Path, synchronous: Synchronous) -> SqliteDb {
         SqliteDb::open(&SqliteOptions {
             path: dir.join("t.db"),
-            synchronous: Synchronous::Normal,
+            synchronous,
             queue_capacity: 1000,
             max_batch: 64,
             readers: 2,
@@ -565,5 +736,117 @@ mod tests {
             db.write(|c| c.execute_batch("SELECT 1")).await,
             Err(DbError::Closed)
         ));
+    }
+
+    fn synchronous(c: &Connection) -> rusqlite::Result<i64> {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+    }
+
+    #[tokio::test]
+    async fn only_acked_writes_wait_for_an_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_with(dir.path(), Synchronous::Full);
+        // 2 = FULL, 1 = NORMAL (no fsync at commit in WAL mode).
+        assert_eq!(db.write(synchronous).await.unwrap(), 2);
+        assert_eq!(db.try_write_statement(synchronous).await.unwrap(), 2);
+        assert_eq!(db.write_background(synchronous).await.unwrap(), 1);
+        assert_eq!(db.write(synchronous).await.unwrap(), 2);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_acked_write_does_not_wait_for_queued_background_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.write(|c| c.execute_batch("CREATE TABLE t (seq INTEGER PRIMARY KEY, v TEXT)"))
+            .await
+            .unwrap();
+        let insert =
+            |v: &'static str| move |c: &Connection| c.execute("INSERT INTO t (v) VALUES (?1)", [v]);
+        // Hold the writer in a background write until two more are queued
+        // behind it: a background one, then an acked one.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holding = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write_background(move |c| {
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    insert("held")(c)
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        let background = tokio::spawn({
+            let db = db.clone();
+            async move { db.write_background(insert("background")).await }
+        });
+        while db.inner.sender.capacity() > 999 {
+            tokio::task::yield_now().await;
+        }
+        let acked = tokio::spawn({
+            let db = db.clone();
+            async move { db.try_write_statement(insert("acked")).await }
+        });
+        while db.inner.sender.capacity() > 998 {
+            tokio::task::yield_now().await;
+        }
+        release_tx.send(()).unwrap();
+        for h in [holding, background, acked] {
+            h.await.unwrap().unwrap();
+        }
+        let order: Vec<String> = db
+            .read(|c| {
+                c.prepare("SELECT v FROM t ORDER BY seq")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(order, ["held", "acked", "background"]);
+        db.close().await;
+    }
+
+    #[tokio::test]
+    async fn background_writes_get_turns_under_a_flood_of_acked_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.write(|c| c.execute_batch("CREATE TABLE t (v INTEGER)"))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut flood = Vec::new();
+        for _ in 0..8 {
+            let (db, stop) = (db.clone(), stop.clone());
+            flood.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = db
+                        .try_write_statement(|c| c.execute("INSERT INTO t VALUES (1)", []))
+                        .await;
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let background = async {
+            for _ in 0..50 {
+                db.write_background(|c| c.execute("INSERT INTO t VALUES (2)", []))
+                    .await
+                    .unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), background)
+            .await
+            .expect("background writes starved");
+        stop.store(true, Ordering::Relaxed);
+        for h in flood {
+            assert!(h.await.unwrap() > 0);
+        }
+        db.close().await;
     }
 }

@@ -155,7 +155,7 @@ impl WebhookStore for SqliteWebhookStore {
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
         let logs = logs.to_vec();
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 let mut stmt = c.prepare_cached(
                     "INSERT OR IGNORE INTO delivery_logs (id, webhook_id, created_at_ms, doc)
                      VALUES (?1, ?2, ?3, ?4)",
@@ -178,7 +178,7 @@ impl WebhookStore for SqliteWebhookStore {
     async fn record_attempt(&self, log_id: &str, a: &Attempt) -> Result<(), StoreError> {
         let (id, a) = (log_id.to_owned(), a.clone());
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 let Some(doc) = c
                     .prepare_cached("SELECT doc FROM delivery_logs WHERE id = ?1")?
                     .query_row([&id], |r| r.get::<_, String>(0))
@@ -254,7 +254,7 @@ impl SqliteForwardQueue {
     pub async fn release_stale_leases(&self) -> Result<usize, QueueError> {
         let freed = self
             .db
-            .write(|c| {
+            .write_background(|c| {
                 c.execute(
                     "UPDATE forward_jobs SET lease_until_ms = 0, due_at_ms = MIN(due_at_ms, ?1)
                      WHERE lease_until_ms > 0",
@@ -334,7 +334,7 @@ impl ForwardQueue for SqliteForwardQueue {
         let jobs = jobs.to_vec();
         let delay_ms = delay.as_millis() as i64;
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 let due = now_ms() + delay_ms;
                 jobs.iter().try_for_each(|j| insert_job(c, j, due))
             })
@@ -356,7 +356,7 @@ impl ForwardQueue for SqliteForwardQueue {
             let limit = max.max(1) as i64;
             let leased: Vec<(String, String)> = self
                 .db
-                .write(move |c| {
+                .write_background(move |c| {
                     let now = now_ms();
                     let leased: Vec<(i64, String)> = c
                         .prepare_cached(RECEIVE_SQL)?
@@ -399,7 +399,9 @@ impl ForwardQueue for SqliteForwardQueue {
 
     async fn complete(&self, tag: &JobTag) -> Result<(), QueueError> {
         let id = tag.0.clone();
-        self.db.write(move |c| delete_job(c, &id)).await?;
+        self.db
+            .write_background(move |c| delete_job(c, &id))
+            .await?;
         Ok(())
     }
 
@@ -411,7 +413,7 @@ impl ForwardQueue for SqliteForwardQueue {
     ) -> Result<(), QueueError> {
         let (id, job) = (tag.0.clone(), job.clone());
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 let seq: Option<i64> = c
                     .prepare_cached(
                         "UPDATE forward_jobs SET due_at_ms = ?2, lease_until_ms = 0, priority = ?3
@@ -444,7 +446,7 @@ impl ForwardQueue for SqliteForwardQueue {
             let url = url.to_owned();
             let (n, last) = self
                 .db
-                .write(move |c| {
+                .write_background(move |c| {
                     let last: Option<i64> = c
                         .prepare_cached(PARK_CHUNK_END_SQL)?
                         .query_row(params![url, after, PARK_CHUNK], |r| r.get(0))?;
@@ -477,7 +479,7 @@ impl ForwardQueue for SqliteForwardQueue {
     ) -> Result<(), QueueError> {
         let (id, job, reason) = (tag.0.clone(), job.clone(), reason.to_owned());
         self.db
-            .write(move |c| {
+            .write_background(move |c| {
                 let doc = serde_json::to_string(&job).map_err(json_err)?;
                 delete_job(c, &id)?;
                 c.prepare_cached(

@@ -125,7 +125,7 @@ impl Inbox for SqliteInbox {
         }
         let tags = tags.to_vec();
         self.db
-            .write(move |conn| {
+            .write_background(move |conn| {
                 let mut stmt = conn.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?;
                 for t in &tags {
                     stmt.execute([t.0 as i64])?;

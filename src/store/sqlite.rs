@@ -210,7 +210,7 @@ impl MessageStore for SqliteStore {
         let events = events.to_vec();
         Ok(self
             .db
-            .write(move |conn| events.iter().map(|ev| apply_one(conn, ev)).collect())
+            .write_background(move |conn| events.iter().map(|ev| apply_one(conn, ev)).collect())
             .await?)
     }
 
@@ -320,7 +320,7 @@ impl MessageStore for SqliteStore {
         let events = events.to_vec();
         Ok(self
             .db
-            .write(move |conn| {
+            .write_background(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "INSERT INTO unrecognized (event_id, bsp, received_at_ms, reason, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
