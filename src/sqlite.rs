@@ -10,17 +10,19 @@
 //! only reports success after the batch has committed.
 //!
 //! Writes wait in two lanes (see [`Lane`]): acked ones (webhook appends, API
-//! writes) are committed first and with the configured `synchronous`; the
-//! processor's and forwarder's bookkeeping in transactions of its own,
-//! without an fsync. The writer holds at most `max_batch` jobs taken off its
-//! channel; past that the channel fills and appends are refused (503).
+//! writes) are run first; the processor's and forwarder's bookkeeping takes
+//! turns with them. The connection runs at `synchronous = NORMAL`, and a
+//! commit that holds acked writes is followed by an fsync of the WAL (with
+//! `SQLITE_SYNCHRONOUS=full`), so bookkeeping alone never waits for the disk.
+//! The writer holds at most `max_batch` jobs taken off its channel; past
+//! that the channel fills and appends are refused (503).
 //!
 //! Reads use a small pool of separate connections (WAL readers never block
 //! the writer).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -133,12 +135,12 @@ fn in_savepoint<R>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lane {
     /// Someone is told it is stored once it commits (a BSP's webhook, an API
-    /// call): committed with the configured `synchronous`, ahead of
-    /// background work.
+    /// call): run ahead of background work, and its commit is synced to disk
+    /// with the configured `synchronous`.
     Acked,
     /// The processor's and forwarder's bookkeeping, redone from what is
-    /// acked if lost: committed without an fsync of its own (it survives a
-    /// process crash; the next acked commit makes it survive a power loss).
+    /// acked if lost: its commits are not synced on their own (they survive
+    /// a process crash; the next acked commit's sync covers them too).
     Background,
 }
 
@@ -155,6 +157,7 @@ struct Inner {
     max_readers: usize,
     writable: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
+    wal_syncs: Arc<AtomicU64>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -299,7 +302,9 @@ impl SqliteDb {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(&opts.path)?;
-        configure(&conn, opts.synchronous)?;
+        // `synchronous = FULL` is applied per commit by the writer (only
+        // commits holding acked writes need it): see `sync_wal`.
+        configure(&conn, Synchronous::Normal)?;
         split_forward_job_docs(&conn)?;
         conn.execute_batch(FORWARD_JOB_TABLES)?;
         conn.execute_batch(SCHEMA)?;
@@ -307,17 +312,20 @@ impl SqliteDb {
         let (sender, receiver) = mpsc::channel(opts.queue_capacity.max(1));
         let writable = Arc::new(AtomicBool::new(true));
         let last_error = Arc::new(Mutex::new(None));
-        let max_batch = opts.max_batch.max(1);
-        let opts_sync = opts.synchronous;
-        let thread = {
-            let writable = writable.clone();
-            let last_error = last_error.clone();
-            std::thread::Builder::new()
-                .name("zen-sqlite-writer".into())
-                .spawn(move || {
-                    writer_loop(conn, receiver, max_batch, opts_sync, writable, last_error)
-                })?
+        let wal_syncs = Arc::new(AtomicU64::new(0));
+        let mut wal = opts.path.clone().into_os_string();
+        wal.push("-wal");
+        let writer = Writer {
+            max_batch: opts.max_batch.max(1),
+            acked_sync: opts.synchronous,
+            wal: wal.into(),
+            wal_syncs: wal_syncs.clone(),
+            writable: writable.clone(),
+            last_error: last_error.clone(),
         };
+        let thread = std::thread::Builder::new()
+            .name("zen-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, receiver, writer))?;
         Ok(SqliteDb {
             inner: Arc::new(Inner {
                 path: opts.path.clone(),
@@ -327,6 +335,7 @@ impl SqliteDb {
                 max_readers: opts.readers.max(1),
                 writable,
                 last_error,
+                wal_syncs,
                 writer_thread: Mutex::new(Some(thread)),
             }),
         })
@@ -334,6 +343,11 @@ impl SqliteDb {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// How many commits have been made durable by an fsync of the WAL.
+    pub fn wal_syncs(&self) -> u64 {
+        self.inner.wal_syncs.load(Ordering::Relaxed)
     }
 
     /// Whether the last commit succeeded (false after e.g. a full disk).
@@ -494,17 +508,28 @@ impl Inner {
     }
 }
 
-fn writer_loop(
-    conn: Connection,
-    mut receiver: mpsc::Receiver<WriterMsg>,
+/// What the writer thread is given.
+struct Writer {
     max_batch: usize,
+    /// `synchronous` for commits holding acked writes.
     acked_sync: Synchronous,
+    wal: PathBuf,
+    wal_syncs: Arc<AtomicU64>,
     writable: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
-) {
+}
+
+fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<WriterMsg>, writer: Writer) {
+    let Writer {
+        max_batch,
+        acked_sync,
+        wal,
+        wal_syncs,
+        writable,
+        last_error,
+    } = writer;
     let mut queued = Queued::default();
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
-    let mut sync = SyncSetting::new(acked_sync);
     let mut last_was_acked = false;
     loop {
         if queued.is_empty() {
@@ -528,15 +553,20 @@ fn writer_loop(
         } else {
             Lane::Background
         };
-        let commit = sync.set(&conn, lane).and_then(|()| {
-            run_transaction(
-                &conn,
-                &mut queued,
-                &mut receiver,
-                &mut batch,
-                lane,
-                max_batch,
-            )
+        let commit = run_transaction(
+            &conn,
+            &mut queued,
+            &mut receiver,
+            &mut batch,
+            lane,
+            max_batch,
+        )
+        .and_then(|acked| {
+            if acked && acked_sync == Synchronous::Full {
+                sync_wal(&wal)?;
+                wal_syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
         });
         last_was_acked = lane == Lane::Acked;
         match &commit {
@@ -566,36 +596,6 @@ fn writer_loop(
     drop(conn);
     if let Some(done) = queued.shutdown {
         let _ = done.send(());
-    }
-}
-
-/// The writer connection's `synchronous`, switched per transaction (SQLite
-/// refuses to switch inside one).
-struct SyncSetting {
-    acked: Synchronous,
-    current: Option<Synchronous>,
-}
-
-impl SyncSetting {
-    fn new(acked: Synchronous) -> Self {
-        SyncSetting {
-            acked,
-            current: None,
-        }
-    }
-
-    fn set(&mut self, conn: &Connection, lane: Lane) -> Result<(), String> {
-        let wanted = match lane {
-            Lane::Acked => self.acked,
-            Lane::Background => Synchronous::Normal,
-        };
-        if self.current != Some(wanted) {
-            self.current = None;
-            conn.execute_batch(wanted.pragma())
-                .map_err(|e| e.to_string())?;
-            self.current = Some(wanted);
-        }
-        Ok(())
     }
 }
 
@@ -633,10 +633,11 @@ impl Queued {
     }
 }
 
-/// Runs one transaction of `lane`'s writes into `batch` and commits it:
-/// acked writes, including those arriving meanwhile; or background writes
-/// until an acked one arrives, which so waits for at most the write in
-/// progress and a commit without an fsync.
+/// Runs one transaction into `batch` and commits it: on an acked turn, the
+/// acked writes (and those arriving meanwhile); on a background turn,
+/// background writes until an acked one arrives, which then joins this
+/// commit: it waits for at most the write in progress. Returns whether the
+/// transaction holds acked writes (then it needs the WAL synced).
 fn run_transaction(
     conn: &Connection,
     queued: &mut Queued,
@@ -644,45 +645,53 @@ fn run_transaction(
     batch: &mut Vec<Box<dyn WriteJob>>,
     lane: Lane,
     max_batch: usize,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         // Nothing can commit: fail everything taken so far.
         batch.extend(queued.acked.drain(..));
         batch.extend(queued.background.drain(..));
         return Err(e.to_string());
     }
-    while batch.len() < max_batch {
-        let next = match lane {
-            Lane::Acked => queued.acked.pop_front(),
-            // At least one, even with acked writes waiting: see the turns.
-            Lane::Background if batch.is_empty() || queued.acked.is_empty() => {
-                queued.background.pop_front()
-            }
-            Lane::Background => None,
-        };
-        let Some(mut job) = next else {
-            // Take in what arrived meanwhile; stop once nothing more to run.
-            queued.take_waiting(receiver, max_batch);
-            let more = match lane {
-                Lane::Acked => !queued.acked.is_empty(),
-                Lane::Background => false,
+    if lane == Lane::Background {
+        // At least one, even with acked writes waiting: see the turns.
+        while batch.len() < max_batch && (batch.is_empty() || queued.acked.is_empty()) {
+            let Some(mut job) = queued.background.pop_front() else {
+                break;
             };
-            if more {
-                continue;
-            }
-            break;
-        };
-        job.run(conn);
-        batch.push(job);
-        if lane == Lane::Background {
+            job.run(conn);
+            batch.push(job);
             queued.take_waiting(receiver, max_batch);
+        }
+    }
+    let mut acked = false;
+    loop {
+        while batch.len() < max_batch {
+            let Some(mut job) = queued.acked.pop_front() else {
+                break;
+            };
+            job.run(conn);
+            batch.push(job);
+            acked = true;
+        }
+        queued.take_waiting(receiver, max_batch);
+        if queued.acked.is_empty() || batch.len() >= max_batch {
+            break;
         }
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
         let _ = conn.execute_batch("ROLLBACK");
         return Err(e.to_string());
     }
-    Ok(())
+    Ok(acked)
+}
+
+/// Makes every commit so far survive a power loss: what SQLite's
+/// `synchronous = FULL` does after each commit in WAL mode (the writer runs
+/// at `NORMAL`, so that background-only commits skip it).
+fn sync_wal(wal: &Path) -> Result<(), String> {
+    std::fs::File::open(wal)
+        .and_then(|f| f.sync_data())
+        .map_err(|e| format!("syncing {}: {e}", wal.display()))
 }
 
 #[cfg(test)]
@@ -738,19 +747,34 @@ mod tests {
         ));
     }
 
-    fn synchronous(c: &Connection) -> rusqlite::Result<i64> {
-        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
-    }
-
     #[tokio::test]
-    async fn only_acked_writes_wait_for_an_fsync() {
+    async fn only_commits_holding_acked_writes_sync_the_wal() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_with(dir.path(), Synchronous::Full);
-        // 2 = FULL, 1 = NORMAL (no fsync at commit in WAL mode).
-        assert_eq!(db.write(synchronous).await.unwrap(), 2);
-        assert_eq!(db.try_write_statement(synchronous).await.unwrap(), 2);
-        assert_eq!(db.write_background(synchronous).await.unwrap(), 1);
-        assert_eq!(db.write(synchronous).await.unwrap(), 2);
+        let syncs = || db.wal_syncs();
+        let noop = |_: &Connection| Ok(());
+        db.write(|c| c.execute_batch("CREATE TABLE t (v INTEGER)"))
+            .await
+            .unwrap();
+        assert_eq!(syncs(), 1);
+        db.write_background(|c| c.execute("INSERT INTO t VALUES (1)", []))
+            .await
+            .unwrap();
+        db.write_background(noop).await.unwrap();
+        assert_eq!(syncs(), 1);
+        db.try_write_statement(|c| c.execute("INSERT INTO t VALUES (2)", []))
+            .await
+            .unwrap();
+        assert_eq!(syncs(), 2);
+        db.write(noop).await.unwrap();
+        assert_eq!(syncs(), 3);
+        db.close().await;
+
+        // With `normal`, nothing is synced at commit.
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_with(dir.path(), Synchronous::Normal);
+        db.write(noop).await.unwrap();
+        assert_eq!(db.wal_syncs(), 0);
         db.close().await;
     }
 
