@@ -44,6 +44,10 @@ pub enum DbError {
     Io(#[from] std::io::Error),
     #[error("background task failed: {0}")]
     Task(String),
+    #[error(
+        "{0}: SQLite could not use WAL mode here (journal mode {1:?}); the embedded store needs it"
+    )]
+    NoWal(PathBuf, String),
 }
 
 /// How hard SQLite syncs a commit to disk.
@@ -305,6 +309,12 @@ impl SqliteDb {
         // `synchronous = FULL` is applied per commit by the writer (only
         // commits holding acked writes need it): see `sync_wal`.
         configure(&conn, Synchronous::Normal)?;
+        // Which relies on WAL mode, which SQLite silently declines on some
+        // file systems (no shared memory).
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::NoWal(opts.path.clone(), mode));
+        }
         split_forward_job_docs(&conn)?;
         conn.execute_batch(FORWARD_JOB_TABLES)?;
         conn.execute_batch(SCHEMA)?;
@@ -702,6 +712,15 @@ mod tests {
         open_with(dir, Synchronous::Normal)
     }
 
+    /// A database in a fresh directory (kept alive by the returned guard),
+    /// with `schema` applied.
+    async fn open_with_schema(schema: &'static str) -> (tempfile::TempDir, SqliteDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path());
+        db.write(move |c| c.execute_batch(schema)).await.unwrap();
+        (dir, db)
+    }
+
     fn open_with(dir: &Path, synchronous: Synchronous) -> SqliteDb {
         SqliteDb::open(&SqliteOptions {
             path: dir.join("t.db"),
@@ -715,11 +734,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_write_does_not_roll_back_its_batch_neighbours() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path());
-        db.write(|c| c.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)"))
-            .await
-            .unwrap();
+        let (_dir, db) = open_with_schema("CREATE TABLE t (v INTEGER UNIQUE)").await;
         let mut handles = Vec::new();
         for v in [1, 2, 2, 3] {
             let db = db.clone();
@@ -780,11 +795,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_acked_write_does_not_wait_for_queued_background_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path());
-        db.write(|c| c.execute_batch("CREATE TABLE t (seq INTEGER PRIMARY KEY, v TEXT)"))
-            .await
-            .unwrap();
+        let (_dir, db) = open_with_schema("CREATE TABLE t (seq INTEGER PRIMARY KEY, v TEXT)").await;
         let insert =
             |v: &'static str| move |c: &Connection| c.execute("INSERT INTO t (v) VALUES (?1)", [v]);
         // Hold the writer in a background write until two more are queued
@@ -837,11 +848,7 @@ mod tests {
 
     #[tokio::test]
     async fn background_writes_get_turns_under_a_flood_of_acked_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open(dir.path());
-        db.write(|c| c.execute_batch("CREATE TABLE t (v INTEGER)"))
-            .await
-            .unwrap();
+        let (_dir, db) = open_with_schema("CREATE TABLE t (v INTEGER)").await;
         let stop = Arc::new(AtomicBool::new(false));
         let mut flood = Vec::new();
         for _ in 0..8 {
