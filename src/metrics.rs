@@ -12,6 +12,7 @@
 //! | `zen_delivery_seconds` | histogram | |
 //! | `zen_inbox_depth`, `zen_forward_queue_depth`, `zen_forward_dlq_depth`, `zen_breakers_open` | gauge | (read at scrape) |
 //! | `zen_backend_up` | gauge | `role`, `backend` (read at scrape) |
+//! | `zen_sqlite_transaction_seconds` | histogram | `lane` (acked: holds webhook appends or API writes, synced to disk; background: bookkeeping only) |
 
 use std::sync::OnceLock;
 
@@ -93,6 +94,14 @@ pub fn webhook(bsp: Bsp, outcome: &'static str) {
         None => metrics::counter!("zen_webhooks_received_total", "bsp" => bsp.as_str(), "outcome" => outcome)
             .increment(1),
     }
+}
+
+/// The embedded writer's time per transaction, from `BEGIN` until durable,
+/// for transactions of one `lane` ("acked" or "background").
+pub fn sqlite_transaction_seconds(lane: &'static str) -> metrics::Histogram {
+    // Handles taken before the recorder is installed would record nowhere.
+    handle();
+    metrics::histogram!("zen_sqlite_transaction_seconds", "lane" => lane)
 }
 
 /// Records how long a webhook took to become durable.

@@ -541,6 +541,8 @@ fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<WriterMsg>, writer
     let mut queued = Queued::default();
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(max_batch);
     let mut last_was_acked = false;
+    let acked_seconds = crate::metrics::sqlite_transaction_seconds("acked");
+    let background_seconds = crate::metrics::sqlite_transaction_seconds("background");
     loop {
         if queued.is_empty() {
             if queued.shutdown.is_some() {
@@ -563,6 +565,7 @@ fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<WriterMsg>, writer
         } else {
             Lane::Background
         };
+        let began = std::time::Instant::now();
         let commit = run_transaction(
             &conn,
             &mut queued,
@@ -576,6 +579,12 @@ fn writer_loop(conn: Connection, mut receiver: mpsc::Receiver<WriterMsg>, writer
                 sync_wal(&wal)?;
                 wal_syncs.fetch_add(1, Ordering::Relaxed);
             }
+            let seconds = if acked {
+                &acked_seconds
+            } else {
+                &background_seconds
+            };
+            seconds.record(began.elapsed().as_secs_f64());
             Ok(())
         });
         last_was_acked = lane == Lane::Acked;

@@ -262,6 +262,8 @@ async fn metrics_are_exposed_for_prometheus() {
         "zen_forward_queue_depth",
         "zen_forward_dlq_depth",
         "zen_breakers_open",
+        "zen_sqlite_transaction_seconds_bucket{lane=\"acked\"",
+        "zen_sqlite_transaction_seconds_bucket{lane=\"background\"",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
