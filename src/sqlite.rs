@@ -61,15 +61,6 @@ pub enum Synchronous {
     Normal,
 }
 
-impl Synchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            Synchronous::Full => "PRAGMA synchronous = FULL",
-            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
-        }
-    }
-}
-
 /// Options for opening the embedded database.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -259,10 +250,12 @@ CREATE TABLE IF NOT EXISTS unrecognized (
 );
 "#;
 
-fn configure(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.execute_batch(sync.pragma())?;
+    // `FULL` is applied per commit by the writer, to the commits holding
+    // acked writes only: see `sync_wal`.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Each write runs in a savepoint; with a file temp store, a batch's
     // savepoint journal spills to a temporary file (a write syscall per
@@ -306,11 +299,9 @@ impl SqliteDb {
             std::fs::create_dir_all(dir)?;
         }
         let conn = Connection::open(&opts.path)?;
-        // `synchronous = FULL` is applied per commit by the writer (only
-        // commits holding acked writes need it): see `sync_wal`.
-        configure(&conn, Synchronous::Normal)?;
-        // Which relies on WAL mode, which SQLite silently declines on some
-        // file systems (no shared memory).
+        configure(&conn)?;
+        // The per-commit WAL sync relies on WAL mode, which SQLite silently
+        // declines on some file systems (no shared memory).
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(DbError::NoWal(opts.path.clone(), mode));
@@ -708,6 +699,8 @@ fn run_transaction(
 /// `synchronous = FULL` does after each commit in WAL mode (the writer runs
 /// at `NORMAL`, so that background-only commits skip it).
 fn sync_wal(wal: &Path) -> Result<(), String> {
+    // Opened each time: a handle kept across commits would go on syncing a
+    // deleted file should the WAL ever be recreated.
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
         .map_err(|e| format!("syncing {}: {e}", wal.display()))
@@ -829,14 +822,16 @@ mod tests {
             let db = db.clone();
             async move { db.write_background(insert("background")).await }
         });
-        while db.inner.sender.capacity() > 999 {
+        // Queued behind the held write: the channel has that much less room.
+        let queued_behind = |n| db.inner.sender.capacity() <= db.inner.capacity - n;
+        while !queued_behind(1) {
             tokio::task::yield_now().await;
         }
         let acked = tokio::spawn({
             let db = db.clone();
             async move { db.try_write_statement(insert("acked")).await }
         });
-        while db.inner.sender.capacity() > 998 {
+        while !queued_behind(2) {
             tokio::task::yield_now().await;
         }
         release_tx.send(()).unwrap();
