@@ -53,6 +53,47 @@ pub struct Application {
     rabbit: Option<Arc<RabbitInbox>>,
     forwarder: Arc<Forwarder>,
     roles: Roles,
+    /// Held while this gateway serves: one `serve` per data file.
+    _data_lock: std::fs::File,
+}
+
+/// Takes the data directory's lock (`DATA_DIR/zen.lock`), or says who holds
+/// it. An advisory lock: the CLI commands (which do not take it) still work
+/// beside a running gateway, and the OS releases it when the process dies,
+/// however it dies.
+fn lock_data_dir(settings: &Settings) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create DATA_DIR {}", settings.data_dir.display()))?;
+    let path = settings.data_dir.join("zen.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "another zen-gateway already serves from DATA_DIR {} (it holds {}); \
+             each gateway needs a data directory of its own",
+            settings.data_dir.display(),
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn try_lock(file: &std::fs::File) -> std::io::Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(std::io::Error::from)
+}
+
+/// Elsewhere there is no lock (the supported platform is Linux).
+#[cfg(not(target_os = "linux"))]
+fn try_lock(_file: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
 }
 
 impl Application {
@@ -70,6 +111,7 @@ impl Application {
         settings: Settings,
         listener: TcpListener,
     ) -> anyhow::Result<Application> {
+        let data_lock = lock_data_dir(&settings)?;
         let db = SqliteDb::open(&SqliteOptions {
             path: settings.sqlite_path(),
             synchronous: settings.sqlite_synchronous,
@@ -126,7 +168,22 @@ impl Application {
                 ),
             };
         let cache: Arc<dyn Cache> = match &settings.redis_url {
-            Some(url) => Arc::new(RedisCache::start(url).context("REDIS_URL")?),
+            Some(url) => {
+                let prefix = match &settings.redis_key_prefix {
+                    Some(p) => p.clone(),
+                    None if settings.mongo_uri.is_some() => {
+                        format!("zen:{}:", settings.database_name)
+                    }
+                    None => format!(
+                        "zen:{}:",
+                        db.deployment_id()
+                            .await
+                            .context("cannot read the data file's deployment id")?
+                    ),
+                };
+                tracing::info!(prefix = %prefix, "redis keys namespaced");
+                Arc::new(RedisCache::start(url, &prefix).context("REDIS_URL")?)
+            }
             None => Arc::new(MemoryCache::new(settings.cache_max_entries)),
         };
 
@@ -184,6 +241,8 @@ impl Application {
             forwarder: forwarder.clone(),
         });
         let processor = Processor::new(inbox, store, providers, settings.processor_batch_size)
+            .with_batch_bytes(settings.processor_batch_bytes)
+            .with_max_attempts(settings.processor_max_attempts)
             .with_fanout(fanout)
             .with_dedup(cache.clone());
         Ok(Application {
@@ -192,6 +251,7 @@ impl Application {
             state,
             processor,
             db: Some(db),
+            _data_lock: data_lock,
             rabbit,
             forwarder,
             roles,
@@ -205,6 +265,7 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then drains (see module docs).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Application {
+            _data_lock,
             listener,
             settings,
             state,
@@ -277,6 +338,18 @@ impl Application {
 /// embedded database under `DATA_DIR` (safe beside a running gateway:
 /// SQLite serializes the writers).
 pub async fn forward_queue_for_cli(settings: &Settings) -> anyhow::Result<Arc<dyn ForwardQueue>> {
+    Ok(queues_for_cli(settings).await?.1)
+}
+
+/// The inbox (for its quarantine) for the CLI commands: as
+/// [`forward_queue_for_cli`], nothing consumed.
+pub async fn inbox_for_cli(settings: &Settings) -> anyhow::Result<Arc<dyn Inbox>> {
+    Ok(queues_for_cli(settings).await?.0)
+}
+
+async fn queues_for_cli(
+    settings: &Settings,
+) -> anyhow::Result<(Arc<dyn Inbox>, Arc<dyn ForwardQueue>)> {
     match &settings.rabbitmq_url {
         Some(url) => {
             let broker = RabbitInbox::start(RabbitOptions {
@@ -296,7 +369,7 @@ pub async fn forward_queue_for_cli(settings: &Settings) -> anyhow::Result<Arc<dy
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            Ok(Arc::new(RabbitForwardQueue::new(broker)))
+            Ok((broker.clone(), Arc::new(RabbitForwardQueue::new(broker))))
         }
         None => {
             let db = SqliteDb::open(&SqliteOptions {
@@ -312,7 +385,10 @@ pub async fn forward_queue_for_cli(settings: &Settings) -> anyhow::Result<Arc<dy
                     settings.sqlite_path().display()
                 )
             })?;
-            Ok(Arc::new(SqliteForwardQueue::new(db)))
+            Ok((
+                Arc::new(SqliteInbox::new(db.clone())),
+                Arc::new(SqliteForwardQueue::new(db)),
+            ))
         }
     }
 }

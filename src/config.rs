@@ -33,6 +33,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("INBOX_WRITE_QUEUE", "inbox_write_queue"),
     ("SQLITE_SYNCHRONOUS", "sqlite_synchronous"),
     ("PROCESSOR_BATCH_SIZE", "processor_batch_size"),
+    ("PROCESSOR_BATCH_BYTES", "processor_batch_bytes"),
+    ("PROCESSOR_MAX_ATTEMPTS", "processor_max_attempts"),
+    ("REDIS_KEY_PREFIX", "redis_key_prefix"),
+    ("FORWARD_PROXY", "forward_proxy"),
     ("BACKGROUND_NICE", "background_nice"),
     ("SHUTDOWN_TIMEOUT_SECS", "shutdown_timeout_secs"),
     ("REQUEST_TIMEOUT_SECS", "request_timeout_secs"),
@@ -125,6 +129,24 @@ pub struct Settings {
     pub sqlite_synchronous: Synchronous,
     /// Inbox entries the processor takes at once.
     pub processor_batch_size: usize,
+    /// Bytes of webhook bodies applied in one store batch (a batch of
+    /// `PROCESSOR_BATCH_SIZE` entries is split past it).
+    pub processor_batch_bytes: usize,
+    /// Attempts of an inbox entry that the store refuses (an error retrying
+    /// cannot cure) before it is quarantined; outages never count.
+    pub processor_max_attempts: u32,
+    /// Prefix of every key the gateway writes to Redis; unset = derived from
+    /// the deployment's own store (`zen:<database name>:` on MongoDB,
+    /// `zen:<id kept in the data file>:` on the embedded one), so two
+    /// deployments sharing a Redis never see each other's keys.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub redis_key_prefix: Option<String>,
+    /// Proxy for deliveries to client webhooks (`http://host:port`); unset =
+    /// none, whatever `HTTP(S)_PROXY` says (the SSRF guard must see the
+    /// target's own address). With a proxy the guard checks the target's
+    /// resolved addresses before each request.
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub forward_proxy: Option<String>,
     /// Nice value (0–19) of the processor's and forwarder's threads: when the
     /// CPU is saturated, acks get it first and the background catches up
     /// after the burst. 0 = the same priority as ingest.
@@ -247,6 +269,8 @@ impl Settings {
             ("inbox_write_queue", "20000"),
             ("sqlite_synchronous", "full"),
             ("processor_batch_size", "128"),
+            ("processor_batch_bytes", "8388608"),
+            ("processor_max_attempts", "5"),
             ("background_nice", "10"),
             ("shutdown_timeout_secs", "25"),
             ("request_timeout_secs", "30"),
@@ -327,6 +351,17 @@ impl Settings {
         if self.processor_batch_size == 0 {
             return bad("processor_batch_size", "must be greater than 0");
         }
+        if self.processor_batch_bytes == 0 {
+            return bad("processor_batch_bytes", "must be greater than 0");
+        }
+        if self.processor_max_attempts == 0 {
+            return bad("processor_max_attempts", "must be greater than 0");
+        }
+        scheme(
+            "forward_proxy",
+            &self.forward_proxy,
+            &["http://", "https://"],
+        )?;
         if !(0..=19).contains(&self.background_nice) {
             return bad("background_nice", "must be between 0 and 19");
         }
@@ -449,6 +484,7 @@ impl Settings {
             breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs),
             max_parked: Duration::from_secs(self.forward_max_parked_secs),
             allow_private: self.forward_allow_private,
+            proxy: self.forward_proxy.clone(),
         }
     }
 
@@ -463,6 +499,7 @@ impl Settings {
         copy.mongo_uri = copy.mongo_uri.as_deref().map(mask_url);
         copy.redis_url = copy.redis_url.as_deref().map(mask_url);
         copy.rabbitmq_url = copy.rabbitmq_url.as_deref().map(mask_url);
+        copy.forward_proxy = copy.forward_proxy.as_deref().map(mask_url);
         for secret in [
             &mut copy.admin_api_key,
             &mut copy.datagen_webhook_token,

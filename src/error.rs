@@ -34,6 +34,9 @@ pub enum ApiError {
     InboxUnavailable(#[from] QueueError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// A backend (named) cannot serve this call now; its detail is logged.
+    #[error("{0} is unavailable, retry later")]
+    Unavailable(&'static str),
 }
 
 impl ApiError {
@@ -47,7 +50,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::InboxUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InboxUnavailable(_) | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
         }

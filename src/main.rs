@@ -44,8 +44,30 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Inbox entries the processor quarantined (they kept failing).
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// List quarantined entries as JSON, newest first, with their errors.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Put entries back into the inbox to be processed again: the given
+    /// event ids, or every one with --all.
+    Replay {
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +108,7 @@ fn main() -> ExitCode {
         Command::Migrate => migrate(settings),
         Command::Healthcheck => healthcheck(settings.port),
         Command::Dlq { action } => dlq(settings, action),
+        Command::Quarantine { action } => quarantine(settings, action),
         Command::Openapi => {
             println!("{}", zen_gateway::http::openapi::document_json());
             ExitCode::SUCCESS
@@ -126,6 +149,37 @@ fn dlq(settings: Settings, action: DlqAction) -> ExitCode {
         }
         Err(e) => {
             eprintln!("zen-gateway dlq: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn quarantine(settings: Settings, action: QuarantineAction) -> ExitCode {
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async {
+        let inbox = zen_gateway::app::inbox_for_cli(&settings).await?;
+        let out = match action {
+            QuarantineAction::List { limit } => {
+                serde_json::to_value(inbox.list_quarantined(limit.clamp(1, 10_000), None).await?)?
+            }
+            QuarantineAction::Replay { all, ids } => {
+                let n = inbox
+                    .replay_quarantined(if all { None } else { Some(&ids) })
+                    .await?;
+                serde_json::json!({ "replayed": n })
+            }
+        };
+        anyhow::Ok(out)
+    });
+    match result {
+        Ok(out) => {
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("zen-gateway quarantine: {e:#}");
             ExitCode::FAILURE
         }
     }

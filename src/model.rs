@@ -236,6 +236,101 @@ pub struct StatusEntry {
     /// that event apart from a provider's duplicate).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub event_id: String,
+    /// Events folded into this entry when the history was compacted (see
+    /// [`HISTORY_CAP`]): each entry stands for `1 + collapsed` events.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub collapsed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most entries one record's `status_history` keeps. Past it the history
+/// is compacted: of each status only the first and the last event stay, the
+/// last one counting the rest in `collapsed`; if distinct statuses alone
+/// exceed it, the oldest unknown-status entries fold into their successor.
+/// So one message's record stays small whatever a provider sends.
+pub const HISTORY_CAP: usize = 64;
+/// The longest `reason`, `error_code` or raw status kept, in bytes.
+pub const TEXT_CAP: usize = 1024;
+/// The largest inbound `content` kept whole, in bytes of JSON; larger content
+/// is replaced by a stub saying so (the raw event keeps it all).
+pub const CONTENT_CAP: usize = 64 * 1024;
+/// The most reference tags kept under `bsp_data.tags`.
+pub const TAGS_CAP: usize = 32;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+pub fn truncate_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn capped(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| truncate_text(s, TEXT_CAP))
+}
+
+/// Inbound content, or a stub when it is over [`CONTENT_CAP`].
+fn capped_content(content: &Value) -> Value {
+    let size = serde_json::to_vec(content).map(|v| v.len()).unwrap_or(0);
+    if size <= CONTENT_CAP {
+        return content.clone();
+    }
+    let mut stub = serde_json::Map::new();
+    if let Some(t) = content.get("type").and_then(Value::as_str) {
+        stub.insert("type".into(), Value::String(truncate_text(t, TEXT_CAP)));
+    }
+    stub.insert("truncated".into(), Value::Bool(true));
+    stub.insert("bytes".into(), Value::from(size));
+    Value::Object(stub)
+}
+
+/// Compacts a history sorted by time to at most [`HISTORY_CAP`] entries,
+/// keeping the count of events (`1 + collapsed` per entry).
+fn compact_history(history: &mut Vec<StatusEntry>) {
+    if history.len() <= HISTORY_CAP {
+        return;
+    }
+    // Of each status, keep the first and the last; the last counts the rest.
+    let mut last_of: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, h) in history.iter().enumerate() {
+        first_of.entry(h.status.clone()).or_insert(i);
+        last_of.insert(h.status.clone(), i);
+    }
+    let mut folded: BTreeMap<String, u64> = BTreeMap::new();
+    let mut keep = vec![true; history.len()];
+    for (i, h) in history.iter().enumerate() {
+        if first_of[&h.status] != i && last_of[&h.status] != i {
+            keep[i] = false;
+            *folded.entry(h.status.clone()).or_default() += 1 + h.collapsed;
+        }
+    }
+    for (status, n) in folded {
+        history[last_of[&status]].collapsed += n;
+    }
+    let mut i = 0;
+    history.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    // Still too many distinct statuses: fold the oldest unknown ones (then
+    // any) into the entry after them; the first entry always stays.
+    while history.len() > HISTORY_CAP {
+        let victim = (1..history.len() - 1)
+            .find(|&i| Status::parse(&history[i].status).is_none())
+            .unwrap_or(1);
+        let gone = history.remove(victim);
+        history[victim].collapsed += 1 + gone.collapsed;
+    }
 }
 
 /// The one record per WhatsApp message, in the legacy
@@ -369,18 +464,20 @@ impl MessageRecord {
             }
         }
         self.status_history.push(StatusEntry {
-            status: ev.history_status(),
+            status: truncate_text(&ev.history_status(), TEXT_CAP),
             source: bsp.as_str().to_owned(),
             timestamp: ev.occurred_at,
-            reason: ev.reason.clone().filter(|r| !r.is_empty()),
-            error_code: ev.error_code.clone().filter(|c| !c.is_empty()),
-            raw_status: ev.raw_status.clone(),
+            reason: capped(&ev.reason),
+            error_code: capped(&ev.error_code),
+            raw_status: ev.raw_status.as_deref().map(|r| truncate_text(r, TEXT_CAP)),
             event_key: ev.dedup_key.clone(),
             event_id: event_id.to_owned(),
+            collapsed: 0,
         });
         // Keep history in event-time order whatever the arrival order.
         self.status_history
             .sort_by(|a, b| (a.timestamp, &a.event_key).cmp(&(b.timestamp, &b.event_key)));
+        compact_history(&mut self.status_history);
 
         if let Some(status) = ev.status {
             if self.status().is_none_or(|cur| status > cur) {
@@ -409,7 +506,7 @@ impl MessageRecord {
         if ev.direction == Direction::Inbound {
             self.direction = Direction::Inbound;
             if self.content.is_none() {
-                self.content = ev.content.clone();
+                self.content = ev.content.as_ref().map(capped_content);
             }
         }
         self.updated_at = now;
@@ -438,9 +535,12 @@ impl MessageRecord {
         }
         if let Some(existing) = slot.as_object_mut() {
             for (k, v) in tags {
+                if existing.len() >= TAGS_CAP {
+                    break;
+                }
                 existing
-                    .entry(k.clone())
-                    .or_insert_with(|| Value::String(v.clone()));
+                    .entry(truncate_text(k, 128))
+                    .or_insert_with(|| Value::String(truncate_text(v, TEXT_CAP)));
             }
         }
     }
@@ -596,6 +696,63 @@ mod tests {
         assert_eq!(rec.current_status, "sent");
         assert_eq!(rec.status_history.last().unwrap().status, "enqueued");
         assert_eq!(rec.status_history.len(), 2);
+    }
+
+    /// 2,000 statuses for one message (one hostile body) leave a bounded
+    /// record that still counts every event and keeps each status's first
+    /// and last.
+    #[test]
+    fn history_is_capped_and_counts_what_it_folds() {
+        let now = Utc::now();
+        let first = ev(Some(Status::Sent), "sent", 1);
+        let mut rec = MessageRecord::new_for(Bsp::Meta, &first, now);
+        rec.apply(Bsp::Meta, "e", &first, now);
+        for i in 0..2000 {
+            let status = if i % 2 == 0 {
+                Status::Delivered
+            } else {
+                Status::Read
+            };
+            let raw = if i % 2 == 0 { "delivered" } else { "read" };
+            rec.apply(Bsp::Meta, "e", &ev(Some(status), raw, 10 + i), now);
+        }
+        // Distinct unknown statuses cannot grow it either.
+        for i in 0..500 {
+            rec.apply(Bsp::Meta, "e", &ev(None, &format!("odd{i}"), 5000 + i), now);
+        }
+        assert!(rec.status_history.len() <= HISTORY_CAP);
+        let events: u64 = rec.status_history.iter().map(|h| 1 + h.collapsed).sum();
+        assert_eq!(events, 2501);
+        assert_eq!(rec.status_history[0].status, "sent");
+        assert_eq!(rec.current_status, "read");
+        assert_eq!(rec.delivered_at, Some(Utc.timestamp_opt(10, 0).unwrap()));
+        let delivered: Vec<_> = rec
+            .status_history
+            .iter()
+            .filter(|h| h.status == "delivered")
+            .collect();
+        assert_eq!(delivered.len(), 2);
+        assert_eq!(delivered[1].timestamp, Utc.timestamp_opt(2008, 0).unwrap());
+        // The last event of a status is still recognised as a duplicate.
+        assert!(matches!(
+            rec.apply(Bsp::Meta, "x", &ev(None, "odd499", 5499), now),
+            ApplyOutcome::Duplicate { .. }
+        ));
+    }
+
+    #[test]
+    fn long_text_and_large_content_are_capped() {
+        let now = Utc::now();
+        let mut e = ev(Some(Status::Failed), "failed", 1);
+        e.reason = Some("é".repeat(5000));
+        e.direction = Direction::Inbound;
+        e.content = Some(serde_json::json!({"type": "text", "text": "x".repeat(200_000)}));
+        let mut rec = MessageRecord::new_for(Bsp::Meta, &e, now);
+        rec.apply(Bsp::Meta, "e", &e, now);
+        assert!(rec.status_history[0].reason.as_ref().unwrap().len() <= TEXT_CAP);
+        let content = rec.content.unwrap();
+        assert_eq!(content["truncated"], true);
+        assert_eq!(content["type"], "text");
     }
 
     #[test]

@@ -50,6 +50,30 @@ pub enum DbError {
     NoWal(PathBuf, String),
 }
 
+impl DbError {
+    /// SQLite refused the data itself (a constraint, a value too big, a
+    /// document that does not decode): the same write fails the same way
+    /// again. Anything else (a full disk, I/O, a saturated writer) may pass
+    /// later.
+    pub fn is_refused_data(&self) -> bool {
+        use rusqlite::ErrorCode;
+        match self {
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+                f.code,
+                ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch
+            ),
+            DbError::Sqlite(
+                rusqlite::Error::ToSqlConversionFailure(_)
+                | rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+                | rusqlite::Error::Utf8Error(_)
+                | rusqlite::Error::NulError(_),
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
 /// How hard SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,6 +264,22 @@ CREATE TABLE IF NOT EXISTS forward_dlq (
     reason     TEXT NOT NULL,
     job        TEXT NOT NULL
 );
+-- Facts about this data file (its deployment id, for the cache namespace).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', lower(hex(randomblob(8))));
+CREATE TABLE IF NOT EXISTS quarantine (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id          TEXT    NOT NULL UNIQUE,
+    bsp               TEXT    NOT NULL,
+    received_at_ms    INTEGER NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL,
+    attempts          INTEGER NOT NULL,
+    error             TEXT    NOT NULL,
+    body              BLOB    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS unrecognized (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id       TEXT    NOT NULL,
@@ -340,6 +380,19 @@ impl SqliteDb {
                 writer_thread: Mutex::new(Some(thread)),
             }),
         })
+    }
+
+    /// The id this data file was given when it was created: it names the
+    /// deployment where a shared backend needs a namespace (Redis keys).
+    pub async fn deployment_id(&self) -> Result<String, DbError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT value FROM meta WHERE key = 'deployment_id'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
     }
 
     pub fn path(&self) -> &Path {

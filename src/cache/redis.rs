@@ -16,6 +16,9 @@ use crate::store::BackendHealth;
 
 pub struct RedisCache {
     conn: Arc<RwLock<Option<ConnectionManager>>>,
+    /// Put before every key (`REDIS_KEY_PREFIX`): a Redis shared with other
+    /// apps or deployments never mixes their keys with ours.
+    prefix: String,
     /// Bounds every call: a slow Redis must not slow processing down.
     timeout: Duration,
 }
@@ -25,8 +28,9 @@ fn unavailable(e: impl std::fmt::Display) -> CacheError {
 }
 
 impl RedisCache {
-    /// Validates the URL now; connects in the background.
-    pub fn start(url: &str) -> Result<RedisCache, CacheError> {
+    /// Validates the URL now; connects in the background. Every key is
+    /// written and read under `prefix`.
+    pub fn start(url: &str, prefix: &str) -> Result<RedisCache, CacheError> {
         let client =
             redis::Client::open(url).map_err(|e| unavailable(format!("REDIS_URL: {e}")))?;
         let conn = Arc::new(RwLock::new(None));
@@ -54,8 +58,13 @@ impl RedisCache {
         });
         Ok(RedisCache {
             conn,
+            prefix: prefix.to_owned(),
             timeout: Duration::from_millis(500),
         })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CacheError> {
@@ -76,13 +85,13 @@ fn px(ttl: Duration) -> u64 {
 #[async_trait]
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
-        self.run(redis::cmd("GET").arg(key).clone()).await
+        self.run(redis::cmd("GET").arg(self.key(key)).clone()).await
     }
 
     async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
         self.run::<()>(
             redis::cmd("SET")
-                .arg(key)
+                .arg(self.key(key))
                 .arg(value)
                 .arg("PX")
                 .arg(px(ttl))
@@ -100,7 +109,7 @@ impl Cache for RedisCache {
         let r: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(key)
+                    .arg(self.key(key))
                     .arg(value)
                     .arg("PX")
                     .arg(px(ttl))
@@ -112,13 +121,15 @@ impl Cache for RedisCache {
     }
 
     async fn delete(&self, key: &str) -> Result<(), CacheError> {
-        self.run::<()>(redis::cmd("DEL").arg(key).clone()).await
+        self.run::<()>(redis::cmd("DEL").arg(self.key(key)).clone())
+            .await
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, CacheError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = keys.iter().map(|k| self.key(k)).collect();
         self.run(redis::cmd("MGET").arg(keys).clone()).await
     }
 
@@ -136,7 +147,7 @@ impl Cache for RedisCache {
         let mut pipe = redis::pipe();
         for (k, v) in entries {
             pipe.cmd("SET")
-                .arg(k)
+                .arg(self.key(k))
                 .arg(v)
                 .arg("PX")
                 .arg(px(ttl))

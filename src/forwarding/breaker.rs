@@ -178,9 +178,15 @@ impl Breakers {
         }
     }
 
+    /// Closes the circuit. The slot accounting (`in_flight`, progress) is
+    /// kept: other deliveries to the URL are still under way, and each gives
+    /// its slot back when it ends.
     pub fn record_success(&self, url: &str) {
         if let Ok(mut s) = self.state(url).lock() {
-            *s = State::default();
+            s.consecutive_failures = 0;
+            s.opened_at = None;
+            s.probe_in_flight = false;
+            s.bulk_parked_at = None;
         }
     }
 
@@ -247,6 +253,20 @@ mod tests {
         assert!(b.enter("fast").is_ok());
         drop(a1);
         assert!(b.enter("slow").is_ok());
+    }
+
+    /// A success closes the circuit but gives back no slot of another
+    /// delivery: one slow URL still holds at most its share.
+    #[test]
+    fn a_success_keeps_the_slots_of_deliveries_still_in_flight() {
+        let b = Breakers::with_limits(10, Duration::from_secs(1), Duration::from_secs(1), 2);
+        let first = b.enter("slow").unwrap();
+        let _second = b.enter("slow").unwrap();
+        b.record_success("slow");
+        assert!(b.enter("slow").is_err());
+        drop(first);
+        let _third = b.enter("slow").unwrap();
+        assert!(b.enter("slow").is_err());
     }
 
     #[test]

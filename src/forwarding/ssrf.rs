@@ -15,7 +15,22 @@ pub fn is_forbidden(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return forbidden_v4(v4);
             }
-            let seg0 = v6.segments()[0];
+            let seg = v6.segments();
+            let seg0 = seg[0];
+            // Addresses that carry an IPv4 one, which a gateway or the host
+            // may reach: judged by it (and refused outright when it is not
+            // public): NAT64 64:ff9b::/96, 6to4 2002::/16, IPv4-compatible
+            // ::a.b.c.d (deprecated, but routed by some stacks).
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+            if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return forbidden_v4(embedded(seg[6], seg[7]));
+            }
+            if seg0 == 0x2002 {
+                return forbidden_v4(embedded(seg[1], seg[2]));
+            }
+            if seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() {
+                return forbidden_v4(embedded(seg[6], seg[7]));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -36,6 +51,8 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || ip.is_multicast()
         || ip.is_documentation()
         || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64.0.0/10
+        || (a == 198 && (18..20).contains(&b)) // benchmarking 198.18.0.0/15
+        || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments 192.0.0.0/24
         || a == 0
         || a >= 240
 }
@@ -53,6 +70,25 @@ pub fn check_literal_host(url: &reqwest::Url) -> Result<(), String> {
     };
     if is_forbidden(ip) {
         return Err(format!("refused to forward to non-public address {ip}"));
+    }
+    Ok(())
+}
+
+/// Resolves a URL's host name and refuses it when any of its addresses is
+/// not public (used when a proxy, not our resolver, connects to it).
+pub async fn check_resolved_host(url: &reqwest::Url) -> Result<(), String> {
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Ok(()); // literal IPs: see `check_literal_host`
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|e| format!("refused to forward to {host}: cannot resolve it: {e}"))?
+        .collect();
+    if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
+        return Err(format!(
+            "refused to forward to {host}: it resolves to the non-public address {}",
+            bad.ip()
+        ));
     }
     Ok(())
 }
@@ -99,10 +135,28 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "fd00:ec2::254",
+            "64:ff9b::a9fe:a9fe", // NAT64 of 169.254.169.254
+            "64:ff9b::7f00:1",    // NAT64 of 127.0.0.1
+            "2002:7f00:1::",      // 6to4 of 127.0.0.1
+            "2002:c0a8:101::1",   // 6to4 of 192.168.1.1
+            "::10.0.0.1",         // IPv4-compatible
+            "::127.0.0.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.0.0.8",
         ] {
             assert!(is_forbidden(bad.parse().unwrap()), "{bad}");
         }
-        for ok in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "100.128.0.1"] {
+        for ok in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "100.128.0.1",
+            "64:ff9b::808:808", // NAT64 of 8.8.8.8
+            "2002:808:808::1",  // 6to4 of 8.8.8.8
+            "198.20.0.1",
+            "192.0.1.1",
+        ] {
             assert!(!is_forbidden(ok.parse().unwrap()), "{ok}");
         }
         let url = reqwest::Url::parse("http://[::1]:8080/x").unwrap();

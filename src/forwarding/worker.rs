@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, Breakers};
 use super::signing::{legacy_signature, standard_signature};
-use super::ssrf::{PublicOnlyResolver, check_literal_host};
+use super::ssrf::{PublicOnlyResolver, check_literal_host, check_resolved_host};
 use super::{
     Attempt, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, WebhookConfig, WebhookStore,
 };
@@ -43,6 +43,10 @@ pub struct ForwarderConfig {
     pub max_parked: Duration,
     /// Allow private / loopback targets (local receivers, tests).
     pub allow_private: bool,
+    /// The only proxy deliveries go through (`FORWARD_PROXY`); `None`: no
+    /// proxy at all, whatever `HTTP(S)_PROXY` / `ALL_PROXY` say, since the
+    /// SSRF guard must see the target's own address.
+    pub proxy: Option<String>,
 }
 
 impl Default for ForwarderConfig {
@@ -58,6 +62,7 @@ impl Default for ForwarderConfig {
             breaker_cooldown: Duration::from_secs(300),
             max_parked: Duration::from_secs(24 * 3600),
             allow_private: false,
+            proxy: None,
         }
     }
 }
@@ -187,6 +192,10 @@ impl Forwarder {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(50)
             .user_agent(concat!("zen-gateway/", env!("CARGO_PKG_VERSION")));
+        builder = match &cfg.proxy {
+            Some(url) => builder.proxy(reqwest::Proxy::all(url)?),
+            None => builder.no_proxy(),
+        };
         if !cfg.allow_private {
             builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
         }
@@ -283,6 +292,13 @@ impl Forwarder {
         if !self.cfg.allow_private {
             if let Err(e) = check_literal_host(&parsed) {
                 return failed(e);
+            }
+            // Through a proxy the client resolves only the proxy's name: the
+            // target's own addresses are checked here.
+            if self.cfg.proxy.is_some() {
+                if let Err(e) = check_resolved_host(&parsed).await {
+                    return failed(e);
+                }
             }
         }
         let now = Utc::now();

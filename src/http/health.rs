@@ -23,14 +23,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let (inbox, store, cache, forward, inbox_depth, forward_depth, dlq_depth) = tokio::join!(
+    let (inbox, store, cache, forward, inbox_depth, forward_depth, dlq_depth, quarantine_depth) = tokio::join!(
         state.inbox.health(),
         state.store.health(),
         state.cache.health(),
         state.forward_queue.health(),
         state.inbox.depth(),
         state.forward_queue.depth(),
-        state.forward_queue.dead_depth()
+        state.forward_queue.dead_depth(),
+        state.inbox.quarantine_depth()
     );
     for (role, h) in [
         ("inbox", &inbox),
@@ -49,6 +50,9 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
     if let Ok(d) = forward_depth {
         metrics::gauge!("zen_forward_queue_depth").set(d as f64);
+    }
+    if let Ok(d) = quarantine_depth {
+        metrics::gauge!("zen_quarantine_depth").set(d as f64);
     }
     if let Ok(d) = dlq_depth {
         metrics::gauge!("zen_forward_dlq_depth").set(d as f64);
@@ -106,7 +110,11 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let (depth, forward_depth) = tokio::join!(state.inbox.depth(), state.forward_queue.depth());
+    let (depth, forward_depth, quarantine_depth) = tokio::join!(
+        state.inbox.depth(),
+        state.forward_queue.depth(),
+        state.inbox.quarantine_depth()
+    );
     (
         code,
         Json(json!({
@@ -116,6 +124,8 @@ async fn ready(State(state): State<AppState>) -> Response {
             "cache": cache,
             "inbox_depth": depth.ok(),
             "forward_depth": forward_depth.ok(),
+            // Entries set aside for an operator (GET /api/v1/quarantine).
+            "quarantine_depth": quarantine_depth.ok(),
         })),
     )
         .into_response()

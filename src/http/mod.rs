@@ -6,6 +6,7 @@ mod admin;
 mod extract;
 mod health;
 pub mod openapi;
+mod quarantine;
 pub mod serve;
 mod webhook_admin;
 mod webhooks;
@@ -106,6 +107,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
             "/api/v1",
             admin::router()
                 .merge(webhook_admin::router())
+                .merge(quarantine::router())
                 .routes(routes!(openapi::document))
                 .layer(compression()),
         )

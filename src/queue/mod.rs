@@ -56,6 +56,23 @@ pub struct InboxEntry {
     pub batch_len: Option<usize>,
 }
 
+/// An inbox entry set aside after it failed again and again with an error
+/// that retrying does not cure (see the processor): kept, with why, until an
+/// operator replays it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct QuarantinedEntry {
+    pub event_id: String,
+    pub bsp: Bsp,
+    pub received_at: DateTime<Utc>,
+    pub quarantined_at: DateTime<Utc>,
+    /// Processing attempts before it was set aside.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
+    /// The body as received (invalid UTF-8 replaced).
+    pub body: String,
+}
+
 /// Identifies a received entry for `ack`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryTag(pub u64);
@@ -82,6 +99,30 @@ pub trait Inbox: Send + Sync {
 
     /// Entries waiting (accepted, not yet acked).
     async fn depth(&self) -> Result<u64, QueueError>;
+
+    /// Moves a handed-out entry to the quarantine, atomically: it is no
+    /// longer handed out, and kept with its error until replayed.
+    async fn quarantine(
+        &self,
+        delivery: &InboxDelivery,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError>;
+
+    /// Quarantined entries, newest first: up to `limit`, after the entry
+    /// `after` (an event id) when given.
+    async fn list_quarantined(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<QuarantinedEntry>, QueueError>;
+
+    /// Puts quarantined entries (these event ids, or all) back into the
+    /// inbox; returns how many.
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError>;
+
+    /// Entries in the quarantine.
+    async fn quarantine_depth(&self) -> Result<u64, QueueError>;
 
     /// Backend health for `/ready`.
     async fn health(&self) -> BackendHealth;

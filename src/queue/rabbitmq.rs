@@ -25,15 +25,16 @@ use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio::sync::{Mutex, Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
-use super::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QueueError};
+use super::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 use crate::model::Bsp;
 use crate::store::BackendHealth;
 
@@ -73,6 +74,12 @@ pub fn retry_queue(ms: u32) -> String {
 const HEADER_EVENT_ID: &str = "x-zen-event-id";
 const HEADER_BSP: &str = "x-zen-bsp";
 const HEADER_RECEIVED_AT: &str = "x-zen-received-at";
+const HEADER_QUARANTINE_ERROR: &str = "x-zen-quarantine-error";
+const HEADER_QUARANTINE_ATTEMPTS: &str = "x-zen-quarantine-attempts";
+const HEADER_QUARANTINED_AT: &str = "x-zen-quarantined-at";
+/// The most quarantined messages one listing or replay reads from the DLQ
+/// (a queue is read by taking messages; they are requeued after).
+const QUARANTINE_SCAN: u64 = 10_000;
 
 /// Settings of the RabbitMQ inbox.
 #[derive(Debug, Clone)]
@@ -497,6 +504,38 @@ impl RabbitInbox {
     }
 }
 
+/// A message of the inbox DLQ as a quarantined entry; one the broker
+/// dead-lettered (not one of ours) says so in its error.
+fn quarantined_from(delivery: &lapin::message::Delivery) -> QuarantinedEntry {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let get = |key: &str| headers.inner().get(&ShortString::from(key));
+    let text = |key: &str| match get(key) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let ms = |key: &str| match get(key) {
+        Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(*ms).single(),
+        _ => None,
+    };
+    QuarantinedEntry {
+        event_id: text(HEADER_EVENT_ID).unwrap_or_default(),
+        bsp: text(HEADER_BSP)
+            .as_deref()
+            .and_then(Bsp::parse)
+            .unwrap_or_default(),
+        received_at: ms(HEADER_RECEIVED_AT).unwrap_or_default(),
+        quarantined_at: ms(HEADER_QUARANTINED_AT).unwrap_or_default(),
+        attempts: match get(HEADER_QUARANTINE_ATTEMPTS) {
+            Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
+            _ => 0,
+        },
+        error: text(HEADER_QUARANTINE_ERROR)
+            .unwrap_or_else(|| "dead-lettered by the broker (not a gateway entry)".into()),
+        body: String::from_utf8_lossy(&delivery.data).into_owned(),
+    }
+}
+
 /// Which consumer to take deliveries from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stream {
@@ -895,6 +934,119 @@ impl Inbox for RabbitInbox {
 
     async fn depth(&self) -> Result<u64, QueueError> {
         bounded(self.queue_depth_now(INGEST_QUEUE)).await
+    }
+
+    async fn quarantine(
+        &self,
+        delivery: &InboxDelivery,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let e = &delivery.entry;
+        let headers = table(&[
+            (HEADER_EVENT_ID, long(&e.event_id)),
+            (HEADER_BSP, long(e.bsp.as_str())),
+            (
+                HEADER_RECEIVED_AT,
+                AMQPValue::LongLongInt(e.received_at.timestamp_millis()),
+            ),
+            (
+                HEADER_QUARANTINE_ERROR,
+                long(&crate::model::truncate_text(error, 4096)),
+            ),
+            (
+                HEADER_QUARANTINE_ATTEMPTS,
+                AMQPValue::LongLongInt(attempts as i64),
+            ),
+            (
+                HEADER_QUARANTINED_AT,
+                AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
+            ),
+        ]);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        // Confirmed in the DLQ before the original is acked: a crash in
+        // between leaves a copy in both, and the quarantine keeps it by
+        // event id (a replay of a duplicate is applied idempotently).
+        self.publish(INGEST_DLX, "", &e.body, props).await?;
+        self.ack(&[delivery.tag]).await
+    }
+
+    async fn list_quarantined(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<QuarantinedEntry>, QueueError> {
+        let ch = self.side_channel().await?;
+        let queue = self.name(INGEST_DLQ);
+        let waiting = self.queue_depth(INGEST_DLQ).await?.min(QUARANTINE_SCAN);
+        let mut all = Vec::new();
+        for _ in 0..waiting {
+            let got = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(m) = got else { break };
+            all.push(quarantined_from(&m.delivery));
+        }
+        // Closing the channel puts every message back, in order.
+        let _ = ch.close(200, "listed".into()).await;
+        all.reverse();
+        let start = match after {
+            Some(id) => all
+                .iter()
+                .position(|q| q.event_id == id)
+                .map_or(all.len(), |i| i + 1),
+            None => 0,
+        };
+        Ok(all.into_iter().skip(start).take(limit).collect())
+    }
+
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+        let ch = self.side_channel().await?;
+        let queue = self.name(INGEST_DLQ);
+        let waiting = self.queue_depth(INGEST_DLQ).await?.min(QUARANTINE_SCAN);
+        let mut replayed = 0;
+        for _ in 0..waiting {
+            let got = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(m) = got else { break };
+            let Ok(entry) = Self::entry_from(&m.delivery) else {
+                continue; // not ours: left for the channel close to requeue
+            };
+            if ids.is_some_and(|ids| !ids.contains(&entry.event_id)) {
+                continue;
+            }
+            let headers = table(&[
+                (HEADER_EVENT_ID, long(&entry.event_id)),
+                (HEADER_BSP, long(entry.bsp.as_str())),
+                (
+                    HEADER_RECEIVED_AT,
+                    AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
+                ),
+            ]);
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(headers);
+            // Straight to the processor's queue: the legacy BSP queue had
+            // its copy when the webhook arrived.
+            self.publish_to_queue(INGEST_QUEUE, &m.delivery.data, props)
+                .await?;
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+            replayed += 1;
+        }
+        let _ = ch.close(200, "replayed".into()).await;
+        Ok(replayed)
+    }
+
+    async fn quarantine_depth(&self) -> Result<u64, QueueError> {
+        self.queue_depth(INGEST_DLQ).await
     }
 
     async fn health(&self) -> BackendHealth {

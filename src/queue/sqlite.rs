@@ -14,7 +14,7 @@ use chrono::{TimeZone, Utc};
 use rusqlite::params;
 use tokio::sync::{Mutex, Notify};
 
-use super::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QueueError};
+use super::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 use crate::model::Bsp;
 use crate::sqlite::SqliteDb;
 use crate::store::BackendHealth;
@@ -140,6 +140,130 @@ impl Inbox for SqliteInbox {
         let n: i64 = self
             .db
             .read(|conn| conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0)))
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn quarantine(
+        &self,
+        delivery: &InboxDelivery,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let seq = delivery.tag.0 as i64;
+        let e = &delivery.entry;
+        let (event_id, bsp, received_ms) = (
+            e.event_id.clone(),
+            e.bsp.as_str(),
+            e.received_at.timestamp_millis(),
+        );
+        let body = e.body.clone();
+        let error = crate::model::truncate_text(error, 4096);
+        let now = Utc::now().timestamp_millis();
+        self.db
+            .write_background(move |conn| {
+                // The entry is moved in one transaction: in the inbox or in
+                // the quarantine, never neither.
+                conn.prepare_cached(
+                    "INSERT INTO quarantine
+                         (event_id, bsp, received_at_ms, quarantined_at_ms, attempts, error, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (event_id) DO UPDATE SET
+                         quarantined_at_ms = excluded.quarantined_at_ms,
+                         attempts = excluded.attempts, error = excluded.error",
+                )?
+                .execute(params![
+                    event_id,
+                    bsp,
+                    received_ms,
+                    now,
+                    attempts,
+                    error,
+                    body.as_ref()
+                ])?;
+                conn.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?
+                    .execute([seq])?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn list_quarantined(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<QuarantinedEntry>, QueueError> {
+        let after = after.map(str::to_owned);
+        Ok(self
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT event_id, bsp, received_at_ms, quarantined_at_ms, attempts, error, body
+                     FROM quarantine
+                     WHERE ?1 IS NULL OR id < (SELECT id FROM quarantine WHERE event_id = ?1)
+                     ORDER BY id DESC LIMIT ?2",
+                )?;
+                let at = |ms: i64| Utc.timestamp_millis_opt(ms).single().unwrap_or_default();
+                let rows = stmt.query_map(params![after, limit as i64], |r| {
+                    let body: Vec<u8> = r.get(6)?;
+                    Ok(QuarantinedEntry {
+                        event_id: r.get(0)?,
+                        bsp: bsp_from_sql(r.get(1)?)?,
+                        received_at: at(r.get(2)?),
+                        quarantined_at: at(r.get(3)?),
+                        attempts: r.get(4)?,
+                        error: r.get(5)?,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?)
+    }
+
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+        let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
+        let moved = self
+            .db
+            .write(move |conn| {
+                let mut moved = 0;
+                let mut one = |event_id: Option<&str>| -> rusqlite::Result<()> {
+                    // Back at the end of the inbox (a new seq), so it is
+                    // handed out again in this process too.
+                    let filter = "?1 IS NULL OR event_id = ?1";
+                    moved += conn
+                        .prepare_cached(&format!(
+                            "INSERT INTO inbox (event_id, bsp, received_at_ms, body)
+                             SELECT event_id, bsp, received_at_ms, body FROM quarantine
+                             WHERE {filter} ORDER BY id"
+                        ))?
+                        .execute([event_id])? as u64;
+                    conn.prepare_cached(&format!("DELETE FROM quarantine WHERE {filter}"))?
+                        .execute([event_id])?;
+                    Ok(())
+                };
+                match &ids {
+                    None => one(None)?,
+                    Some(ids) => {
+                        for id in ids {
+                            one(Some(id))?;
+                        }
+                    }
+                }
+                Ok(moved)
+            })
+            .await?;
+        if moved > 0 {
+            self.arrived.notify_one();
+        }
+        Ok(moved)
+    }
+
+    async fn quarantine_depth(&self) -> Result<u64, QueueError> {
+        let n: i64 = self
+            .db
+            .read(|conn| conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0)))
             .await?;
         Ok(n as u64)
     }

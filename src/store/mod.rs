@@ -8,6 +8,7 @@
 
 pub mod mongo;
 pub mod sqlite;
+pub mod working_set;
 
 use std::collections::BTreeMap;
 
@@ -30,7 +31,18 @@ pub enum StoreError {
 
 impl From<crate::sqlite::DbError> for StoreError {
     fn from(e: crate::sqlite::DbError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        if e.is_refused_data() {
+            StoreError::Invalid(e.to_string())
+        } else {
+            StoreError::Unavailable(e.to_string())
+        }
+    }
+}
+
+impl StoreError {
+    /// An outage or a race: the same write may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
 }
 

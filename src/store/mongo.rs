@@ -2,10 +2,11 @@
 //! its field names and BSON types (dates as BSON dates), plus
 //! `unrecognized_webhooks`.
 //!
-//! Applying a batch costs three round trips whatever its size: one `find`
-//! for every message the batch touches, the events applied in memory by the
-//! same rules as every backend ([`MessageRecord::apply`]), then one `insert`
-//! for new messages and one multi-statement `update` for changed ones. Each
+//! Applying a batch costs four round trips whatever its size: a `find` by
+//! wamid and one by provider id for every message the batch touches, the
+//! events applied in memory by the algorithm every backend shares
+//! ([`WorkingSet`]), then one `insert` for new messages and multi-statement
+//! `update` commands (split under the 16 MB command limit) for changed ones. Each
 //! update is a compare-and-set on the document's `rev` counter, so a
 //! concurrent writer (another replica) makes the batch fail and be retried,
 //! never lose an update; re-applying is idempotent. Our own fields are
@@ -24,14 +25,22 @@ use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use super::working_set::{Candidates, WorkingSet};
 use super::{
     Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
     StoreError,
 };
 use crate::model::{
-    ApplyOutcome, Bsp, Direction, MessageEvent, MessageRecord, OutboundRegistration, StatusEntry,
-    UnifiedEvent, UnrecognizedEvent,
+    Bsp, Direction, MessageRecord, OutboundRegistration, StatusEntry, UnifiedEvent,
+    UnrecognizedEvent,
 };
+
+/// A stored document's identity and revision (for compare-and-set).
+#[derive(Debug, Clone, Copy)]
+pub struct Handle {
+    id: ObjectId,
+    rev: i64,
+}
 
 pub const MESSAGES: &str = "unified_message_tracking";
 pub const UNRECOGNIZED: &str = "unrecognized_webhooks";
@@ -276,36 +285,39 @@ impl MongoStore {
         Ok(report)
     }
 
-    async fn load(
-        &self,
-        wamids: Vec<String>,
-        provider_ids: Vec<String>,
-    ) -> Result<Vec<Document>, StoreError> {
-        let mut or = Vec::new();
-        if !wamids.is_empty() {
-            or.push(doc! {"wamid": {"$in": wamids}});
+    /// The candidate records of a batch, oldest first: one single-field
+    /// `$in` query per key (an `$or` over both is far slower on some
+    /// wire-compatible servers).
+    async fn load(&self, c: &Candidates) -> Result<WorkingSet<Handle>, StoreError> {
+        let mut found: BTreeMap<ObjectId, Document> = BTreeMap::new();
+        for (field, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
+            for chunk in ids.chunks(1000) {
+                let mut cursor = self
+                    .messages
+                    .find(doc! {field: {"$in": chunk}})
+                    .await
+                    .map_err(unavailable)?;
+                while let Some(d) = cursor.try_next().await.map_err(unavailable)? {
+                    if let Ok(id) = d.get_object_id("_id") {
+                        found.entry(id).or_insert(d);
+                    }
+                }
+            }
         }
-        if !provider_ids.is_empty() {
-            or.push(doc! {"bsp_message_id": {"$in": provider_ids}});
-        }
-        if or.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.messages
-            .find(doc! {"$or": or})
-            .sort(doc! {"_id": 1})
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)
+        Ok(WorkingSet::new(found.into_iter().map(|(id, d)| {
+            let handle = Handle {
+                id,
+                rev: rev_of(&d),
+            };
+            (handle, from_doc(&d))
+        })))
     }
 
     /// Writes what a batch changed: inserts, then compare-and-set updates.
-    async fn write_back(&self, slots: &[Slot]) -> Result<(), StoreError> {
-        let inserts: Vec<Document> = slots
-            .iter()
-            .filter(|s| s.dirty && s.id.is_none())
+    async fn write_back(&self, set: &WorkingSet<Handle>) -> Result<(), StoreError> {
+        let inserts: Vec<Document> = set
+            .changed()
+            .filter(|s| s.handle.is_none())
             .map(|s| {
                 let mut d = doc! {"_id": ObjectId::new()};
                 d.extend(to_doc(&s.record));
@@ -318,35 +330,37 @@ impl MongoStore {
                 .insert_many(inserts)
                 .ordered(true)
                 .await
-                .map_err(|e| {
-                    StoreError::Unavailable(format!(
-                        "insert of new messages failed (a concurrent writer may have created one; the batch is retried): {e}"
-                    ))
-                })?;
+                .map_err(classify)?;
         }
-        let updates: Vec<Document> = slots
-            .iter()
+        let updates: Vec<Document> = set
+            .changed()
             .filter_map(|s| {
-                let id = s.id.filter(|_| s.dirty)?;
-                let condition = if s.rev == 0 {
+                let Handle { id, rev } = s.handle?;
+                let condition = if rev == 0 {
                     doc! {"_id": id, "rev": {"$exists": false}}
                 } else {
-                    doc! {"_id": id, "rev": s.rev}
+                    doc! {"_id": id, "rev": rev}
                 };
                 let mut set = to_doc(&s.record);
-                set.insert("rev", s.rev + 1);
+                set.insert("rev", rev + 1);
                 Some(doc! {"q": condition, "u": {"$set": set}})
             })
             .collect();
-        if updates.is_empty() {
-            return Ok(());
+        // One command per chunk, under the server's 16 MB command limit
+        // whatever the batch holds.
+        for chunk in update_chunks(updates) {
+            self.update_chunk(chunk).await?;
         }
+        Ok(())
+    }
+
+    async fn update_chunk(&self, updates: Vec<Document>) -> Result<(), StoreError> {
         let expected = updates.len() as i64;
         let reply = self
             .db
             .run_command(doc! {"update": MESSAGES, "updates": updates, "ordered": true})
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         let matched = match reply.get("n") {
             Some(Bson::Int32(n)) => *n as i64,
             Some(Bson::Int64(n)) => *n,
@@ -355,9 +369,10 @@ impl MongoStore {
         };
         if let Ok(errors) = reply.get_array("writeErrors") {
             if !errors.is_empty() {
-                return Err(StoreError::Unavailable(format!(
-                    "update failed: {errors:?}"
-                )));
+                // The server refused the data itself (a key it does not
+                // accept, a document too large, a unique key): retrying the
+                // same data gives the same answer.
+                return Err(StoreError::Invalid(format!("update refused: {errors:?}")));
             }
         }
         if matched != expected {
@@ -367,6 +382,74 @@ impl MongoStore {
             )));
         }
         Ok(())
+    }
+}
+
+/// The bytes of update statements sent in one `update` command (the
+/// server's limit is 16 MiB for the whole command).
+const UPDATE_COMMAND_BYTES: usize = 8 * 1024 * 1024;
+/// Statements in one `update` command (the server's limit is 100,000).
+const UPDATE_COMMAND_STATEMENTS: usize = 1000;
+
+/// Splits update statements into commands under both bounds; a single
+/// statement larger than the byte bound goes alone (and the server decides).
+fn update_chunks(updates: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut chunks: Vec<Vec<Document>> = Vec::new();
+    let mut bytes = 0;
+    for u in updates {
+        let size = bson::to_vec(&u).map(|v| v.len()).unwrap_or(0);
+        let start_new = match chunks.last() {
+            None => true,
+            Some(c) => c.len() >= UPDATE_COMMAND_STATEMENTS || bytes + size > UPDATE_COMMAND_BYTES,
+        };
+        if start_new {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(c) = chunks.last_mut() {
+            c.push(u);
+        }
+    }
+    chunks
+}
+
+/// Tells an outage (retry later) from data the server refuses (retrying the
+/// same write cannot help): by the driver's error kind and server code, not
+/// by its text.
+fn classify(e: mongodb::error::Error) -> StoreError {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    // Server codes that describe the data, not the server's state.
+    const REFUSED: &[i32] = &[
+        2,     // BadValue
+        9,     // FailedToParse
+        14,    // TypeMismatch
+        52,    // DollarPrefixedFieldName
+        55,    // InvalidDBRef
+        56,    // EmptyFieldName
+        57,    // DottedFieldName
+        10334, // BSONObjectTooLarge
+        11000, // DuplicateKey
+        17419, // document too large
+        17420, // document too large after update
+    ];
+    let code = match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first())
+            .map(|w| w.code),
+        ErrorKind::BulkWrite(_) => None,
+        ErrorKind::InvalidArgument { .. }
+        | ErrorKind::BsonSerialization(_)
+        | ErrorKind::BsonDeserialization(_) => return StoreError::Invalid(e.to_string()),
+        _ => None,
+    };
+    match code {
+        Some(c) if REFUSED.contains(&c) => StoreError::Invalid(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
     }
 }
 
@@ -402,69 +485,6 @@ pub enum UniqueIndexKind {
     NotUnique,
 }
 
-/// One message of a batch, as loaded and as changed.
-struct Slot {
-    id: Option<ObjectId>,
-    rev: i64,
-    record: MessageRecord,
-    dirty: bool,
-}
-
-/// The working set of a batch, indexed by both keys.
-#[derive(Default)]
-struct Batch {
-    slots: Vec<Slot>,
-    by_wamid: HashMap<String, usize>,
-    by_provider: HashMap<(String, String), usize>,
-}
-
-impl Batch {
-    fn add(&mut self, slot: Slot) -> usize {
-        let i = self.slots.len();
-        self.index(i, &slot.record);
-        self.slots.push(slot);
-        i
-    }
-
-    fn index(&mut self, i: usize, rec: &MessageRecord) {
-        // The oldest document wins when legacy duplicates share a key.
-        if let Some(w) = rec.wamid.as_deref().filter(|w| !w.is_empty()) {
-            self.by_wamid.entry(w.to_owned()).or_insert(i);
-        }
-        if let Some(p) = rec.bsp_message_id.as_deref().filter(|p| !p.is_empty()) {
-            self.by_provider
-                .entry((rec.bsp.clone(), p.to_owned()))
-                .or_insert(i);
-        }
-    }
-
-    /// Same rule as the SQLite store: the wamid's record wins; the provider id
-    /// is not copied onto it when it already names another record.
-    fn locate(
-        &self,
-        bsp: Bsp,
-        wamid: Option<&str>,
-        provider: Option<&str>,
-    ) -> (Option<usize>, bool) {
-        let by_w = wamid.and_then(|w| self.by_wamid.get(w)).copied();
-        let by_p = provider
-            .and_then(|p| {
-                self.by_provider
-                    .get(&(bsp.as_str().to_owned(), p.to_owned()))
-            })
-            .copied();
-        match (by_w, by_p) {
-            (Some(w), Some(p)) => (Some(w), w != p),
-            (Some(w), None) => (Some(w), false),
-            (None, p) => (p, false),
-        }
-    }
-}
-
-fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.is_empty())
-}
-
 fn rev_of(d: &Document) -> i64 {
     match d.get("rev") {
         Some(Bson::Int32(n)) => *n as i64,
@@ -488,71 +508,10 @@ fn equal_filter<const N: usize>(filters: [(&str, Option<&str>); N]) -> Document 
 impl MessageStore for MongoStore {
     async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
         let result = async {
-            let mut wamids = Vec::new();
-            let mut provider_ids = Vec::new();
-            for ev in events {
-                if let Some(m) = &ev.message {
-                    wamids.extend(non_empty(&m.wamid).map(str::to_owned));
-                    provider_ids.extend(non_empty(&m.bsp_message_id).map(str::to_owned));
-                    if m.key(ev.bsp).is_none() {
-                        provider_ids.push(ev.event_id.clone());
-                    }
-                }
-            }
-            let mut batch = Batch::default();
-            for d in self.load(wamids, provider_ids).await? {
-                batch.add(Slot {
-                    id: d.get_object_id("_id").ok(),
-                    rev: rev_of(&d),
-                    record: from_doc(&d),
-                    dirty: false,
-                });
-            }
-            let now = Utc::now();
-            let mut out = Vec::with_capacity(events.len());
-            for ev in events {
-                let Some(m) = &ev.message else {
-                    out.push(None);
-                    continue;
-                };
-                let mut msg: MessageEvent = m.clone();
-                if msg.key(ev.bsp).is_none() {
-                    msg.bsp_message_id = Some(ev.event_id.clone());
-                }
-                let (found, conflict) = batch.locate(
-                    ev.bsp,
-                    non_empty(&msg.wamid),
-                    non_empty(&msg.bsp_message_id),
-                );
-                if conflict {
-                    msg.bsp_message_id = None;
-                }
-                let i = match found {
-                    Some(i) => i,
-                    None => batch.add(Slot {
-                        id: None,
-                        rev: 0,
-                        record: MessageRecord::new_for(ev.bsp, &msg, now),
-                        dirty: true,
-                    }),
-                };
-                let slot = &mut batch.slots[i];
-                let outcome = slot.record.apply(ev.bsp, &ev.event_id, &msg, now);
-                let (duplicate, redelivery) = match outcome {
-                    ApplyOutcome::Applied => (false, false),
-                    ApplyOutcome::Duplicate { redelivery } => (true, redelivery),
-                };
-                slot.dirty |= !duplicate;
-                let record = slot.record.clone();
-                batch.index(i, &record);
-                out.push(Some(Applied {
-                    duplicate,
-                    redelivery,
-                    record,
-                }));
-            }
-            self.write_back(&batch.slots).await?;
-            Ok(out)
+            let mut set = self.load(&Candidates::of_events(events)).await?;
+            let applied = set.apply(events, Utc::now());
+            self.write_back(&set).await?;
+            Ok(applied)
         }
         .await;
         self.note(result)
@@ -571,65 +530,10 @@ impl MessageStore for MongoStore {
         let mut last = None;
         for _ in 0..5 {
             let attempt = async {
-                let docs = self
-                    .load(
-                        non_empty(&reg.wamid)
-                            .map(str::to_owned)
-                            .into_iter()
-                            .collect(),
-                        non_empty(&reg.bsp_message_id)
-                            .map(str::to_owned)
-                            .into_iter()
-                            .collect(),
-                    )
-                    .await?;
-                let mut batch = Batch::default();
-                for d in docs {
-                    batch.add(Slot {
-                        id: d.get_object_id("_id").ok(),
-                        rev: rev_of(&d),
-                        record: from_doc(&d),
-                        dirty: false,
-                    });
-                }
-                let mut reg = reg.clone();
-                let (found, conflict) = batch.locate(
-                    reg.bsp,
-                    non_empty(&reg.wamid),
-                    non_empty(&reg.bsp_message_id),
-                );
-                if conflict {
-                    reg.bsp_message_id = None;
-                }
-                let now = Utc::now();
-                let i = match found {
-                    Some(i) => i,
-                    None => {
-                        let seed = MessageEvent {
-                            wamid: reg.wamid.clone(),
-                            bsp_message_id: reg.bsp_message_id.clone(),
-                            ..Default::default()
-                        };
-                        batch.add(Slot {
-                            id: None,
-                            rev: 0,
-                            record: MessageRecord::new_for(reg.bsp, &seed, now),
-                            dirty: true,
-                        })
-                    }
-                };
-                let created = batch.slots[i].id.is_none();
-                batch.slots[i].record.register(&reg, now);
-                batch.slots[i].dirty = true;
-                let record = batch.slots[i].record.clone();
-                let only = Slot {
-                    id: batch.slots[i].id,
-                    rev: batch.slots[i].rev,
-                    record: record.clone(),
-                    dirty: true,
-                };
-                self.write_back(std::slice::from_ref(&only)).await?;
-                Ok((record, created))
+                let mut set = self.load(&Candidates::of_registration(reg)).await?;
+                let registered = set.register(reg, Utc::now());
+                self.write_back(&set).await?;
+                Ok(registered)
             }
             .await;
             match attempt {
@@ -644,22 +548,20 @@ impl MessageStore for MongoStore {
 
     async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
         let result = async {
-            let docs: Vec<Document> = self
-                .messages
-                .find(doc! {"$or": [{"wamid": id}, {"message_id": id}, {"bsp_message_id": id}]})
-                .sort(doc! {"_id": 1})
-                .limit(16)
-                .await
-                .map_err(unavailable)?
-                .try_collect()
-                .await
-                .map_err(unavailable)?;
-            // Same precedence as every backend: wamid, message_id, provider id.
-            let pick = |field: &str| docs.iter().find(|d| d.get_str(field).ok() == Some(id));
-            Ok(pick("wamid")
-                .or_else(|| pick("message_id"))
-                .or_else(|| pick("bsp_message_id"))
-                .map(from_doc))
+            // Same precedence as every backend: wamid, message_id, provider
+            // id; one indexed single-field query each.
+            for field in ["wamid", "message_id", "bsp_message_id"] {
+                let found = self
+                    .messages
+                    .find_one(doc! {field: id})
+                    .sort(doc! {"_id": 1})
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(d) = found {
+                    return Ok(Some(from_doc(&d)));
+                }
+            }
+            Ok(None)
         }
         .await;
         self.note(result)
@@ -867,6 +769,11 @@ pub fn from_doc(d: &Document) -> MessageRecord {
                     raw_status: opt_string(h, "raw_status"),
                     event_key: string(h, "event_key"),
                     event_id: string(h, "event_id"),
+                    collapsed: match h.get("collapsed") {
+                        Some(Bson::Int64(n)) => (*n).max(0) as u64,
+                        Some(Bson::Int32(n)) => (*n).max(0) as u64,
+                        _ => 0,
+                    },
                 })
                 .collect()
         })
@@ -929,6 +836,7 @@ pub fn to_doc(r: &MessageRecord) -> Document {
             if let Some(v) = &h.raw_status { e.insert("raw_status", v); }
             if !h.event_key.is_empty() { e.insert("event_key", &h.event_key); }
             if !h.event_id.is_empty() { e.insert("event_id", &h.event_id); }
+            if h.collapsed > 0 { e.insert("collapsed", h.collapsed as i64); }
             Bson::Document(e)
         }).collect::<Vec<_>>(),
         "project_owner_id": &r.project_owner_id,

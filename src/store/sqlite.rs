@@ -11,14 +11,12 @@ use std::collections::BTreeMap;
 use chrono::{TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::working_set::{Candidates, WorkingSet};
 use super::{
     Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
     StoreError,
 };
-use crate::model::{
-    ApplyOutcome, Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent,
-    UnrecognizedEvent,
-};
+use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
 use crate::sqlite::SqliteDb;
 
 /// The message store on the embedded database.
@@ -68,51 +66,36 @@ fn find_by(
     found.map(|(pk, doc)| Ok((pk, decode(doc)?))).transpose()
 }
 
-fn by_wamid(conn: &Connection, wamid: &str) -> rusqlite::Result<Option<Row>> {
-    find_by(
-        conn,
-        "SELECT pk, doc FROM messages WHERE wamid = ?1",
-        [wamid],
-    )
-}
-
-fn by_provider_id(conn: &Connection, bsp: &str, id: &str) -> rusqlite::Result<Option<Row>> {
-    find_by(
-        conn,
-        "SELECT pk, doc FROM messages WHERE bsp = ?1 AND bsp_message_id = ?2",
-        [bsp, id],
-    )
-}
-
-fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().filter(|s| !s.is_empty())
-}
-
-/// Finds the record an event (or registration) belongs to. When the wamid and
-/// the provider id point at two different records, the wamid one wins and the
-/// provider id is not copied onto it (it would violate the unique key).
-fn locate(
-    conn: &Connection,
-    bsp: Bsp,
-    wamid: Option<&str>,
-    provider_id: Option<&str>,
-) -> rusqlite::Result<(Option<Row>, bool)> {
-    let by_w = match wamid {
-        Some(w) => by_wamid(conn, w)?,
-        None => None,
-    };
-    let by_p = match provider_id {
-        Some(p) => by_provider_id(conn, bsp.as_str(), p)?,
-        None => None,
-    };
-    Ok(match (by_w, by_p) {
-        (Some(w), Some(p)) => {
-            let conflict = w.0 != p.0;
-            (Some(w), conflict)
+/// Loads the candidate records of a batch inside the writer's transaction,
+/// oldest first.
+fn load(conn: &Connection, c: &Candidates) -> rusqlite::Result<WorkingSet<i64>> {
+    let mut found: BTreeMap<i64, MessageRecord> = BTreeMap::new();
+    for (column, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
+        // Well under SQLite's bound-parameter limit.
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT pk, doc FROM messages WHERE {column} IN ({marks})");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (pk, doc) = row?;
+                if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(pk) {
+                    slot.insert(decode(doc)?);
+                }
+            }
         }
-        (Some(w), None) => (Some(w), false),
-        (None, p) => (p, false),
-    })
+    }
+    Ok(WorkingSet::new(found))
+}
+
+/// Writes the records a working set changed.
+fn save_changed(conn: &Connection, set: &WorkingSet<i64>) -> rusqlite::Result<()> {
+    for slot in set.changed() {
+        save(conn, slot.handle, &slot.record)?;
+    }
+    Ok(())
 }
 
 fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Result<()> {
@@ -166,51 +149,18 @@ fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Re
     Ok(())
 }
 
-fn apply_one(conn: &Connection, ev: &UnifiedEvent) -> rusqlite::Result<Option<Applied>> {
-    let Some(msg) = &ev.message else {
-        return Ok(None);
-    };
-    let now = Utc::now();
-    // Adapters give every message event an id; the event id is the last resort.
-    let mut msg: MessageEvent = msg.clone();
-    if msg.key(ev.bsp).is_none() {
-        msg.bsp_message_id = Some(ev.event_id.clone());
-    }
-    let (found, conflict) = locate(
-        conn,
-        ev.bsp,
-        non_empty(&msg.wamid),
-        non_empty(&msg.bsp_message_id),
-    )?;
-    if conflict {
-        msg.bsp_message_id = None;
-    }
-    let (pk, mut record) = match found {
-        Some((pk, rec)) => (Some(pk), rec),
-        None => (None, MessageRecord::new_for(ev.bsp, &msg, now)),
-    };
-    let outcome = record.apply(ev.bsp, &ev.event_id, &msg, now);
-    let (duplicate, redelivery) = match outcome {
-        ApplyOutcome::Applied => (false, false),
-        ApplyOutcome::Duplicate { redelivery } => (true, redelivery),
-    };
-    if !duplicate {
-        save(conn, pk, &record)?;
-    }
-    Ok(Some(Applied {
-        duplicate,
-        redelivery,
-        record,
-    }))
-}
-
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
         let events = events.to_vec();
         Ok(self
             .db
-            .write_background(move |conn| events.iter().map(|ev| apply_one(conn, ev)).collect())
+            .write_background(move |conn| {
+                let mut set = load(conn, &Candidates::of_events(&events))?;
+                let applied = set.apply(&events, Utc::now());
+                save_changed(conn, &set)?;
+                Ok(applied)
+            })
             .await?)
     }
 
@@ -227,31 +177,10 @@ impl MessageStore for SqliteStore {
         Ok(self
             .db
             .write(move |conn| {
-                let now = Utc::now();
-                let (found, conflict) = locate(
-                    conn,
-                    reg.bsp,
-                    non_empty(&reg.wamid),
-                    non_empty(&reg.bsp_message_id),
-                )?;
-                let mut reg = reg;
-                if conflict {
-                    reg.bsp_message_id = None;
-                }
-                let (pk, mut record) = match found {
-                    Some((pk, rec)) => (Some(pk), rec),
-                    None => {
-                        let seed = MessageEvent {
-                            wamid: reg.wamid.clone(),
-                            bsp_message_id: reg.bsp_message_id.clone(),
-                            ..Default::default()
-                        };
-                        (None, MessageRecord::new_for(reg.bsp, &seed, now))
-                    }
-                };
-                record.register(&reg, now);
-                save(conn, pk, &record)?;
-                Ok((record, pk.is_none()))
+                let mut set = load(conn, &Candidates::of_registration(&reg))?;
+                let registered = set.register(&reg, Utc::now());
+                save_changed(conn, &set)?;
+                Ok(registered)
             })
             .await?)
     }

@@ -9,6 +9,7 @@ mod ingest;
 mod messages;
 mod mongo_e2e;
 mod openapi;
+mod poison;
 mod providers_e2e;
 mod rabbitmq_e2e;
 mod rabbitmq_forwarding;

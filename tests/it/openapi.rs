@@ -38,6 +38,8 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/webhooks/{id}/deliveries"),
     ("get", "/api/v1/dlq"),
     ("post", "/api/v1/dlq/replay"),
+    ("get", "/api/v1/quarantine"),
+    ("post", "/api/v1/quarantine/replay"),
     ("get", "/api/v1/openapi.json"),
 ];
 

@@ -12,7 +12,12 @@ async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
     let Some(url) = services::redis_url() else {
         return;
     };
-    let app = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    let prefix = format!("zen-test-{}:", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with(|s| {
+        s.redis_url = Some(url.clone());
+        s.redis_key_prefix = Some(prefix.clone());
+    })
+    .await;
     let ready = app.wait_ready(|r| r["cache"]["up"] == true).await;
     assert_eq!(ready["cache"]["backend"], "redis");
     assert_eq!(ready["status"], "ready", "{ready}");
@@ -30,7 +35,9 @@ async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let dedup: Option<String> = redis::cmd("GET")
-        .arg(format!("zen:dedup:datagen:{wamid}:delivered|1749540000000"))
+        .arg(format!(
+            "{prefix}dedup:datagen:{wamid}:delivered|1749540000000"
+        ))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -38,16 +45,51 @@ async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
     // No project for the number on the embedded backend: the legacy
     // NOT_FOUND marker, with its 10 minute TTL.
     let lookup: Option<String> = redis::cmd("GET")
-        .arg("project:lookup:918071234567")
+        .arg(format!("{prefix}project:lookup:918071234567"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(lookup.as_deref(), Some("NOT_FOUND"));
     let ttl: i64 = redis::cmd("TTL")
-        .arg("project:lookup:918071234567")
+        .arg(format!("{prefix}project:lookup:918071234567"))
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(ttl > 0 && ttl <= 600, "{ttl}");
     app.stop().await;
+}
+
+/// Two deployments (each its own data file) on one Redis: each stores every
+/// event, although both process the same webhooks (their dedup keys live in
+/// their own namespaces, derived from their data files).
+#[tokio::test]
+async fn two_deployments_sharing_a_redis_both_store_every_event() {
+    let Some(url) = services::redis_url() else {
+        return;
+    };
+    let a = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    let b = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    for app in [&a, &b] {
+        app.wait_ready(|r| r["cache"]["up"] == true).await;
+    }
+    let wamids: Vec<String> = (0..20)
+        .map(|i| format!("wamid.shared-{i}-{}", uuid::Uuid::new_v4().simple()))
+        .collect();
+    for app in [&a, &b] {
+        for w in &wamids {
+            let body = datagen_status(w, "delivered", 1_749_540_000_000);
+            assert_eq!(
+                app.post_webhook("/webhook/datagen", body).await.status(),
+                200
+            );
+        }
+    }
+    for app in [&a, &b] {
+        for w in &wamids {
+            app.wait_for_message(w, |m| m["current_status"] == "delivered")
+                .await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
 }
