@@ -17,8 +17,8 @@ use crate::queue::{QuarantinedEntry, QueueError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
-        .routes(routes!(replay))
+        .routes(routes!(list_quarantine))
+        .routes(routes!(replay_quarantine))
 }
 
 /// `GET /api/v1/quarantine` page.
@@ -42,7 +42,7 @@ fn unavailable(e: QueueError) -> ApiError {
     security(("admin" = [])),
     responses((status = 200, body = Vec<QuarantinedEntry>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The inbox is unavailable", body = crate::http::openapi::ErrorBody)))]
-async fn list(
+async fn list_quarantine(
     _: Admin,
     State(state): State<AppState>,
     ApiQuery(p): ApiQuery<ListParams>,
@@ -69,7 +69,7 @@ struct ReplayIn {
     security(("admin" = [])),
     responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The inbox is unavailable", body = crate::http::openapi::ErrorBody)))]
-async fn replay(
+async fn replay_quarantine(
     _: Admin,
     State(state): State<AppState>,
     body: Option<Json<ReplayIn>>,
