@@ -264,6 +264,13 @@ CREATE TABLE IF NOT EXISTS forward_dlq (
     reason     TEXT NOT NULL,
     job        TEXT NOT NULL
 );
+-- Secrets that legacy forwarding jobs carried inline, kept here (never in
+-- a queued job) by delivery id while the job is retried or dead.
+CREATE TABLE IF NOT EXISTS legacy_job_secrets (
+    delivery_log_id TEXT PRIMARY KEY,
+    secret          TEXT NOT NULL,
+    created_at_ms   INTEGER NOT NULL
+);
 -- Facts about this data file (its deployment id, for the cache namespace).
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Attempt, DeliveryLog, ProjectRef, WebhookConfig, WebhookStore};
+use super::{Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore};
 use crate::cache::Cache;
 use crate::store::StoreError;
 
@@ -134,7 +134,10 @@ impl WebhookStore for CachedWebhookStore {
             .iter()
             .cloned()
             .map(|mut w| {
+                // Secrets and custom headers (often client tokens) never go
+                // to the shared cache; deliveries read them from the store.
                 w.shared_secret.clear();
+                w.headers = None;
                 w
             })
             .collect();
@@ -154,6 +157,18 @@ impl WebhookStore for CachedWebhookStore {
 
     async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
         self.inner.record_attempt(log_id, attempt).await
+    }
+
+    async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+        self.inner.delivery_status(log_id).await
+    }
+
+    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError> {
+        self.inner.keep_legacy_secret(log_id, secret).await
+    }
+
+    async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError> {
+        self.inner.legacy_secret(log_id).await
     }
 
     async fn list_deliveries(

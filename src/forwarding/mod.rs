@@ -133,6 +133,25 @@ pub struct Attempt {
     pub counts_as_attempt: bool,
 }
 
+/// The delivery-log rule, once for every backend: an attempt sets the
+/// status, counts itself (a parked job is not an attempt), keeps the last
+/// status code and response body seen, and replaces the error (a success
+/// after a failure clears it) and the next retry time.
+pub fn apply_attempt(log: &mut DeliveryLog, a: &Attempt) {
+    log.status = a.status;
+    if a.counts_as_attempt {
+        log.attempt_count += 1;
+    }
+    log.status_code = a.status_code.or(log.status_code);
+    if a.response_body.is_some() {
+        log.response_body = a.response_body.clone();
+    }
+    log.error_message = a.error_message.clone();
+    log.delivery_duration_ms = Some(a.duration_ms);
+    log.next_retry_at = a.next_retry_at;
+    log.last_attempt_at = a.at;
+}
+
 /// A forwarding job: the legacy `WebhookForwardingPayload` (which other
 /// services on the broker publish), plus optional fields of ours. A legacy
 /// job may carry `shared_secret`; ours never do (the secret is looked up by
@@ -201,6 +220,14 @@ pub trait WebhookStore: Send + Sync {
     /// Creates logs, skipping ids that exist (fan-out is re-runnable).
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError>;
     async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError>;
+    /// The status of one delivery, `None` when it has no log.
+    async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError>;
+    /// Keeps the secret a legacy job carried inline, by its delivery id, so
+    /// that the job can be retried, dead-lettered and replayed without the
+    /// secret ever being written into a queue message.
+    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError>;
+    /// The secret kept for a legacy job, if any.
+    async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError>;
     async fn list_deliveries(
         &self,
         webhook_id: &str,
@@ -211,7 +238,10 @@ pub trait WebhookStore: Send + Sync {
 /// Where forwarding jobs wait, durably, for the forwarder.
 #[async_trait]
 pub trait ForwardQueue: Send + Sync {
-    /// Adds jobs; a job whose `delivery_log_id` is queued already is skipped.
+    /// Adds jobs. Idempotent per `delivery_log_id`: the embedded queue skips
+    /// a job queued already; a broker cannot, so the forwarder drops a fresh
+    /// copy whose delivery log already says `success` (either way the
+    /// client gets one delivery of a re-run fan-out).
     async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError>;
     /// Adds jobs that are due only after `delay` (new jobs for a URL whose
     /// circuit is open).

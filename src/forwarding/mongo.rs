@@ -21,7 +21,11 @@ pub struct MongoWebhookStore {
     webhooks: Collection<Document>,
     logs: Collection<Document>,
     projects: Collection<Document>,
+    legacy_secrets: Collection<Document>,
 }
+
+/// Secrets of legacy jobs (see [`WebhookStore::keep_legacy_secret`]).
+pub const LEGACY_SECRETS: &str = "zen_legacy_job_secrets";
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -33,6 +37,7 @@ impl MongoWebhookStore {
             webhooks: db.collection("webhooks"),
             logs: db.collection("webhook_delivery_logs"),
             projects: db.collection("projects"),
+            legacy_secrets: db.collection(LEGACY_SECRETS),
         }
     }
 }
@@ -324,17 +329,28 @@ impl WebhookStore for MongoWebhookStore {
         if let Some(b) = &a.response_body {
             set.insert("response_body", b);
         }
-        if let Some(e) = &a.error_message {
-            set.insert("error_message", e);
+        // As `apply_attempt`: the error and the next retry are replaced
+        // (cleared when the attempt has none), the rest kept when absent.
+        let mut unset = doc! {};
+        match &a.error_message {
+            Some(e) => {
+                set.insert("error_message", e);
+            }
+            None => {
+                unset.insert("error_message", "");
+            }
         }
-        let mut update = doc! {};
         match a.next_retry_at {
             Some(t) => {
                 set.insert("next_retry_at", bson::DateTime::from_chrono(t));
             }
             None => {
-                update.insert("$unset", doc! {"next_retry_at": ""});
+                unset.insert("next_retry_at", "");
             }
+        }
+        let mut update = doc! {};
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
         }
         update.insert("$set", set);
         if a.counts_as_attempt {
@@ -345,6 +361,42 @@ impl WebhookStore for MongoWebhookStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    async fn delivery_status(&self, id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+        let found = self
+            .logs
+            .find_one(doc! {"_id": log_id(id)})
+            .projection(doc! {"status": 1})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.and_then(|d| {
+            serde_json::from_value(serde_json::Value::String(
+                d.get_str("status").ok()?.to_owned(),
+            ))
+            .ok()
+        }))
+    }
+
+    async fn keep_legacy_secret(&self, id: &str, secret: &str) -> Result<(), StoreError> {
+        self.legacy_secrets
+            .update_one(
+                doc! {"_id": id},
+                doc! {"$set": {"secret": secret, "created_at": bson::DateTime::now()}},
+            )
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn legacy_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let found = self
+            .legacy_secrets
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.and_then(|d| d.get_str("secret").ok().map(str::to_owned)))
     }
 
     async fn list_deliveries(

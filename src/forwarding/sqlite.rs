@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{
-    Attempt, DeadJob, DeliveryLog, ForwardJob, ForwardQueue, JobTag, ProjectRef, WebhookConfig,
-    WebhookStore,
+    Attempt, DeadJob, DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, ProjectRef,
+    WebhookConfig, WebhookStore, apply_attempt,
 };
 use crate::queue::QueueError;
 use crate::sqlite::SqliteDb;
@@ -197,6 +197,50 @@ impl WebhookStore for SqliteWebhookStore {
         Ok(())
     }
 
+    async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+        let id = log_id.to_owned();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT json_extract(doc, '$.status') FROM delivery_logs WHERE id = ?1",
+                )?
+                .query_row([&id], |r| r.get::<_, String>(0))
+                .optional()
+            })
+            .await?
+            .and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
+    }
+
+    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError> {
+        let (id, secret) = (log_id.to_owned(), secret.to_owned());
+        self.db
+            .write_background(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO legacy_job_secrets (delivery_log_id, secret, created_at_ms)
+                     VALUES (?1, ?2, ?3)
+                     ON CONFLICT (delivery_log_id) DO UPDATE SET secret = excluded.secret",
+                )?
+                .execute(params![id, secret, Utc::now().timestamp_millis()])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError> {
+        let id = log_id.to_owned();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT secret FROM legacy_job_secrets WHERE delivery_log_id = ?1",
+                )?
+                .query_row([&id], |r| r.get(0))
+                .optional()
+            })
+            .await?)
+    }
+
     async fn list_deliveries(
         &self,
         webhook_id: &str,
@@ -215,22 +259,6 @@ impl WebhookStore for SqliteWebhookStore {
             })
             .await?)
     }
-}
-
-/// The legacy per-attempt update: `$set` the outcome, `$inc` the count.
-pub fn apply_attempt(log: &mut DeliveryLog, a: &Attempt) {
-    log.status = a.status;
-    if a.counts_as_attempt {
-        log.attempt_count += 1;
-    }
-    log.status_code = a.status_code.or(log.status_code);
-    if a.response_body.is_some() {
-        log.response_body = a.response_body.clone();
-    }
-    log.error_message = a.error_message.clone();
-    log.delivery_duration_ms = Some(a.duration_ms);
-    log.next_retry_at = a.next_retry_at;
-    log.last_attempt_at = a.at;
 }
 
 /// The forwarding queue on the embedded database.

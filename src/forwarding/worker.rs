@@ -456,6 +456,20 @@ impl Forwarder {
 
     /// Delivers one job and moves it on (done, retry, park or DLQ).
     pub async fn deliver(&self, tag: JobTag, job: ForwardJob) {
+        // A fresh job queued twice (a fan-out re-run after a crash or a
+        // failed batch, on a broker that cannot refuse a duplicate) is
+        // delivered once: its log already says it was.
+        if job.attempt_count == 0 {
+            if let Ok(Some(DeliveryStatus::Success)) =
+                self.webhooks.delivery_status(&job.delivery_log_id).await
+            {
+                metrics::counter!("zen_deliveries_total", "outcome" => "duplicate").increment(1);
+                tracing::debug!(delivery.id = %job.delivery_log_id, "delivered before; job dropped");
+                self.finish("complete", self.queue.complete(&tag).await)
+                    .await;
+                return;
+            }
+        }
         let webhook: Option<WebhookConfig> = match self.webhooks.get_webhook(&job.webhook_id).await
         {
             Ok(w) => w,
@@ -483,11 +497,37 @@ impl Forwarder {
                 w.headers.clone(),
             ),
             // A legacy job from another service can carry url and secret.
-            None if !job.webhook_url.is_empty() && job.shared_secret.is_some() => (
-                job.webhook_url.clone(),
-                job.shared_secret.clone().unwrap_or_default(),
-                None,
-            ),
+            // The secret is kept in the store by delivery id, since a job
+            // we write back to a queue (retry, DLQ) never carries it.
+            None if !job.webhook_url.is_empty() => {
+                let secret = match &job.shared_secret {
+                    Some(secret) => self
+                        .webhooks
+                        .keep_legacy_secret(&job.delivery_log_id, secret)
+                        .await
+                        .map(|()| Some(secret.clone())),
+                    None => self.webhooks.legacy_secret(&job.delivery_log_id).await,
+                };
+                match secret {
+                    Ok(Some(secret)) => (job.webhook_url.clone(), secret, None),
+                    Ok(None) => {
+                        return self
+                            .dead(&tag, &job, "webhook no longer exists".into(), None)
+                            .await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook store unavailable; job postponed");
+                        self.finish(
+                            "reschedule",
+                            self.queue
+                                .reschedule(&tag, &job, Duration::from_secs(5))
+                                .await,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
             None => {
                 return self
                     .dead(&tag, &job, "webhook no longer exists".into(), None)

@@ -140,6 +140,9 @@ async fn a_legacy_job_from_another_service_is_delivered_with_its_inline_secret()
     let prefix = services::unique_prefix();
     let app = rabbit_app(&url, &prefix).await;
     let rx = Receiver::start().await;
+    // The first attempt fails: the retry (written back to a queue without
+    // the secret) must still be signed with it.
+    rx.set("legacy", Behavior::Sequence(vec![500, 200]));
     // WebhookForwardingPayload as the monolith publishes it.
     let legacy = json!({
         "delivery_log_id": "65f0c0ffee0000000000abcd",
@@ -170,13 +173,119 @@ async fn a_legacy_job_from_another_service_is_delivered_with_its_inline_secret()
     .unwrap()
     .await
     .unwrap();
-    let got = rx.wait_for("legacy", 1, Duration::from_secs(10)).await;
-    assert_eq!(got.len(), 1);
-    let req = &got[0];
-    assert_eq!(req.header("x-event-id"), "65f0c0ffee0000000000eeee");
-    assert_eq!(req.header("x-event-type"), "datagen.delivery");
-    let sig = zen_gateway::inbound_auth::hmac_sha256_hex(b"s3cr3t-legacy", &req.body);
-    assert_eq!(req.header("x-webhook-signature"), sig);
-    assert_eq!(req.json()["data"]["events"]["mid"], "wamid.legacy");
+    let got = rx.wait_for("legacy", 2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2);
+    for req in &got {
+        assert_eq!(req.header("x-event-id"), "65f0c0ffee0000000000eeee");
+        assert_eq!(req.header("x-event-type"), "datagen.delivery");
+        let sig = zen_gateway::inbound_auth::hmac_sha256_hex(b"s3cr3t-legacy", &req.body);
+        assert_eq!(req.header("x-webhook-signature"), sig);
+        assert_eq!(req.json()["data"]["events"]["mid"], "wamid.legacy");
+    }
+    // No queue message carries the secret in clear: the retry queues and the
+    // DLQ hold none.
+    for q in ["webhook_forwarding_dlq", "webhook_forwarding_queue"] {
+        let got = ch
+            .basic_get(
+                format!("{prefix}{q}").into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap();
+        if let Some(m) = got {
+            let text = String::from_utf8_lossy(&m.delivery.data).into_owned();
+            assert!(!text.contains("s3cr3t-legacy"), "{q}: {text}");
+        }
+    }
+    app.stop().await;
+}
+
+/// The broker cannot refuse a job queued twice (a fan-out re-run after a
+/// crash or a failed batch): the second copy is dropped because the
+/// delivery log says it was delivered, so the client gets one request.
+#[tokio::test]
+async fn a_job_queued_twice_is_delivered_once() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = rabbit_app(&url, &prefix).await;
+    let rx = Receiver::start().await;
+    let hook = admin(
+        &app,
+        reqwest::Method::POST,
+        "/api/v1/webhooks",
+        Some(json!({
+        "project_owner_id": "o", "webhook_url": rx.url("once"), "topics": ["*"],
+        "business_numbers": ["918071234567"]})),
+    )
+    .await;
+    let webhook_id = hook["id"].as_str().unwrap().to_owned();
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert_eq!(
+        rx.wait_for("once", 1, Duration::from_secs(10)).await.len(),
+        1
+    );
+    let mut logs = Value::Null;
+    for _ in 0..200 {
+        logs = admin(
+            &app,
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{webhook_id}/deliveries"),
+            None,
+        )
+        .await;
+        if logs[0]["status"] == "success" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(logs[0]["status"], "success", "{logs}");
+    // The same job again, as a re-run fan-out publishes it.
+    let again = json!({
+        "delivery_log_id": logs[0]["id"], "project_owner_id": "o",
+        "webhook_id": webhook_id, "webhook_url": rx.url("once"),
+        "event_type": logs[0]["event_type"], "event_id": logs[0]["event_id"],
+        "payload": logs[0]["payload"], "timestamp": 1_749_540_000_000_i64,
+        "attempt_count": 0, "v": 1
+    });
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        format!("{prefix}webhook_forwarding_exchange").into(),
+        "webhook.forward".into(),
+        BasicPublishOptions::default(),
+        again.to_string().as_bytes(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut dropped = false;
+    for _ in 0..400 {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("zen_deliveries_total{outcome=\"duplicate\"}"))
+        {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(dropped, "the second copy was not consumed");
+    assert_eq!(rx.received("once").len(), 1);
     app.stop().await;
 }

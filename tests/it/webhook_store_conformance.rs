@@ -160,10 +160,26 @@ async fn delivery_logs(store: &dyn WebhookStore) {
         at: Utc::now(),
         counts_as_attempt: counts,
     };
-    store
-        .record_attempt(&log.id, &attempt(DeliveryStatus::Retrying, 500, true))
-        .await
-        .unwrap();
+    assert_eq!(
+        store.delivery_status(&log.id).await.unwrap(),
+        Some(DeliveryStatus::Pending)
+    );
+    assert_eq!(
+        store
+            .delivery_status("65a1b2c3d4e5f6a7b8c9ffff")
+            .await
+            .unwrap(),
+        None
+    );
+    let failed = Attempt {
+        error_message: Some("HTTP 500".into()),
+        next_retry_at: Some(Utc::now()),
+        ..attempt(DeliveryStatus::Retrying, 500, true)
+    };
+    store.record_attempt(&log.id, &failed).await.unwrap();
+    let logs = store.list_deliveries("w", 10).await.unwrap();
+    assert_eq!(logs[0].error_message.as_deref(), Some("HTTP 500"));
+    assert!(logs[0].next_retry_at.is_some());
     store
         .record_attempt(&log.id, &attempt(DeliveryStatus::Retrying, 500, false))
         .await
@@ -178,6 +194,23 @@ async fn delivery_logs(store: &dyn WebhookStore) {
     assert_eq!(logs[0].status, DeliveryStatus::Success);
     assert_eq!(logs[0].status_code, Some(200));
     assert_eq!(logs[0].payload, json!({"a": 1}));
+    // The same rule on every backend: a success after a failure clears the
+    // error and the next retry.
+    assert_eq!(logs[0].error_message, None);
+    assert_eq!(logs[0].next_retry_at, None);
+    assert_eq!(
+        store.delivery_status(&log.id).await.unwrap(),
+        Some(DeliveryStatus::Success)
+    );
+
+    // Secrets of legacy jobs, by delivery id.
+    assert_eq!(store.legacy_secret(&log.id).await.unwrap(), None);
+    store.keep_legacy_secret(&log.id, "s1").await.unwrap();
+    store.keep_legacy_secret(&log.id, "s2").await.unwrap();
+    assert_eq!(
+        store.legacy_secret(&log.id).await.unwrap().as_deref(),
+        Some("s2")
+    );
 }
 
 #[tokio::test]
