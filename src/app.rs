@@ -162,10 +162,20 @@ impl Application {
                     let webhooks = Arc::new(MongoWebhookStore::new(mongo.database()));
                     (mongo, webhooks)
                 }
-                None => (
-                    Arc::new(SqliteStore::new(db.clone())),
-                    Arc::new(SqliteWebhookStore::new(db.clone())),
-                ),
+                None => {
+                    let store = SqliteStore::new(db.clone());
+                    // A broker inbox is acked after `apply`: that commit
+                    // must be on disk first (see `SqliteStore::synced`).
+                    let store = if settings.rabbitmq_url.is_some() {
+                        store.synced()
+                    } else {
+                        store
+                    };
+                    (
+                        Arc::new(store),
+                        Arc::new(SqliteWebhookStore::new(db.clone())),
+                    )
+                }
             };
         let cache: Arc<dyn Cache> = match &settings.redis_url {
             Some(url) => {
@@ -298,7 +308,11 @@ impl Application {
         http::serve::serve(
             listener,
             app,
-            Duration::from_secs(settings.header_read_timeout_secs),
+            http::serve::ServeLimits {
+                header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs),
+                idle_timeout: Duration::from_secs(settings.idle_timeout_secs),
+                max_connections: settings.max_connections,
+            },
             shutdown.clone(),
             grace,
         )

@@ -60,6 +60,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("BREAKER_COOLDOWN_SECS", "breaker_cooldown_secs"),
     ("ROLES", "roles"),
     ("HEADER_READ_TIMEOUT_SECS", "header_read_timeout_secs"),
+    ("IDLE_TIMEOUT_SECS", "idle_timeout_secs"),
+    ("MAX_CONNECTIONS", "max_connections"),
     ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
     ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
     ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
@@ -158,6 +160,12 @@ pub struct Settings {
     pub request_timeout_secs: u64,
     /// Longest a client may take to send its request headers (slow loris).
     pub header_read_timeout_secs: u64,
+    /// A client connection (HTTP/1 keep-alive or HTTP/2) with no request in
+    /// flight for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Client connections open at once; past it new ones wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
     /// Entries of the in-process cache.
     pub cache_max_entries: u64,
     /// `text` or `json`.
@@ -275,6 +283,8 @@ impl Settings {
             ("shutdown_timeout_secs", "25"),
             ("request_timeout_secs", "30"),
             ("header_read_timeout_secs", "10"),
+            ("idle_timeout_secs", "75"),
+            ("max_connections", "10000"),
             ("cache_max_entries", "100000"),
             ("log_format", "text"),
             ("rabbitmq_prefetch", "512"),
@@ -350,6 +360,12 @@ impl Settings {
         }
         if self.processor_batch_size == 0 {
             return bad("processor_batch_size", "must be greater than 0");
+        }
+        if self.idle_timeout_secs == 0 {
+            return bad("idle_timeout_secs", "must be greater than 0");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be greater than 0");
         }
         if self.processor_batch_bytes == 0 {
             return bad("processor_batch_bytes", "must be greater than 0");

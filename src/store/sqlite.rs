@@ -23,11 +23,37 @@ use crate::sqlite::SqliteDb;
 #[derive(Clone)]
 pub struct SqliteStore {
     db: SqliteDb,
+    /// Applying events commits in the acked lane (synced to disk) rather
+    /// than as bookkeeping: see [`SqliteStore::synced`].
+    synced: bool,
 }
 
 impl SqliteStore {
     pub fn new(db: SqliteDb) -> Self {
-        SqliteStore { db }
+        SqliteStore { db, synced: false }
+    }
+
+    /// Applied events (and unrecognized bodies) are synced to disk before
+    /// `apply` returns. Needed when the inbox is not the same file (a
+    /// RabbitMQ inbox): the processor acks the broker after `apply`, and an
+    /// unsynced commit lost to a power loss could not be redone. With the
+    /// embedded inbox, bookkeeping and inbox share the file, so a lost
+    /// commit's entry is still in the inbox.
+    pub fn synced(mut self) -> Self {
+        self.synced = true;
+        self
+    }
+
+    async fn write_applied<R, F>(&self, work: F) -> Result<R, crate::sqlite::DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        if self.synced {
+            self.db.write(work).await
+        } else {
+            self.db.write_background(work).await
+        }
     }
 }
 
@@ -154,8 +180,7 @@ impl MessageStore for SqliteStore {
     async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
         let events = events.to_vec();
         Ok(self
-            .db
-            .write_background(move |conn| {
+            .write_applied(move |conn| {
                 let mut set = load(conn, &Candidates::of_events(&events))?;
                 let applied = set.apply(&events, Utc::now());
                 save_changed(conn, &set)?;
@@ -248,8 +273,7 @@ impl MessageStore for SqliteStore {
         }
         let events = events.to_vec();
         Ok(self
-            .db
-            .write_background(move |conn| {
+            .write_applied(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "INSERT INTO unrecognized (event_id, bsp, received_at_ms, reason, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -330,5 +354,58 @@ impl MessageStore for SqliteStore {
 
     async fn health(&self) -> BackendHealth {
         self.db.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MessageEvent, Status};
+    use crate::sqlite::{SqliteOptions, Synchronous};
+
+    fn event(wamid: &str) -> UnifiedEvent {
+        UnifiedEvent {
+            event_id: format!("e-{wamid}"),
+            bsp: Bsp::Datagen,
+            legacy_type: String::new(),
+            unified_type: String::new(),
+            received_at: Utc::now(),
+            raw: serde_json::Value::Null,
+            message: Some(MessageEvent {
+                wamid: Some(wamid.into()),
+                status: Some(Status::Sent),
+                occurred_at: Utc::now(),
+                dedup_key: "k".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// With a broker inbox the store's commit is synced before `apply`
+    /// returns (the broker is acked right after); with the embedded inbox it
+    /// is bookkeeping, never waiting for the disk.
+    #[tokio::test]
+    async fn a_synced_store_syncs_applied_events_and_the_default_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&SqliteOptions {
+            path: dir.path().join("zen.db"),
+            synchronous: Synchronous::Full,
+            queue_capacity: 100,
+            max_batch: 16,
+            readers: 1,
+        })
+        .unwrap();
+        let before = db.wal_syncs();
+        SqliteStore::new(db.clone())
+            .apply(&[event("wamid.a")])
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before);
+        SqliteStore::new(db.clone())
+            .synced()
+            .apply(&[event("wamid.b")])
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before + 1);
     }
 }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod crash_safety;
 mod forwarding;
+mod http_limits;
 mod ingest;
 mod messages;
 mod mongo_e2e;
