@@ -141,6 +141,26 @@ fn db_path(app: &TestApp) -> std::path::PathBuf {
 #[tokio::test]
 async fn an_entry_the_store_keeps_refusing_is_quarantined_then_replayed() {
     let app = spawn_app_with(|s| s.processor_max_attempts = 2).await;
+    quarantined_then_replayed(app).await;
+}
+
+/// The same on a RabbitMQ inbox: the quarantine is `zen_ingest_dlq`.
+#[tokio::test]
+async fn on_rabbitmq_the_quarantine_is_the_inbox_dlq() {
+    let Some(mq) = crate::services::rabbitmq_url() else {
+        return;
+    };
+    let app = spawn_app_with(|s| {
+        s.processor_max_attempts = 2;
+        s.rabbitmq_url = Some(mq);
+        s.rabbitmq_queue_prefix = crate::services::unique_prefix();
+    })
+    .await;
+    app.wait_ready(|r| r["inbox"]["up"] == true).await;
+    quarantined_then_replayed(app).await;
+}
+
+async fn quarantined_then_replayed(app: TestApp) {
     let wamid = format!("wamid.poison-{}", uuid::Uuid::new_v4().simple());
     let conn = rusqlite::Connection::open(db_path(&app)).unwrap();
     conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -228,4 +248,166 @@ async fn a_second_gateway_on_the_same_data_dir_refuses_to_start() {
     // Once it has stopped, the directory is free again.
     let again = spawn_app_in(dir.path(), |_| {}).await;
     again.stop().await;
+}
+
+/// Where a hostile-input case runs.
+#[derive(Debug, Clone, Copy)]
+enum Backends {
+    Embedded,
+    RabbitMqMongo,
+}
+
+async fn spawn_on(backends: Backends) -> Option<TestApp> {
+    match backends {
+        Backends::Embedded => Some(spawn_app_with(|s| s.processor_max_attempts = 2).await),
+        Backends::RabbitMqMongo => {
+            let (Some(mq), Some(mongo)) = (
+                crate::services::rabbitmq_url(),
+                crate::services::mongo_uri(),
+            ) else {
+                return None;
+            };
+            let app = spawn_app_with(|s| {
+                s.processor_max_attempts = 2;
+                s.rabbitmq_url = Some(mq);
+                s.rabbitmq_queue_prefix = crate::services::unique_prefix();
+                s.mongo_uri = Some(mongo);
+                s.database_name = crate::services::unique_db_name();
+            })
+            .await;
+            app.wait_ready(|r| r["inbox"]["up"] == true && r["store"]["up"] == true)
+                .await;
+            Some(app)
+        }
+    }
+}
+
+fn meta_inbound(wamid: &str, message_extra: Value) -> String {
+    let mut message = json!({"from": "919876543210", "id": wamid,
+        "timestamp": "1749540120", "type": "text", "text": {"body": "hi"}});
+    if let (Some(m), Some(extra)) = (message.as_object_mut(), message_extra.as_object()) {
+        for (k, v) in extra {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "918071234567", "phone_number_id": "1"},
+        "messages": [message]}}]}]})
+    .to_string()
+}
+
+/// The entry holding `needle` was applied (its message exists) or sits in
+/// the quarantine with an error; waits for one or the other.
+async fn applied_or_quarantined(app: &TestApp, wamid: &str) {
+    for _ in 0..600 {
+        if app.get_message(wamid).await.status() == 200 {
+            eprintln!("{wamid}: applied");
+            return;
+        }
+        let q = app.admin_get("/api/v1/quarantine?limit=500").await;
+        if q.as_array().is_some_and(|a| {
+            a.iter().any(|e| {
+                e["body"].as_str().is_some_and(|b| b.contains(wamid))
+                    && e["error"].as_str().is_some_and(|x| !x.is_empty())
+            })
+        }) {
+            eprintln!("{wamid}: quarantined");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{wamid}: neither applied nor quarantined");
+}
+
+/// Each poison input, then a normal webhook: the normal one is stored, the
+/// poison one applied or quarantined, on the given backends.
+async fn hostile_inputs(backends: Backends) {
+    let Some(app) = spawn_on(backends).await else {
+        return;
+    };
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (w, p) = (format!("wamid.W-{tag}"), format!("P-{tag}"));
+    // 1. The cross-provider link of two records.
+    for (path, body) in [
+        (
+            "/webhook/aisensy",
+            aisensy_status(Some(&w), None, "DELIVERED", 1_749_540_001_000),
+        ),
+        (
+            "/webhook/aisensy",
+            aisensy_status(None, Some(&p), "DELIVERED", 1_749_540_002_000),
+        ),
+        ("/webhook/karix", karix_inbound(&w, &p)),
+    ] {
+        assert_eq!(
+            app.post_webhook(path, body).await.status(),
+            200,
+            "{backends:?}"
+        );
+    }
+    pipeline_flows(&app).await;
+    applied_or_quarantined(&app, &w).await;
+    // 2. Content keys some servers refuse, and a huge text.
+    let odd = format!("wamid.keys-{tag}");
+    let body = meta_inbound(
+        &odd,
+        json!({"text": {"$where": "1", "a.b": {"$gt": ""}, "": "empty", "body": "x".repeat(100_000)}}),
+    );
+    assert_eq!(app.post_webhook("/webhook/meta", body).await.status(), 200);
+    pipeline_flows(&app).await;
+    applied_or_quarantined(&app, &odd).await;
+    // 3. Thousands of statuses for one message in one body.
+    let flood = format!("wamid.flood-{tag}");
+    let statuses: Vec<Value> = (0..2000)
+        .map(|i| {
+            json!({"id": flood, "status": "delivered",
+                   "timestamp": (1_749_540_000_i64 + i).to_string(),
+                   "recipient_id": "919876543210",
+                   "errors": [{"code": 1, "title": "e".repeat(250)}]})
+        })
+        .collect();
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "918071234567", "phone_number_id": "1"},
+            "statuses": statuses}}]}]});
+    assert_eq!(
+        app.post_webhook("/webhook/meta", body.to_string())
+            .await
+            .status(),
+        200
+    );
+    pipeline_flows(&app).await;
+    applied_or_quarantined(&app, &flood).await;
+    // 4. A Datagen array of repeated ids and statuses.
+    let repeated = format!("wamid.rep-{tag}");
+    let events: Vec<Value> = (0..500)
+        .map(|i| {
+            serde_json::from_str::<Value>(&datagen_status(
+                &repeated,
+                ["sent", "delivered", "read", "failed"][i % 4],
+                1_749_540_000_000 + (i % 7) as i64,
+            ))
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        app.post_webhook("/webhook/datagen", Value::Array(events).to_string())
+            .await
+            .status(),
+        200
+    );
+    pipeline_flows(&app).await;
+    applied_or_quarantined(&app, &repeated).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_inputs_on_the_embedded_default() {
+    hostile_inputs(Backends::Embedded).await;
+}
+
+#[tokio::test]
+async fn hostile_inputs_on_rabbitmq_and_mongodb() {
+    hostile_inputs(Backends::RabbitMqMongo).await;
 }
