@@ -148,7 +148,10 @@ impl Application {
                 rabbit = Some(r.clone());
                 r
             }
-            None => Arc::new(SqliteInbox::new(db.clone())),
+            None => Arc::new(
+                SqliteInbox::new(db.clone())
+                    .with_max_queued_bytes(settings.inbox_write_queue_bytes),
+            ),
         };
         let (store, webhooks): (Arc<dyn MessageStore>, Arc<dyn WebhookStore>) =
             match &settings.mongo_uri {

@@ -31,6 +31,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("BODY_LIMIT_BYTES", "body_limit_bytes"),
     ("INGEST_ACK_TIMEOUT_MS", "ingest_ack_timeout_ms"),
     ("INBOX_WRITE_QUEUE", "inbox_write_queue"),
+    ("INBOX_WRITE_QUEUE_BYTES", "inbox_write_queue_bytes"),
     ("SQLITE_SYNCHRONOUS", "sqlite_synchronous"),
     ("PROCESSOR_BATCH_SIZE", "processor_batch_size"),
     ("PROCESSOR_BATCH_BYTES", "processor_batch_bytes"),
@@ -126,6 +127,9 @@ pub struct Settings {
     pub ingest_ack_timeout_ms: u64,
     /// Embedded inbox: appends waiting for the writer before 503s begin.
     pub inbox_write_queue: usize,
+    /// Embedded inbox: bytes of bodies waiting for the writer before 503s
+    /// begin (bounds the queue's memory; one body is always let through).
+    pub inbox_write_queue_bytes: usize,
     /// Embedded database fsync policy: `full` (survives power loss) or
     /// `normal` (survives process crashes).
     pub sqlite_synchronous: Synchronous,
@@ -275,6 +279,7 @@ impl Settings {
             ("body_limit_bytes", "1048576"),
             ("ingest_ack_timeout_ms", "5000"),
             ("inbox_write_queue", "20000"),
+            ("inbox_write_queue_bytes", "268435456"),
             ("sqlite_synchronous", "full"),
             ("processor_batch_size", "128"),
             ("processor_batch_bytes", "8388608"),
@@ -357,6 +362,9 @@ impl Settings {
         }
         if self.inbox_write_queue == 0 {
             return bad("inbox_write_queue", "must be greater than 0");
+        }
+        if self.inbox_write_queue_bytes == 0 {
+            return bad("inbox_write_queue_bytes", "must be greater than 0");
         }
         if self.processor_batch_size == 0 {
             return bad("processor_batch_size", "must be greater than 0");

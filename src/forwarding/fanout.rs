@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use serde_json::Value;
 
 use super::{
     DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, ProjectRef, WebhookConfig, WebhookStore,
     delivery_id, normalize_number,
 };
 use crate::cache::Cache;
-use crate::model::UnifiedEvent;
+use crate::model::{MessageRecord, UnifiedEvent};
 use crate::processor::ProcessError;
 use crate::providers::json_text;
 use crate::store::Applied;
@@ -88,6 +89,10 @@ impl Fanout {
         applied: &[Option<Applied>],
     ) -> Result<usize, ProcessError> {
         let mut matches: HashMap<MatchKey, Vec<WebhookConfig>> = HashMap::new();
+        // One snapshot per record, however many events of the batch it had.
+        // (Keyed by the shared record's address, as a number: a pointer is
+        // not `Send`.)
+        let mut snapshots: HashMap<usize, Option<Value>> = HashMap::new();
         let mut logs = Vec::new();
         let mut jobs = Vec::new();
         let now = Utc::now();
@@ -98,7 +103,10 @@ impl Fanout {
                     Some(a.record.project_owner_id.clone()).filter(|s| !s.is_empty()),
                     a.record.project_id.clone().filter(|s| !s.is_empty()),
                     Some(a.record.business_number.clone()).filter(|s| !s.is_empty()),
-                    serde_json::to_value(&a.record).ok(),
+                    snapshots
+                        .entry(Arc::as_ptr(&a.record) as usize)
+                        .or_insert_with(|| job_snapshot(&a.record))
+                        .clone(),
                 ),
                 // Not a message (contact, template…): matched by project.
                 None => (None, json_text(&ev.raw, &["project_id"]), None, None),
@@ -202,4 +210,19 @@ impl Fanout {
         }
         Ok(n)
     }
+}
+
+/// History entries a forwarded `message` carries: the latest ones (the
+/// whole history is on the record, `GET /api/v1/messages/{id}`). Keeps every
+/// job small, however many events a message has had.
+pub const JOB_HISTORY_ENTRIES: usize = 8;
+
+/// The record as a job carries it (`message`), with its latest history.
+fn job_snapshot(record: &MessageRecord) -> Option<Value> {
+    let mut v = serde_json::to_value(record).ok()?;
+    if let Some(Value::Array(history)) = v.get_mut("status_history") {
+        let skip = history.len().saturating_sub(JOB_HISTORY_ENTRIES);
+        history.drain(..skip);
+    }
+    Some(v)
 }

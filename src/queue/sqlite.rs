@@ -6,6 +6,7 @@
 //! is handed out again: at-least-once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,7 +26,14 @@ pub struct SqliteInbox {
     arrived: Arc<Notify>,
     /// Highest `seq` handed out in this process.
     cursor: Mutex<i64>,
+    /// Bytes of bodies waiting for the writer, and the most that may: the
+    /// writer's queue is bounded by entries, this bounds it by memory.
+    queued_bytes: Arc<AtomicUsize>,
+    max_queued_bytes: usize,
 }
+
+/// Bytes of bodies waiting for the writer, by default.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
 
 impl SqliteInbox {
     pub fn new(db: SqliteDb) -> Self {
@@ -33,7 +41,25 @@ impl SqliteInbox {
             db,
             arrived: Arc::new(Notify::new()),
             cursor: Mutex::new(0),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
+    }
+
+    /// Appends beyond `bytes` of bodies waiting for the writer are refused
+    /// (`Overloaded`, a 503 the BSP retries).
+    pub fn with_max_queued_bytes(mut self, bytes: usize) -> Self {
+        self.max_queued_bytes = bytes.max(1);
+        self
+    }
+}
+
+/// Gives a body's bytes back to the budget when its append is over.
+struct Reserved(Arc<AtomicUsize>, usize);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -50,6 +76,15 @@ fn bsp_from_sql(s: String) -> rusqlite::Result<Bsp> {
 #[async_trait]
 impl Inbox for SqliteInbox {
     async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
+        let size = entry.body.len();
+        let before = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        let _reserved = Reserved(self.queued_bytes.clone(), size);
+        // One body alone is always let through (the body limit bounds it).
+        if before > 0 && before + size > self.max_queued_bytes {
+            return Err(QueueError::Overloaded(format!(
+                "{before} bytes of webhooks wait for the disk already"
+            )));
+        }
         self.db
             .try_write_statement(move |conn| {
                 conn.prepare_cached(
@@ -270,5 +305,73 @@ impl Inbox for SqliteInbox {
 
     async fn health(&self) -> BackendHealth {
         self.db.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sqlite::{SqliteOptions, Synchronous};
+
+    fn entry(n: usize) -> InboxEntry {
+        InboxEntry {
+            event_id: format!("e{n}"),
+            bsp: Bsp::Datagen,
+            received_at: Utc::now(),
+            body: Bytes::from(vec![b'x'; 1000]),
+            priority: 0,
+            batch_len: None,
+        }
+    }
+
+    /// Bodies waiting for a busy writer are bounded by bytes: past the bound
+    /// an append is refused at once (a 503), and the bytes come back when
+    /// the writer has them.
+    #[tokio::test]
+    async fn appends_past_the_byte_bound_are_refused_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&SqliteOptions {
+            path: dir.path().join("zen.db"),
+            synchronous: Synchronous::Normal,
+            queue_capacity: 100,
+            max_batch: 16,
+            readers: 1,
+        })
+        .unwrap();
+        let inbox = Arc::new(SqliteInbox::new(db.clone()).with_max_queued_bytes(1500));
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let hold = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write_background(move |_| {
+                    let _ = held_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || held_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let first = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.append(entry(1)).await }
+        });
+        while inbox.queued_bytes.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            inbox.append(entry(2)).await,
+            Err(QueueError::Overloaded(_))
+        ));
+        release_tx.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(inbox.queued_bytes.load(Ordering::Relaxed), 0);
+        inbox.append(entry(3)).await.unwrap();
+        assert_eq!(inbox.depth().await.unwrap(), 2);
     }
 }

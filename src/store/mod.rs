@@ -60,8 +60,10 @@ pub struct Applied {
     /// It was applied before by this same gateway event (a redelivery after
     /// a crash or a failed batch): forwarding must still happen (idempotently).
     pub redelivery: bool,
-    /// The record after the event.
-    pub record: MessageRecord,
+    /// The record as the batch left it (shared by every event of the batch
+    /// that touched it: one copy per message, not one per event, so a body
+    /// with thousands of events for one message costs one record).
+    pub record: std::sync::Arc<MessageRecord>,
 }
 
 /// Filters of `GET /api/v1/stats` (legacy `GetMessageStats`, extended).

@@ -15,6 +15,7 @@
 //! - the record itself follows [`MessageRecord::apply`] / `register`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -218,7 +219,7 @@ impl<H> WorkingSet<H> {
     /// Applies message events in order (events without a message part yield
     /// `None`).
     pub fn apply(&mut self, events: &[UnifiedEvent], now: DateTime<Utc>) -> Vec<Option<Applied>> {
-        events
+        let outcomes: Vec<Option<(usize, bool, bool)>> = events
             .iter()
             .map(|ev| {
                 let m = ev.message.as_ref()?;
@@ -234,8 +235,20 @@ impl<H> WorkingSet<H> {
                     record_links(&mut slot.record, links);
                     slot.dirty = true;
                 }
-                let record = slot.record.clone();
                 self.index(i);
+                Some((i, duplicate, redelivery))
+            })
+            .collect();
+        // One shared copy per record touched, as the batch left it.
+        let mut shared: HashMap<usize, Arc<MessageRecord>> = HashMap::new();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                let (i, duplicate, redelivery) = o?;
+                let record = shared
+                    .entry(i)
+                    .or_insert_with(|| Arc::new(self.slots[i].record.clone()))
+                    .clone();
                 Some(Applied {
                     duplicate,
                     redelivery,

@@ -7,6 +7,7 @@ mod crash_safety;
 mod forwarding;
 mod http_limits;
 mod ingest;
+mod memory;
 mod messages;
 mod mongo_e2e;
 mod openapi;
