@@ -257,10 +257,22 @@ async fn kill9_one_of_two_replicas() {
                "topics": ["*"], "business_numbers": [BUSINESS]}),
     )
     .await;
-    let load_a =
-        BackgroundLoad::start_at(&client, &base_a, "chaos-rep-a", 4, Duration::ZERO, "delivered");
-    let load_b =
-        BackgroundLoad::start_at(&client, &base_b, "chaos-rep-b", 4, Duration::ZERO, "delivered");
+    let load_a = BackgroundLoad::start_at(
+        &client,
+        &base_a,
+        "chaos-rep-a",
+        4,
+        Duration::ZERO,
+        "delivered",
+    );
+    let load_b = BackgroundLoad::start_at(
+        &client,
+        &base_b,
+        "chaos-rep-b",
+        4,
+        Duration::ZERO,
+        "delivered",
+    );
     let load = Duration::from_millis(env_num("ZEN_CHAOS_LOAD_MS", 700));
     tokio::time::sleep(load).await;
     a.kill().expect("SIGKILL");
@@ -313,7 +325,10 @@ async fn kill9_one_of_two_replicas() {
             .to_owned();
         ids.entry(wamid).or_default().insert(r.header("webhook-id"));
     }
-    let forwarded = wanted.iter().filter(|w| ids.contains_key(w.as_str())).count();
+    let forwarded = wanted
+        .iter()
+        .filter(|w| ids.contains_key(w.as_str()))
+        .count();
     let unstable = ids.values().filter(|s| s.len() > 1).count();
     let deliveries = rx.received("replicas").len();
     b.kill().ok();

@@ -940,3 +940,32 @@ fn merge_legacy(keep: &mut MessageRecord, other: &MessageRecord) {
         keep.current_status = b.as_str().to_owned();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Update statements go out in commands under the byte and count
+    /// bounds, in order; a statement larger than the bound goes alone.
+    #[test]
+    fn updates_are_split_under_the_command_limits() {
+        let big = "x".repeat(3 * 1024 * 1024);
+        let updates: Vec<Document> = (0..7)
+            .map(|i| doc! {"q": {"_id": i}, "u": {"$set": {"blob": &big}}})
+            .chain((0..2500).map(|i| doc! {"q": {"_id": 100 + i}, "u": {"$set": {"n": i}}}))
+            .collect();
+        let chunks = update_chunks(updates);
+        let mut seen = 0;
+        for c in &chunks {
+            let bytes: usize = c.iter().map(|d| bson::to_vec(d).unwrap().len()).sum();
+            assert!(c.len() == 1 || bytes <= UPDATE_COMMAND_BYTES, "{bytes}");
+            assert!(c.len() <= UPDATE_COMMAND_STATEMENTS);
+            seen += c.len();
+        }
+        assert_eq!(seen, 2507);
+        assert_eq!(chunks[0].len(), 2, "two 3 MiB statements fit under 8 MiB");
+        let one = "y".repeat(9 * 1024 * 1024);
+        let alone = update_chunks(vec![doc! {"u": &one}, doc! {"u": 1}]);
+        assert_eq!(alone.len(), 2);
+    }
+}

@@ -702,3 +702,96 @@ async fn the_dlq_command_lists_and_replays_beside_a_running_gateway() {
     assert_eq!(rx.received("refuses").len(), 2);
     app.stop().await;
 }
+
+/// `HTTP_PROXY` in the environment is not used: the SSRF guard must see the
+/// target's own address. With `FORWARD_PROXY` set, deliveries go through it
+/// and the guard still checks the target (here a private one, refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_from_the_environment_are_ignored_and_forward_proxy_targets_are_checked() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A "proxy" that only counts who connects to it.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = Arc::new(AtomicUsize::new(0));
+    tokio::spawn({
+        let proxied = proxied.clone();
+        async move {
+            while let Ok((_conn, _)) = proxy.accept().await {
+                proxied.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let rx = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_gateway_process(
+        dir.path(),
+        port,
+        &[
+            ("FORWARD_ALLOW_PRIVATE", "true"),
+            ("HTTP_PROXY", proxy_url.as_str()),
+            ("http_proxy", proxy_url.as_str()),
+            ("ALL_PROXY", proxy_url.as_str()),
+        ],
+        None,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_until_ok(&client, &format!("{base}/health")).await;
+    create_webhook_at(
+        &client,
+        &base,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("direct"),
+               "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    client
+        .post(format!("{base}/webhook/datagen"))
+        .body(fixture("datagen_delivered.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        rx.wait_for("direct", 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        proxied.load(Ordering::Relaxed),
+        0,
+        "the delivery went through HTTP_PROXY"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // FORWARD_PROXY set, private targets not allowed: the target is checked
+    // before the proxy is asked, so nothing reaches the proxy.
+    let app = spawn_app_with(|s| s.forward_proxy = Some(proxy_url.clone())).await;
+    create_webhook(
+        &app,
+        json!({"project_owner_id": "o", "webhook_url": "http://localhost:9/x",
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    assert!(
+        wait_until(async || admin_get(&app, "/api/v1/dlq")
+            .await
+            .as_array()
+            .is_some_and(|d| d.len() == 1))
+        .await
+    );
+    let dlq = admin_get(&app, "/api/v1/dlq").await;
+    assert!(
+        dlq[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("non-public address"),
+        "{dlq}"
+    );
+    assert_eq!(proxied.load(Ordering::Relaxed), 0);
+    app.stop().await;
+}

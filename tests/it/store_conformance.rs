@@ -96,6 +96,8 @@ suite!(
     a_large_mixed_batch_applies_every_event,
     inbound_messages_keep_their_content,
     messages_list_in_stable_pages_with_filters,
+    a_link_between_two_records_keeps_them_apart,
+    a_flood_of_statuses_leaves_a_bounded_record,
 );
 
 pub fn status(
@@ -136,6 +138,59 @@ pub fn status(
 
 mod cases {
     use super::*;
+
+    /// DESIGN §3: an event linking a wamid record to a provider id another
+    /// record holds (here under another BSP than the event's) keeps the two
+    /// apart and records the link; in one batch or across batches.
+    pub async fn a_link_between_two_records_keeps_them_apart(store: &dyn MessageStore) {
+        for split in [false, true] {
+            let tag = if split { "split" } else { "one" };
+            let (w, p) = (format!("wamid.link-{tag}"), format!("P-{tag}"));
+            let events = vec![
+                status(Bsp::Aisensy, Some(&w), None, "sent", 1),
+                status(Bsp::Aisensy, None, Some(&p), "sent", 2),
+                status(Bsp::Karix, Some(&w), Some(&p), "delivered", 3),
+            ];
+            if split {
+                for ev in &events {
+                    store.apply(std::slice::from_ref(ev)).await.unwrap();
+                }
+            } else {
+                store.apply(&events).await.unwrap();
+            }
+            let by_w = store.find_message(&w).await.unwrap().unwrap();
+            let by_p = store.find_message(&p).await.unwrap().unwrap();
+            assert_ne!(by_w.message_id, by_p.message_id, "{tag}");
+            assert_eq!(by_w.bsp_message_id, None, "{tag}");
+            assert_eq!(by_w.current_status, "delivered", "{tag}");
+            assert_eq!(by_w.status_history.len(), 2, "{tag}");
+            let linked = &by_w.bsp_data.as_ref().unwrap()["linked"];
+            assert_eq!(linked[0]["bsp_message_id"], p.as_str(), "{tag}");
+            assert_eq!(linked[0]["message_id"], by_p.message_id.as_str(), "{tag}");
+            assert_eq!(by_p.wamid, None, "{tag}");
+            // Applying it again changes nothing.
+            let again = store.apply(&events[2..]).await.unwrap();
+            assert!(again[0].as_ref().unwrap().duplicate, "{tag}");
+        }
+    }
+
+    /// One message's record stays bounded, on every store.
+    pub async fn a_flood_of_statuses_leaves_a_bounded_record(store: &dyn MessageStore) {
+        let events: Vec<UnifiedEvent> = (0..1000)
+            .map(|i| status(Bsp::Meta, Some("wamid.flood"), None, "delivered", i))
+            .collect();
+        for chunk in events.chunks(250) {
+            store.apply(chunk).await.unwrap();
+        }
+        let rec = store.find_message("wamid.flood").await.unwrap().unwrap();
+        assert!(rec.status_history.len() <= zen_gateway::model::HISTORY_CAP);
+        let counted: u64 = rec.status_history.iter().map(|h| 1 + h.collapsed).sum();
+        assert_eq!(counted, 1000);
+        assert_eq!(
+            rec.delivered_at,
+            Some(Utc.timestamp_opt(1_749_540_000, 0).unwrap())
+        );
+    }
 
     pub async fn events_create_and_update_a_record(store: &dyn MessageStore) {
         let out = store
