@@ -502,7 +502,18 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
         .wait_for("healthy", events, Duration::from_secs(60))
         .await;
     let healthy_done = started.elapsed();
-    let slow = rx.wait_for("slow", events, Duration::from_secs(120)).await;
+    // At least once each: a delivery that runs past the timeout on a loaded
+    // machine is retried, under the same event id.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let slow = loop {
+        let got = rx.received("slow");
+        let distinct: HashSet<String> = got.iter().map(|r| r.header("x-event-id")).collect();
+        if distinct.len() >= events || Instant::now() > deadline {
+            break distinct;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let slow_requests = rx.received("slow").len();
     let slow_done = started.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gone = app
@@ -525,8 +536,8 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
         .unwrap_or(0.0);
     println!(
         "chaos: bad endpoints: {events} events to 5 endpoints; healthy got {} in {:.2} s, \
-         slow (300 ms) {} in {:.2} s; hanging got {} requests, erroring {}, gone {} \
-         (then deactivated: {}); open breakers {open_breakers}",
+         slow (300 ms) {} in {:.2} s ({slow_requests} requests); hanging got {} requests, \
+         erroring {}, gone {} (then deactivated: {}); open breakers {open_breakers}",
         healthy.len(),
         healthy_done.as_secs_f64(),
         slow.len(),

@@ -1,0 +1,971 @@
+//! The MongoDB store: the legacy `unified_message_tracking` collection, with
+//! its field names and BSON types (dates as BSON dates), plus
+//! `unrecognized_webhooks`.
+//!
+//! Applying a batch costs four round trips whatever its size: a `find` by
+//! wamid and one by provider id for every message the batch touches, the
+//! events applied in memory by the algorithm every backend shares
+//! ([`WorkingSet`]), then one `insert` for new messages and multi-statement
+//! `update` commands (split under the 16 MB command limit) for changed ones. Each
+//! update is a compare-and-set on the document's `rev` counter, so a
+//! concurrent writer (another replica) makes the batch fail and be retried,
+//! never lose an update; re-applying is idempotent. Our own fields are
+//! `$set`, so fields other services added to a document are kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::oid::ObjectId;
+use bson::{Bson, Document, doc};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::options::{ClientOptions, IndexOptions};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use crate::store::working_set::{Candidates, WorkingSet};
+use crate::store::{
+    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
+    StoreError,
+};
+use crate::model::{
+    Bsp, Direction, MessageRecord, OutboundRegistration, StatusEntry, UnifiedEvent,
+    UnrecognizedEvent,
+};
+
+/// A stored document's identity and revision (for compare-and-set).
+#[derive(Debug, Clone, Copy)]
+pub struct Handle {
+    id: ObjectId,
+    rev: i64,
+}
+
+pub const MESSAGES: &str = "unified_message_tracking";
+pub const UNRECOGNIZED: &str = "unrecognized_webhooks";
+
+/// The message store on MongoDB (or a wire-compatible server).
+pub struct MongoStore {
+    db: Database,
+    messages: Collection<Document>,
+    unrecognized: Collection<Document>,
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+fn unavailable(e: mongodb::error::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Options as the legacy gateway set them (pool 10/2, connect 10 s, server
+/// selection 5 s), where the URI does not say otherwise.
+pub async fn client(uri: &str) -> Result<Client, StoreError> {
+    let mut opts = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))?;
+    opts.app_name.get_or_insert_with(|| "zen-gateway".into());
+    opts.max_pool_size.get_or_insert(20);
+    opts.min_pool_size.get_or_insert(2);
+    opts.connect_timeout.get_or_insert(Duration::from_secs(10));
+    opts.server_selection_timeout
+        .get_or_insert(Duration::from_secs(5));
+    Client::with_options(opts).map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))
+}
+
+impl MongoStore {
+    /// Connects lazily: a server that is down now is retried by each
+    /// operation, so start-up never fails on it.
+    pub async fn connect(uri: &str, database: &str) -> Result<MongoStore, StoreError> {
+        let client = client(uri).await?;
+        Ok(Self::new(client.database(database)))
+    }
+
+    pub fn new(db: Database) -> MongoStore {
+        MongoStore {
+            messages: db.collection(MESSAGES),
+            unrecognized: db.collection(UNRECOGNIZED),
+            db,
+            up: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &r {
+            Ok(_) => self.up.store(true, Ordering::Relaxed),
+            Err(StoreError::Unavailable(e)) => {
+                self.up.store(false, Ordering::Relaxed);
+                if let Ok(mut slot) = self.last_error.lock() {
+                    *slot = Some(e.clone());
+                }
+            }
+            Err(StoreError::Invalid(_)) => {}
+        }
+        r
+    }
+
+    /// Creates the indexes: unique on `wamid` and on (`bsp`,
+    /// `bsp_message_id`) where present and non-empty (the legacy gateway
+    /// wrote `bsp_message_id: ""` everywhere), and the lookup indexes.
+    /// Run `migrate` first on a collection the legacy gateway wrote.
+    pub async fn ensure_indexes(&self) -> Result<IndexReport, StoreError> {
+        let mut report = IndexReport::default();
+        for (keys, name, partial) in [
+            (
+                doc! {"wamid": 1},
+                "wamid_unique",
+                doc! {"wamid": {"$gt": ""}},
+            ),
+            (
+                doc! {"bsp": 1, "bsp_message_id": 1},
+                "bsp_message_id_unique",
+                doc! {"bsp_message_id": {"$gt": ""}},
+            ),
+        ] {
+            let kind = self.create_unique(keys, name, partial).await?;
+            report.unique.push((name, kind));
+        }
+        for (keys, name) in [
+            (doc! {"bsp_message_id": 1}, "bsp_message_id"),
+            (doc! {"message_id": 1}, "message_id"),
+            (
+                doc! {"project_owner_id": 1, "created_at": -1},
+                "project_owner_id_created_at",
+            ),
+            (
+                doc! {"campaign_id": 1, "created_at": -1},
+                "campaign_id_created_at",
+            ),
+            (
+                doc! {"phone_number": 1, "created_at": -1},
+                "phone_number_created_at",
+            ),
+            (doc! {"created_at": -1}, "created_at"),
+        ] {
+            self.create_index(keys, IndexOptions::builder().name(name.to_owned()).build())
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn create_index(&self, keys: Document, options: IndexOptions) -> Result<(), StoreError> {
+        let model = IndexModel::builder().keys(keys).options(options).build();
+        self.messages
+            .create_index(model)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    /// A unique index over documents that have the key: partial (MongoDB),
+    /// else sparse, else — on servers that implement neither, such as the
+    /// FerretDB used in tests — a plain index, said loudly: uniqueness then
+    /// rests on the processor applying one message's events in one place.
+    async fn create_unique(
+        &self,
+        keys: Document,
+        name: &str,
+        partial: Document,
+    ) -> Result<UniqueIndexKind, StoreError> {
+        let attempts = [
+            (
+                UniqueIndexKind::Partial,
+                IndexOptions::builder()
+                    .name(name.to_owned())
+                    .unique(true)
+                    .partial_filter_expression(partial)
+                    .build(),
+            ),
+            (
+                UniqueIndexKind::Sparse,
+                IndexOptions::builder()
+                    .name(name.to_owned())
+                    .unique(true)
+                    .sparse(true)
+                    .build(),
+            ),
+        ];
+        for (kind, options) in attempts {
+            match self.create_index(keys.clone(), options).await {
+                Ok(()) => return Ok(kind),
+                Err(StoreError::Unavailable(e)) if e.contains("NotImplemented") => continue,
+                // Real MongoDB never gets here (partial works); elsewhere a
+                // sparse compound index may still cover documents that lack
+                // the id, and collide.
+                Err(StoreError::Unavailable(e))
+                    if kind == UniqueIndexKind::Sparse && is_duplicate_key(&e) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        tracing::warn!(
+            index = name,
+            "the database server implements neither partial nor sparse unique indexes; \
+             created a non-unique index instead"
+        );
+        self.create_index(keys, IndexOptions::builder().name(name.to_owned()).build())
+            .await?;
+        Ok(UniqueIndexKind::NotUnique)
+    }
+
+    /// Merges the duplicate documents per `wamid` that the legacy gateway
+    /// wrote (every `sent` inserted one more), then builds the indexes.
+    /// Histories are merged, the status recomputed by the order rules; the
+    /// oldest document survives. Idempotent.
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let mut report = MigrationReport::default();
+        // The legacy gateway wrote "" for absent ids; absent is what it meant,
+        // and what the unique indexes skip.
+        for field in ["wamid", "bsp_message_id"] {
+            let r = self
+                .messages
+                .update_many(doc! {field: ""}, doc! {"$unset": {field: ""}})
+                .await
+                .map_err(unavailable)?;
+            report.emptied_ids += r.modified_count;
+        }
+        // Group in memory by wamid: only ids and wamids are read.
+        let mut cursor = self
+            .messages
+            .find(doc! {"wamid": {"$gt": ""}})
+            .projection(doc! {"_id": 1, "wamid": 1})
+            .await
+            .map_err(unavailable)?;
+        let mut groups: HashMap<String, Vec<ObjectId>> = HashMap::new();
+        while let Some(d) = cursor.try_next().await.map_err(unavailable)? {
+            if let (Ok(id), Ok(w)) = (d.get_object_id("_id"), d.get_str("wamid")) {
+                groups.entry(w.to_owned()).or_default().push(id);
+            }
+        }
+        for (wamid, ids) in groups.into_iter().filter(|(_, ids)| ids.len() > 1) {
+            let docs: Vec<Document> = self
+                .messages
+                .find(doc! {"_id": {"$in": ids.iter().map(|i| Bson::ObjectId(*i)).collect::<Vec<_>>()}})
+                .await
+                .map_err(unavailable)?
+                .try_collect()
+                .await
+                .map_err(unavailable)?;
+            let mut docs: Vec<(ObjectId, Document)> = docs
+                .into_iter()
+                .filter_map(|d| d.get_object_id("_id").ok().map(|id| (id, d)))
+                .collect();
+            docs.sort_by_key(|(id, _)| *id);
+            let Some(((keep_id, keep_doc), rest)) = docs.split_first() else {
+                continue;
+            };
+            let mut merged = from_doc(keep_doc);
+            for (_, other) in rest {
+                merge_legacy(&mut merged, &from_doc(other));
+            }
+            merged.wamid = Some(wamid.clone());
+            let mut set = to_doc(&merged);
+            set.insert("rev", rev_of(keep_doc) + 1);
+            self.messages
+                .update_one(doc! {"_id": keep_id}, doc! {"$set": set})
+                .await
+                .map_err(unavailable)?;
+            let remove: Vec<Bson> = rest.iter().map(|(id, _)| Bson::ObjectId(*id)).collect();
+            let deleted = self
+                .messages
+                .delete_many(doc! {"_id": {"$in": remove}})
+                .await
+                .map_err(unavailable)?;
+            report.merged_groups += 1;
+            report.removed_documents += deleted.deleted_count;
+        }
+        report.indexes = self.ensure_indexes().await?;
+        Ok(report)
+    }
+
+    /// The candidate records of a batch, oldest first: one single-field
+    /// `$in` query per key (an `$or` over both is far slower on some
+    /// wire-compatible servers).
+    async fn load(&self, c: &Candidates) -> Result<WorkingSet<Handle>, StoreError> {
+        let mut found: BTreeMap<ObjectId, Document> = BTreeMap::new();
+        for (field, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
+            for chunk in ids.chunks(1000) {
+                let mut cursor = self
+                    .messages
+                    .find(doc! {field: {"$in": chunk}})
+                    .await
+                    .map_err(unavailable)?;
+                while let Some(d) = cursor.try_next().await.map_err(unavailable)? {
+                    if let Ok(id) = d.get_object_id("_id") {
+                        found.entry(id).or_insert(d);
+                    }
+                }
+            }
+        }
+        Ok(WorkingSet::new(found.into_iter().map(|(id, d)| {
+            let handle = Handle {
+                id,
+                rev: rev_of(&d),
+            };
+            (handle, from_doc(&d))
+        })))
+    }
+
+    /// Writes what a batch changed: inserts, then compare-and-set updates.
+    async fn write_back(&self, set: &WorkingSet<Handle>) -> Result<(), StoreError> {
+        let inserts: Vec<Document> = set
+            .changed()
+            .filter(|s| s.handle.is_none())
+            .map(|s| {
+                let mut d = doc! {"_id": ObjectId::new()};
+                d.extend(to_doc(&s.record));
+                d.insert("rev", 1_i64);
+                d
+            })
+            .collect();
+        if !inserts.is_empty() {
+            self.messages
+                .insert_many(inserts)
+                .ordered(true)
+                .await
+                .map_err(classify)?;
+        }
+        let updates: Vec<Document> = set
+            .changed()
+            .filter_map(|s| {
+                let Handle { id, rev } = s.handle?;
+                let condition = if rev == 0 {
+                    doc! {"_id": id, "rev": {"$exists": false}}
+                } else {
+                    doc! {"_id": id, "rev": rev}
+                };
+                let mut set = to_doc(&s.record);
+                set.insert("rev", rev + 1);
+                Some(doc! {"q": condition, "u": {"$set": set}})
+            })
+            .collect();
+        // One command per chunk, under the server's 16 MB command limit
+        // whatever the batch holds.
+        for chunk in update_chunks(updates) {
+            self.update_chunk(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_chunk(&self, updates: Vec<Document>) -> Result<(), StoreError> {
+        let expected = updates.len() as i64;
+        let reply = self
+            .db
+            .run_command(doc! {"update": MESSAGES, "updates": updates, "ordered": true})
+            .await
+            .map_err(classify)?;
+        let matched = match reply.get("n") {
+            Some(Bson::Int32(n)) => *n as i64,
+            Some(Bson::Int64(n)) => *n,
+            Some(Bson::Double(n)) => *n as i64,
+            _ => -1,
+        };
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if !errors.is_empty() {
+                // The server refused the data itself (a key it does not
+                // accept, a document too large, a unique key): retrying the
+                // same data gives the same answer.
+                return Err(StoreError::Invalid(format!("update refused: {errors:?}")));
+            }
+        }
+        if matched != expected {
+            return Err(StoreError::Unavailable(format!(
+                "{} of {expected} messages changed concurrently; the batch is retried",
+                expected - matched
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of update statements sent in one `update` command (the
+/// server's limit is 16 MiB for the whole command).
+const UPDATE_COMMAND_BYTES: usize = 8 * 1024 * 1024;
+/// Statements in one `update` command (the server's limit is 100,000).
+const UPDATE_COMMAND_STATEMENTS: usize = 1000;
+
+/// Splits update statements into commands under both bounds; a single
+/// statement larger than the byte bound goes alone (and the server decides).
+fn update_chunks(updates: Vec<Document>) -> Vec<Vec<Document>> {
+    let mut chunks: Vec<Vec<Document>> = Vec::new();
+    let mut bytes = 0;
+    for u in updates {
+        let size = bson::to_vec(&u).map(|v| v.len()).unwrap_or(0);
+        let start_new = match chunks.last() {
+            None => true,
+            Some(c) => c.len() >= UPDATE_COMMAND_STATEMENTS || bytes + size > UPDATE_COMMAND_BYTES,
+        };
+        if start_new {
+            chunks.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(c) = chunks.last_mut() {
+            c.push(u);
+        }
+    }
+    chunks
+}
+
+/// Tells an outage (retry later) from data the server refuses (retrying the
+/// same write cannot help): by the driver's error kind and server code, not
+/// by its text.
+fn classify(e: mongodb::error::Error) -> StoreError {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    // Server codes that describe the data, not the server's state.
+    const REFUSED: &[i32] = &[
+        2,     // BadValue
+        9,     // FailedToParse
+        14,    // TypeMismatch
+        52,    // DollarPrefixedFieldName
+        55,    // InvalidDBRef
+        56,    // EmptyFieldName
+        57,    // DottedFieldName
+        10334, // BSONObjectTooLarge
+        11000, // DuplicateKey
+        17419, // document too large
+        17420, // document too large after update
+    ];
+    let code = match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => Some(w.code),
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first())
+            .map(|w| w.code),
+        ErrorKind::BulkWrite(_) => None,
+        ErrorKind::InvalidArgument { .. }
+        | ErrorKind::BsonSerialization(_)
+        | ErrorKind::BsonDeserialization(_) => return StoreError::Invalid(e.to_string()),
+        _ => None,
+    };
+    match code {
+        Some(c) if REFUSED.contains(&c) => StoreError::Invalid(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Whether an error message is a unique-constraint violation (MongoDB
+/// E11000, or a wire-compatible server's wording).
+pub fn is_duplicate_key(message: &str) -> bool {
+    message.contains("E11000")
+        || message.contains("duplicate key")
+        || message.contains("UNIQUE constraint")
+}
+
+/// What `migrate` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationReport {
+    /// Documents whose empty-string `wamid` / `bsp_message_id` was unset.
+    pub emptied_ids: u64,
+    pub merged_groups: u64,
+    pub removed_documents: u64,
+    pub indexes: IndexReport,
+}
+
+/// How each unique index could be built on this server.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexReport {
+    pub unique: Vec<(&'static str, UniqueIndexKind)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UniqueIndexKind {
+    Partial,
+    Sparse,
+    NotUnique,
+}
+
+fn rev_of(d: &Document) -> i64 {
+    match d.get("rev") {
+        Some(Bson::Int32(n)) => *n as i64,
+        Some(Bson::Int64(n)) => *n,
+        _ => 0,
+    }
+}
+
+/// `{field: value}` for each given filter.
+fn equal_filter<const N: usize>(filters: [(&str, Option<&str>); N]) -> Document {
+    let mut filter = Document::new();
+    for (field, value) in filters {
+        if let Some(v) = value {
+            filter.insert(field, v);
+        }
+    }
+    filter
+}
+
+#[async_trait]
+impl MessageStore for MongoStore {
+    async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
+        let result = async {
+            let mut set = self.load(&Candidates::of_events(events)).await?;
+            let applied = set.apply(events, Utc::now());
+            self.write_back(&set).await?;
+            Ok(applied)
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn register(
+        &self,
+        reg: &OutboundRegistration,
+    ) -> Result<(MessageRecord, bool), StoreError> {
+        if reg.key().is_none() {
+            return Err(StoreError::Invalid(
+                "a message needs a wamid or a bsp_message_id".into(),
+            ));
+        }
+        // Compare-and-set may lose to a concurrent writer: retry a few times.
+        let mut last = None;
+        for _ in 0..5 {
+            let attempt = async {
+                let mut set = self.load(&Candidates::of_registration(reg)).await?;
+                let registered = set.register(reg, Utc::now());
+                self.write_back(&set).await?;
+                Ok(registered)
+            }
+            .await;
+            match attempt {
+                Ok(v) => return self.note(Ok(v)),
+                Err(e) => last = Some(e),
+            }
+        }
+        self.note(Err(last.unwrap_or_else(|| {
+            StoreError::Unavailable("register failed".into())
+        })))
+    }
+
+    async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let result = async {
+            // Same precedence as every backend: wamid, message_id, provider
+            // id; one indexed single-field query each.
+            for field in ["wamid", "message_id", "bsp_message_id"] {
+                let found = self
+                    .messages
+                    .find_one(doc! {field: id})
+                    .sort(doc! {"_id": 1})
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(d) = found {
+                    return Ok(Some(from_doc(&d)));
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
+        let mut filter = equal_filter([
+            ("phone_number", q.phone_number.as_deref()),
+            ("campaign_id", q.campaign_id.as_deref()),
+            ("project_owner_id", q.project_owner_id.as_deref()),
+            ("current_status", q.status.as_deref()),
+        ]);
+        if let Some(after) = &q.after {
+            let at = bson::DateTime::from_millis(after.created_at_ms);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! {"created_at": {"$lt": at}},
+                    doc! {"created_at": at, "message_id": {"$lt": &after.message_id}},
+                ],
+            );
+        }
+        let result = async {
+            let docs: Vec<Document> = self
+                .messages
+                .find(filter)
+                .sort(doc! {"created_at": -1, "message_id": -1})
+                .limit(q.limit as i64 + 1)
+                .await
+                .map_err(unavailable)?
+                .try_collect()
+                .await
+                .map_err(unavailable)?;
+            Ok(MessagePage::from_probe(
+                docs.iter().map(from_doc).collect(),
+                q.limit,
+            ))
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let docs = events.iter().map(|u| {
+            doc! {
+                "event_id": &u.event_id,
+                "bsp": u.bsp.as_str(),
+                "received_at": bson::DateTime::from_chrono(u.received_at),
+                "reason": &u.reason,
+                "body": &u.body,
+            }
+        });
+        let result = self
+            .unrecognized
+            .insert_many(docs)
+            .await
+            .map(|_| ())
+            .map_err(unavailable);
+        self.note(result)
+    }
+
+    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError> {
+        let result = async {
+            let docs: Vec<Document> = self
+                .unrecognized
+                .find(doc! {})
+                .sort(doc! {"_id": -1})
+                .limit(limit as i64)
+                .await
+                .map_err(unavailable)?
+                .try_collect()
+                .await
+                .map_err(unavailable)?;
+            Ok(docs
+                .iter()
+                .map(|d| UnrecognizedEvent {
+                    event_id: d.get_str("event_id").unwrap_or_default().to_owned(),
+                    bsp: d
+                        .get_str("bsp")
+                        .ok()
+                        .and_then(Bsp::parse)
+                        .unwrap_or_default(),
+                    received_at: date(d, "received_at").unwrap_or_else(Utc::now),
+                    reason: d.get_str("reason").unwrap_or_default().to_owned(),
+                    body: d.get_str("body").unwrap_or_default().to_owned(),
+                })
+                .collect())
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn stats(&self, q: &StatsQuery) -> Result<MessageStats, StoreError> {
+        let mut filter = equal_filter([
+            ("project_owner_id", q.project_owner_id.as_deref()),
+            ("campaign_id", q.campaign_id.as_deref()),
+            ("bsp", q.bsp.map(Bsp::as_str)),
+        ]);
+        let mut created = Document::new();
+        if let Some(from) = q.from {
+            created.insert("$gte", bson::DateTime::from_chrono(from));
+        }
+        if let Some(to) = q.to {
+            created.insert("$lt", bson::DateTime::from_chrono(to));
+        }
+        if !created.is_empty() {
+            filter.insert("created_at", created);
+        }
+        let pipeline = vec![
+            doc! {"$match": filter},
+            doc! {"$group": {"_id": "$current_status", "count": {"$sum": 1}}},
+        ];
+        let result = async {
+            let rows: Vec<Document> = self
+                .messages
+                .aggregate(pipeline)
+                .await
+                .map_err(unavailable)?
+                .try_collect()
+                .await
+                .map_err(unavailable)?;
+            let mut by_status = BTreeMap::new();
+            for row in rows {
+                let status = row.get_str("_id").unwrap_or("").to_owned();
+                let count = match row.get("count") {
+                    Some(Bson::Int32(n)) => *n as u64,
+                    Some(Bson::Int64(n)) => *n as u64,
+                    Some(Bson::Double(n)) => *n as u64,
+                    _ => 0,
+                };
+                *by_status.entry(status).or_insert(0) += count;
+            }
+            Ok(MessageStats::from_counts(by_status))
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let ping = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.db.run_command(doc! {"ping": 1}),
+        )
+        .await;
+        let (up, detail) = match ping {
+            Ok(Ok(_)) => (true, None),
+            Ok(Err(e)) => (false, Some(e.to_string())),
+            Err(_) => (false, Some("ping timed out".to_owned())),
+        };
+        self.up.store(up, Ordering::Relaxed);
+        BackendHealth {
+            backend: "mongodb",
+            up,
+            detail,
+        }
+    }
+}
+
+// ---------- documents ----------
+
+fn date(d: &Document, key: &str) -> Option<DateTime<Utc>> {
+    match d.get(key) {
+        Some(Bson::DateTime(t)) => Some(t.to_chrono()),
+        _ => None,
+    }
+}
+
+fn string(d: &Document, key: &str) -> String {
+    d.get_str(key).unwrap_or_default().to_owned()
+}
+
+fn opt_string(d: &Document, key: &str) -> Option<String> {
+    d.get_str(key)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn json_of(b: &Bson) -> serde_json::Value {
+    b.clone().into_relaxed_extjson()
+}
+
+fn bson_of(v: &serde_json::Value) -> Bson {
+    bson::to_bson(v).unwrap_or_else(|_| Bson::String(v.to_string()))
+}
+
+/// Reads a document, ours or the legacy gateway's, leniently: a missing or
+/// mistyped field becomes its default rather than an error.
+pub fn from_doc(d: &Document) -> MessageRecord {
+    let history = d
+        .get_array("status_history")
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(|h| StatusEntry {
+                    status: string(h, "status"),
+                    source: string(h, "source"),
+                    timestamp: date(h, "timestamp").unwrap_or_default(),
+                    reason: opt_string(h, "reason"),
+                    error_code: opt_string(h, "error_code"),
+                    raw_status: opt_string(h, "raw_status"),
+                    event_key: string(h, "event_key"),
+                    event_id: string(h, "event_id"),
+                    collapsed: match h.get("collapsed") {
+                        Some(Bson::Int64(n)) => (*n).max(0) as u64,
+                        Some(Bson::Int32(n)) => (*n).max(0) as u64,
+                        _ => 0,
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let now = Utc::now();
+    MessageRecord {
+        message_id: opt_string(d, "message_id").unwrap_or_else(|| {
+            d.get_object_id("_id")
+                .map(|o| o.to_hex())
+                .unwrap_or_default()
+        }),
+        wamid: opt_string(d, "wamid"),
+        bsp: string(d, "bsp"),
+        bsp_message_id: opt_string(d, "bsp_message_id"),
+        phone_number: string(d, "phone_number"),
+        business_number: string(d, "business_number"),
+        current_status: string(d, "current_status"),
+        status_history: history,
+        campaign_id: opt_string(d, "campaign_id"),
+        project_id: opt_string(d, "project_id"),
+        project_owner_id: string(d, "project_owner_id"),
+        bsp_data: d
+            .get("bsp_data")
+            .filter(|b| !matches!(b, Bson::Null))
+            .map(json_of),
+        sent_at: date(d, "sent_at"),
+        delivered_at: date(d, "delivered_at"),
+        read_at: date(d, "read_at"),
+        failed_at: date(d, "failed_at"),
+        created_at: date(d, "created_at").unwrap_or(now),
+        updated_at: date(d, "updated_at").unwrap_or(now),
+        direction: match d.get_str("direction") {
+            Ok("inbound") => Direction::Inbound,
+            _ => Direction::Outbound,
+        },
+        content: d
+            .get("content")
+            .filter(|b| !matches!(b, Bson::Null))
+            .map(json_of),
+    }
+}
+
+/// The fields zen-gateway owns, in the legacy names and BSON types. Absent
+/// optional values are left out (`$set` then leaves them untouched).
+pub fn to_doc(r: &MessageRecord) -> Document {
+    let mut d = doc! {
+        "message_id": &r.message_id,
+        "bsp": &r.bsp,
+        "phone_number": &r.phone_number,
+        "business_number": &r.business_number,
+        "current_status": &r.current_status,
+        "status_history": r.status_history.iter().map(|h| {
+            let mut e = doc! {
+                "status": &h.status,
+                "source": &h.source,
+                "timestamp": bson::DateTime::from_chrono(h.timestamp),
+            };
+            if let Some(v) = &h.reason { e.insert("reason", v); }
+            if let Some(v) = &h.error_code { e.insert("error_code", v); }
+            if let Some(v) = &h.raw_status { e.insert("raw_status", v); }
+            if !h.event_key.is_empty() { e.insert("event_key", &h.event_key); }
+            if !h.event_id.is_empty() { e.insert("event_id", &h.event_id); }
+            if h.collapsed > 0 { e.insert("collapsed", h.collapsed as i64); }
+            Bson::Document(e)
+        }).collect::<Vec<_>>(),
+        "project_owner_id": &r.project_owner_id,
+        "created_at": bson::DateTime::from_chrono(r.created_at),
+        "updated_at": bson::DateTime::from_chrono(r.updated_at),
+        "direction": match r.direction { Direction::Inbound => "inbound", Direction::Outbound => "outbound" },
+    };
+    if let Some(v) = &r.wamid {
+        d.insert("wamid", v);
+    }
+    if let Some(v) = &r.bsp_message_id {
+        d.insert("bsp_message_id", v);
+    }
+    if let Some(v) = &r.campaign_id {
+        d.insert("campaign_id", v);
+    }
+    if let Some(v) = &r.project_id {
+        d.insert("project_id", v);
+    }
+    if let Some(v) = &r.bsp_data {
+        d.insert("bsp_data", bson_of(v));
+    }
+    for (key, value) in [
+        ("sent_at", r.sent_at),
+        ("delivered_at", r.delivered_at),
+        ("read_at", r.read_at),
+        ("failed_at", r.failed_at),
+    ] {
+        if let Some(t) = value {
+            d.insert(key, bson::DateTime::from_chrono(t));
+        }
+    }
+    if let Some(v) = &r.content {
+        d.insert("content", bson_of(v));
+    }
+    d
+}
+
+/// Folds a legacy duplicate into the surviving record: histories merged
+/// (identical entries once), the status recomputed by the order rules,
+/// empty fields filled.
+fn merge_legacy(keep: &mut MessageRecord, other: &MessageRecord) {
+    for h in &other.status_history {
+        let same = |e: &StatusEntry| {
+            e.status == h.status && e.timestamp == h.timestamp && e.source == h.source
+        };
+        if !keep.status_history.iter().any(same) {
+            keep.status_history.push(h.clone());
+        }
+    }
+    keep.status_history.sort_by_key(|h| h.timestamp);
+    for (slot, value) in [
+        (&mut keep.phone_number, &other.phone_number),
+        (&mut keep.business_number, &other.business_number),
+        (&mut keep.project_owner_id, &other.project_owner_id),
+    ] {
+        if slot.is_empty() {
+            *slot = value.clone();
+        }
+    }
+    keep.campaign_id = keep
+        .campaign_id
+        .take()
+        .or_else(|| other.campaign_id.clone());
+    keep.project_id = keep.project_id.take().or_else(|| other.project_id.clone());
+    keep.bsp_data = keep.bsp_data.take().or_else(|| other.bsp_data.clone());
+    keep.created_at = keep.created_at.min(other.created_at);
+    keep.updated_at = keep.updated_at.max(other.updated_at);
+    // Status and times, from the merged history by the order rules.
+    let mut best: Option<crate::model::Status> = keep.status();
+    for h in &keep.status_history {
+        if let Some(s) = crate::model::Status::parse(&h.status) {
+            if best.is_none_or(|b| s > b) {
+                best = Some(s);
+            }
+            let slot = match s {
+                crate::model::Status::Sent => &mut keep.sent_at,
+                crate::model::Status::Delivered => &mut keep.delivered_at,
+                crate::model::Status::Read => &mut keep.read_at,
+                crate::model::Status::Failed => &mut keep.failed_at,
+                _ => continue,
+            };
+            if slot.is_none_or(|t| h.timestamp < t) {
+                *slot = Some(h.timestamp);
+            }
+        }
+    }
+    for (slot, t) in [
+        (&mut keep.sent_at, other.sent_at),
+        (&mut keep.delivered_at, other.delivered_at),
+        (&mut keep.read_at, other.read_at),
+        (&mut keep.failed_at, other.failed_at),
+    ] {
+        if let Some(t) = t {
+            if slot.is_none_or(|cur| t < cur) {
+                *slot = Some(t);
+            }
+        }
+    }
+    if let Some(b) = best {
+        keep.current_status = b.as_str().to_owned();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Update statements go out in commands under the byte and count
+    /// bounds, in order; a statement larger than the bound goes alone.
+    #[test]
+    fn updates_are_split_under_the_command_limits() {
+        let big = "x".repeat(3 * 1024 * 1024);
+        let updates: Vec<Document> = (0..7)
+            .map(|i| doc! {"q": {"_id": i}, "u": {"$set": {"blob": &big}}})
+            .chain((0..2500).map(|i| doc! {"q": {"_id": 100 + i}, "u": {"$set": {"n": i}}}))
+            .collect();
+        let chunks = update_chunks(updates);
+        let mut seen = 0;
+        for c in &chunks {
+            let bytes: usize = c.iter().map(|d| bson::to_vec(d).unwrap().len()).sum();
+            assert!(c.len() == 1 || bytes <= UPDATE_COMMAND_BYTES, "{bytes}");
+            assert!(c.len() <= UPDATE_COMMAND_STATEMENTS);
+            seen += c.len();
+        }
+        assert_eq!(seen, 2507);
+        assert_eq!(chunks[0].len(), 2, "two 3 MiB statements fit under 8 MiB");
+        let one = "y".repeat(9 * 1024 * 1024);
+        let alone = update_chunks(vec![doc! {"u": &one}, doc! {"u": 1}]);
+        assert_eq!(alone.len(), 2);
+    }
+}

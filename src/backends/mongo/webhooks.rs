@@ -1,0 +1,418 @@
+//! Webhooks, delivery logs and project lookups on MongoDB, in the legacy
+//! collections and types: `webhooks` (`_id` a string, int64-ms dates),
+//! `webhook_delivery_logs` (`_id` ObjectId, `attempt_count` int32, dates as
+//! BSON dates, updated per attempt with `$set` + `$inc`), and the read-only
+//! `projects` (`wa_number` → `project_owner_id`).
+
+use async_trait::async_trait;
+use bson::oid::ObjectId;
+use bson::{Bson, Document, doc};
+use chrono::Utc;
+use futures::TryStreamExt;
+use mongodb::{Collection, Database};
+
+use crate::forwarding::{
+    Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
+};
+use crate::store::StoreError;
+use super::store::is_duplicate_key;
+
+pub struct MongoWebhookStore {
+    webhooks: Collection<Document>,
+    logs: Collection<Document>,
+    projects: Collection<Document>,
+    legacy_secrets: Collection<Document>,
+}
+
+/// Secrets of legacy jobs (see [`WebhookStore::keep_legacy_secret`]).
+pub const LEGACY_SECRETS: &str = "zen_legacy_job_secrets";
+
+fn unavailable(e: mongodb::error::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl MongoWebhookStore {
+    pub fn new(db: &Database) -> Self {
+        MongoWebhookStore {
+            webhooks: db.collection("webhooks"),
+            logs: db.collection("webhook_delivery_logs"),
+            projects: db.collection("projects"),
+            legacy_secrets: db.collection(LEGACY_SECRETS),
+        }
+    }
+}
+
+fn status_name(s: DeliveryStatus) -> &'static str {
+    match s {
+        DeliveryStatus::Pending => "pending",
+        DeliveryStatus::Retrying => "retrying",
+        DeliveryStatus::Success => "success",
+        DeliveryStatus::Failed => "failed",
+    }
+}
+
+fn webhook_doc(w: &WebhookConfig) -> Document {
+    let w = &w.normalized();
+    let mut d = doc! {
+        "_id": &w.id,
+        "project_owner_id": &w.project_owner_id,
+        "project_id": &w.project_id,
+        "webhook_url": &w.webhook_url,
+        "shared_secret": &w.shared_secret,
+        "topics": &w.topics,
+        "created_at": w.created_at,
+        "updated_at": w.updated_at,
+    };
+    if let Some(a) = w.active {
+        d.insert("active", a);
+    }
+    if let Some(b) = &w.business_numbers {
+        d.insert("business_numbers", b);
+    }
+    if let Some(h) = &w.headers {
+        let mut hd = Document::new();
+        for (k, v) in h {
+            hd.insert(k, v);
+        }
+        d.insert("headers", hd);
+    }
+    d
+}
+
+fn int(d: &Document, key: &str) -> i64 {
+    match d.get(key) {
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Int32(n)) => *n as i64,
+        Some(Bson::Double(n)) => *n as i64,
+        Some(Bson::DateTime(t)) => t.timestamp_millis(),
+        _ => 0,
+    }
+}
+
+fn strings(d: &Document, key: &str) -> Option<Vec<String>> {
+    d.get_array(key).ok().map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
+fn webhook_from(d: &Document) -> WebhookConfig {
+    let id = match d.get("_id") {
+        Some(Bson::String(s)) => s.clone(),
+        Some(Bson::ObjectId(o)) => o.to_hex(),
+        _ => String::new(),
+    };
+    WebhookConfig {
+        id,
+        project_owner_id: d.get_str("project_owner_id").unwrap_or_default().to_owned(),
+        project_id: d.get_str("project_id").unwrap_or_default().to_owned(),
+        webhook_url: d.get_str("webhook_url").unwrap_or_default().to_owned(),
+        shared_secret: d.get_str("shared_secret").unwrap_or_default().to_owned(),
+        topics: strings(d, "topics").unwrap_or_default(),
+        created_at: int(d, "created_at"),
+        updated_at: int(d, "updated_at"),
+        active: d.get_bool("active").ok(),
+        business_numbers: strings(d, "business_numbers"),
+        headers: d.get_document("headers").ok().map(|h| {
+            h.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        }),
+    }
+}
+
+/// `_id` as stored: ours are 24 hex, i.e. ObjectIds, as the legacy logs.
+fn log_id(id: &str) -> Bson {
+    ObjectId::parse_str(id)
+        .map(Bson::ObjectId)
+        .unwrap_or_else(|_| Bson::String(id.to_owned()))
+}
+
+fn log_from(d: &Document) -> DeliveryLog {
+    let status = match d.get_str("status").unwrap_or("pending") {
+        "retrying" => DeliveryStatus::Retrying,
+        "success" => DeliveryStatus::Success,
+        "failed" => DeliveryStatus::Failed,
+        _ => DeliveryStatus::Pending,
+    };
+    let date = |k: &str| d.get_datetime(k).ok().map(|t| t.to_chrono());
+    DeliveryLog {
+        id: match d.get("_id") {
+            Some(Bson::ObjectId(o)) => o.to_hex(),
+            Some(Bson::String(s)) => s.clone(),
+            _ => String::new(),
+        },
+        project_owner_id: d.get_str("project_owner_id").unwrap_or_default().to_owned(),
+        webhook_id: d.get_str("webhook_id").unwrap_or_default().to_owned(),
+        event_id: d.get_str("event_id").unwrap_or_default().to_owned(),
+        event_type: d.get_str("event_type").unwrap_or_default().to_owned(),
+        webhook_url: d.get_str("webhook_url").unwrap_or_default().to_owned(),
+        payload: d
+            .get("payload")
+            .cloned()
+            .map(Bson::into_relaxed_extjson)
+            .unwrap_or_default(),
+        attempt_count: int(d, "attempt_count") as u32,
+        status,
+        status_code: d.get("status_code").map(|_| int(d, "status_code") as u16),
+        response_body: d.get_str("response_body").ok().map(str::to_owned),
+        error_message: d.get_str("error_message").ok().map(str::to_owned),
+        delivery_duration_ms: d
+            .get("delivery_duration_ms")
+            .map(|_| int(d, "delivery_duration_ms") as u64),
+        next_retry_at: date("next_retry_at"),
+        created_at: date("created_at").unwrap_or_else(Utc::now),
+        last_attempt_at: date("last_attempt_at").unwrap_or_else(Utc::now),
+    }
+}
+
+async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
+    cursor.try_collect().await.map_err(unavailable)
+}
+
+#[async_trait]
+impl WebhookStore for MongoWebhookStore {
+    async fn create_webhook(&self, w: &WebhookConfig) -> Result<(), StoreError> {
+        self.webhooks
+            .insert_one(webhook_doc(w))
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+        let found = self
+            .webhooks
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.as_ref().map(webhook_from))
+    }
+
+    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError> {
+        let filter = match owner {
+            Some(o) => doc! {"project_owner_id": o},
+            None => doc! {},
+        };
+        let docs = collect(
+            self.webhooks
+                .find(filter)
+                .sort(doc! {"_id": 1})
+                .await
+                .map_err(unavailable)?,
+        )
+        .await?;
+        Ok(docs.iter().map(webhook_from).collect())
+    }
+
+    async fn update_webhook(&self, w: &WebhookConfig) -> Result<bool, StoreError> {
+        // `$set` of our fields: fields other services keep (app_id,
+        // partner_id…) survive.
+        let mut set = webhook_doc(w);
+        set.remove("_id");
+        let mut unset = Document::new();
+        for key in ["active", "business_numbers", "headers"] {
+            if !set.contains_key(key) {
+                unset.insert(key, "");
+            }
+        }
+        let mut update = doc! {"$set": set};
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        let r = self
+            .webhooks
+            .update_one(doc! {"_id": &w.id}, update)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.matched_count > 0)
+    }
+
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        let r = self
+            .webhooks
+            .delete_one(doc! {"_id": id})
+            .await
+            .map_err(unavailable)?;
+        Ok(r.deleted_count > 0)
+    }
+
+    async fn matching_webhooks(
+        &self,
+        owner: Option<&str>,
+        project_id: Option<&str>,
+        business_number: Option<&str>,
+    ) -> Result<Vec<WebhookConfig>, StoreError> {
+        let mut or = Vec::new();
+        if let Some(o) = owner {
+            or.push(doc! {"project_owner_id": o});
+        }
+        if let Some(p) = project_id {
+            or.push(doc! {"project_id": p});
+        }
+        if let Some(b) = business_number {
+            let n = normalize_number(b);
+            or.push(doc! {"business_numbers": n});
+        }
+        if or.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docs = collect(
+            self.webhooks
+                .find(doc! {"$or": or})
+                .await
+                .map_err(unavailable)?,
+        )
+        .await?;
+        Ok(docs
+            .iter()
+            .map(webhook_from)
+            .filter(WebhookConfig::is_active)
+            .collect())
+    }
+
+    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
+        let n = normalize_number(business_number);
+        let found = self
+            .projects
+            .find_one(doc! {"$or": [{"wa_number": business_number}, {"wa_number": &n}]})
+            .projection(doc! {"_id": 1, "project_owner_id": 1})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.map(|d| ProjectRef {
+            project_id: match d.get("_id") {
+                Some(Bson::ObjectId(o)) => o.to_hex(),
+                Some(Bson::String(s)) => s.clone(),
+                _ => String::new(),
+            },
+            project_owner_id: d.get_str("project_owner_id").unwrap_or_default().to_owned(),
+        }))
+    }
+
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        let docs = logs.iter().map(|l| {
+            doc! {
+                "_id": log_id(&l.id),
+                "project_owner_id": &l.project_owner_id,
+                "webhook_id": &l.webhook_id,
+                "event_id": &l.event_id,
+                "event_type": &l.event_type,
+                "webhook_url": &l.webhook_url,
+                "payload": bson::to_bson(&l.payload).unwrap_or(Bson::Null),
+                "attempt_count": l.attempt_count as i32,
+                "status": status_name(l.status),
+                "created_at": bson::DateTime::from_chrono(l.created_at),
+                "last_attempt_at": bson::DateTime::from_chrono(l.last_attempt_at),
+            }
+        });
+        match self.logs.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            // A re-run fan-out: those logs exist already.
+            Err(e) if is_duplicate_key(&e.to_string()) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn record_attempt(&self, id: &str, a: &Attempt) -> Result<(), StoreError> {
+        let mut set = doc! {
+            "status": status_name(a.status),
+            "last_attempt_at": bson::DateTime::from_chrono(a.at),
+            "delivery_duration_ms": a.duration_ms as i64,
+        };
+        if let Some(c) = a.status_code {
+            set.insert("status_code", c as i32);
+        }
+        if let Some(b) = &a.response_body {
+            set.insert("response_body", b);
+        }
+        // As `apply_attempt`: the error and the next retry are replaced
+        // (cleared when the attempt has none), the rest kept when absent.
+        let mut unset = doc! {};
+        match &a.error_message {
+            Some(e) => {
+                set.insert("error_message", e);
+            }
+            None => {
+                unset.insert("error_message", "");
+            }
+        }
+        match a.next_retry_at {
+            Some(t) => {
+                set.insert("next_retry_at", bson::DateTime::from_chrono(t));
+            }
+            None => {
+                unset.insert("next_retry_at", "");
+            }
+        }
+        let mut update = doc! {};
+        if !unset.is_empty() {
+            update.insert("$unset", unset);
+        }
+        update.insert("$set", set);
+        if a.counts_as_attempt {
+            update.insert("$inc", doc! {"attempt_count": 1_i32});
+        }
+        self.logs
+            .update_one(doc! {"_id": log_id(id)}, update)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn delivery_status(&self, id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+        let found = self
+            .logs
+            .find_one(doc! {"_id": log_id(id)})
+            .projection(doc! {"status": 1})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.and_then(|d| {
+            serde_json::from_value(serde_json::Value::String(
+                d.get_str("status").ok()?.to_owned(),
+            ))
+            .ok()
+        }))
+    }
+
+    async fn keep_legacy_secret(&self, id: &str, secret: &str) -> Result<(), StoreError> {
+        self.legacy_secrets
+            .update_one(
+                doc! {"_id": id},
+                doc! {"$set": {"secret": secret, "created_at": bson::DateTime::now()}},
+            )
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn legacy_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let found = self
+            .legacy_secrets
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(unavailable)?;
+        Ok(found.and_then(|d| d.get_str("secret").ok().map(str::to_owned)))
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        let docs = collect(
+            self.logs
+                .find(doc! {"webhook_id": webhook_id})
+                .sort(doc! {"created_at": -1, "_id": 1})
+                .limit(limit as i64)
+                .await
+                .map_err(unavailable)?,
+        )
+        .await?;
+        Ok(docs.iter().map(log_from).collect())
+    }
+}

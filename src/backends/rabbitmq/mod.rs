@@ -1,0 +1,1068 @@
+//! The inbox on RabbitMQ, compatible with the broker the legacy gateway
+//! shared (DESIGN §2, LEGACY.md §3).
+//!
+//! Ingest publishes **once** per webhook, persistent and mandatory, to
+//! `zen_ingest_exchange` (direct, routing key = the BSP); its bindings put one
+//! copy on the legacy BSP queue for downstream consumers and one on
+//! `zen_ingest_queue` for the processor. `append` returns only after the
+//! broker's publisher confirm; a nack, a return (unroutable) or a lost
+//! connection is an error, which the HTTP edge turns into 503.
+//!
+//! One supervisor task owns the connection: it declares the topology (the
+//! legacy arguments exactly: a mismatch is a 406 from the broker), opens a
+//! small pool of confirm-mode publishing channels and, when this replica
+//! processes, one consuming channel; when anything breaks it reconnects with
+//! backoff. Delivery tags carry the connection generation, so an ack for a
+//! delivery of a dead connection is skipped (the broker redelivers it).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use futures::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use tokio::sync::{Mutex, Notify, RwLock};
+use tokio_util::sync::CancellationToken;
+
+pub mod forward_queue;
+
+pub use forward_queue::RabbitForwardQueue;
+
+use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
+use crate::model::Bsp;
+use crate::store::BackendHealth;
+
+pub const INGEST_EXCHANGE: &str = "zen_ingest_exchange";
+pub const INGEST_QUEUE: &str = "zen_ingest_queue";
+pub const INGEST_DLX: &str = "zen_ingest_dlx";
+pub const INGEST_DLQ: &str = "zen_ingest_dlq";
+pub const FORWARDING_EXCHANGE: &str = "webhook_forwarding_exchange";
+pub const FORWARDING_QUEUE: &str = "webhook_forwarding_queue";
+pub const FORWARDING_DLX: &str = "webhook_forwarding_dlx";
+pub const FORWARDING_DLQ: &str = "webhook_forwarding_dlq";
+pub const FORWARDING_ROUTING_KEY: &str = "webhook.forward";
+
+/// The legacy per-BSP queue that receives the raw events (Meta is new).
+pub fn bsp_queue(bsp: Bsp) -> String {
+    format!("{bsp}_webhook_queue")
+}
+
+/// Fixed delays always declared besides the configured retry delays, so that
+/// `Retry-After` and parking behind an open circuit have a queue to wait in.
+const LADDER_MS: [u32; 5] = [1_000, 5_000, 30_000, 60_000, 300_000];
+
+/// Every retry queue delay, ascending.
+pub fn retry_ladder(configured: &[u32]) -> Vec<u32> {
+    let mut all: Vec<u32> = configured.iter().copied().chain(LADDER_MS).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// The per-delay retry queue of the forwarder: messages wait `ms` there and
+/// dead-letter back to the forwarding exchange (no plugin needed).
+pub fn retry_queue(ms: u32) -> String {
+    format!("webhook_forwarding_retry_{ms}")
+}
+
+const HEADER_EVENT_ID: &str = "x-zen-event-id";
+const HEADER_BSP: &str = "x-zen-bsp";
+const HEADER_RECEIVED_AT: &str = "x-zen-received-at";
+const HEADER_QUARANTINE_ERROR: &str = "x-zen-quarantine-error";
+const HEADER_QUARANTINE_ATTEMPTS: &str = "x-zen-quarantine-attempts";
+const HEADER_QUARANTINED_AT: &str = "x-zen-quarantined-at";
+/// The most quarantined messages one listing or replay reads from the DLQ
+/// (a queue is read by taking messages; they are requeued after).
+const QUARANTINE_SCAN: u64 = 10_000;
+
+/// Settings of the RabbitMQ inbox.
+#[derive(Debug, Clone)]
+pub struct RabbitOptions {
+    pub url: String,
+    /// Prepended to every exchange and queue name. Empty in production (the
+    /// legacy names); tests use it to isolate themselves on one broker.
+    pub prefix: String,
+    /// Consume `zen_ingest_queue` (this replica runs the processor).
+    pub consume: bool,
+    /// Unacked deliveries the broker may push to this replica.
+    pub prefetch: u16,
+    /// Confirm-mode channels publishes are spread over.
+    pub publish_channels: usize,
+    /// Retry delays of the forwarder, one queue each.
+    pub retry_delays_ms: Vec<u32>,
+    /// Consume `webhook_forwarding_queue` (this replica runs the forwarder).
+    pub forward_consume: bool,
+    /// Unacked forwarding jobs the broker may push to this replica.
+    pub forward_prefetch: u16,
+}
+
+pub(crate) struct Live {
+    generation: u64,
+    connection: Connection,
+    publishers: Vec<Channel>,
+    next_publisher: AtomicUsize,
+    consumer_channel: Option<Channel>,
+    consumer: Option<Mutex<Consumer>>,
+    forward_channel: Option<Channel>,
+    forward_consumer: Option<Mutex<Consumer>>,
+    /// Inbox deliveries handed out on `consumer_channel` and not yet
+    /// settled (broker tags): an ack may cover every tag up to its highest
+    /// at once only when none below it is still out.
+    inbox_unsettled: std::sync::Mutex<BTreeSet<u64>>,
+}
+
+impl Live {
+    /// The broker's tag inside a wire tag, if the wire tag is of this
+    /// connection (see [`wire_tag`]).
+    fn broker_tag(&self, wire: u64) -> Option<u64> {
+        (wire >> 48 == self.generation).then_some(wire & ((1 << 48) - 1))
+    }
+}
+
+/// The inbox on RabbitMQ.
+pub struct RabbitInbox {
+    opts: RabbitOptions,
+    live: RwLock<Option<Arc<Live>>>,
+    generation: AtomicU64,
+    connected: AtomicBool,
+    last_error: std::sync::Mutex<Option<String>>,
+    broken: Notify,
+    shutdown: CancellationToken,
+}
+
+fn long(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+fn unavailable(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
+/// A fanout dead-letter exchange and its lazy queue (the legacy DLQ shape).
+async fn declare_dead_letters(ch: &Channel, dlx: &str, dlq: &str) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        dlx.into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        dlq.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        table(&[("x-queue-mode", long("lazy"))]),
+    )
+    .await?;
+    ch.queue_bind(
+        dlq.into(),
+        dlx.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+/// Declares everything, idempotently, with the legacy arguments.
+pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), lapin::Error> {
+    let p = &opts.prefix;
+    let name = |n: &str| format!("{p}{n}");
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let lazy_priority = table(&[
+        ("x-queue-mode", long("lazy")),
+        ("x-max-priority", AMQPValue::LongInt(10)),
+    ]);
+
+    // Ingest: one publish, two copies (BSP queue + processor inbox).
+    ch.exchange_declare(
+        name(INGEST_EXCHANGE).into(),
+        ExchangeKind::Direct,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    declare_dead_letters(ch, &name(INGEST_DLX), &name(INGEST_DLQ)).await?;
+    ch.queue_declare(
+        name(INGEST_QUEUE).into(),
+        durable_queue,
+        table(&[
+            ("x-queue-mode", long("lazy")),
+            ("x-max-priority", AMQPValue::LongInt(10)),
+            ("x-dead-letter-exchange", long(&name(INGEST_DLX))),
+        ]),
+    )
+    .await?;
+    for bsp in Bsp::ALL {
+        let queue = name(&bsp_queue(bsp));
+        ch.queue_declare(queue.as_str().into(), durable_queue, lazy_priority.clone())
+            .await?;
+        for target in [queue.clone(), name(INGEST_QUEUE)] {
+            ch.queue_bind(
+                target.into(),
+                name(INGEST_EXCHANGE).into(),
+                bsp.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        }
+    }
+
+    // Forwarding: the legacy queue, exchange, DLX and DLQ.
+    ch.exchange_declare(
+        name(FORWARDING_EXCHANGE).into(),
+        ExchangeKind::Direct,
+        durable_exchange,
+        FieldTable::default(),
+    )
+    .await?;
+    declare_dead_letters(ch, &name(FORWARDING_DLX), &name(FORWARDING_DLQ)).await?;
+    ch.queue_declare(
+        name(FORWARDING_QUEUE).into(),
+        durable_queue,
+        table(&[
+            ("x-dead-letter-exchange", long(&name(FORWARDING_DLX))),
+            ("x-queue-mode", long("lazy")),
+            ("x-max-priority", AMQPValue::LongInt(10)),
+        ]),
+    )
+    .await?;
+    ch.queue_bind(
+        name(FORWARDING_QUEUE).into(),
+        name(FORWARDING_EXCHANGE).into(),
+        FORWARDING_ROUTING_KEY.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    for ms in retry_ladder(&opts.retry_delays_ms) {
+        ch.queue_declare(
+            name(&retry_queue(ms)).into(),
+            durable_queue,
+            table(&[
+                ("x-message-ttl", AMQPValue::LongInt(ms as i32)),
+                ("x-dead-letter-exchange", long(&name(FORWARDING_EXCHANGE))),
+                ("x-dead-letter-routing-key", long(FORWARDING_ROUTING_KEY)),
+                ("x-queue-mode", long("lazy")),
+            ]),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl RabbitInbox {
+    /// Starts the supervisor; the first connection attempt happens in the
+    /// background, so a broker that is down at start-up is retried, and
+    /// reported by `/ready`, rather than fatal.
+    pub fn start(opts: RabbitOptions) -> Arc<RabbitInbox> {
+        let inbox = Arc::new(RabbitInbox {
+            opts,
+            live: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            last_error: std::sync::Mutex::new(Some("connecting".into())),
+            broken: Notify::new(),
+            shutdown: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(inbox.clone()));
+        inbox
+    }
+
+    /// Waits until connected (tests, start-up logs); false on timeout.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.connected.load(Ordering::Relaxed) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Stops the supervisor and closes the connection.
+    pub async fn close(&self) {
+        self.shutdown.cancel();
+        if let Some(live) = self.live.write().await.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                live.connection.close(200, "shutdown".into()),
+            )
+            .await;
+        }
+        self.connected.store(false, Ordering::Relaxed);
+    }
+
+    fn set_error(&self, e: &str) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = Some(e.to_owned());
+        }
+    }
+
+    /// Marks the connection broken so the supervisor replaces it.
+    fn report_broken(&self, e: &str) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = e, "rabbitmq connection lost; reconnecting");
+        }
+        self.set_error(e);
+        self.broken.notify_one();
+    }
+
+    async fn live(&self) -> Result<Arc<Live>, QueueError> {
+        self.live
+            .read()
+            .await
+            .clone()
+            .filter(|_| self.connected.load(Ordering::Relaxed))
+            .ok_or_else(|| {
+                let why = self
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .unwrap_or_default();
+                QueueError::Unavailable(format!("rabbitmq not connected: {why}"))
+            })
+    }
+
+    async fn connect(&self) -> Result<Live, lapin::Error> {
+        let connection = Connection::connect(
+            &self.opts.url,
+            ConnectionProperties::default().with_connection_name(LongString::from("zen-gateway")),
+        )
+        .await?;
+        let setup = connection.create_channel().await?;
+        declare_topology(&setup, &self.opts).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+        let mut publishers = Vec::new();
+        for _ in 0..self.opts.publish_channels.max(1) {
+            let ch = connection.create_channel().await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+            publishers.push(ch);
+        }
+        let (consumer_channel, consumer) = if self.opts.consume {
+            let ch = connection.create_channel().await?;
+            ch.basic_qos(self.opts.prefetch.max(1), BasicQosOptions::default())
+                .await?;
+            let consumer = ch
+                .basic_consume(
+                    format!("{}{INGEST_QUEUE}", self.opts.prefix).into(),
+                    "zen-gateway-processor".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            (Some(ch), Some(Mutex::new(consumer)))
+        } else {
+            (None, None)
+        };
+        let (forward_channel, forward_consumer) = if self.opts.forward_consume {
+            let ch = connection.create_channel().await?;
+            ch.basic_qos(
+                self.opts.forward_prefetch.max(1),
+                BasicQosOptions::default(),
+            )
+            .await?;
+            let consumer = ch
+                .basic_consume(
+                    format!("{}{FORWARDING_QUEUE}", self.opts.prefix).into(),
+                    "webhook-forwarder".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            (Some(ch), Some(Mutex::new(consumer)))
+        } else {
+            (None, None)
+        };
+        Ok(Live {
+            generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            connection,
+            publishers,
+            next_publisher: AtomicUsize::new(0),
+            consumer_channel,
+            consumer,
+            forward_channel,
+            forward_consumer,
+            inbox_unsettled: Default::default(),
+        })
+    }
+
+    /// One persistent, mandatory publish, confirmed by the broker.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
+        let published = live.publishers[i]
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                props.with_delivery_mode(2),
+            )
+            .await;
+        let confirm = match published {
+            // A confirm can wait forever on a connection that died under it;
+            // past the bound the connection counts as broken.
+            Ok(c) => match tokio::time::timeout(BROKER_OP_TIMEOUT, c).await {
+                Ok(r) => r,
+                Err(_) => {
+                    self.report_broken("no publisher confirm in time");
+                    return Err(QueueError::Unavailable(format!(
+                        "no publisher confirm within {BROKER_OP_TIMEOUT:?}"
+                    )));
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match confirm {
+            Ok(c) if c.is_ack() => {
+                if c.take_message().is_some() {
+                    return Err(QueueError::Unavailable(format!(
+                        "the broker returned the message: nothing is bound to {exchange}/{routing_key}"
+                    )));
+                }
+                Ok(())
+            }
+            Ok(_) => Err(QueueError::Unavailable(
+                "the broker nacked the message".into(),
+            )),
+            Err(e) => {
+                self.report_broken(&e.to_string());
+                Err(unavailable(e))
+            }
+        }
+    }
+
+    fn name(&self, n: &str) -> String {
+        format!("{}{n}", self.opts.prefix)
+    }
+
+    fn entry_from(delivery: &lapin::message::Delivery) -> Result<InboxEntry, String> {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let text = |key: &str| -> Option<String> {
+            match headers.inner().get(&ShortString::from(key)) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+                _ => None,
+            }
+        };
+        let bsp_name = text(HEADER_BSP).unwrap_or_else(|| delivery.routing_key.to_string());
+        let bsp = Bsp::parse(&bsp_name).ok_or_else(|| format!("unknown bsp {bsp_name:?}"))?;
+        let received_ms = match headers.inner().get(&ShortString::from(HEADER_RECEIVED_AT)) {
+            Some(AMQPValue::LongLongInt(ms)) => Some(*ms),
+            Some(AMQPValue::Timestamp(s)) => Some(*s as i64 * 1000),
+            _ => None,
+        };
+        Ok(InboxEntry {
+            event_id: text(HEADER_EVENT_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            bsp,
+            received_at: received_ms
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+                .unwrap_or_else(Utc::now),
+            body: Bytes::from(delivery.data.clone()),
+            priority: delivery.properties.priority().unwrap_or(0),
+            batch_len: None,
+        })
+    }
+}
+
+/// A message of the inbox DLQ as a quarantined entry; one the broker
+/// dead-lettered (not one of ours) says so in its error.
+fn quarantined_from(delivery: &lapin::message::Delivery) -> QuarantinedEntry {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let get = |key: &str| headers.inner().get(&ShortString::from(key));
+    let text = |key: &str| match get(key) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let ms = |key: &str| match get(key) {
+        Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(*ms).single(),
+        _ => None,
+    };
+    QuarantinedEntry {
+        event_id: text(HEADER_EVENT_ID).unwrap_or_default(),
+        bsp: text(HEADER_BSP)
+            .as_deref()
+            .and_then(Bsp::parse)
+            .unwrap_or_default(),
+        received_at: ms(HEADER_RECEIVED_AT).unwrap_or_default(),
+        quarantined_at: ms(HEADER_QUARANTINED_AT).unwrap_or_default(),
+        attempts: match get(HEADER_QUARANTINE_ATTEMPTS) {
+            Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
+            _ => 0,
+        },
+        error: text(HEADER_QUARANTINE_ERROR)
+            .unwrap_or_else(|| "dead-lettered by the broker (not a gateway entry)".into()),
+        body: String::from_utf8_lossy(&delivery.data).into_owned(),
+    }
+}
+
+/// Which consumer to take deliveries from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Inbox,
+    Forwarding,
+}
+
+/// A delivery tag on the wire of this process: the connection generation
+/// in the top 16 bits, the broker's tag below.
+pub(crate) fn wire_tag(generation: u64, tag: u64) -> u64 {
+    (generation << 48) | (tag & ((1 << 48) - 1))
+}
+
+impl RabbitInbox {
+    /// Up to `max` deliveries, waiting up to `wait` for the first.
+    pub(crate) async fn take(
+        &self,
+        stream: Stream,
+        max: usize,
+        wait: Duration,
+    ) -> Result<(u64, Vec<lapin::message::Delivery>), QueueError> {
+        let live = match self.live().await {
+            Ok(l) => l,
+            Err(e) => {
+                // Not connected: wait a little rather than spin.
+                tokio::time::sleep(wait.min(Duration::from_millis(200))).await;
+                return Err(e);
+            }
+        };
+        let consumer = match stream {
+            Stream::Inbox => &live.consumer,
+            Stream::Forwarding => &live.forward_consumer,
+        };
+        let Some(consumer) = consumer else {
+            return Err(QueueError::Unavailable(format!(
+                "this replica does not consume the {stream:?} queue"
+            )));
+        };
+        let mut consumer = consumer.lock().await;
+        let mut out = Vec::new();
+        let Ok(mut next) = tokio::time::timeout(wait, consumer.next()).await else {
+            return Ok((live.generation, out));
+        };
+        loop {
+            match next {
+                Some(Ok(delivery)) => out.push(delivery),
+                Some(Err(e)) => {
+                    self.report_broken(&e.to_string());
+                    break;
+                }
+                None => {
+                    self.report_broken("a consumer was cancelled by the broker");
+                    break;
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+            match consumer.next().now_or_never() {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        if matches!(stream, Stream::Inbox) {
+            if let Ok(mut unsettled) = live.inbox_unsettled.lock() {
+                unsettled.extend(out.iter().map(|d| d.delivery_tag));
+            }
+        }
+        Ok((live.generation, out))
+    }
+
+    /// Acks a wire tag on `channel`; a tag of a dead connection is skipped
+    /// (the broker redelivers that message).
+    pub(crate) async fn ack_on(
+        &self,
+        live: &Live,
+        channel: &Channel,
+        tag: u64,
+        options: BasicAckOptions,
+    ) -> Result<(), QueueError> {
+        let Some(tag) = live.broker_tag(tag) else {
+            return Ok(());
+        };
+        match tokio::time::timeout(BROKER_OP_TIMEOUT, channel.basic_ack(tag, options)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                self.report_broken(&e.to_string());
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                self.report_broken("an ack did not complete in time");
+                Err(QueueError::Unavailable(format!(
+                    "ack not done within {BROKER_OP_TIMEOUT:?}"
+                )))
+            }
+        }
+    }
+
+    /// Acks a forwarding job's wire tag.
+    pub(crate) async fn ack_forwarding(&self, tag: u64) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let Some(channel) = &live.forward_channel else {
+            return Ok(());
+        };
+        self.ack_on(&live, channel, tag, BasicAckOptions::default())
+            .await
+    }
+
+    /// Forgets inbox deliveries settled other than by `Inbox::ack` (a
+    /// poison message rejected on receipt).
+    async fn settled(&self, generation: u64, raw_tags: &[u64]) {
+        if let Ok(live) = self.live().await {
+            if live.generation == generation {
+                if let Ok(mut unsettled) = live.inbox_unsettled.lock() {
+                    for t in raw_tags {
+                        unsettled.remove(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rejects a forwarding job without requeue (dead-letters it).
+    pub(crate) async fn reject_forwarding(&self, tag: u64) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let Some(channel) = &live.forward_channel else {
+            return Ok(());
+        };
+        let Some(tag) = live.broker_tag(tag) else {
+            return Ok(());
+        };
+        channel
+            .basic_reject(tag, BasicRejectOptions { requeue: false })
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A short-lived channel (peeking at or draining the DLQ); closing it
+    /// requeues whatever it got and did not ack.
+    pub(crate) async fn side_channel(&self) -> Result<Channel, QueueError> {
+        let live = self.live().await?;
+        live.connection.create_channel().await.map_err(unavailable)
+    }
+
+    /// Publishes with confirm (see [`publish_confirmed`](Self::publish_confirmed)).
+    pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), QueueError> {
+        self.publish_confirmed(&self.name(exchange), routing_key, body, props)
+            .await
+    }
+
+    /// Publishes to the default exchange, straight to a (prefixed) queue.
+    pub(crate) async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), QueueError> {
+        self.publish_confirmed("", &self.name(queue), body, props)
+            .await
+    }
+
+    pub(crate) fn queue_name(&self, n: &str) -> String {
+        self.name(n)
+    }
+
+    pub(crate) fn retry_delays(&self) -> Vec<u32> {
+        retry_ladder(&self.opts.retry_delays_ms)
+    }
+
+    /// Messages ready in a (prefixed) queue.
+    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64, QueueError> {
+        bounded(self.queue_depth_now(queue)).await
+    }
+
+    async fn queue_depth_now(&self, queue: &str) -> Result<u64, QueueError> {
+        let ch = self.side_channel().await?;
+        let q = ch
+            .queue_declare(
+                self.name(queue).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let _ = ch.close(200, "depth".into()).await;
+        Ok(q.message_count() as u64)
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn error_detail(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// Longest a single publish-confirm or ack may take before the connection
+/// is treated as broken (so no caller, the processor included, can hang on
+/// a connection that died under it).
+const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker round trip for `/ready` and `/metrics`: a broker that does not
+/// answer reads as unavailable rather than hanging the probe.
+async fn bounded<T>(
+    op: impl std::future::Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(Duration::from_secs(2), op)
+        .await
+        .unwrap_or_else(|_| {
+            Err(QueueError::Unavailable(
+                "the broker did not answer within 2 s".into(),
+            ))
+        })
+}
+
+/// How long one connection attempt (connect, declare, open channels) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps a live connection; replaces it whenever it breaks.
+async fn supervise(inbox: Arc<RabbitInbox>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        if inbox.shutdown.is_cancelled() {
+            return;
+        }
+        // A broker that accepts TCP but never finishes the handshake (one
+        // still booting) must not stall the supervisor forever.
+        let attempt = match tokio::time::timeout(CONNECT_TIMEOUT, inbox.connect()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "connect and topology not done within {CONNECT_TIMEOUT:?}"
+            )),
+        };
+        match attempt {
+            Ok(live) => {
+                let live = Arc::new(live);
+                *inbox.live.write().await = Some(live.clone());
+                inbox.connected.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    generation = live.generation,
+                    "rabbitmq connected, topology declared"
+                );
+                delay = Duration::from_millis(200);
+                // Watch until something reports it broken or it dies.
+                loop {
+                    tokio::select! {
+                        _ = inbox.shutdown.cancelled() => return,
+                        _ = inbox.broken.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    let healthy = live.connection.status().connected()
+                        && live.publishers.iter().all(|c| c.status().connected())
+                        && [&live.consumer_channel, &live.forward_channel]
+                            .into_iter()
+                            .flatten()
+                            .all(|c| c.status().connected());
+                    if !healthy || !inbox.connected.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                inbox.connected.store(false, Ordering::Relaxed);
+                inbox.live.write().await.take();
+                // Closing a connection the broker already dropped can wait
+                // forever for a close-ok; the replacement must not.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    live.connection.close(200, "replacing".into()),
+                )
+                .await;
+            }
+            Err(msg) => {
+                tracing::warn!(error = %msg, retry_in = ?delay, "cannot connect to rabbitmq");
+                inbox.set_error(&msg);
+                tokio::select! {
+                    _ = inbox.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The body as the legacy BSP queues carry it: a Datagen array goes out as
+/// `{"batch_data":[…],"batch_size":N}`; everything else as received.
+pub fn legacy_body(entry: &InboxEntry) -> Bytes {
+    match (entry.bsp, entry.batch_len) {
+        (Bsp::Datagen, Some(n)) => {
+            let raw = entry.body.as_ref();
+            let start = raw
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(0);
+            let mut out = Vec::with_capacity(raw.len() + 40);
+            out.extend_from_slice(b"{\"batch_data\":");
+            out.extend_from_slice(&raw[start..]);
+            out.extend_from_slice(format!(",\"batch_size\":{n}}}").as_bytes());
+            Bytes::from(out)
+        }
+        _ => entry.body.clone(),
+    }
+}
+
+#[async_trait]
+impl Inbox for RabbitInbox {
+    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
+        let headers = table(&[
+            (HEADER_EVENT_ID, long(&entry.event_id)),
+            (HEADER_BSP, long(entry.bsp.as_str())),
+            (
+                HEADER_RECEIVED_AT,
+                AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
+            ),
+        ]);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_priority(entry.priority)
+            .with_headers(headers);
+        self.publish(
+            INGEST_EXCHANGE,
+            entry.bsp.as_str(),
+            &legacy_body(&entry),
+            props,
+        )
+        .await
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
+        let (generation, deliveries) = self.take(Stream::Inbox, max, wait).await?;
+        let mut out = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            match Self::entry_from(&delivery) {
+                Ok(entry) => out.push(InboxDelivery {
+                    tag: DeliveryTag(wire_tag(generation, delivery.delivery_tag)),
+                    entry,
+                }),
+                Err(why) => {
+                    // Not ours: to the inbox DLQ, where it can be inspected.
+                    tracing::warn!(reason = %why, "poison message in the inbox; dead-lettered");
+                    let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                    self.settled(generation, &[delivery.delivery_tag]).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+        let live = self.live().await?;
+        let Some(channel) = &live.consumer_channel else {
+            return Ok(());
+        };
+        // Tags of an earlier connection are void (see `ack_on`).
+        let current: Vec<u64> = tags.iter().filter_map(|t| live.broker_tag(t.0)).collect();
+        // One `multiple` ack for the batch when nothing below its highest
+        // tag is still out (the usual case: the processor acks what it took,
+        // in order); else one ack per tag.
+        let covers_all = {
+            let Ok(mut unsettled) = live.inbox_unsettled.lock() else {
+                return Err(QueueError::Unavailable("inbox bookkeeping poisoned".into()));
+            };
+            for t in &current {
+                unsettled.remove(t);
+            }
+            current
+                .iter()
+                .max()
+                .filter(|&&max| unsettled.range(..max).next().is_none())
+                .copied()
+        };
+        match covers_all {
+            Some(max) => {
+                let all = BasicAckOptions { multiple: true };
+                self.ack_on(&live, channel, wire_tag(live.generation, max), all)
+                    .await
+            }
+            None => {
+                for t in tags {
+                    self.ack_on(&live, channel, t.0, BasicAckOptions::default())
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn depth(&self) -> Result<u64, QueueError> {
+        bounded(self.queue_depth_now(INGEST_QUEUE)).await
+    }
+
+    async fn quarantine(
+        &self,
+        delivery: &InboxDelivery,
+        error: &str,
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let e = &delivery.entry;
+        let headers = table(&[
+            (HEADER_EVENT_ID, long(&e.event_id)),
+            (HEADER_BSP, long(e.bsp.as_str())),
+            (
+                HEADER_RECEIVED_AT,
+                AMQPValue::LongLongInt(e.received_at.timestamp_millis()),
+            ),
+            (
+                HEADER_QUARANTINE_ERROR,
+                long(&crate::model::truncate_text(error, 4096)),
+            ),
+            (
+                HEADER_QUARANTINE_ATTEMPTS,
+                AMQPValue::LongLongInt(attempts as i64),
+            ),
+            (
+                HEADER_QUARANTINED_AT,
+                AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
+            ),
+        ]);
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        // Confirmed in the DLQ before the original is acked: a crash in
+        // between leaves a copy in both, and the quarantine keeps it by
+        // event id (a replay of a duplicate is applied idempotently).
+        self.publish(INGEST_DLX, "", &e.body, props).await?;
+        self.ack(&[delivery.tag]).await
+    }
+
+    async fn list_quarantined(
+        &self,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Vec<QuarantinedEntry>, QueueError> {
+        let ch = self.side_channel().await?;
+        let queue = self.name(INGEST_DLQ);
+        let waiting = self.queue_depth(INGEST_DLQ).await?.min(QUARANTINE_SCAN);
+        let mut all = Vec::new();
+        for _ in 0..waiting {
+            let got = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(m) = got else { break };
+            all.push(quarantined_from(&m.delivery));
+        }
+        // Closing the channel puts every message back, in order.
+        let _ = ch.close(200, "listed".into()).await;
+        all.reverse();
+        let start = match after {
+            Some(id) => all
+                .iter()
+                .position(|q| q.event_id == id)
+                .map_or(all.len(), |i| i + 1),
+            None => 0,
+        };
+        Ok(all.into_iter().skip(start).take(limit).collect())
+    }
+
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+        let ch = self.side_channel().await?;
+        let queue = self.name(INGEST_DLQ);
+        let waiting = self.queue_depth(INGEST_DLQ).await?.min(QUARANTINE_SCAN);
+        let mut replayed = 0;
+        for _ in 0..waiting {
+            let got = ch
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(m) = got else { break };
+            let Ok(entry) = Self::entry_from(&m.delivery) else {
+                continue; // not ours: left for the channel close to requeue
+            };
+            if ids.is_some_and(|ids| !ids.contains(&entry.event_id)) {
+                continue;
+            }
+            let headers = table(&[
+                (HEADER_EVENT_ID, long(&entry.event_id)),
+                (HEADER_BSP, long(entry.bsp.as_str())),
+                (
+                    HEADER_RECEIVED_AT,
+                    AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
+                ),
+            ]);
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_headers(headers);
+            // Straight to the processor's queue: the legacy BSP queue had
+            // its copy when the webhook arrived.
+            self.publish_to_queue(INGEST_QUEUE, &m.delivery.data, props)
+                .await?;
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+            replayed += 1;
+        }
+        let _ = ch.close(200, "replayed".into()).await;
+        Ok(replayed)
+    }
+
+    async fn quarantine_depth(&self) -> Result<u64, QueueError> {
+        self.queue_depth(INGEST_DLQ).await
+    }
+
+    async fn health(&self) -> BackendHealth {
+        let up = self.connected.load(Ordering::Relaxed);
+        BackendHealth {
+            backend: "rabbitmq",
+            up,
+            detail: if up {
+                None
+            } else {
+                self.last_error.lock().ok().and_then(|e| e.clone())
+            },
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The embedded message store: `messages` rows in the shared SQLite file.
+//!
+//! Each row keeps the full record as a JSON document plus the columns that
+//! are looked up or indexed. Events are applied read-modify-write inside the
+//! single writer's transaction, so there is no lost update: the writer is
+//! the only one that ever writes.
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::store::working_set::{Candidates, WorkingSet};
+use crate::store::{
+    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
+    StoreError,
+};
+use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
+use super::SqliteDb;
+
+/// The message store on the embedded database.
+#[derive(Clone)]
+pub struct SqliteStore {
+    db: SqliteDb,
+    /// Applying events commits in the acked lane (synced to disk) rather
+    /// than as bookkeeping: see [`SqliteStore::synced`].
+    synced: bool,
+}
+
+impl SqliteStore {
+    pub fn new(db: SqliteDb) -> Self {
+        SqliteStore { db, synced: false }
+    }
+
+    /// Applied events (and unrecognized bodies) are synced to disk before
+    /// `apply` returns. Needed when the inbox is not the same file (a
+    /// RabbitMQ inbox): the processor acks the broker after `apply`, and an
+    /// unsynced commit lost to a power loss could not be redone. With the
+    /// embedded inbox, bookkeeping and inbox share the file, so a lost
+    /// commit's entry is still in the inbox.
+    pub fn synced(mut self) -> Self {
+        self.synced = true;
+        self
+    }
+
+    async fn write_applied<R, F>(&self, work: F) -> Result<R, super::DbError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        if self.synced {
+            self.db.write(work).await
+        } else {
+            self.db.write_background(work).await
+        }
+    }
+}
+
+type Row = (i64, MessageRecord);
+
+fn decode(doc: String) -> rusqlite::Result<MessageRecord> {
+    serde_json::from_str(&doc).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// Appends ` AND <column> = ?` for each given filter (columns are ours,
+/// values are bound).
+fn and_equal<const N: usize>(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    filters: [(&str, Option<String>); N],
+) {
+    for (column, value) in filters {
+        if let Some(v) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            args.push(v.into());
+        }
+    }
+}
+
+fn find_by(
+    conn: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<Option<Row>> {
+    let found: Option<(i64, String)> = conn
+        .prepare_cached(sql)?
+        .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    found.map(|(pk, doc)| Ok((pk, decode(doc)?))).transpose()
+}
+
+/// Loads the candidate records of a batch inside the writer's transaction,
+/// oldest first.
+fn load(conn: &Connection, c: &Candidates) -> rusqlite::Result<WorkingSet<i64>> {
+    let mut found: BTreeMap<i64, MessageRecord> = BTreeMap::new();
+    for (column, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
+        // Well under SQLite's bound-parameter limit.
+        for chunk in ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!("SELECT pk, doc FROM messages WHERE {column} IN ({marks})");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (pk, doc) = row?;
+                if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(pk) {
+                    slot.insert(decode(doc)?);
+                }
+            }
+        }
+    }
+    Ok(WorkingSet::new(found))
+}
+
+/// Writes the records a working set changed.
+fn save_changed(conn: &Connection, set: &WorkingSet<i64>) -> rusqlite::Result<()> {
+    for slot in set.changed() {
+        save(conn, slot.handle, &slot.record)?;
+    }
+    Ok(())
+}
+
+fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Result<()> {
+    let doc = serde_json::to_string(rec)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    match pk {
+        Some(pk) => {
+            conn.prepare_cached(
+                "UPDATE messages SET wamid = ?2, bsp_message_id = ?3, phone_number = ?4,
+                 business_number = ?5, campaign_id = ?6, project_id = ?7, project_owner_id = ?8,
+                 current_status = ?9, updated_at_ms = ?10, doc = ?11 WHERE pk = ?1",
+            )?
+            .execute(params![
+                pk,
+                rec.wamid,
+                rec.bsp_message_id,
+                rec.phone_number,
+                rec.business_number,
+                rec.campaign_id,
+                rec.project_id,
+                rec.project_owner_id,
+                rec.current_status,
+                rec.updated_at.timestamp_millis(),
+                doc
+            ])?;
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO messages (message_id, wamid, bsp, bsp_message_id, phone_number,
+                 business_number, campaign_id, project_id, project_owner_id, current_status,
+                 created_at_ms, updated_at_ms, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?
+            .execute(params![
+                rec.message_id,
+                rec.wamid,
+                rec.bsp,
+                rec.bsp_message_id,
+                rec.phone_number,
+                rec.business_number,
+                rec.campaign_id,
+                rec.project_id,
+                rec.project_owner_id,
+                rec.current_status,
+                rec.created_at.timestamp_millis(),
+                rec.updated_at.timestamp_millis(),
+                doc
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
+        let events = events.to_vec();
+        Ok(self
+            .write_applied(move |conn| {
+                let mut set = load(conn, &Candidates::of_events(&events))?;
+                let applied = set.apply(&events, Utc::now());
+                save_changed(conn, &set)?;
+                Ok(applied)
+            })
+            .await?)
+    }
+
+    async fn register(
+        &self,
+        reg: &OutboundRegistration,
+    ) -> Result<(MessageRecord, bool), StoreError> {
+        if reg.key().is_none() {
+            return Err(StoreError::Invalid(
+                "a message needs a wamid or a bsp_message_id".into(),
+            ));
+        }
+        let reg = reg.clone();
+        Ok(self
+            .db
+            .write(move |conn| {
+                let mut set = load(conn, &Candidates::of_registration(&reg))?;
+                let registered = set.register(&reg, Utc::now());
+                save_changed(conn, &set)?;
+                Ok(registered)
+            })
+            .await?)
+    }
+
+    async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+        let id = id.to_owned();
+        Ok(self
+            .db
+            .read(move |conn| {
+                for sql in [
+                    "SELECT pk, doc FROM messages WHERE wamid = ?1",
+                    "SELECT pk, doc FROM messages WHERE message_id = ?1",
+                    "SELECT pk, doc FROM messages WHERE bsp_message_id = ?1 ORDER BY pk LIMIT 1",
+                ] {
+                    if let Some((_, rec)) = find_by(conn, sql, [&id])? {
+                        return Ok(Some(rec));
+                    }
+                }
+                Ok(None)
+            })
+            .await?)
+    }
+
+    async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
+        let q = q.clone();
+        let limit = q.limit;
+        let items = self
+            .db
+            .read(move |conn| {
+                let mut sql = String::from("SELECT pk, doc FROM messages WHERE 1 = 1");
+                let mut args: Vec<rusqlite::types::Value> = Vec::new();
+                and_equal(
+                    &mut sql,
+                    &mut args,
+                    [
+                        ("phone_number", q.phone_number),
+                        ("campaign_id", q.campaign_id),
+                        ("project_owner_id", q.project_owner_id),
+                        ("current_status", q.status),
+                    ],
+                );
+                if let Some(after) = q.after {
+                    sql.push_str(
+                        " AND (created_at_ms < ? OR (created_at_ms = ? AND message_id < ?))",
+                    );
+                    args.push(after.created_at_ms.into());
+                    args.push(after.created_at_ms.into());
+                    args.push(after.message_id.into());
+                }
+                sql.push_str(" ORDER BY created_at_ms DESC, message_id DESC LIMIT ?");
+                args.push((q.limit as i64 + 1).into());
+                let mut stmt = conn.prepare(&sql)?;
+                let rows =
+                    stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(1))?;
+                rows.map(|doc| decode(doc?))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(MessagePage::from_probe(items, limit))
+    }
+
+    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events = events.to_vec();
+        Ok(self
+            .write_applied(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO unrecognized (event_id, bsp, received_at_ms, reason, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for u in &events {
+                    stmt.execute(params![
+                        u.event_id,
+                        u.bsp.as_str(),
+                        u.received_at.timestamp_millis(),
+                        u.reason,
+                        u.body
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError> {
+        Ok(self
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT event_id, bsp, received_at_ms, reason, body FROM unrecognized
+                     ORDER BY id DESC LIMIT ?1",
+                )?;
+                let rows = stmt.query_map([limit as i64], |r| {
+                    let bsp: String = r.get(1)?;
+                    let ms: i64 = r.get(2)?;
+                    Ok(UnrecognizedEvent {
+                        event_id: r.get(0)?,
+                        bsp: Bsp::parse(&bsp).unwrap_or_default(),
+                        received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
+                        reason: r.get(3)?,
+                        body: r.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await?)
+    }
+
+    async fn stats(&self, q: &StatsQuery) -> Result<MessageStats, StoreError> {
+        let q = q.clone();
+        let counts = self
+            .db
+            .read(move |conn| {
+                let mut sql =
+                    String::from("SELECT current_status, COUNT(*) FROM messages WHERE 1 = 1");
+                let mut args: Vec<rusqlite::types::Value> = Vec::new();
+                and_equal(
+                    &mut sql,
+                    &mut args,
+                    [
+                        ("project_owner_id", q.project_owner_id.clone()),
+                        ("campaign_id", q.campaign_id.clone()),
+                        ("bsp", q.bsp.map(|b| b.as_str().to_owned())),
+                    ],
+                );
+                if let Some(from) = q.from {
+                    sql.push_str(" AND created_at_ms >= ?");
+                    args.push(from.timestamp_millis().into());
+                }
+                if let Some(to) = q.to {
+                    sql.push_str(" AND created_at_ms < ?");
+                    args.push(to.timestamp_millis().into());
+                }
+                sql.push_str(" GROUP BY current_status");
+                let mut stmt = conn.prepare(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })?;
+                rows.collect::<rusqlite::Result<BTreeMap<_, _>>>()
+            })
+            .await?;
+        Ok(MessageStats::from_counts(counts))
+    }
+
+    async fn health(&self) -> BackendHealth {
+        self.db.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MessageEvent, Status};
+    use crate::backends::sqlite::{SqliteOptions, Synchronous};
+
+    fn event(wamid: &str) -> UnifiedEvent {
+        UnifiedEvent {
+            event_id: format!("e-{wamid}"),
+            bsp: Bsp::Datagen,
+            legacy_type: String::new(),
+            unified_type: String::new(),
+            received_at: Utc::now(),
+            raw: serde_json::Value::Null,
+            message: Some(MessageEvent {
+                wamid: Some(wamid.into()),
+                status: Some(Status::Sent),
+                occurred_at: Utc::now(),
+                dedup_key: "k".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// With a broker inbox the store's commit is synced before `apply`
+    /// returns (the broker is acked right after); with the embedded inbox it
+    /// is bookkeeping, never waiting for the disk.
+    #[tokio::test]
+    async fn a_synced_store_syncs_applied_events_and_the_default_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&SqliteOptions {
+            path: dir.path().join("zen.db"),
+            synchronous: Synchronous::Full,
+            queue_capacity: 100,
+            max_batch: 16,
+            readers: 1,
+        })
+        .unwrap();
+        let before = db.wal_syncs();
+        SqliteStore::new(db.clone())
+            .apply(&[event("wamid.a")])
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before);
+        SqliteStore::new(db.clone())
+            .synced()
+            .apply(&[event("wamid.b")])
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before + 1);
+    }
+}
