@@ -16,15 +16,17 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 use tower_http::normalize_path::NormalizePathLayer;
 
+use crate::backends::memory::MemoryCache;
+use crate::backends::mongo::{MongoStore, MongoWebhookStore};
+use crate::backends::rabbitmq::{RabbitForwardQueue, RabbitInbox, RabbitOptions};
+use crate::backends::redis::RedisCache;
+use crate::backends::sqlite::{
+    SqliteDb, SqliteForwardQueue, SqliteInbox, SqliteOptions, SqliteStore, SqliteWebhookStore,
+};
 use crate::cache::Cache;
-use crate::cache::memory::MemoryCache;
-use crate::cache::redis::RedisCache;
 use crate::config::{Roles, Settings};
 use crate::forwarding::cached::CachedWebhookStore;
 use crate::forwarding::fanout::Fanout;
-use crate::forwarding::mongo::MongoWebhookStore;
-use crate::forwarding::rabbitmq::RabbitForwardQueue;
-use crate::forwarding::sqlite::{SqliteForwardQueue, SqliteWebhookStore};
 use crate::forwarding::worker::Forwarder;
 use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::http::{self, AppState};
@@ -33,12 +35,7 @@ use crate::ingest::Ingest;
 use crate::processor::Processor;
 use crate::providers::Providers;
 use crate::queue::Inbox;
-use crate::queue::rabbitmq::{RabbitInbox, RabbitOptions};
-use crate::queue::sqlite::SqliteInbox;
-use crate::sqlite::{SqliteDb, SqliteOptions};
 use crate::store::MessageStore;
-use crate::store::mongo::MongoStore;
-use crate::store::sqlite::SqliteStore;
 
 /// Most writes the embedded writer commits in one transaction.
 const SQLITE_MAX_BATCH: usize = 2048;
@@ -419,7 +416,7 @@ fn spawn_index_builder(store: Arc<MongoStore>) {
                     tracing::info!(?report, "mongodb indexes ready");
                     return;
                 }
-                Err(e) if crate::store::mongo::is_duplicate_key(&e.to_string()) => {
+                Err(e) if crate::backends::mongo::is_duplicate_key(&e.to_string()) => {
                     tracing::error!(
                         error = %e,
                         "the collection holds duplicate messages written by the legacy gateway; \

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backends::sqlite::Synchronous;
 use crate::inbound_auth::InboundCredentials;
 use crate::model::Bsp;
-use crate::sqlite::Synchronous;
 
 /// Environment variable → configuration key. The key is also the
 /// `Keys.json` name where the legacy gateway had one (`port`, `mongo_uri`,

@@ -7,6 +7,7 @@
 //! `docs/DESIGN.md` is the contract.
 
 pub mod app;
+pub mod backends;
 pub mod background;
 pub mod cache;
 pub mod config;
@@ -20,6 +21,5 @@ pub mod model;
 pub mod processor;
 pub mod providers;
 pub mod queue;
-pub mod sqlite;
 pub mod store;
 pub mod telemetry;

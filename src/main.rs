@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use zen_gateway::app::{Application, cancel_on_signals};
+use zen_gateway::backends::mongo::MongoStore;
 use zen_gateway::config::Settings;
-use zen_gateway::store::mongo::MongoStore;
 use zen_gateway::telemetry;
 
 // The request path allocates small, short-lived buffers on every webhook;

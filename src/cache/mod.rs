@@ -5,9 +5,6 @@
 //! holds per replica). A cache is never the source of truth: losing it costs
 //! lookups, never events.
 
-pub mod memory;
-pub mod redis;
-
 use std::time::Duration;
 
 use async_trait::async_trait;

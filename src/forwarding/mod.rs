@@ -13,10 +13,7 @@
 pub mod breaker;
 pub mod cached;
 pub mod fanout;
-pub mod mongo;
-pub mod rabbitmq;
 pub mod signing;
-pub mod sqlite;
 pub mod ssrf;
 pub mod worker;
 

@@ -5,9 +5,6 @@
 //! to the processor is at-least-once: an entry is only removed by `ack`,
 //! after its events are applied, and comes back after a crash otherwise.
 
-pub mod rabbitmq;
-pub mod sqlite;
-
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,15 +26,6 @@ pub enum QueueError {
     /// The write was not confirmed in time.
     #[error("inbox did not confirm within {0:?}")]
     Timeout(Duration),
-}
-
-impl From<crate::sqlite::DbError> for QueueError {
-    fn from(e: crate::sqlite::DbError) -> Self {
-        match e {
-            crate::sqlite::DbError::Overloaded(_) => QueueError::Overloaded(e.to_string()),
-            other => QueueError::Unavailable(other.to_string()),
-        }
-    }
 }
 
 /// A raw webhook as accepted at the edge.

@@ -6,8 +6,6 @@
 //! [`MessageRecord::apply`](crate::model::MessageRecord::apply) semantics and
 //! passes the same conformance suite.
 
-pub mod mongo;
-pub mod sqlite;
 pub mod working_set;
 
 use std::collections::BTreeMap;
@@ -27,16 +25,6 @@ pub enum StoreError {
     /// The data cannot be stored as it is; retrying will not help.
     #[error("message store rejected the data: {0}")]
     Invalid(String),
-}
-
-impl From<crate::sqlite::DbError> for StoreError {
-    fn from(e: crate::sqlite::DbError) -> Self {
-        if e.is_refused_data() {
-            StoreError::Invalid(e.to_string())
-        } else {
-            StoreError::Unavailable(e.to_string())
-        }
-    }
 }
 
 impl StoreError {

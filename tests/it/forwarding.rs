@@ -524,7 +524,7 @@ async fn on_mongodb_the_owner_comes_from_projects_and_logs_are_legacy_documents(
         return;
     };
     let db_name = crate::services::unique_db_name();
-    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
     let db = client.database(&db_name);
     db.collection::<bson::Document>("projects")
         .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "wa_number": BUSINESS, "project_owner_id": "owner-M"})

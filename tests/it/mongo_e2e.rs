@@ -35,7 +35,7 @@ async fn the_gateway_on_mongodb_writes_legacy_shaped_documents() {
     assert_eq!(ready["store"]["backend"], "mongodb");
     assert_eq!(ready["store"]["up"], true);
 
-    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
     let db = client.database(&db_name);
     let doc = db
         .collection::<bson::Document>("unified_message_tracking")
@@ -70,7 +70,7 @@ async fn migrate_merges_the_legacy_duplicates_then_indexes() {
         return;
     };
     let db_name = services::unique_db_name();
-    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
     let db = client.database(&db_name);
     let coll = db.collection::<bson::Document>("unified_message_tracking");
     let t = |s: i64| bson::DateTime::from_chrono(Utc.timestamp_opt(1_749_540_000 + s, 0).unwrap());
@@ -153,7 +153,7 @@ async fn migrate_merges_the_legacy_duplicates_then_indexes() {
         );
     }
     // Running it again changes nothing.
-    let store = zen_gateway::store::mongo::MongoStore::new(db.clone());
+    let store = zen_gateway::backends::mongo::MongoStore::new(db.clone());
     let again = store.migrate().await.unwrap();
     assert_eq!(again.merged_groups, 0);
 

@@ -12,8 +12,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
+use zen_gateway::backends::rabbitmq::{self, RabbitInbox, RabbitOptions, bsp_queue, retry_queue};
 use zen_gateway::model::Bsp;
-use zen_gateway::queue::rabbitmq::{self, RabbitInbox, RabbitOptions, bsp_queue, retry_queue};
 use zen_gateway::queue::{Inbox, InboxEntry};
 
 use crate::helpers::*;

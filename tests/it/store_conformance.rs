@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
+use zen_gateway::backends::mongo::MongoStore;
+use zen_gateway::backends::sqlite::SqliteStore;
+use zen_gateway::backends::sqlite::{SqliteDb, SqliteOptions, Synchronous};
 use zen_gateway::model::{
     Bsp, Direction, MessageEvent, OutboundRegistration, Status, UnifiedEvent, UnrecognizedEvent,
 };
-use zen_gateway::sqlite::{SqliteDb, SqliteOptions, Synchronous};
-use zen_gateway::store::mongo::MongoStore;
-use zen_gateway::store::sqlite::SqliteStore;
 use zen_gateway::store::{MessageCursor, MessageQuery, MessageStore, StatsQuery};
 
 use crate::services;
@@ -47,7 +47,7 @@ pub fn sqlite_backend() -> Backend {
 
 pub async fn mongo_backend() -> Option<Backend> {
     let uri = services::mongo_uri()?;
-    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
     let db = client.database(&services::unique_db_name());
     let store = MongoStore::new(db.clone());
     store.ensure_indexes().await.expect("indexes");

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use serde_json::json;
-use zen_gateway::forwarding::mongo::MongoWebhookStore;
-use zen_gateway::forwarding::sqlite::SqliteWebhookStore;
+use zen_gateway::backends::mongo::MongoWebhookStore;
+use zen_gateway::backends::sqlite::SqliteWebhookStore;
+use zen_gateway::backends::sqlite::{SqliteDb, SqliteOptions, Synchronous};
 use zen_gateway::forwarding::{Attempt, DeliveryLog, DeliveryStatus, WebhookConfig, WebhookStore};
-use zen_gateway::sqlite::{SqliteDb, SqliteOptions, Synchronous};
 
 use crate::services;
 
@@ -37,7 +37,7 @@ fn sqlite() -> Backend {
 
 async fn mongo() -> Option<Backend> {
     let uri = services::mongo_uri()?;
-    let client = zen_gateway::store::mongo::client(&uri).await.unwrap();
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
     let db = client.database(&services::unique_db_name());
     Some(Backend {
         store: Arc::new(MongoWebhookStore::new(&db)),

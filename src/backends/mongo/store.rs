@@ -25,14 +25,14 @@ use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use crate::model::{
+    Bsp, Direction, MessageRecord, OutboundRegistration, StatusEntry, UnifiedEvent,
+    UnrecognizedEvent,
+};
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
     Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
     StoreError,
-};
-use crate::model::{
-    Bsp, Direction, MessageRecord, OutboundRegistration, StatusEntry, UnifiedEvent,
-    UnrecognizedEvent,
 };
 
 /// A stored document's identity and revision (for compare-and-set).

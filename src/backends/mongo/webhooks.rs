@@ -11,11 +11,11 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 
+use super::store::is_duplicate_key;
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
 };
 use crate::store::StoreError;
-use super::store::is_duplicate_key;
 
 pub struct MongoWebhookStore {
     webhooks: Collection<Document>,

@@ -19,12 +19,12 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
-use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, JobTag};
-use crate::queue::QueueError;
 use super::{
     FORWARDING_DLQ, FORWARDING_DLX, FORWARDING_EXCHANGE, FORWARDING_QUEUE, FORWARDING_ROUTING_KEY,
     RabbitInbox, Stream, retry_queue, wire_tag,
 };
+use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, JobTag};
+use crate::queue::QueueError;
 use crate::store::BackendHealth;
 
 const DEAD_REASON: &str = "x-zen-dead-reason";

@@ -38,8 +38,8 @@ pub mod forward_queue;
 
 pub use forward_queue::RabbitForwardQueue;
 
-use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 use crate::model::Bsp;
+use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 use crate::store::BackendHealth;
 
 pub const INGEST_EXCHANGE: &str = "zen_ingest_exchange";

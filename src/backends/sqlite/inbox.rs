@@ -15,9 +15,9 @@ use chrono::{TimeZone, Utc};
 use rusqlite::params;
 use tokio::sync::{Mutex, Notify};
 
-use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
-use crate::model::Bsp;
 use super::SqliteDb;
+use crate::model::Bsp;
+use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 use crate::store::BackendHealth;
 
 /// The inbox on the embedded database.

@@ -36,8 +36,8 @@ pub mod webhooks;
 pub use forward_queue::SqliteForwardQueue;
 pub use inbox::SqliteInbox;
 pub use store::SqliteStore;
-pub use webhooks::SqliteWebhookStore;
 use tokio::sync::{mpsc, oneshot};
+pub use webhooks::SqliteWebhookStore;
 
 /// Errors of the embedded database.
 #[derive(Debug, thiserror::Error)]

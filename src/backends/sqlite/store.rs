@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use chrono::{TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::SqliteDb;
+use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
     Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
     StoreError,
 };
-use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
-use super::SqliteDb;
 
 /// The message store on the embedded database.
 #[derive(Clone)]
@@ -360,8 +360,8 @@ impl MessageStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MessageEvent, Status};
     use crate::backends::sqlite::{SqliteOptions, Synchronous};
+    use crate::model::{MessageEvent, Status};
 
     fn event(wamid: &str) -> UnifiedEvent {
         UnifiedEvent {

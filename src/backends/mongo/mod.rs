@@ -1,0 +1,9 @@
+//! MongoDB (or a wire-compatible server): the message store
+//! (`unified_message_tracking`, `unrecognized_webhooks`) and the client
+//! webhooks with their delivery logs, in the legacy collections and types.
+
+pub mod store;
+pub mod webhooks;
+
+pub use store::{MongoStore, client, is_duplicate_key};
+pub use webhooks::MongoWebhookStore;
