@@ -3,9 +3,12 @@
 
 mod helpers;
 
+mod cache_conformance;
 mod crash_safety;
+mod forward_queue_conformance;
 mod forwarding;
 mod http_limits;
+mod inbox_conformance;
 mod ingest;
 mod memory;
 mod messages;
