@@ -178,7 +178,12 @@ mod cases {
             assert_eq!(d.job.shared_secret, None);
         }
         let first = jobs[0].delivery_log_id.clone();
-        assert_eq!(q.replay_dead(Some(&[first.clone()])).await.unwrap(), 1);
+        assert_eq!(
+            q.replay_dead(Some(std::slice::from_ref(&first)))
+                .await
+                .unwrap(),
+            1
+        );
         let back = receive_n(q, 1, Duration::from_secs(10)).await;
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].1.delivery_log_id, first);

@@ -238,7 +238,7 @@ mod cases {
         );
         assert_eq!(
             inbox
-                .replay_quarantined(Some(&[bad.event_id.clone()]))
+                .replay_quarantined(Some(std::slice::from_ref(&bad.event_id)))
                 .await
                 .unwrap(),
             1
