@@ -1,7 +1,7 @@
-//! Forwarding end to end on the embedded backend: a webhook posted by a BSP
-//! reaches the client's endpoint (a real HTTP receiver), signed both ways,
-//! with retries, DLQ and replay, 410 deactivation, circuit breakers and the
-//! SSRF guard.
+//! Forwarding end to end, on the embedded queue and on RabbitMQ: a webhook
+//! posted by a BSP reaches the client's endpoint (a real HTTP receiver),
+//! signed both ways, with retries, DLQ and replay, Retry-After, 410
+//! deactivation, circuit breakers and the SSRF guard.
 
 use std::time::Duration;
 
@@ -12,9 +12,56 @@ use crate::receiver::{Behavior, Receiver};
 
 const BUSINESS: &str = "918071234567";
 
+/// Which forwarding queue a test runs on: every end-to-end forwarding case
+/// runs on both.
+#[derive(Debug, Clone, Copy)]
+enum Queue {
+    Embedded,
+    RabbitMq,
+}
+
+/// The gateway on `q` (its own queue names on the broker).
+async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Settings)) -> TestApp {
+    match q {
+        Queue::Embedded => spawn_app_with(tweak).await,
+        Queue::RabbitMq => {
+            let url = crate::services::rabbitmq_url().expect("RabbitMQ");
+            let app = spawn_app_with(|s| {
+                s.rabbitmq_url = Some(url);
+                s.rabbitmq_queue_prefix = crate::services::unique_prefix();
+                tweak(s);
+            })
+            .await;
+            app.wait_ready(|r| r["inbox"]["up"] == true).await;
+            app
+        }
+    }
+}
+
+/// `#[tokio::test]`s of a case on each queue: `<case>::embedded` and
+/// `<case>::rabbitmq` (skipped without a broker, as other broker tests).
+macro_rules! on_both_queues {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test]
+            async fn embedded() {
+                super::$case(super::Queue::Embedded).await;
+            }
+
+            #[tokio::test]
+            async fn rabbitmq() {
+                if crate::services::rabbitmq_url().is_none() {
+                    return;
+                }
+                super::$case(super::Queue::RabbitMq).await;
+            }
+        }
+    };
+}
+
 /// A gateway that may forward to loopback, with quick retries.
-async fn app_fast_retries() -> TestApp {
-    spawn_app_with(|s| {
+async fn app_fast_retries(q: Queue) -> TestApp {
+    spawn_on(q, |s| {
         s.forward_allow_private = true;
         s.forward_retry_delays_ms = "100,100".into();
     })
@@ -39,9 +86,8 @@ async fn wait_until(mut check: impl AsyncFnMut() -> bool) -> bool {
     false
 }
 
-#[tokio::test]
-async fn a_delivery_reaches_the_client_signed_both_ways() {
-    let app = app_fast_retries().await;
+async fn a_delivery_reaches_the_client_signed_both_ways(q: Queue) {
+    let app = app_fast_retries(q).await;
     let rx = Receiver::start().await;
     let hook = create_webhook(
         &app,
@@ -99,10 +145,10 @@ async fn a_delivery_reaches_the_client_signed_both_ways() {
     assert_eq!(logs[0]["response_body"], "receiver says hi");
     app.stop().await;
 }
+on_both_queues!(a_delivery_reaches_the_client_signed_both_ways);
 
-#[tokio::test]
-async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay() {
-    let app = app_fast_retries().await;
+async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay(q: Queue) {
+    let app = app_fast_retries(q).await;
     let rx = Receiver::start().await;
     rx.set("flaky", Behavior::Sequence(vec![500, 200]));
     rx.set("down", Behavior::Status(503));
@@ -174,10 +220,10 @@ async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay
     );
     app.stop().await;
 }
+on_both_queues!(failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay);
 
-#[tokio::test]
-async fn permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook() {
-    let app = app_fast_retries().await;
+async fn permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook(q: Queue) {
+    let app = app_fast_retries(q).await;
     let rx = Receiver::start().await;
     rx.set("bad", Behavior::Status(400));
     rx.set("gone", Behavior::Status(410));
@@ -218,10 +264,10 @@ async fn permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook()
     assert_eq!(rx.received("gone").len(), 1);
     app.stop().await;
 }
+on_both_queues!(permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook);
 
-#[tokio::test]
-async fn retry_after_is_honoured() {
-    let app = spawn_app_with(|s| {
+async fn retry_after_is_honoured(q: Queue) {
+    let app = spawn_on(q, |s| {
         s.forward_allow_private = true;
         s.forward_retry_delays_ms = "50".into();
     })
@@ -241,10 +287,10 @@ async fn retry_after_is_honoured() {
     assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(950));
     app.stop().await;
 }
+on_both_queues!(retry_after_is_honoured);
 
-#[tokio::test]
-async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one() {
-    let app = spawn_app_with(|s| {
+async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one(q: Queue) {
+    let app = spawn_on(q, |s| {
         s.forward_allow_private = true;
         s.forward_retry_delays_ms = "100,100".into();
         s.breaker_threshold = 3;
@@ -324,10 +370,10 @@ async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one() {
     );
     app.stop().await;
 }
+on_both_queues!(a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one);
 
-#[tokio::test]
-async fn private_targets_are_refused_unless_allowed() {
-    let app = spawn_app().await; // FORWARD_ALLOW_PRIVATE unset
+async fn private_targets_are_refused_unless_allowed(q: Queue) {
+    let app = spawn_on(q, |_| {}).await; // FORWARD_ALLOW_PRIVATE unset
     let rx = Receiver::start().await;
     create_webhook(
         &app,
@@ -360,10 +406,10 @@ async fn private_targets_are_refused_unless_allowed() {
     assert!(rx.received("internal").is_empty());
     app.stop().await;
 }
+on_both_queues!(private_targets_are_refused_unless_allowed);
 
-#[tokio::test]
-async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_once() {
-    let app = app_fast_retries().await;
+async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_once(q: Queue) {
+    let app = app_fast_retries(q).await;
     let rx = Receiver::start().await;
     create_webhook(&app, json!({"project_owner_id": "owner-F", "webhook_url": rx.url("a"), "topics": ["message.read"]})).await;
     create_webhook(&app, json!({"project_owner_id": "owner-F", "webhook_url": rx.url("b"), "topics": ["datagen.delivery"]})).await;
@@ -406,10 +452,11 @@ async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_onc
     assert!(rx.received("no-topic").is_empty());
     app.stop().await;
 }
+on_both_queues!(fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_once);
 
 #[tokio::test]
 async fn webhook_admin_api() {
-    let app = app_fast_retries().await;
+    let app = app_fast_retries(Queue::Embedded).await;
     let rx = Receiver::start().await;
     let bad = app
         .client
@@ -574,9 +621,8 @@ async fn on_mongodb_the_owner_comes_from_projects_and_logs_are_legacy_documents(
     db.drop().await.unwrap();
 }
 
-#[tokio::test]
-async fn refused_connections_are_retried_then_dead_lettered() {
-    let app = app_fast_retries().await;
+async fn refused_connections_are_retried_then_dead_lettered(q: Queue) {
+    let app = app_fast_retries(q).await;
     // Nothing listens there.
     let closed = format!("http://127.0.0.1:{}/hook", free_port());
     create_webhook(
@@ -604,10 +650,11 @@ async fn refused_connections_are_retried_then_dead_lettered() {
     );
     app.stop().await;
 }
+on_both_queues!(refused_connections_are_retried_then_dead_lettered);
 
 #[tokio::test]
 async fn webhook_changes_take_effect_at_once_despite_the_cache() {
-    let app = app_fast_retries().await;
+    let app = app_fast_retries(Queue::Embedded).await;
     let rx = Receiver::start().await;
     let hook = create_webhook(
         &app,
@@ -645,7 +692,7 @@ async fn webhook_changes_take_effect_at_once_despite_the_cache() {
 /// running gateway that then delivers the replayed job.
 #[tokio::test]
 async fn the_dlq_command_lists_and_replays_beside_a_running_gateway() {
-    let app = app_fast_retries().await;
+    let app = app_fast_retries(Queue::Embedded).await;
     let rx = Receiver::start().await;
     rx.set("refuses", Behavior::Status(400));
     create_webhook(
