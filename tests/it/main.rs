@@ -22,4 +22,5 @@ mod receiver;
 mod redis_e2e;
 mod services;
 mod store_conformance;
+mod upgrade;
 mod webhook_store_conformance;

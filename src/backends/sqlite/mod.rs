@@ -30,6 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 
 pub mod forward_queue;
 pub mod inbox;
+pub mod schema;
 pub mod store;
 pub mod webhooks;
 
@@ -58,6 +59,16 @@ pub enum DbError {
         "{0}: SQLite could not use WAL mode here (journal mode {1:?}); the embedded store needs it"
     )]
     NoWal(PathBuf, String),
+    #[error(
+        "{path}: the data file is at schema version {found}, newer than this zen-gateway \
+         knows ({known}); run the zen-gateway that wrote it, or restore a backup taken before \
+         the upgrade"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: u32,
+        known: u32,
+    },
 }
 
 /// A JSON encoding failure, as the error a statement returns.
@@ -230,117 +241,6 @@ pub struct SqliteDb {
     inner: Arc<Inner>,
 }
 
-/// The forwarding queue: a narrow schedule row per job, since leases,
-/// retries and parking rewrite it (parking, a URL's whole backlog at once),
-/// and the job document (~1.5 KiB) beside it, written only when the job is
-/// queued or retried and deleted with its row.
-const FORWARD_JOB_TABLES: &str = r#"
-CREATE TABLE IF NOT EXISTS forward_jobs (
-    seq            INTEGER PRIMARY KEY,
-    id             TEXT    NOT NULL UNIQUE,
-    due_at_ms      INTEGER NOT NULL,
-    lease_until_ms INTEGER NOT NULL DEFAULT 0,
-    priority       INTEGER NOT NULL DEFAULT 0,
-    url            TEXT    NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS forward_job_docs (
-    seq INTEGER PRIMARY KEY REFERENCES forward_jobs (seq) ON DELETE CASCADE,
-    job TEXT    NOT NULL
-);
-"#;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS inbox (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id       TEXT    NOT NULL,
-    bsp            TEXT    NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    body           BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    pk               INTEGER PRIMARY KEY,
-    message_id       TEXT    NOT NULL UNIQUE,
-    wamid            TEXT    UNIQUE,
-    bsp              TEXT    NOT NULL,
-    bsp_message_id   TEXT,
-    phone_number     TEXT    NOT NULL DEFAULT '',
-    business_number  TEXT    NOT NULL DEFAULT '',
-    campaign_id      TEXT,
-    project_id       TEXT,
-    project_owner_id TEXT    NOT NULL DEFAULT '',
-    current_status   TEXT    NOT NULL,
-    created_at_ms    INTEGER NOT NULL,
-    updated_at_ms    INTEGER NOT NULL,
-    doc              TEXT    NOT NULL,
-    UNIQUE (bsp, bsp_message_id)
-);
-CREATE INDEX IF NOT EXISTS messages_phone ON messages (phone_number);
-CREATE INDEX IF NOT EXISTS messages_campaign ON messages (campaign_id);
-CREATE INDEX IF NOT EXISTS messages_owner ON messages (project_owner_id);
-CREATE INDEX IF NOT EXISTS messages_created ON messages (created_at_ms);
-CREATE INDEX IF NOT EXISTS messages_bsp_id ON messages (bsp_message_id);
-CREATE TABLE IF NOT EXISTS webhooks (
-    id               TEXT PRIMARY KEY,
-    project_owner_id TEXT NOT NULL,
-    project_id       TEXT NOT NULL DEFAULT '',
-    doc              TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS webhooks_owner ON webhooks (project_owner_id);
-CREATE INDEX IF NOT EXISTS webhooks_project ON webhooks (project_id);
-CREATE TABLE IF NOT EXISTS delivery_logs (
-    id            TEXT PRIMARY KEY,
-    webhook_id    TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    doc           TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS delivery_logs_webhook ON delivery_logs (webhook_id, created_at_ms);
--- (forward_jobs_due, once on due_at_ms alone, only cost writes and misled
--- the planner: see the receive query.)
-DROP INDEX IF EXISTS forward_jobs_due;
--- The receive order: a receive reads the index entries of the rows it
--- returns, not the whole backlog (a lease moves due_at_ms to the lease's end,
--- so jobs in flight are not in the way).
-CREATE INDEX IF NOT EXISTS forward_jobs_ready ON forward_jobs (priority DESC, due_at_ms);
-CREATE INDEX IF NOT EXISTS forward_jobs_url ON forward_jobs (url);
-CREATE TABLE IF NOT EXISTS forward_dlq (
-    id         TEXT PRIMARY KEY,
-    dead_at_ms INTEGER NOT NULL,
-    reason     TEXT NOT NULL,
-    job        TEXT NOT NULL
-);
--- Secrets that legacy forwarding jobs carried inline, kept here (never in
--- a queued job) by delivery id while the job is retried or dead.
-CREATE TABLE IF NOT EXISTS legacy_job_secrets (
-    delivery_log_id TEXT PRIMARY KEY,
-    secret          TEXT NOT NULL,
-    created_at_ms   INTEGER NOT NULL
-);
--- Facts about this data file (its deployment id, for the cache namespace).
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-INSERT OR IGNORE INTO meta (key, value) VALUES ('deployment_id', lower(hex(randomblob(8))));
-CREATE TABLE IF NOT EXISTS quarantine (
-    id                INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id          TEXT    NOT NULL UNIQUE,
-    bsp               TEXT    NOT NULL,
-    received_at_ms    INTEGER NOT NULL,
-    quarantined_at_ms INTEGER NOT NULL,
-    attempts          INTEGER NOT NULL,
-    error             TEXT    NOT NULL,
-    body              BLOB    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS unrecognized (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id       TEXT    NOT NULL,
-    bsp            TEXT    NOT NULL,
-    received_at_ms INTEGER NOT NULL,
-    reason         TEXT    NOT NULL,
-    body           TEXT    NOT NULL
-);
-"#;
-
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -353,33 +253,6 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // page) once past 64 KiB. It only ever holds one batch's pages.
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
-}
-
-/// Moves a forwarding queue written before the job documents had a table of
-/// their own (`forward_jobs.job`) to the current layout, keeping every job;
-/// once, at open, in one transaction.
-fn split_forward_job_docs(conn: &Connection) -> rusqlite::Result<()> {
-    let unsplit: bool = conn.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('forward_jobs') WHERE name = 'job'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !unsplit {
-        return Ok(());
-    }
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         DROP INDEX IF EXISTS forward_jobs_ready;
-         DROP INDEX IF EXISTS forward_jobs_url;
-         DROP INDEX IF EXISTS forward_jobs_due;
-         ALTER TABLE forward_jobs RENAME TO forward_jobs_unsplit;
-         {FORWARD_JOB_TABLES}
-         INSERT INTO forward_jobs (seq, id, due_at_ms, lease_until_ms, priority, url)
-             SELECT rowid, id, due_at_ms, lease_until_ms, priority, url FROM forward_jobs_unsplit;
-         INSERT INTO forward_job_docs (seq, job) SELECT rowid, job FROM forward_jobs_unsplit;
-         DROP TABLE forward_jobs_unsplit;
-         COMMIT;"
-    ))
 }
 
 impl SqliteDb {
@@ -397,9 +270,7 @@ impl SqliteDb {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(DbError::NoWal(opts.path.clone(), mode));
         }
-        split_forward_job_docs(&conn)?;
-        conn.execute_batch(FORWARD_JOB_TABLES)?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&conn, &opts.path)?;
 
         let (sender, receiver) = mpsc::channel(opts.queue_capacity.max(1));
         let writable = Arc::new(AtomicBool::new(true));
