@@ -237,6 +237,7 @@ impl Application {
             ingest: Ingest::new(
                 inbox.clone(),
                 Duration::from_millis(settings.ingest_ack_timeout_ms),
+                providers.clone(),
             ),
             inbox: inbox.clone(),
             store: store.clone(),
@@ -244,8 +245,7 @@ impl Application {
             admin_key: settings.admin_api_key.as_deref().map(Arc::from),
             body_limit: settings.body_limit_bytes,
             ingest_enabled: roles.ingest,
-            auth: InboundAuth::new(settings.inbound_credentials(), providers.clone()),
-            meta_verify_token: settings.meta_verify_token.as_deref().map(Arc::from),
+            auth: InboundAuth::new(settings.inbound.clone(), providers.clone()),
             webhooks,
             forward_queue,
             forwarder: forwarder.clone(),

@@ -7,7 +7,7 @@
 //! There are no remote defaults: an unset backend URL selects the embedded
 //! backend for that role.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -63,15 +63,6 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HEADER_READ_TIMEOUT_SECS", "header_read_timeout_secs"),
     ("IDLE_TIMEOUT_SECS", "idle_timeout_secs"),
     ("MAX_CONNECTIONS", "max_connections"),
-    ("DATAGEN_WEBHOOK_TOKEN", "datagen_webhook_token"),
-    ("DATAGEN_WEBHOOK_SECRET", "datagen_webhook_secret"),
-    ("AISENSY_WEBHOOK_TOKEN", "aisensy_webhook_token"),
-    ("AISENSY_WEBHOOK_SECRET", "aisensy_webhook_secret"),
-    ("KARIX_WEBHOOK_TOKEN", "karix_webhook_token"),
-    ("KARIX_WEBHOOK_SECRET", "karix_webhook_secret"),
-    ("META_WEBHOOK_TOKEN", "meta_webhook_token"),
-    ("META_APP_SECRET", "meta_app_secret"),
-    ("META_VERIFY_TOKEN", "meta_verify_token"),
 ];
 
 /// The roles of one process.
@@ -206,33 +197,12 @@ pub struct Settings {
     /// comma-separated (default all three). Splitting roles across replicas
     /// needs the shared backends (RabbitMQ, MongoDB).
     pub roles: String,
-    /// Datagen webhooks must carry this token (`X-Webhook-Token` or `?token=`).
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub datagen_webhook_token: Option<String>,
-    /// Datagen webhooks must carry `X-Webhook-Signature` = hex HMAC-SHA256 of the body.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub datagen_webhook_secret: Option<String>,
-    /// AiSensy webhooks must carry this token.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub aisensy_webhook_token: Option<String>,
-    /// AiSensy webhooks must carry `X-AiSensy-Signature` with this secret.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub aisensy_webhook_secret: Option<String>,
-    /// Karix webhooks must carry this token.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub karix_webhook_token: Option<String>,
-    /// Karix webhooks must carry `X-Webhook-Signature` with this secret.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub karix_webhook_secret: Option<String>,
-    /// Meta webhooks must carry this token.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub meta_webhook_token: Option<String>,
-    /// Meta app secret: `X-Hub-Signature-256` is checked when set.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub meta_app_secret: Option<String>,
-    /// Meta's `hub.verify_token` for the GET subscription handshake.
-    #[serde(default, deserialize_with = "empty_as_none")]
-    pub meta_verify_token: Option<String>,
+    /// Inbound webhook credentials by provider, from the environment
+    /// variables each provider names (`<BSP>_WEBHOOK_TOKEN`,
+    /// `<BSP>_WEBHOOK_SECRET`, …; see `Provider::credential_env`). Only
+    /// providers with something configured are present.
+    #[serde(skip_deserializing)]
+    pub inbound: BTreeMap<Bsp, InboundCredentials>,
 }
 
 fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -325,10 +295,11 @@ impl Settings {
                     .map_err(|e| ConfigError(e.to_string()))?;
             }
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(name_keys(&e.to_string())))?;
+        settings.inbound = inbound_from_env(&env);
         settings.validate()?;
         Ok(settings)
     }
@@ -422,40 +393,6 @@ impl Settings {
         Ok(())
     }
 
-    /// Inbound webhook credentials by provider (only those configured).
-    pub fn inbound_credentials(&self) -> HashMap<Bsp, InboundCredentials> {
-        [
-            (
-                Bsp::Datagen,
-                &self.datagen_webhook_token,
-                &self.datagen_webhook_secret,
-            ),
-            (
-                Bsp::Aisensy,
-                &self.aisensy_webhook_token,
-                &self.aisensy_webhook_secret,
-            ),
-            (
-                Bsp::Karix,
-                &self.karix_webhook_token,
-                &self.karix_webhook_secret,
-            ),
-            (Bsp::Meta, &self.meta_webhook_token, &self.meta_app_secret),
-        ]
-        .into_iter()
-        .filter(|(_, t, s)| t.is_some() || s.is_some())
-        .map(|(bsp, t, s)| {
-            (
-                bsp,
-                InboundCredentials {
-                    token: t.clone(),
-                    secret: s.clone(),
-                },
-            )
-        })
-        .collect()
-    }
-
     /// The forwarding retry delays, one per retry.
     pub fn retry_delays(&self) -> Option<Vec<u32>> {
         self.forward_retry_delays_ms
@@ -524,24 +461,40 @@ impl Settings {
         copy.redis_url = copy.redis_url.as_deref().map(mask_url);
         copy.rabbitmq_url = copy.rabbitmq_url.as_deref().map(mask_url);
         copy.forward_proxy = copy.forward_proxy.as_deref().map(mask_url);
-        for secret in [
-            &mut copy.admin_api_key,
-            &mut copy.datagen_webhook_token,
-            &mut copy.datagen_webhook_secret,
-            &mut copy.aisensy_webhook_token,
-            &mut copy.aisensy_webhook_secret,
-            &mut copy.karix_webhook_token,
-            &mut copy.karix_webhook_secret,
-            &mut copy.meta_webhook_token,
-            &mut copy.meta_app_secret,
-            &mut copy.meta_verify_token,
-        ] {
-            if secret.is_some() {
-                *secret = Some("********".to_owned());
+        if copy.admin_api_key.is_some() {
+            copy.admin_api_key = Some("********".to_owned());
+        }
+        for creds in copy.inbound.values_mut() {
+            for secret in [&mut creds.token, &mut creds.secret, &mut creds.verify_token] {
+                if secret.is_some() {
+                    *secret = Some("********".to_owned());
+                }
             }
         }
         serde_json::to_value(copy).unwrap_or_default()
     }
+}
+
+/// Each provider's inbound credentials, from the variables it names; an
+/// empty value is the same as an unset one.
+fn inbound_from_env(env: &impl Fn(&str) -> Option<String>) -> BTreeMap<Bsp, InboundCredentials> {
+    let read = |name: &str| {
+        env(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    crate::providers::Providers::new()
+        .all()
+        .filter_map(|p| {
+            let names = p.credential_env();
+            let creds = InboundCredentials {
+                token: read(names.token),
+                secret: read(names.secret),
+                verify_token: names.verify_token.and_then(read),
+            };
+            creds.is_configured().then_some((p.bsp(), creds))
+        })
+        .collect()
 }
 
 /// Reads the legacy `Keys.json`; only its gateway keys are used (the

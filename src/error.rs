@@ -23,6 +23,9 @@ pub enum ApiError {
     WebhookAuth(#[from] crate::inbound_auth::AuthFailure),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// A feature whose setting (named) is not configured.
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0} not found")]
@@ -47,7 +50,7 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized | ApiError::WebhookAuth(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::NotConfigured(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InboxUnavailable(_) | ApiError::Unavailable(_) => {

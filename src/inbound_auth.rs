@@ -19,10 +19,18 @@ use crate::model::Bsp;
 use crate::providers::Providers;
 
 /// What one provider's webhooks must present.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct InboundCredentials {
     pub token: Option<String>,
     pub secret: Option<String>,
+    /// The `hub.verify_token` of the provider's subscription handshake.
+    pub verify_token: Option<String>,
+}
+
+impl InboundCredentials {
+    pub fn is_configured(&self) -> bool {
+        self.token.is_some() || self.secret.is_some() || self.verify_token.is_some()
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -55,8 +63,23 @@ fn signature_matches(secret: &[u8], body: &[u8], signature: &[u8]) -> bool {
 }
 
 impl InboundAuth {
-    pub fn new(by_bsp: HashMap<Bsp, InboundCredentials>, providers: Providers) -> Self {
-        InboundAuth { by_bsp, providers }
+    pub fn new(
+        by_bsp: impl IntoIterator<Item = (Bsp, InboundCredentials)>,
+        providers: Providers,
+    ) -> Self {
+        InboundAuth {
+            by_bsp: by_bsp.into_iter().collect(),
+            providers,
+        }
+    }
+
+    pub fn providers(&self) -> &Providers {
+        &self.providers
+    }
+
+    /// The `hub.verify_token` configured for `bsp`'s subscription handshake.
+    pub fn verify_token(&self, bsp: Bsp) -> Option<&str> {
+        self.by_bsp.get(&bsp)?.verify_token.as_deref()
     }
 
     /// Checks a webhook against `bsp`'s credentials, if it has any. `query`
@@ -87,11 +110,8 @@ impl InboundAuth {
             }
         }
         if let Some(secret) = creds.secret.as_deref() {
-            let header = self
-                .providers
-                .get(bsp)
-                .map(|p| p.signature_header())
-                .ok_or(AuthFailure::Signature)?;
+            let provider = self.providers.get(bsp).ok_or(AuthFailure::Signature)?;
+            let header = provider.signature_header();
             let signature = headers
                 .get(header.name)
                 .and_then(|v| v.to_str().ok())
@@ -100,8 +120,8 @@ impl InboundAuth {
                 .and_then(|hex_sig| hex::decode(hex_sig).ok())
                 .ok_or(AuthFailure::Signature)?;
             let raw_ok = signature_matches(secret.as_bytes(), body, &signature);
-            // AiSensy reportedly signs JSON.stringify(parsed body): accept
-            // the compact re-serialisation too (key order is preserved).
+            // A sender that signs its parsed object: accept the compact
+            // re-serialisation too (key order is preserved).
             let compact_ok = || {
                 serde_json::from_slice::<serde_json::Value>(body)
                     .ok()
@@ -110,7 +130,7 @@ impl InboundAuth {
                         signature_matches(secret.as_bytes(), &compact, &signature)
                     })
             };
-            if !(raw_ok || (bsp == Bsp::Aisensy && compact_ok())) {
+            if !(raw_ok || (provider.signs_compact_json() && compact_ok())) {
                 return Err(AuthFailure::Signature);
             }
         }
@@ -130,9 +150,9 @@ mod tests {
                 InboundCredentials {
                     token: token.map(Into::into),
                     secret: secret.map(Into::into),
+                    verify_token: None,
                 },
-            )]
-            .into(),
+            )],
             Providers::new(),
         )
     }

@@ -195,7 +195,7 @@ async fn get_message(
 /// An outbound message as the sending side registers it.
 #[derive(Debug, Deserialize, ToSchema)]
 struct RegisterMessageIn {
-    /// `datagen`, `aisensy`, `karix` or `meta`.
+    /// The provider's name, as in its route (`datagen`, `meta`, …).
     bsp: String,
     wamid: Option<String>,
     bsp_message_id: Option<String>,
@@ -222,9 +222,11 @@ async fn register_message(
     ApiJson(input): ApiJson<RegisterMessageIn>,
 ) -> Result<impl IntoResponse, ApiError> {
     let bsp = Bsp::parse(&input.bsp).ok_or_else(|| {
+        let known: Vec<&str> = Bsp::ALL.iter().map(|b| b.as_str()).collect();
         ApiError::Unprocessable(format!(
-            "bsp: unknown provider {:?} (expected datagen, aisensy, karix or meta)",
-            input.bsp
+            "bsp: unknown provider {:?} (expected one of {})",
+            input.bsp,
+            known.join(", ")
         ))
     })?;
     if input.bsp_data.as_ref().is_some_and(|d| !d.is_object()) {

@@ -70,8 +70,6 @@ pub struct Services {
     pub ingest_enabled: bool,
     /// Optional inbound webhook authentication per provider.
     pub auth: InboundAuth,
-    /// Meta's `hub.verify_token`; `None`: the handshake is refused.
-    pub meta_verify_token: Option<Arc<str>>,
     pub webhooks: Arc<dyn WebhookStore>,
     pub forward_queue: Arc<dyn ForwardQueue>,
     pub forwarder: Arc<Forwarder>,

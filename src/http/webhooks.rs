@@ -7,33 +7,115 @@ use std::collections::HashMap;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::WebhookRequest;
 use crate::error::ApiError;
 use crate::model::Bsp;
+use crate::providers::Providers;
 
+/// One route per provider path (and alias), each with its OpenAPI
+/// operation, from the provider list: a new provider needs nothing here.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(datagen))
-        .routes(routes!(datagen_legacy))
-        .routes(routes!(aisensy))
-        .routes(routes!(aisensy_legacy))
-        .routes(routes!(karix))
-        .routes(routes!(meta, meta_verify))
+    let providers = Providers::new();
+    let mut paths = serde_json::Map::new();
+    let mut router = axum::Router::new();
+    for provider in providers.all() {
+        let bsp = provider.bsp();
+        for (n, path) in provider.routes().iter().enumerate() {
+            let operation_id = match n {
+                0 => bsp.as_str().to_owned(),
+                1 => format!("{bsp}_legacy"),
+                n => format!("{bsp}_legacy_{n}"),
+            };
+            let summary = match n {
+                0 => provider.summary().to_owned(),
+                _ => format!(
+                    "{} (legacy alias of `{}`).",
+                    provider.name(),
+                    provider.routes()[0]
+                ),
+            };
+            let mut item =
+                json!({"post": post_operation(&operation_id, &summary, provider.ack_body())});
+            let mut method = post(
+                move |State(state): State<AppState>, request: WebhookRequest| async move {
+                    accept(&state, bsp, request).await
+                },
+            );
+            if n == 0 {
+                if let Some(env) = provider.credential_env().verify_token {
+                    item["get"] = handshake_operation(bsp, provider.name(), env);
+                    method = method.get(
+                        move |State(state): State<AppState>,
+                              Query(query): Query<HashMap<String, String>>| async move {
+                            verify_subscription(&state, bsp, env, &query)
+                        },
+                    );
+                }
+            }
+            paths.insert((*path).to_owned(), item);
+            router = router.route(path, method);
+        }
+    }
+    let doc: utoipa::openapi::OpenApi = serde_json::from_value(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "", "version": ""},
+        "paths": paths,
+    }))
+    .expect("webhook route documentation");
+    OpenApiRouter::with_openapi(doc).merge(OpenApiRouter::from(router))
 }
 
-/// The legacy 200 body for `bsp`, byte for byte.
-fn legacy_ack(bsp: Bsp) -> Response {
-    let body: &'static str = match bsp {
-        Bsp::Datagen => r#"{"status":200,"message":"Datagen webhook received successfully"}"#,
-        Bsp::Aisensy => r#"{"status":200,"message":"Aisensy webhook received successfully"}"#,
-        Bsp::Karix => r#"{"status":200,"message":"Karix webhook received successfully"}"#,
-        Bsp::Meta => r#"{"status":200,"message":"Meta webhook received successfully"}"#,
+/// The operation of a provider's webhook route.
+fn post_operation(operation_id: &str, summary: &str, ack: &str) -> Value {
+    let error = |description: &str| {
+        json!({"description": description, "content": {"application/json": {"schema":
+            {"$ref": "#/components/schemas/ErrorBody"}}}})
     };
+    json!({
+        "tags": ["webhooks (BSP)"],
+        "summary": summary,
+        "operationId": operation_id,
+        "parameters": [{"name": "token", "in": "query", "required": false,
+            "description": "Shared token, when inbound authentication by query token is configured",
+            "schema": {"type": "string"}}],
+        "requestBody": {"description": "The provider's webhook body, as it sends it (one event or a batch)",
+            "content": {"application/json": {"schema": {"type": "object"}}}, "required": true},
+        "responses": {
+            "200": error(&format!("Durably accepted (the legacy body: `{ack}`)")),
+            "400": error("Not JSON / not UTF-8 / unreadable"),
+            "401": error("Inbound authentication failed"),
+            "413": error("Body over BODY_LIMIT_BYTES"),
+            "503": error("Not accepted, retry (inbox unavailable or saturated; `Retry-After`)"),
+        }
+    })
+}
+
+/// The operation of a subscription handshake (`GET` with `hub.*`).
+fn handshake_operation(bsp: Bsp, name: &str, env: &str) -> Value {
+    let param = |name: &str| json!({"name": name, "in": "query", "required": true, "schema": {"type": "string"}});
+    json!({
+        "tags": ["webhooks (BSP)"],
+        "summary": format!("{name}'s subscription handshake: echo `hub.challenge` when\n`hub.verify_token` matches `{env}`; 403 otherwise."),
+        "operationId": format!("{bsp}_verify"),
+        "parameters": [param("hub.mode"), param("hub.verify_token"), param("hub.challenge")],
+        "responses": {
+            "200": {"description": "The challenge, as text/plain",
+                "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "403": {"description": "Token mismatch or not configured",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
+        }
+    })
+}
+
+/// The legacy 200 body of `bsp`'s provider, byte for byte.
+fn legacy_ack(state: &AppState, bsp: Bsp) -> Response {
+    let body = state.auth.providers().get(bsp).map_or("", |p| p.ack_body());
     (
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
         body,
@@ -74,71 +156,21 @@ async fn accept_inner(
         .verify(bsp, &request.headers, request.query(), &request.body)?;
     let event_id = state.ingest.accept(bsp, request.body).await?;
     tracing::debug!(event.id = %event_id, %bsp, "webhook accepted");
-    Ok(legacy_ack(bsp))
+    Ok(legacy_ack(state, bsp))
 }
 
-macro_rules! webhook_handler {
-    ($name:ident, $bsp:expr, $path:literal, $summary:literal) => {
-        #[doc = $summary]
-        #[utoipa::path(post, path = $path, tag = "webhooks (BSP)",
-            request_body(content = Object, description = "The provider's webhook body, as it sends it (one event or a batch)"),
-            params(("token" = Option<String>, Query, description = "Shared token, when inbound authentication by query token is configured")),
-            responses(
-                (status = 200, description = "Durably accepted (legacy body, e.g. `{\"status\":200,\"message\":\"Datagen webhook received successfully\"}`)", body = crate::http::openapi::ErrorBody),
-                (status = 400, description = "Not JSON / not UTF-8 / unreadable", body = crate::http::openapi::ErrorBody),
-                (status = 401, description = "Inbound authentication failed", body = crate::http::openapi::ErrorBody),
-                (status = 413, description = "Body over BODY_LIMIT_BYTES", body = crate::http::openapi::ErrorBody),
-                (status = 503, description = "Not accepted, retry (inbox unavailable or saturated; `Retry-After`)", body = crate::http::openapi::ErrorBody)))]
-        async fn $name(
-            State(state): State<AppState>,
-            request: WebhookRequest,
-        ) -> Result<Response, ApiError> {
-            accept(&state, $bsp, request).await
-        }
-    };
-}
-
-webhook_handler!(
-    datagen,
-    Bsp::Datagen,
-    "/webhook/datagen",
-    "Datagen delivery reports and replies."
-);
-webhook_handler!(
-    datagen_legacy,
-    Bsp::Datagen,
-    "/datagen-webhook",
-    "Datagen (legacy alias of `/webhook/datagen`)."
-);
-webhook_handler!(aisensy, Bsp::Aisensy, "/webhook/aisensy", "AiSensy events.");
-webhook_handler!(
-    aisensy_legacy,
-    Bsp::Aisensy,
-    "/partner-webhook",
-    "AiSensy (legacy alias of `/webhook/aisensy`)."
-);
-webhook_handler!(karix, Bsp::Karix, "/webhook/karix", "Karix RCM callbacks.");
-webhook_handler!(
-    meta,
-    Bsp::Meta,
-    "/webhook/meta",
-    "WhatsApp Cloud API (Meta) notifications; `X-Hub-Signature-256` checked when `META_APP_SECRET` is set."
-);
-
-/// Meta's subscription handshake: echo `hub.challenge` when
-/// `hub.verify_token` matches `META_VERIFY_TOKEN`; 403 otherwise.
-#[utoipa::path(get, path = "/webhook/meta", tag = "webhooks (BSP)",
-    params(("hub.mode" = String, Query), ("hub.verify_token" = String, Query), ("hub.challenge" = String, Query)),
-    responses((status = 200, description = "The challenge, as text/plain", body = String, content_type = "text/plain"),
-        (status = 403, description = "Token mismatch or not configured", body = crate::http::openapi::ErrorBody)))]
-async fn meta_verify(
-    State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+/// A subscription handshake: echo `hub.challenge` when `hub.verify_token`
+/// matches the provider's configured token (`env` names it); 403 otherwise.
+fn verify_subscription(
+    state: &AppState,
+    bsp: Bsp,
+    env: &'static str,
+    query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let expected = state
-        .meta_verify_token
-        .as_deref()
-        .ok_or(ApiError::Forbidden("META_VERIFY_TOKEN is not configured"))?;
+        .auth
+        .verify_token(bsp)
+        .ok_or(ApiError::NotConfigured(env))?;
     let mode_ok = query.get("hub.mode").is_some_and(|m| m == "subscribe");
     let token_ok = query
         .get("hub.verify_token")

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use super::json::{at, text, time};
-use super::{Parsed, Provider, RawWebhook, SignatureHeader};
+use super::{CredentialEnv, Parsed, Provider, RawWebhook, SignatureHeader};
 use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
 
 pub struct Aisensy;
@@ -87,11 +87,52 @@ impl Provider for Aisensy {
         Bsp::Aisensy
     }
 
+    fn name(&self) -> &'static str {
+        "AiSensy"
+    }
+
+    fn routes(&self) -> &'static [&'static str] {
+        &["/webhook/aisensy", "/partner-webhook"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "AiSensy events."
+    }
+
+    fn ack_body(&self) -> &'static str {
+        r#"{"status":200,"message":"Aisensy webhook received successfully"}"#
+    }
+
+    fn credential_env(&self) -> CredentialEnv {
+        CredentialEnv {
+            token: "AISENSY_WEBHOOK_TOKEN",
+            secret: "AISENSY_WEBHOOK_SECRET",
+            verify_token: None,
+        }
+    }
+
     fn signature_header(&self) -> SignatureHeader {
         SignatureHeader {
             name: "x-aisensy-signature",
             prefix: "",
         }
+    }
+
+    /// AiSensy reportedly signs `JSON.stringify(parsed body)`.
+    fn signs_compact_json(&self) -> bool {
+        true
+    }
+
+    /// An inbound user message is the `message.sender.user` topic.
+    fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Probe<'a> {
+            #[serde(borrow)]
+            topic: Option<&'a serde_json::value::RawValue>,
+        }
+        let p: Probe<'_> = serde_json::from_str(object)?;
+        Ok(p.topic
+            .is_some_and(|t| t.get() == "\"message.sender.user\""))
     }
 
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed {
@@ -160,14 +201,6 @@ impl Provider for Aisensy {
                 message,
             }],
             unrecognized: Vec::new(),
-        }
-    }
-
-    /// Inbound user messages before status reports.
-    fn priority(&self, event: &UnifiedEvent) -> u8 {
-        match &event.message {
-            Some(m) if m.direction == Direction::Inbound => 5,
-            _ => 0,
         }
     }
 }

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::json::{at, raw_scalar, text, time};
-use super::{Parsed, Provider, RawWebhook, SignatureHeader};
+use super::{CredentialEnv, Parsed, Provider, RawWebhook, SignatureHeader};
 use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
 
 pub struct Meta;
@@ -32,11 +32,64 @@ impl Provider for Meta {
         Bsp::Meta
     }
 
+    fn name(&self) -> &'static str {
+        "Meta"
+    }
+
+    fn routes(&self) -> &'static [&'static str] {
+        &["/webhook/meta"]
+    }
+
+    fn summary(&self) -> &'static str {
+        "WhatsApp Cloud API (Meta) notifications; `X-Hub-Signature-256` checked when `META_APP_SECRET` is set."
+    }
+
+    fn ack_body(&self) -> &'static str {
+        r#"{"status":200,"message":"Meta webhook received successfully"}"#
+    }
+
+    fn credential_env(&self) -> CredentialEnv {
+        CredentialEnv {
+            token: "META_WEBHOOK_TOKEN",
+            secret: "META_APP_SECRET",
+            verify_token: Some("META_VERIFY_TOKEN"),
+        }
+    }
+
     fn signature_header(&self) -> SignatureHeader {
         SignatureHeader {
             name: "x-hub-signature-256",
             prefix: "sha256=",
         }
+    }
+
+    /// Inbound user messages are `entry[].changes[].value.messages`.
+    fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
+        use serde::de::IgnoredAny;
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(default)]
+            entry: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            #[serde(default)]
+            changes: Vec<Change>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Change {
+            value: Option<ChangeValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ChangeValue {
+            messages: Option<IgnoredAny>,
+        }
+        let body: Body = serde_json::from_str(object)?;
+        Ok(body
+            .entry
+            .iter()
+            .flat_map(|e| &e.changes)
+            .any(|c| c.value.as_ref().is_some_and(|v| v.messages.is_some())))
     }
 
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed {
@@ -121,13 +174,6 @@ impl Provider for Meta {
             return Parsed::unrecognized_body(webhook, "no changes in any entry");
         }
         out
-    }
-
-    fn priority(&self, event: &UnifiedEvent) -> u8 {
-        match &event.message {
-            Some(m) if m.direction == Direction::Inbound => 5,
-            _ => 0,
-        }
     }
 }
 

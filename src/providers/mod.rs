@@ -3,8 +3,12 @@
 //! An adapter is a pure function of the body. One body may carry many events
 //! (Datagen arrays, Meta batches). Anything an adapter does not understand is
 //! returned as [`UnrecognizedEvent`], never dropped and never an error.
-//! Adding a provider is one file implementing [`Provider`] plus one line in
-//! [`Providers::new`].
+//! A provider is the gateway's one extension point: its file implements
+//! [`Provider`] (routes and aliases, legacy ack body, credentials and
+//! signature, queue priority, legacy queue body, parsing), and routes,
+//! inbound auth, ingest and configuration are derived from the list in
+//! [`Providers::new`]. Adding one is that file, its [`Bsp`] variant, one line
+//! here, and its fixtures and tests.
 
 mod aisensy;
 mod datagen;
@@ -84,9 +88,34 @@ pub struct SignatureHeader {
     pub prefix: &'static str,
 }
 
-/// One provider's webhook format.
+/// The environment variables of a provider's inbound credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialEnv {
+    /// The shared token (`X-Webhook-Token` or `?token=`).
+    pub token: &'static str,
+    /// The HMAC secret of [`Provider::signature_header`].
+    pub secret: &'static str,
+    /// The token of a `hub.*` subscription handshake on `GET` of its first
+    /// route, for providers that have one.
+    pub verify_token: Option<&'static str>,
+}
+
+/// One provider: everything the gateway knows of a BSP lives in its
+/// implementation (its routes, its legacy answer, its credentials and
+/// signature, its queue priority, its body format), so a new BSP is one file
+/// plus its [`Bsp`] variant.
 pub trait Provider: Send + Sync {
     fn bsp(&self) -> Bsp;
+    /// Its name as people write it ("AiSensy").
+    fn name(&self) -> &'static str;
+    /// The paths it posts to: `/webhook/<bsp>` first, then legacy aliases.
+    fn routes(&self) -> &'static [&'static str];
+    /// One line for the API document.
+    fn summary(&self) -> &'static str;
+    /// The legacy gateway's 200 body, byte for byte.
+    fn ack_body(&self) -> &'static str;
+    /// Where its inbound credentials are configured.
+    fn credential_env(&self) -> CredentialEnv;
     /// The header that carries the body signature when a secret is configured.
     fn signature_header(&self) -> SignatureHeader {
         SignatureHeader {
@@ -94,13 +123,34 @@ pub trait Provider: Send + Sync {
             prefix: "",
         }
     }
+    /// Whether its signature may also be over the body re-serialized as
+    /// compact JSON (a sender that signs its parsed object).
+    fn signs_compact_json(&self) -> bool {
+        false
+    }
     /// Normalizes a body. Must not panic on any input.
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed;
-    /// Queue priority for the raw event on the BSP queue (0–10): inbound user
-    /// messages go before status reports.
-    fn priority(&self, _event: &UnifiedEvent) -> u8 {
-        0
+    /// Whether one JSON object of its bodies is an inbound user message,
+    /// which is queued before status reports. An error: not JSON this probe
+    /// can read (ingest then only checks that it is JSON).
+    fn is_inbound(&self, _object: &str) -> Result<bool, serde_json::Error> {
+        Ok(false)
     }
+    /// The body as the legacy BSP queue carries it (`batch_len`: the number
+    /// of events of a JSON array body).
+    fn legacy_queue_body(&self, body: &bytes::Bytes, _batch_len: Option<usize>) -> bytes::Bytes {
+        body.clone()
+    }
+}
+
+/// Queue priority of an inbound user message (status reports: 0).
+pub const INBOUND_PRIORITY: u8 = 5;
+
+/// What ingest learns about a body in its one validating pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub priority: u8,
+    pub batch_len: Option<usize>,
 }
 
 /// The registered adapters, by BSP.
@@ -132,6 +182,41 @@ impl Providers {
         self.by_bsp.get(&bsp)
     }
 
+    /// Every provider, in [`Bsp::ALL`] order.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        Bsp::ALL.iter().filter_map(|b| self.by_bsp.get(b))
+    }
+
+    /// Validates `text` as JSON and finds its queue priority and batch size:
+    /// an object is [`INBOUND_PRIORITY`] when its provider says it is an
+    /// inbound user message; an array (a batch, mostly status reports, as
+    /// the legacy queues have always carried it) is 0.
+    pub fn probe(&self, bsp: Bsp, text: &str) -> Result<Probe, serde_json::Error> {
+        use serde::de::IgnoredAny;
+        let inbound = |object: &str| {
+            self.get(bsp)
+                .and_then(|p| p.is_inbound(object).ok())
+                .unwrap_or(false)
+        };
+        let priority = |inbound: bool| if inbound { INBOUND_PRIORITY } else { 0 };
+        match text.trim_start().as_bytes().first() {
+            Some(b'[') => {
+                let items: Vec<IgnoredAny> = serde_json::from_str(text)?;
+                Ok(Probe {
+                    priority: 0,
+                    batch_len: Some(items.len()),
+                })
+            }
+            // Valid JSON the probe cannot read (say, a duplicate key): no
+            // priority, but still accepted.
+            Some(b'{') => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe {
+                priority: priority(inbound(text)),
+                batch_len: None,
+            }),
+            _ => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe::default()),
+        }
+    }
+
     /// Parses a webhook with its BSP's adapter. A missing adapter or a panic
     /// inside one keeps the body as unrecognized instead of losing it.
     pub fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed {
@@ -144,5 +229,82 @@ impl Providers {
                 Parsed::unrecognized_body(webhook, "adapter panicked on this body")
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Bsp;
+
+    #[test]
+    fn probes_priority_and_batches() {
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Datagen, " [1, {}, []]")
+                .unwrap()
+                .batch_len,
+            Some(3)
+        );
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Datagen, r#"{"eventContent":{"message":{}}}"#)
+                .unwrap()
+                .priority,
+            5
+        );
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Karix, r#"{"events":{}}"#)
+                .unwrap()
+                .priority,
+            0
+        );
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Aisensy, r#"{"topic":"message.sender.user"}"#)
+                .unwrap()
+                .priority,
+            5
+        );
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Aisensy, r#"{"topic":5}"#)
+                .unwrap()
+                .priority,
+            0
+        );
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Aisensy, r#"{"a":1,"a":2}"#)
+                .unwrap(),
+            Probe::default()
+        );
+        // A batch keeps the status reports' priority, inbound or not.
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Datagen, r#"[{"events":{}},{"eventContent":{}}]"#)
+                .unwrap(),
+            Probe {
+                priority: 0,
+                batch_len: Some(2)
+            }
+        );
+        let meta_in = include_str!("../../tests/fixtures/meta_inbound_text.json");
+        let meta_status = include_str!("../../tests/fixtures/meta_status_sent.json");
+        assert_eq!(
+            Providers::new().probe(Bsp::Meta, meta_in).unwrap().priority,
+            5
+        );
+        assert_eq!(
+            Providers::new()
+                .probe(Bsp::Meta, meta_status)
+                .unwrap()
+                .priority,
+            0
+        );
+        assert!(Providers::new().probe(Bsp::Datagen, "{").is_err());
+        assert!(Providers::new().probe(Bsp::Datagen, "[1,").is_err());
+        assert!(Providers::new().probe(Bsp::Datagen, "").is_err());
     }
 }

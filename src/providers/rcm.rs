@@ -39,6 +39,18 @@ pub fn map_status(raw: &str) -> Option<Status> {
 
 /// Parses a body that is one event object or (leading whitespace allowed) a
 /// JSON array of them.
+/// An RCM object is an inbound user message when it has `eventContent`.
+pub fn is_inbound(object: &str) -> Result<bool, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "eventContent")]
+        event_content: Option<serde::de::IgnoredAny>,
+    }
+    Ok(serde_json::from_str::<Probe>(object)?
+        .event_content
+        .is_some())
+}
+
 pub fn parse_body(flavor: &Flavor, webhook: &RawWebhook<'_>) -> Parsed {
     let value: Value = match serde_json::from_slice(webhook.body) {
         Ok(v) => v,

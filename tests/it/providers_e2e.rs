@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::helpers::*;
 use zen_gateway::inbound_auth::hmac_sha256_hex;
+use zen_gateway::model::Bsp;
 
 #[tokio::test]
 async fn every_provider_fixture_becomes_a_record() {
@@ -155,9 +156,28 @@ async fn aisensy_retries_of_one_notification_are_applied_once() {
 #[tokio::test]
 async fn configured_inbound_auth_refuses_and_stores_nothing() {
     let app = spawn_app_with(|s| {
-        s.karix_webhook_token = Some("karix-token".into());
-        s.aisensy_webhook_secret = Some("aisensy-secret".into());
-        s.meta_app_secret = Some("meta-secret".into());
+        use zen_gateway::inbound_auth::InboundCredentials;
+        s.inbound.insert(
+            Bsp::Karix,
+            InboundCredentials {
+                token: Some("karix-token".into()),
+                ..Default::default()
+            },
+        );
+        s.inbound.insert(
+            Bsp::Aisensy,
+            InboundCredentials {
+                secret: Some("aisensy-secret".into()),
+                ..Default::default()
+            },
+        );
+        s.inbound.insert(
+            Bsp::Meta,
+            InboundCredentials {
+                secret: Some("meta-secret".into()),
+                ..Default::default()
+            },
+        );
     })
     .await;
     let karix = fixture("karix_sent.json");
@@ -236,7 +256,16 @@ async fn configured_inbound_auth_refuses_and_stores_nothing() {
 
 #[tokio::test]
 async fn meta_verification_handshake() {
-    let app = spawn_app_with(|s| s.meta_verify_token = Some("verify-me".into())).await;
+    let app = spawn_app_with(|s| {
+        s.inbound.insert(
+            Bsp::Meta,
+            zen_gateway::inbound_auth::InboundCredentials {
+                verify_token: Some("verify-me".into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
     let ok = app
         .client
         .get(app.url(

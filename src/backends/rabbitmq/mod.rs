@@ -833,25 +833,18 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
     }
 }
 
-/// The body as the legacy BSP queues carry it: a Datagen array goes out as
-/// `{"batch_data":[…],"batch_size":N}`; everything else as received.
+/// The body as the legacy BSP queue carries it: the provider says (a
+/// Datagen batch is wrapped as `{"batch_data":[…],"batch_size":n}`).
 pub fn legacy_body(entry: &InboxEntry) -> Bytes {
-    match (entry.bsp, entry.batch_len) {
-        (Bsp::Datagen, Some(n)) => {
-            let raw = entry.body.as_ref();
-            let start = raw
-                .iter()
-                .position(|b| !b.is_ascii_whitespace())
-                .unwrap_or(0);
-            let mut out = Vec::with_capacity(raw.len() + 40);
-            out.extend_from_slice(b"{\"batch_data\":");
-            out.extend_from_slice(&raw[start..]);
-            out.extend_from_slice(format!(",\"batch_size\":{n}}}").as_bytes());
-            Bytes::from(out)
-        }
-        _ => entry.body.clone(),
+    match PROVIDERS.get(entry.bsp) {
+        Some(p) => p.legacy_queue_body(&entry.body, entry.batch_len),
+        None => entry.body.clone(),
     }
 }
+
+/// The providers, for their legacy queue bodies.
+static PROVIDERS: std::sync::LazyLock<crate::providers::Providers> =
+    std::sync::LazyLock::new(crate::providers::Providers::new);
 
 #[async_trait]
 impl Inbox for RabbitInbox {
