@@ -79,6 +79,20 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         channels: usize,
     },
+    /// Message lookups by id (`GET /api/v1/messages/{id}`): posts `records`
+    /// Datagen and Karix webhooks, waits until they are stored, then looks up
+    /// `samples` of them by wamid, by provider id and by `message_id`;
+    /// reports latency percentiles per kind as JSON.
+    Lookups {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "ADMIN_API_KEY")]
+        key: String,
+        #[arg(long, default_value_t = 3000)]
+        records: u64,
+        #[arg(long, default_value_t = 300)]
+        samples: u64,
+    },
     /// A counting webhook receiver.
     Receiver {
         #[arg(long, default_value_t = 18091)]
@@ -106,6 +120,12 @@ fn main() -> anyhow::Result<()> {
                 messages,
             } => post_load(url, rate, duration, connections, mix, messages).await,
             Command::ParseServer { port } => parse_server(port).await,
+            Command::Lookups {
+                url,
+                key,
+                records,
+                samples,
+            } => lookups(url, key, records, samples).await,
             Command::AmqpCeiling {
                 url,
                 duration,
@@ -133,6 +153,93 @@ impl Rng {
 }
 
 const STATUSES: [&str; 4] = ["sent", "Delivered", "Read", "failed"];
+
+async fn lookups(url: String, key: String, records: u64, samples: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let tag = std::process::id();
+    // Half keyed by wamid (Datagen), half by Karix's own id.
+    for i in 0..records {
+        let (route, body) = if i % 2 == 0 {
+            (
+                "datagen",
+                datagen_event(
+                    tag as u64 * 1_000_000 + i,
+                    "Delivered",
+                    1_749_540_000_000 + i,
+                ),
+            )
+        } else {
+            (
+                "karix",
+                json!({"channel": "WABA", "appDetails": {"type": "LIVE"},
+                "events": {"eventType": "DELIVERY EVENTS", "timestamp": 1_749_540_000_000_u64 + i,
+                           "mid": format!("karix-{tag}-{i}")},
+                "notificationAttributes": {"status": "DELIVERED", "reason": "", "code": ""},
+                "recipient": {"to": "919812345678"}, "sender": {"from": "918071234567"}}),
+            )
+        };
+        client
+            .post(format!("{url}/webhook/{route}"))
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?;
+    }
+    let get = |id: String| {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        async move {
+            let started = std::time::Instant::now();
+            let r = client
+                .get(format!("{url}/api/v1/messages/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await?;
+            let status = r.status();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            anyhow::Ok((status, body, started.elapsed()))
+        }
+    };
+    // The last Karix record (odd indexes are Karix).
+    let last_odd = if (records - 1) % 2 == 1 {
+        records - 1
+    } else {
+        records.saturating_sub(2)
+    };
+    let last = format!("karix-{tag}-{last_odd}");
+    for _ in 0..600 {
+        if get(last.clone()).await?.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut report = serde_json::Map::new();
+    for kind in ["wamid", "provider_id", "message_id"] {
+        let mut hist = Histogram::<u64>::new(3)?;
+        for n in 0..samples {
+            let i = (n * 7919) % records;
+            let wamid = format!("wamid.bench{:012}", tag as u64 * 1_000_000 + (i & !1));
+            let karix = format!("karix-{tag}-{}", i | 1);
+            let id = match kind {
+                "wamid" => wamid,
+                "provider_id" => karix,
+                _ => get(wamid).await?.1["message_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            };
+            let (status, _, took) = get(id).await?;
+            anyhow::ensure!(status == 200, "{kind} lookup: HTTP {status}");
+            hist.record(took.as_micros().max(1) as u64)?;
+        }
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        report.insert(
+            kind.into(),
+            json!({"p50_ms": ms(0.5), "p95_ms": ms(0.95), "max_ms": hist.max() as f64 / 1000.0}),
+        );
+    }
+    println!("{}", serde_json::Value::Object(report));
+    Ok(())
+}
 
 fn datagen_event(wamid: u64, status: &str, ts: u64) -> serde_json::Value {
     json!({

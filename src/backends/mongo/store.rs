@@ -44,12 +44,20 @@ pub struct Handle {
 
 pub const MESSAGES: &str = "unified_message_tracking";
 pub const UNRECOGNIZED: &str = "unrecognized_webhooks";
+/// Our lookup keys of messages, one document per id string: `_id` =
+/// `k:<id>`, and the message document's `_id` under `w` (the id is its
+/// wamid), `m` (its `message_id`) or `p` (its provider id, any BSP). A lookup
+/// by id is then two `_id` queries, which every MongoDB-compatible server
+/// answers from its primary key (the test wire server scans for any other
+/// field, and for `$in`). The first message to take an id keeps it.
+pub const MESSAGE_KEYS: &str = "zen_message_keys";
 
 /// The message store on MongoDB (or a wire-compatible server).
 pub struct MongoStore {
     db: Database,
     messages: Collection<Document>,
     unrecognized: Collection<Document>,
+    keys: Collection<Document>,
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
@@ -85,6 +93,7 @@ impl MongoStore {
         MongoStore {
             messages: db.collection(MESSAGES),
             unrecognized: db.collection(UNRECOGNIZED),
+            keys: db.collection(MESSAGE_KEYS),
             db,
             up: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -282,6 +291,7 @@ impl MongoStore {
             report.removed_documents += deleted.deleted_count;
         }
         report.indexes = self.ensure_indexes().await?;
+        report.keys_written = self.rebuild_keys().await?;
         Ok(report)
     }
 
@@ -313,18 +323,57 @@ impl MongoStore {
         })))
     }
 
+    /// Writes the lookup keys of every document (after a merge a key may
+    /// name a removed duplicate: it is pointed at the survivor).
+    async fn rebuild_keys(&self) -> Result<u64, StoreError> {
+        let mut cursor = self
+            .messages
+            .find(doc! {})
+            .projection(doc! {"_id": 1, "message_id": 1, "wamid": 1, "bsp": 1, "bsp_message_id": 1})
+            .sort(doc! {"_id": -1})
+            .await
+            .map_err(unavailable)?;
+        let mut written = 0;
+        while let Some(d) = cursor.try_next().await.map_err(unavailable)? {
+            let Ok(id) = d.get_object_id("_id") else {
+                continue;
+            };
+            // Newest first, each key overwritten: the oldest document wins.
+            for mut key in keys_of(id, &from_doc(&d)) {
+                let Some(Bson::String(key_id)) = key.remove("_id") else {
+                    continue;
+                };
+                self.keys
+                    .update_one(doc! {"_id": key_id}, doc! {"$set": key})
+                    .upsert(true)
+                    .await
+                    .map_err(unavailable)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
     /// Writes what a batch changed: inserts, then compare-and-set updates.
     async fn write_back(&self, set: &WorkingSet<Handle>) -> Result<(), StoreError> {
+        let mut keys = Vec::new();
         let inserts: Vec<Document> = set
             .changed()
             .filter(|s| s.handle.is_none())
             .map(|s| {
-                let mut d = doc! {"_id": ObjectId::new()};
+                let id = ObjectId::new();
+                keys.extend(keys_of(id, &s.record));
+                let mut d = doc! {"_id": id};
                 d.extend(to_doc(&s.record));
                 d.insert("rev", 1_i64);
                 d
             })
             .collect();
+        for s in set.changed() {
+            if let Some(h) = s.handle {
+                keys.extend(keys_of(h.id, &s.record));
+            }
+        }
         if !inserts.is_empty() {
             self.messages
                 .insert_many(inserts)
@@ -332,6 +381,9 @@ impl MongoStore {
                 .await
                 .map_err(classify)?;
         }
+        // After the documents: a key never names a document not written
+        // (a retried batch writes its keys again).
+        self.write_keys(keys).await?;
         let updates: Vec<Document> = set
             .changed()
             .filter_map(|s| {
@@ -352,6 +404,19 @@ impl MongoStore {
             self.update_chunk(chunk).await?;
         }
         Ok(())
+    }
+
+    /// Adds lookup keys; a key that exists already keeps the document it
+    /// names (the oldest wins, as for the unique indexes).
+    async fn write_keys(&self, keys: Vec<Document>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        match self.keys.insert_many(keys).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) if only_duplicate_keys(&e) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
     }
 
     async fn update_chunk(&self, updates: Vec<Document>) -> Result<(), StoreError> {
@@ -382,6 +447,32 @@ impl MongoStore {
             )));
         }
         Ok(())
+    }
+}
+
+/// The lookup keys of a stored message, one per id it has.
+fn keys_of(id: ObjectId, r: &MessageRecord) -> Vec<Document> {
+    let mut keys = vec![doc! {"_id": format!("k:{}", r.message_id), "m": id}];
+    if let Some(w) = r.wamid.as_deref().filter(|w| !w.is_empty()) {
+        keys.push(doc! {"_id": format!("k:{w}"), "w": id});
+    }
+    if let Some(p) = r.bsp_message_id.as_deref().filter(|p| !p.is_empty()) {
+        keys.push(doc! {"_id": format!("k:{p}"), "p": id});
+    }
+    keys
+}
+
+/// Whether a failed `insert_many` only hit keys that exist (by code).
+fn only_duplicate_keys(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::ErrorKind;
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => {
+            m.write_concern_error.is_none()
+                && m.write_errors
+                    .as_ref()
+                    .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w.code == 11000))
+        }
+        _ => false,
     }
 }
 
@@ -469,6 +560,8 @@ pub struct MigrationReport {
     pub merged_groups: u64,
     pub removed_documents: u64,
     pub indexes: IndexReport,
+    /// Lookup keys written (see [`MESSAGE_KEYS`]).
+    pub keys_written: u64,
 }
 
 /// How each unique index could be built on this server.
@@ -549,7 +642,27 @@ impl MessageStore for MongoStore {
     async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
         let result = async {
             // Same precedence as every backend: wamid, message_id, provider
-            // id; one indexed single-field query each.
+            // id. By key first: two `_id` queries.
+            let key = self
+                .keys
+                .find_one(doc! {"_id": format!("k:{id}")})
+                .await
+                .map_err(unavailable)?;
+            for kind in ["w", "m", "p"] {
+                let Some(message) = key.as_ref().and_then(|k| k.get_object_id(kind).ok()) else {
+                    continue;
+                };
+                let found = self
+                    .messages
+                    .find_one(doc! {"_id": message})
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(d) = found {
+                    return Ok(Some(from_doc(&d)));
+                }
+            }
+            // Documents without keys (written before them, or by another
+            // service): the indexed single-field queries.
             for field in ["wamid", "message_id", "bsp_message_id"] {
                 let found = self
                     .messages
