@@ -524,27 +524,31 @@ impl MessageRecord {
         ApplyOutcome::Applied
     }
 
-    /// Adds tags not seen before under `bsp_data.tags` (first value wins).
-    fn merge_tags(&mut self, tags: &BTreeMap<String, String>) {
-        if tags.is_empty() {
-            return;
-        }
+    /// `bsp_data.<key>`, made `empty` first when it is absent or of another
+    /// JSON type than `empty` (and `bsp_data` an object when it is not one).
+    pub fn bsp_data_entry(&mut self, key: &str, empty: Value) -> Option<&mut Value> {
         let data = self
             .bsp_data
             .get_or_insert_with(|| Value::Object(Default::default()));
         if !data.is_object() {
             *data = Value::Object(Default::default());
         }
-        let Some(obj) = data.as_object_mut() else {
-            return;
-        };
-        let slot = obj
-            .entry("tags")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if !slot.is_object() {
-            *slot = Value::Object(Default::default());
+        let obj = data.as_object_mut()?;
+        let same_type = |v: &Value| std::mem::discriminant(v) == std::mem::discriminant(&empty);
+        let slot = obj.entry(key).or_insert_with(|| empty.clone());
+        if !same_type(slot) {
+            *slot = empty;
         }
-        if let Some(existing) = slot.as_object_mut() {
+        Some(slot)
+    }
+
+    /// Adds tags not seen before under `bsp_data.tags` (first value wins).
+    fn merge_tags(&mut self, tags: &BTreeMap<String, String>) {
+        if tags.is_empty() {
+            return;
+        }
+        let slot = self.bsp_data_entry("tags", Value::Object(Default::default()));
+        if let Some(existing) = slot.and_then(Value::as_object_mut) {
             for (k, v) in tags {
                 if existing.len() >= TAGS_CAP {
                     break;

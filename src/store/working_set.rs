@@ -288,22 +288,8 @@ fn record_links(record: &mut MessageRecord, links: Vec<Value>) {
     if links.is_empty() {
         return;
     }
-    let data = record
-        .bsp_data
-        .get_or_insert_with(|| Value::Object(Default::default()));
-    if !data.is_object() {
-        *data = Value::Object(Default::default());
-    }
-    let Some(obj) = data.as_object_mut() else {
-        return;
-    };
-    let slot = obj
-        .entry("linked")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !slot.is_array() {
-        *slot = Value::Array(Vec::new());
-    }
-    if let Some(list) = slot.as_array_mut() {
+    let slot = record.bsp_data_entry("linked", Value::Array(Vec::new()));
+    if let Some(list) = slot.and_then(Value::as_array_mut) {
         for link in links {
             if list.len() >= MAX_LINKS {
                 break;

@@ -508,6 +508,23 @@ impl RabbitInbox {
     }
 }
 
+/// The headers an inbox message carries (what the body alone does not
+/// say), plus `extra`.
+fn entry_headers(entry: &InboxEntry, extra: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut headers = vec![
+        (HEADER_EVENT_ID, long(&entry.event_id)),
+        (HEADER_BSP, long(entry.bsp.as_str())),
+        (
+            HEADER_RECEIVED_AT,
+            AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
+        ),
+    ];
+    headers.extend(extra.iter().cloned());
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(table(&headers))
+}
+
 /// A message of the inbox DLQ as a quarantined entry; one the broker
 /// dead-lettered (not one of ours) says so in its error.
 fn quarantined_from(delivery: &lapin::message::Delivery) -> QuarantinedEntry {
@@ -849,18 +866,7 @@ static PROVIDERS: std::sync::LazyLock<crate::providers::Providers> =
 #[async_trait]
 impl Inbox for RabbitInbox {
     async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
-        let headers = table(&[
-            (HEADER_EVENT_ID, long(&entry.event_id)),
-            (HEADER_BSP, long(entry.bsp.as_str())),
-            (
-                HEADER_RECEIVED_AT,
-                AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
-            ),
-        ]);
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_priority(entry.priority)
-            .with_headers(headers);
+        let props = entry_headers(&entry, &[]).with_priority(entry.priority);
         self.publish(
             INGEST_EXCHANGE,
             entry.bsp.as_str(),
@@ -940,29 +946,23 @@ impl Inbox for RabbitInbox {
         attempts: u32,
     ) -> Result<(), QueueError> {
         let e = &delivery.entry;
-        let headers = table(&[
-            (HEADER_EVENT_ID, long(&e.event_id)),
-            (HEADER_BSP, long(e.bsp.as_str())),
-            (
-                HEADER_RECEIVED_AT,
-                AMQPValue::LongLongInt(e.received_at.timestamp_millis()),
-            ),
-            (
-                HEADER_QUARANTINE_ERROR,
-                long(&crate::model::truncate_text(error, 4096)),
-            ),
-            (
-                HEADER_QUARANTINE_ATTEMPTS,
-                AMQPValue::LongLongInt(attempts as i64),
-            ),
-            (
-                HEADER_QUARANTINED_AT,
-                AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
-            ),
-        ]);
-        let props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_headers(headers);
+        let props = entry_headers(
+            e,
+            &[
+                (
+                    HEADER_QUARANTINE_ERROR,
+                    long(&crate::model::truncate_text(error, 4096)),
+                ),
+                (
+                    HEADER_QUARANTINE_ATTEMPTS,
+                    AMQPValue::LongLongInt(attempts as i64),
+                ),
+                (
+                    HEADER_QUARANTINED_AT,
+                    AMQPValue::LongLongInt(Utc::now().timestamp_millis()),
+                ),
+            ],
+        );
         // Confirmed in the DLQ before the original is acked: a crash in
         // between leaves a copy in both, and the quarantine keeps it by
         // event id (a replay of a duplicate is applied idempotently).
@@ -1017,17 +1017,7 @@ impl Inbox for RabbitInbox {
             if ids.is_some_and(|ids| !ids.contains(&entry.event_id)) {
                 continue;
             }
-            let headers = table(&[
-                (HEADER_EVENT_ID, long(&entry.event_id)),
-                (HEADER_BSP, long(entry.bsp.as_str())),
-                (
-                    HEADER_RECEIVED_AT,
-                    AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
-                ),
-            ]);
-            let props = BasicProperties::default()
-                .with_content_type("application/json".into())
-                .with_headers(headers);
+            let props = entry_headers(&entry, &[]);
             // Straight to the processor's queue: the legacy BSP queue had
             // its copy when the webhook arrived.
             self.publish_to_queue(INGEST_QUEUE, &m.delivery.data, props)
