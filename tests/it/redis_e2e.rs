@@ -93,3 +93,56 @@ async fn two_deployments_sharing_a_redis_both_store_every_event() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Webhook secrets and custom headers (often client tokens) never reach the
+/// shared cache, whose match entries every replica (and anyone with access
+/// to the Redis) can read.
+#[tokio::test]
+async fn secrets_and_custom_headers_are_not_cached_in_redis() {
+    let Some(url) = services::redis_url() else {
+        return;
+    };
+    let prefix = format!("zen-test-{}:", uuid::Uuid::new_v4().simple());
+    let app = spawn_app_with(|s| {
+        s.redis_url = Some(url.clone());
+        s.redis_key_prefix = Some(prefix.clone());
+    })
+    .await;
+    app.wait_ready(|r| r["cache"]["up"] == true).await;
+    let hook = app
+        .create_webhook(serde_json::json!({
+            "project_owner_id": "o", "webhook_url": "https://example.com/hook", "topics": ["*"],
+            "business_numbers": ["918071234567"], "headers": {"X-Client-Token": "tok-very-secret"}}))
+        .await;
+    let secret = hook["shared_secret"].as_str().unwrap().to_owned();
+    let wamid = format!("wamid.cache-{}", uuid::Uuid::new_v4().simple());
+    app.post_webhook(
+        "/webhook/datagen",
+        datagen_status(&wamid, "delivered", 1_749_540_000_000),
+    )
+    .await;
+    app.wait_for_message(&wamid, |m| m["current_status"] == "delivered")
+        .await;
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        keys.iter().any(|k| k.contains("webhooks:match")),
+        "the match was cached: {keys:?}"
+    );
+    for k in &keys {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        let v = v.unwrap_or_default();
+        assert!(!v.contains("tok-very-secret"), "{k}: {v}");
+        assert!(!v.contains(&secret), "{k}: {v}");
+    }
+    app.stop().await;
+}
