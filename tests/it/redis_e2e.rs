@@ -125,14 +125,22 @@ async fn secrets_and_custom_headers_are_not_cached_in_redis() {
         .await;
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // The fan-out runs after the record is stored: wait for its entry.
+    let mut keys: Vec<String> = Vec::new();
+    for _ in 0..400 {
+        keys = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if keys.iter().any(|k| k.contains("webhooks:match")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     assert!(
         keys.iter().any(|k| k.contains("webhooks:match")),
-        "the match was cached: {keys:?}"
+        "the match was never cached: {keys:?}"
     );
     for k in &keys {
         let v: Option<String> = redis::cmd("GET")
