@@ -57,8 +57,13 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || a >= 240
 }
 
+/// A target the guard refuses; it will not become allowed by retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// Checks a URL's host when it is a literal IP (DNS never sees those).
-pub fn check_literal_host(url: &reqwest::Url) -> Result<(), String> {
+pub fn check_literal_host(url: &reqwest::Url) -> Result<(), Refused> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
@@ -66,29 +71,35 @@ pub fn check_literal_host(url: &reqwest::Url) -> Result<(), String> {
             Ok(ip) => ip,
             Err(_) => return Ok(()),
         },
-        None => return Err("URL has no host".into()),
+        None => return Err(Refused("refused to forward to a URL without a host".into())),
     };
     if is_forbidden(ip) {
-        return Err(format!("refused to forward to non-public address {ip}"));
+        return Err(Refused(format!(
+            "refused to forward to non-public address {ip}"
+        )));
     }
     Ok(())
 }
 
 /// Resolves a URL's host name and refuses it when any of its addresses is
 /// not public (used when a proxy, not our resolver, connects to it).
-pub async fn check_resolved_host(url: &reqwest::Url) -> Result<(), String> {
+pub async fn check_resolved_host(url: &reqwest::Url) -> Result<(), Refused> {
     let Some(url::Host::Domain(host)) = url.host() else {
         return Ok(()); // literal IPs: see `check_literal_host`
     };
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
         .await
-        .map_err(|e| format!("refused to forward to {host}: cannot resolve it: {e}"))?
+        .map_err(|e| {
+            Refused(format!(
+                "refused to forward to {host}: cannot resolve it: {e}"
+            ))
+        })?
         .collect();
     if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
-        return Err(format!(
+        return Err(Refused(format!(
             "refused to forward to {host}: it resolves to the non-public address {}",
             bad.ip()
-        ));
+        )));
     }
     Ok(())
 }
@@ -106,10 +117,10 @@ impl Resolve for PublicOnlyResolver {
                 .filter(|a| !is_forbidden(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!(
+                return Err(Box::new(Refused(format!(
                     "refused to forward to {host}: it resolves only to non-public addresses"
-                )
-                .into());
+                )))
+                    as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, Breakers};
 use super::signing::{legacy_signature, standard_signature};
-use super::ssrf::{PublicOnlyResolver, check_literal_host, check_resolved_host};
+use super::ssrf::{PublicOnlyResolver, Refused, check_literal_host, check_resolved_host};
 use super::{
     Attempt, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, WebhookConfig, WebhookStore,
 };
@@ -78,6 +78,8 @@ pub struct SendOutcome {
     pub status: Option<u16>,
     pub body: Option<String>,
     pub error: Option<String>,
+    /// The SSRF guard refused the target (retrying cannot help).
+    pub refused: bool,
     pub retry_after: Option<Duration>,
     pub duration: Duration,
 }
@@ -106,13 +108,7 @@ fn verdict(o: &SendOutcome) -> Verdict {
         Some(s) if (400..500).contains(&s) => Verdict::Permanent,
         Some(_) => Verdict::Retry,
         // A target refused by the SSRF guard will not become allowed.
-        None if o
-            .error
-            .as_deref()
-            .is_some_and(|e| e.contains("refused to forward")) =>
-        {
-            Verdict::Permanent
-        }
+        None if o.refused => Verdict::Permanent,
         None => Verdict::Retry,
     }
 }
@@ -277,27 +273,38 @@ impl Forwarder {
         job: &ForwardJob,
     ) -> SendOutcome {
         let started = Instant::now();
-        let failed = |e: String| SendOutcome {
+        let outcome = |e: String, refused: bool| SendOutcome {
             status: None,
             body: None,
             error: Some(e),
+            refused,
             retry_after: None,
             duration: started.elapsed(),
         };
+        let refused = |e: Refused| outcome(e.0, true);
         let parsed = match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
-            Ok(u) => return failed(format!("refused to forward to scheme {}", u.scheme())),
-            Err(e) => return failed(format!("refused to forward to an invalid URL: {e}")),
+            Ok(u) => {
+                return refused(Refused(format!(
+                    "refused to forward to scheme {}",
+                    u.scheme()
+                )));
+            }
+            Err(e) => {
+                return refused(Refused(format!(
+                    "refused to forward to an invalid URL: {e}"
+                )));
+            }
         };
         if !self.cfg.allow_private {
             if let Err(e) = check_literal_host(&parsed) {
-                return failed(e);
+                return refused(e);
             }
             // Through a proxy the client resolves only the proxy's name: the
             // target's own addresses are checked here.
             if self.cfg.proxy.is_some() {
                 if let Err(e) = check_resolved_host(&parsed).await {
-                    return failed(e);
+                    return refused(e);
                 }
             }
         }
@@ -338,15 +345,17 @@ impl Forwarder {
         {
             Ok(r) => r,
             Err(e) => {
-                // The SSRF resolver's message is in the source chain.
+                // The SSRF resolver's refusal is in the source chain.
                 let mut msg = e.to_string();
+                let mut was_refused = false;
                 let mut src = std::error::Error::source(&e);
                 while let Some(s) = src {
                     msg.push_str(": ");
                     msg.push_str(&s.to_string());
+                    was_refused |= s.downcast_ref::<Refused>().is_some();
                     src = s.source();
                 }
-                return failed(msg);
+                return outcome(msg, was_refused);
             }
         };
         let status = resp.status().as_u16();
@@ -369,6 +378,7 @@ impl Forwarder {
             error: (!(200..300).contains(&status))
                 .then(|| format!("HTTP {status}: {}", truncate(&text, 200))),
             body: Some(text),
+            refused: false,
             retry_after,
             duration: started.elapsed(),
         }
