@@ -35,7 +35,7 @@ use crate::ingest::Ingest;
 use crate::processor::Processor;
 use crate::providers::Providers;
 use crate::queue::Inbox;
-use crate::store::MessageStore;
+use crate::store::{MessageStore, StoreError};
 
 /// Most writes the embedded writer commits in one transaction.
 const SQLITE_MAX_BATCH: usize = 2048;
@@ -416,11 +416,13 @@ fn spawn_index_builder(store: Arc<MongoStore>) {
                     tracing::info!(?report, "mongodb indexes ready");
                     return;
                 }
-                Err(e) if crate::backends::mongo::is_duplicate_key(&e.to_string()) => {
+                // Refused data, not an outage: duplicate keys, most likely.
+                Err(e @ StoreError::Invalid(_)) => {
                     tracing::error!(
                         error = %e,
-                        "the collection holds duplicate messages written by the legacy gateway; \
-                         run `zen-gateway migrate` to merge them and build the unique indexes"
+                        "the collection cannot take the unique indexes; if it holds duplicate \
+                         messages written by the legacy gateway, run `zen-gateway migrate` to \
+                         merge them and build the indexes"
                     );
                     return;
                 }

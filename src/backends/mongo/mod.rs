@@ -5,5 +5,5 @@
 pub mod store;
 pub mod webhooks;
 
-pub use store::{MongoStore, client, is_duplicate_key};
+pub use store::{MongoStore, client};
 pub use webhooks::MongoWebhookStore;

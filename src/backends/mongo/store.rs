@@ -163,12 +163,16 @@ impl MongoStore {
     }
 
     async fn create_index(&self, keys: Document, options: IndexOptions) -> Result<(), StoreError> {
+        self.create_index_raw(keys, options).await.map_err(classify)
+    }
+
+    async fn create_index_raw(
+        &self,
+        keys: Document,
+        options: IndexOptions,
+    ) -> mongodb::error::Result<()> {
         let model = IndexModel::builder().keys(keys).options(options).build();
-        self.messages
-            .create_index(model)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.messages.create_index(model).await.map(|_| ())
     }
 
     /// A unique index over documents that have the key: partial (MongoDB),
@@ -200,18 +204,20 @@ impl MongoStore {
             ),
         ];
         for (kind, options) in attempts {
-            match self.create_index(keys.clone(), options).await {
+            match self.create_index_raw(keys.clone(), options).await {
                 Ok(()) => return Ok(kind),
-                Err(StoreError::Unavailable(e)) if e.contains("NotImplemented") => continue,
-                // Real MongoDB never gets here (partial works); elsewhere a
-                // sparse compound index may still cover documents that lack
-                // the id, and collide.
-                Err(StoreError::Unavailable(e))
-                    if kind == UniqueIndexKind::Sparse && is_duplicate_key(&e) =>
+                Err(e)
+                    if server_code(&e).is_some_and(|(code, name)| {
+                        code == NOT_IMPLEMENTED || name == "NotImplemented"
+                    }) =>
                 {
                     continue;
                 }
-                Err(e) => return Err(e),
+                // Real MongoDB never gets here (partial works); elsewhere a
+                // sparse compound index may still cover documents that lack
+                // the id, and collide.
+                Err(e) if kind == UniqueIndexKind::Sparse && is_duplicate_key(&e) => continue,
+                Err(e) => return Err(classify(e)),
             }
         }
         tracing::warn!(
@@ -463,7 +469,7 @@ fn keys_of(id: ObjectId, r: &MessageRecord) -> Vec<Document> {
 }
 
 /// Whether a failed `insert_many` only hit keys that exist (by code).
-fn only_duplicate_keys(e: &mongodb::error::Error) -> bool {
+pub(crate) fn only_duplicate_keys(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
     match e.kind.as_ref() {
         ErrorKind::InsertMany(m) => {
@@ -544,12 +550,30 @@ fn classify(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-/// Whether an error message is a unique-constraint violation (MongoDB
-/// E11000, or a wire-compatible server's wording).
-pub fn is_duplicate_key(message: &str) -> bool {
-    message.contains("E11000")
-        || message.contains("duplicate key")
-        || message.contains("UNIQUE constraint")
+/// MongoDB's `DuplicateKey` and `NotImplemented` codes.
+const DUPLICATE_KEY: i32 = 11000;
+const NOT_IMPLEMENTED: i32 = 238;
+
+/// The server's error code and code name, where the error is the server's.
+fn server_code(e: &mongodb::error::Error) -> Option<(i32, &str)> {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => Some((c.code, c.code_name.as_str())),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => {
+            Some((w.code, w.code_name.as_deref().unwrap_or("")))
+        }
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .and_then(|w| w.first())
+            .map(|w| (w.code, w.code_name.as_deref().unwrap_or(""))),
+        _ => None,
+    }
+}
+
+/// Whether the server refused a write for a unique key (by code).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    server_code(e).is_some_and(|(code, name)| code == DUPLICATE_KEY || name == "DuplicateKey")
 }
 
 /// What `migrate` did.

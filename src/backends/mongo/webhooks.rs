@@ -11,7 +11,7 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 
-use super::store::is_duplicate_key;
+use super::store::only_duplicate_keys;
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
 };
@@ -312,7 +312,7 @@ impl WebhookStore for MongoWebhookStore {
         match self.logs.insert_many(docs).ordered(false).await {
             Ok(_) => Ok(()),
             // A re-run fan-out: those logs exist already.
-            Err(e) if is_duplicate_key(&e.to_string()) => Ok(()),
+            Err(e) if only_duplicate_keys(&e) => Ok(()),
             Err(e) => Err(unavailable(e)),
         }
     }
