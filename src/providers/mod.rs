@@ -131,10 +131,12 @@ pub trait Provider: Send + Sync {
     /// Normalizes a body. Must not panic on any input.
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed;
     /// Whether one JSON object of its bodies is an inbound user message,
-    /// which is queued before status reports. An error: not JSON this probe
-    /// can read (ingest then only checks that it is JSON).
-    fn is_inbound(&self, _object: &str) -> Result<bool, serde_json::Error> {
-        Ok(false)
+    /// which is queued before status reports. It parses the whole text, so
+    /// `Ok` also means the text is JSON: ingest's one validating pass. An
+    /// error: not JSON, or JSON this probe cannot read (ingest then only
+    /// checks that it is JSON).
+    fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
+        serde_json::from_str::<serde::de::IgnoredAny>(object).map(|_| false)
     }
     /// The body as the legacy BSP queue carries it (`batch_len`: the number
     /// of events of a JSON array body).
@@ -193,11 +195,6 @@ impl Providers {
     /// the legacy queues have always carried it) is 0.
     pub fn probe(&self, bsp: Bsp, text: &str) -> Result<Probe, serde_json::Error> {
         use serde::de::IgnoredAny;
-        let inbound = |object: &str| {
-            self.get(bsp)
-                .and_then(|p| p.is_inbound(object).ok())
-                .unwrap_or(false)
-        };
         let priority = |inbound: bool| if inbound { INBOUND_PRIORITY } else { 0 };
         match text.trim_start().as_bytes().first() {
             Some(b'[') => {
@@ -207,12 +204,16 @@ impl Providers {
                     batch_len: Some(items.len()),
                 })
             }
-            // Valid JSON the probe cannot read (say, a duplicate key): no
-            // priority, but still accepted.
-            Some(b'{') => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe {
-                priority: priority(inbound(text)),
-                batch_len: None,
-            }),
+            // The provider's probe validates as it reads; valid JSON it
+            // cannot read (say, a duplicate key) gets no priority, but is
+            // still accepted.
+            Some(b'{') => match self.get(bsp).map(|p| p.is_inbound(text)) {
+                Some(Ok(inbound)) => Ok(Probe {
+                    priority: priority(inbound),
+                    batch_len: None,
+                }),
+                _ => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe::default()),
+            },
             _ => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe::default()),
         }
     }
