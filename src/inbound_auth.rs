@@ -15,16 +15,17 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::config::Secret;
 use crate::model::Bsp;
 use crate::providers::Providers;
 
 /// What one provider's webhooks must present.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct InboundCredentials {
-    pub token: Option<String>,
-    pub secret: Option<String>,
+    pub token: Option<Secret>,
+    pub secret: Option<Secret>,
     /// The `hub.verify_token` of the provider's subscription handshake.
-    pub verify_token: Option<String>,
+    pub verify_token: Option<Secret>,
 }
 
 impl InboundCredentials {
@@ -79,7 +80,11 @@ impl InboundAuth {
 
     /// The `hub.verify_token` configured for `bsp`'s subscription handshake.
     pub fn verify_token(&self, bsp: Bsp) -> Option<&str> {
-        self.by_bsp.get(&bsp)?.verify_token.as_deref()
+        self.by_bsp
+            .get(&bsp)?
+            .verify_token
+            .as_ref()
+            .map(Secret::expose)
     }
 
     /// Checks a webhook against `bsp`'s credentials, if it has any. `query`
@@ -95,7 +100,7 @@ impl InboundAuth {
         let Some(creds) = self.by_bsp.get(&bsp) else {
             return Ok(());
         };
-        if let Some(expected) = creds.token.as_deref() {
+        if let Some(expected) = creds.token.as_ref().map(Secret::expose) {
             let given = match headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
                 Some(header) => std::borrow::Cow::Borrowed(header),
                 None => query
@@ -109,7 +114,7 @@ impl InboundAuth {
                 return Err(AuthFailure::Token);
             }
         }
-        if let Some(secret) = creds.secret.as_deref() {
+        if let Some(secret) = creds.secret.as_ref().map(Secret::expose) {
             let provider = self.providers.get(bsp).ok_or(AuthFailure::Signature)?;
             let header = provider.signature_header();
             let signature = headers

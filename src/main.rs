@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use zen_gateway::app::{Application, cancel_on_signals};
-use zen_gateway::backends::mongo::MongoStore;
+use zen_gateway::backends::{Backends, Mode};
 use zen_gateway::config::Settings;
 use zen_gateway::telemetry;
 
@@ -42,43 +43,28 @@ enum Command {
     /// Dead-lettered deliveries on the configured backend.
     Dlq {
         #[command(subcommand)]
-        action: DlqAction,
+        action: EntriesAction,
     },
     /// Inbox entries the processor quarantined (they kept failing).
     Quarantine {
         #[command(subcommand)]
-        action: QuarantineAction,
+        action: EntriesAction,
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
 }
 
+/// What `dlq` and `quarantine` do with their entries.
 #[derive(Subcommand)]
-enum QuarantineAction {
-    /// List quarantined entries as JSON, newest first, with their errors.
+enum EntriesAction {
+    /// List the entries as JSON, newest first, with their errors.
     List {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Put entries back into the inbox to be processed again: the given
-    /// event ids, or every one with --all.
-    Replay {
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
-        #[arg(required_unless_present = "all")]
-        ids: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum DlqAction {
-    /// List dead-lettered deliveries as JSON, newest first.
-    List {
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-    },
-    /// Put deliveries back on the forwarding queue with fresh attempts:
-    /// the given delivery ids, or every one with --all.
+    /// Put entries back to be processed again with fresh attempts: the
+    /// given ids (delivery ids for `dlq`, event ids for `quarantine`), or
+    /// every one with --all.
     Replay {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
@@ -106,9 +92,33 @@ fn main() -> ExitCode {
         }
         Command::Serve => serve(settings),
         Command::Migrate => migrate(settings),
-        Command::Healthcheck => healthcheck(settings.port),
-        Command::Dlq { action } => dlq(settings, action),
-        Command::Quarantine { action } => quarantine(settings, action),
+        Command::Healthcheck => healthcheck(settings.http.port),
+        Command::Dlq { action } => command("dlq", settings, |settings| async move {
+            let queue = Backends::new(&settings, Mode::Command)
+                .forward_queue()
+                .await?;
+            Ok(match action {
+                EntriesAction::List { limit } => {
+                    serde_json::to_value(queue.list_dead(limit.clamp(1, 10_000)).await?)?
+                }
+                EntriesAction::Replay { all, ids } => {
+                    let n = queue.replay_dead((!all).then_some(&ids[..])).await?;
+                    serde_json::json!({ "replayed": n })
+                }
+            })
+        }),
+        Command::Quarantine { action } => command("quarantine", settings, |settings| async move {
+            let inbox = Backends::new(&settings, Mode::Command).inbox().await?;
+            Ok(match action {
+                EntriesAction::List { limit } => serde_json::to_value(
+                    inbox.list_quarantined(limit.clamp(1, 10_000), None).await?,
+                )?,
+                EntriesAction::Replay { all, ids } => {
+                    let n = inbox.replay_quarantined((!all).then_some(&ids[..])).await?;
+                    serde_json::json!({ "replayed": n })
+                }
+            })
+        }),
         Command::Openapi => {
             println!("{}", zen_gateway::http::openapi::document_json());
             ExitCode::SUCCESS
@@ -123,63 +133,22 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
-fn dlq(settings: Settings, action: DlqAction) -> ExitCode {
+/// Runs a one-shot command on its own runtime and prints its JSON result.
+fn command<F, Fut>(name: &str, settings: Settings, run: F) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+{
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
-    let result = runtime.block_on(async {
-        let queue = zen_gateway::app::forward_queue_for_cli(&settings).await?;
-        let out = match action {
-            DlqAction::List { limit } => {
-                serde_json::to_value(queue.list_dead(limit.clamp(1, 10_000)).await?)?
-            }
-            DlqAction::Replay { all, ids } => {
-                let n = queue
-                    .replay_dead(if all { None } else { Some(&ids) })
-                    .await?;
-                serde_json::json!({ "replayed": n })
-            }
-        };
-        anyhow::Ok(out)
-    });
-    match result {
+    match runtime.block_on(run(settings)) {
         Ok(out) => {
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("zen-gateway dlq: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn quarantine(settings: Settings, action: QuarantineAction) -> ExitCode {
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let result = runtime.block_on(async {
-        let inbox = zen_gateway::app::inbox_for_cli(&settings).await?;
-        let out = match action {
-            QuarantineAction::List { limit } => {
-                serde_json::to_value(inbox.list_quarantined(limit.clamp(1, 10_000), None).await?)?
-            }
-            QuarantineAction::Replay { all, ids } => {
-                let n = inbox
-                    .replay_quarantined(if all { None } else { Some(&ids) })
-                    .await?;
-                serde_json::json!({ "replayed": n })
-            }
-        };
-        anyhow::Ok(out)
-    });
-    match result {
-        Ok(out) => {
-            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("zen-gateway quarantine: {e:#}");
+            eprintln!("zen-gateway {name}: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -204,30 +173,15 @@ fn healthcheck(port: u16) -> ExitCode {
 
 fn migrate(settings: Settings) -> ExitCode {
     telemetry::init(settings.log_format);
-    let Some(uri) = settings.mongo_uri.clone() else {
+    if settings.backends.mongo_uri.is_none() {
         eprintln!("zen-gateway migrate: MONGO_URI (Keys.json `mongo_uri`) is not set");
         return ExitCode::from(2);
-    };
-    let Some(runtime) = runtime() else {
-        return ExitCode::FAILURE;
-    };
-    let result = runtime.block_on(async {
-        let store = MongoStore::connect(&uri, &settings.database_name).await?;
-        store.migrate().await
-    });
-    match result {
-        Ok(report) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("zen-gateway migrate: {e}");
-            ExitCode::FAILURE
-        }
     }
+    command("migrate", settings, |settings| async move {
+        let mongo = Backends::new(&settings, Mode::Command).mongo().await?;
+        let report = mongo.context("MONGO_URI is not set")?.migrate().await?;
+        Ok(serde_json::to_value(report)?)
+    })
 }
 
 fn serve(settings: Settings) -> ExitCode {

@@ -354,7 +354,7 @@ async fn duplicate_storm() {
     let _serial = SERIAL.lock().await;
     let events = env_num("ZEN_CHAOS_EVENTS", 200) as usize;
     let copies = env_num("ZEN_CHAOS_COPIES", 5) as usize;
-    let app = spawn_app_with(|s| s.forward_allow_private = true).await;
+    let app = spawn_app_with(|s| s.forward.allow_private = true).await;
     let rx = Receiver::start().await;
     for path in ["a", "b"] {
         app.create_webhook(
@@ -452,11 +452,11 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
     let _serial = SERIAL.lock().await;
     let events = env_num("ZEN_CHAOS_EVENTS", 200) as usize;
     let app = spawn_app_with(|s| {
-        s.forward_allow_private = true;
-        s.forward_retry_delays_ms = "200,200".into();
-        s.forward_timeout_ms = 1000;
-        s.breaker_threshold = 5;
-        s.breaker_cooldown_secs = 60;
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "200,200".parse().unwrap();
+        s.forward.timeout = std::time::Duration::from_millis(1000);
+        s.forward.breaker_threshold = 5;
+        s.forward.breaker_cooldown = std::time::Duration::from_secs(60);
     })
     .await;
     let rx = Receiver::start().await;
@@ -563,8 +563,8 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
 async fn hostile_input_gets_clear_4xx() {
     let _serial = SERIAL.lock().await;
     let app = spawn_app_with(|s| {
-        s.body_limit_bytes = 1024 * 1024;
-        s.request_timeout_secs = 1;
+        s.http.body_limit_bytes = 1024 * 1024;
+        s.http.request_timeout = std::time::Duration::from_secs(1);
     })
     .await;
     let post = |body: Vec<u8>, content_type: &'static str| {

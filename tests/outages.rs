@@ -51,9 +51,9 @@ async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
     };
     let prefix = services::unique_prefix();
     let app = spawn_app_with(|s| {
-        s.rabbitmq_url = Some(url.clone());
-        s.rabbitmq_queue_prefix = prefix.clone();
-        s.ingest_ack_timeout_ms = 2000;
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
+        s.rabbitmq.queue_prefix = prefix.clone();
+        s.ingest.ack_timeout = std::time::Duration::from_millis(2000);
     })
     .await;
     for _ in 0..200 {
@@ -180,7 +180,10 @@ async fn a_redis_outage_degrades_and_loses_nothing() {
     let Some(url) = services::redis_url() else {
         return;
     };
-    let app = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    let app = spawn_app_with(|s| {
+        s.backends.redis_url = Some(zen_gateway::config::SecretUrl::new(url.clone()))
+    })
+    .await;
     app.wait_ready(|r| r["cache"]["up"] == true).await;
     let _guard = RedisBackOnDrop;
     let status = Command::new("redis-cli")

@@ -27,8 +27,8 @@ async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Setting
         Queue::RabbitMq => {
             let url = crate::services::rabbitmq_url().expect("RabbitMQ");
             let app = spawn_app_with(|s| {
-                s.rabbitmq_url = Some(url);
-                s.rabbitmq_queue_prefix = crate::services::unique_prefix();
+                s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url));
+                s.rabbitmq.queue_prefix = crate::services::unique_prefix();
                 tweak(s);
             })
             .await;
@@ -62,8 +62,8 @@ macro_rules! on_both_queues {
 /// A gateway that may forward to loopback, with quick retries.
 async fn app_fast_retries(q: Queue) -> TestApp {
     spawn_on(q, |s| {
-        s.forward_allow_private = true;
-        s.forward_retry_delays_ms = "100,100".into();
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "100,100".parse().unwrap();
     })
     .await
 }
@@ -268,8 +268,8 @@ on_both_queues!(permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_we
 
 async fn retry_after_is_honoured(q: Queue) {
     let app = spawn_on(q, |s| {
-        s.forward_allow_private = true;
-        s.forward_retry_delays_ms = "50".into();
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "50".parse().unwrap();
     })
     .await;
     let rx = Receiver::start().await;
@@ -291,12 +291,12 @@ on_both_queues!(retry_after_is_honoured);
 
 async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one(q: Queue) {
     let app = spawn_on(q, |s| {
-        s.forward_allow_private = true;
-        s.forward_retry_delays_ms = "100,100".into();
-        s.breaker_threshold = 3;
-        s.breaker_cooldown_secs = 1;
-        s.forward_timeout_ms = 500;
-        s.forward_concurrency = 8;
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "100,100".parse().unwrap();
+        s.forward.breaker_threshold = 3;
+        s.forward.breaker_cooldown = std::time::Duration::from_secs(1);
+        s.forward.timeout = std::time::Duration::from_millis(500);
+        s.forward.concurrency = 8;
     })
     .await;
     let rx = Receiver::start().await;
@@ -578,9 +578,9 @@ async fn on_mongodb_the_owner_comes_from_projects_and_logs_are_legacy_documents(
         .await
         .unwrap();
     let app = spawn_app_with(|s| {
-        s.forward_allow_private = true;
-        s.mongo_uri = Some(uri.clone());
-        s.database_name = db_name.clone();
+        s.forward.allow_private = true;
+        s.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(uri.clone()));
+        s.backends.database_name = db_name.clone();
     })
     .await;
     let rx = Receiver::start().await;
@@ -815,7 +815,10 @@ async fn proxies_from_the_environment_are_ignored_and_forward_proxy_targets_are_
 
     // FORWARD_PROXY set, private targets not allowed: the target is checked
     // before the proxy is asked, so nothing reaches the proxy.
-    let app = spawn_app_with(|s| s.forward_proxy = Some(proxy_url.clone())).await;
+    let app = spawn_app_with(|s| {
+        s.forward.proxy = Some(zen_gateway::config::SecretUrl::new(proxy_url.clone()))
+    })
+    .await;
     create_webhook(
         &app,
         json!({"project_owner_id": "o", "webhook_url": "http://localhost:9/x",

@@ -27,11 +27,11 @@ pub fn fixture(name: &str) -> String {
 pub fn test_settings(data_dir: &Path) -> Settings {
     let mut s = Settings::load_from(Path::new("/nonexistent/Keys.json"), |_| None)
         .expect("default settings");
-    s.data_dir = data_dir.to_path_buf();
-    s.bind_address = "127.0.0.1".into();
-    s.port = 0;
-    s.admin_api_key = Some(ADMIN_KEY.into());
-    s.shutdown_timeout_secs = 10;
+    s.backends.data_dir = data_dir.to_path_buf();
+    s.http.bind_address = std::net::Ipv4Addr::LOCALHOST.into();
+    s.http.port = 0;
+    s.http.admin_api_key = Some(ADMIN_KEY.into());
+    s.http.shutdown_timeout = std::time::Duration::from_secs(10);
     s
 }
 

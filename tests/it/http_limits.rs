@@ -29,8 +29,8 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Durat
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed() {
     let app = spawn_app_with(|s| {
-        s.idle_timeout_secs = 1;
-        s.header_read_timeout_secs = 30;
+        s.http.idle_timeout = std::time::Duration::from_secs(1);
+        s.http.header_read_timeout = std::time::Duration::from_secs(30);
     })
     .await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
@@ -50,9 +50,9 @@ async fn an_idle_http2_connection_is_closed() {
 #[tokio::test]
 async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
     let app = spawn_app_with(|s| {
-        s.max_connections = 2;
-        s.header_read_timeout_secs = 30;
-        s.idle_timeout_secs = 30;
+        s.http.max_connections = 2;
+        s.http.header_read_timeout = std::time::Duration::from_secs(30);
+        s.http.idle_timeout = std::time::Duration::from_secs(30);
     })
     .await;
     let first = TcpStream::connect(app.addr).await.unwrap();

@@ -101,7 +101,7 @@ async fn bodies_that_are_not_json_get_a_clear_400() {
 
 #[tokio::test]
 async fn bodies_over_the_limit_get_413() {
-    let app = spawn_app_with(|s| s.body_limit_bytes = 1024).await;
+    let app = spawn_app_with(|s| s.http.body_limit_bytes = 1024).await;
     let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2048));
     let resp = app.post_webhook("/webhook/datagen", big).await;
     assert_eq!(resp.status(), 413);
@@ -131,7 +131,7 @@ async fn ready_reports_each_backend() {
 /// never a 200 for an event that is not durable. Every 200 is processed.
 #[tokio::test]
 async fn a_saturated_writer_answers_503_and_every_200_is_kept() {
-    let app = spawn_app_with(|s| s.inbox_write_queue = 1).await;
+    let app = spawn_app_with(|s| s.ingest.inbox_write_queue = 1).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
         let client = app.client.clone();
@@ -173,7 +173,8 @@ async fn a_saturated_writer_answers_503_and_every_200_is_kept() {
 /// ingest answers 503 (never 200), and recovers once the lock is gone.
 #[tokio::test]
 async fn a_database_that_cannot_be_written_gives_503_then_recovers() {
-    let app = spawn_app_with(|s| s.ingest_ack_timeout_ms = 300).await;
+    let app =
+        spawn_app_with(|s| s.ingest.ack_timeout = std::time::Duration::from_millis(300)).await;
     let db_path = app.data_dir.join("zen.db");
     let blocker = rusqlite_block(&db_path);
     let resp = app
@@ -294,7 +295,8 @@ async fn metrics_are_exposed_for_prometheus() {
 #[tokio::test]
 async fn slow_loris_clients_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app_with(|s| s.header_read_timeout_secs = 1).await;
+    let app =
+        spawn_app_with(|s| s.http.header_read_timeout = std::time::Duration::from_secs(1)).await;
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     stream
         .write_all(b"POST /webhook/datagen HTTP/1.1\r\nHost: x\r\nContent-Type: app")

@@ -188,7 +188,7 @@ async fn the_admin_api_refuses_missing_or_wrong_keys() {
     app.stop().await;
 
     // No key configured: everything is refused, even a guess of an empty key.
-    let app = spawn_app_with(|s| s.admin_api_key = None).await;
+    let app = spawn_app_with(|s| s.http.admin_api_key = None).await;
     let resp = app
         .client
         .get(app.url("/api/v1/messages/wamid.x"))

@@ -18,8 +18,8 @@ async fn the_gateway_on_mongodb_writes_legacy_shaped_documents() {
     };
     let db_name = services::unique_db_name();
     let app = spawn_app_with(|s| {
-        s.mongo_uri = Some(uri.clone());
-        s.database_name = db_name.clone();
+        s.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(uri.clone()));
+        s.backends.database_name = db_name.clone();
     })
     .await;
     let resp = app
@@ -173,7 +173,10 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
     let mut ferret = PrivateFerret::new(bin, ferret_dir.path());
     let uri = ferret.uri();
     // The database is down when the gateway starts: no crash loop.
-    let app = spawn_app_with(|s| s.mongo_uri = Some(uri.clone())).await;
+    let app = spawn_app_with(|s| {
+        s.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(uri.clone()))
+    })
+    .await;
     for i in 0..20 {
         let resp = app
             .post_webhook(

@@ -140,7 +140,7 @@ fn db_path(app: &TestApp) -> std::path::PathBuf {
 /// quarantined with its error while the rest flows; replayed, it is stored.
 #[tokio::test]
 async fn an_entry_the_store_keeps_refusing_is_quarantined_then_replayed() {
-    let app = spawn_app_with(|s| s.processor_max_attempts = 2).await;
+    let app = spawn_app_with(|s| s.processor.max_attempts = 2).await;
     quarantined_then_replayed(app).await;
 }
 
@@ -151,9 +151,9 @@ async fn on_rabbitmq_the_quarantine_is_the_inbox_dlq() {
         return;
     };
     let app = spawn_app_with(|s| {
-        s.processor_max_attempts = 2;
-        s.rabbitmq_url = Some(mq);
-        s.rabbitmq_queue_prefix = crate::services::unique_prefix();
+        s.processor.max_attempts = 2;
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(mq));
+        s.rabbitmq.queue_prefix = crate::services::unique_prefix();
     })
     .await;
     app.wait_ready(|r| r["inbox"]["up"] == true).await;
@@ -242,7 +242,11 @@ async fn a_second_gateway_on_the_same_data_dir_refuses_to_start() {
         .expect("a second gateway on the same DATA_DIR must not start");
     let why = format!("{refused:#}");
     assert!(why.contains("another zen-gateway already serves"), "{why}");
-    let inbox = zen_gateway::app::inbox_for_cli(&settings).await.unwrap();
+    let inbox =
+        zen_gateway::backends::Backends::new(&settings, zen_gateway::backends::Mode::Command)
+            .inbox()
+            .await
+            .unwrap();
     assert_eq!(inbox.quarantine_depth().await.unwrap(), 0);
     let dir = app.stop().await.unwrap();
     // Once it has stopped, the directory is free again.
@@ -259,7 +263,7 @@ enum Backends {
 
 async fn spawn_on(backends: Backends) -> Option<TestApp> {
     match backends {
-        Backends::Embedded => Some(spawn_app_with(|s| s.processor_max_attempts = 2).await),
+        Backends::Embedded => Some(spawn_app_with(|s| s.processor.max_attempts = 2).await),
         Backends::RabbitMqMongo => {
             let (Some(mq), Some(mongo)) = (
                 crate::services::rabbitmq_url(),
@@ -268,11 +272,11 @@ async fn spawn_on(backends: Backends) -> Option<TestApp> {
                 return None;
             };
             let app = spawn_app_with(|s| {
-                s.processor_max_attempts = 2;
-                s.rabbitmq_url = Some(mq);
-                s.rabbitmq_queue_prefix = crate::services::unique_prefix();
-                s.mongo_uri = Some(mongo);
-                s.database_name = crate::services::unique_db_name();
+                s.processor.max_attempts = 2;
+                s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(mq));
+                s.rabbitmq.queue_prefix = crate::services::unique_prefix();
+                s.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(mongo));
+                s.backends.database_name = crate::services::unique_db_name();
             })
             .await;
             app.wait_ready(|r| r["inbox"]["up"] == true && r["store"]["up"] == true)

@@ -159,8 +159,8 @@ async fn webhooks_are_acked_on_confirm_copied_to_bsp_queues_and_processed() {
     };
     let prefix = services::unique_prefix();
     let app = spawn_app_with(|s| {
-        s.rabbitmq_url = Some(url.clone());
-        s.rabbitmq_queue_prefix = prefix.clone();
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
+        s.rabbitmq.queue_prefix = prefix.clone();
     })
     .await;
     // The broker connection is made in the background.

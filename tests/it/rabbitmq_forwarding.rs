@@ -14,10 +14,10 @@ use crate::services;
 
 async fn rabbit_app(url: &str, prefix: &str) -> TestApp {
     let app = spawn_app_with(|s| {
-        s.rabbitmq_url = Some(url.to_owned());
-        s.rabbitmq_queue_prefix = prefix.to_owned();
-        s.forward_allow_private = true;
-        s.forward_retry_delays_ms = "200,200".into();
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.to_owned()));
+        s.rabbitmq.queue_prefix = prefix.to_owned();
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "200,200".parse().unwrap();
     })
     .await;
     app.wait_ready(|r| r["inbox"]["up"] == true).await;

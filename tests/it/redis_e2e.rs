@@ -14,8 +14,8 @@ async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
     };
     let prefix = format!("zen-test-{}:", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with(|s| {
-        s.redis_url = Some(url.clone());
-        s.redis_key_prefix = Some(prefix.clone());
+        s.backends.redis_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
+        s.backends.redis_key_prefix = Some(prefix.clone());
     })
     .await;
     let ready = app.wait_ready(|r| r["cache"]["up"] == true).await;
@@ -67,8 +67,14 @@ async fn two_deployments_sharing_a_redis_both_store_every_event() {
     let Some(url) = services::redis_url() else {
         return;
     };
-    let a = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
-    let b = spawn_app_with(|s| s.redis_url = Some(url.clone())).await;
+    let a = spawn_app_with(|s| {
+        s.backends.redis_url = Some(zen_gateway::config::SecretUrl::new(url.clone()))
+    })
+    .await;
+    let b = spawn_app_with(|s| {
+        s.backends.redis_url = Some(zen_gateway::config::SecretUrl::new(url.clone()))
+    })
+    .await;
     for app in [&a, &b] {
         app.wait_ready(|r| r["cache"]["up"] == true).await;
     }
@@ -104,8 +110,8 @@ async fn secrets_and_custom_headers_are_not_cached_in_redis() {
     };
     let prefix = format!("zen-test-{}:", uuid::Uuid::new_v4().simple());
     let app = spawn_app_with(|s| {
-        s.redis_url = Some(url.clone());
-        s.redis_key_prefix = Some(prefix.clone());
+        s.backends.redis_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
+        s.backends.redis_key_prefix = Some(prefix.clone());
     })
     .await;
     app.wait_ready(|r| r["cache"]["up"] == true).await;

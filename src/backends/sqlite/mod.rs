@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use anyhow::Context;
 use rusqlite::{Connection, OpenFlags};
 
 pub mod forward_queue;
@@ -679,6 +680,45 @@ fn sync_wal(wal: &Path) -> Result<(), String> {
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
         .map_err(|e| format!("syncing {}: {e}", wal.display()))
+}
+
+/// Takes the data directory's lock (`DATA_DIR/zen.lock`), or says who holds
+/// it. An advisory lock: the CLI commands (which do not take it) still work
+/// beside a running gateway, and the OS releases it when the process dies,
+/// however it dies.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create DATA_DIR {}", data_dir.display()))?;
+    let path = data_dir.join("zen.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match try_lock(&file) {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => anyhow::bail!(
+            "another zen-gateway already serves from DATA_DIR {} (it holds {}); \
+             each gateway needs a data directory of its own",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn try_lock(file: &std::fs::File) -> std::io::Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    flock(file, FlockOperation::NonBlockingLockExclusive).map_err(std::io::Error::from)
+}
+
+/// Elsewhere there is no lock (the supported platform is Linux).
+#[cfg(not(target_os = "linux"))]
+fn try_lock(_file: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
