@@ -1,12 +1,29 @@
 //! The HTTP edge's error type: every failure a client can see, mapped to a
 //! status and the JSON body `{"status":<code>,"message":"…"}` the legacy
 //! gateway used for its 400.
+//!
+//! A server-side failure says what the client can do (retry later) and
+//! carries the request's id (`request_id`, also the `x-request-id` header);
+//! the backend's own words go to the log under that id, never to the
+//! caller.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::forwarding::ForwardQueueError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
+
+tokio::task_local! {
+    /// The id of the request being served (set by the HTTP edge's
+    /// request-id layer), for error bodies and logs.
+    pub static REQUEST_ID: std::sync::Arc<str>;
+}
+
+/// The current request's id, when serving one.
+pub fn request_id() -> Option<std::sync::Arc<str>> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -33,10 +50,15 @@ pub enum ApiError {
     #[error("{0}")]
     Unprocessable(String),
     /// The inbox could not make the event durable: the BSP must retry.
-    #[error("Webhook not accepted, retry later: {0}")]
-    InboxUnavailable(#[from] QueueError),
-    #[error("{0}")]
+    #[error("Webhook not accepted, retry later")]
+    NotAccepted(#[from] QueueError),
+    /// A replica without the ingest role got a webhook.
+    #[error("Webhook not accepted: this replica does not run the ingest role")]
+    IngestDisabled,
+    #[error("{}", store_message(.0))]
     Store(#[from] StoreError),
+    #[error("The forwarding queue is unavailable, retry later")]
+    ForwardQueue(#[from] ForwardQueueError),
     /// A backend (named) cannot serve this call now; its detail is logged.
     #[error("{0} is unavailable, retry later")]
     Unavailable(&'static str),
@@ -53,18 +75,42 @@ impl ApiError {
             ApiError::Forbidden(_) | ApiError::NotConfigured(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::InboxUnavailable(_) | ApiError::Unavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NotAccepted(_)
+            | ApiError::IngestDisabled
+            | ApiError::ForwardQueue(_)
+            | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
+
+    /// What the log gets beyond the message: the backend's own words.
+    fn detail(&self) -> Option<String> {
+        match self {
+            ApiError::NotAccepted(e) => Some(e.to_string()),
+            ApiError::Store(e) => Some(e.to_string()),
+            ApiError::ForwardQueue(e) => Some(e.to_string()),
+            _ => None,
+        }
+    }
 }
 
-/// The JSON error body shape shared by every route.
+fn store_message(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Unavailable(_) => "The message store is unavailable, retry later",
+        StoreError::Invalid(_) => "The message store refused the data",
+    }
+}
+
+/// The JSON error body shape shared by every route; a server error also
+/// carries the request's id.
 pub fn json_status_body(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "status": status.as_u16(), "message": message });
+    let mut body = serde_json::json!({ "status": status.as_u16(), "message": message });
+    if status.is_server_error() {
+        if let Some(id) = request_id() {
+            body["request_id"] = serde_json::Value::from(&*id);
+        }
+    }
     let mut resp = (status, body.to_string()).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -76,8 +122,14 @@ pub fn json_status_body(status: StatusCode, message: &str) -> Response {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, status = status.as_u16(), "request refused");
+        if status.is_server_error() || matches!(self, ApiError::Store(_)) {
+            tracing::warn!(
+                error = %self,
+                detail = self.detail().as_deref().unwrap_or(""),
+                status = status.as_u16(),
+                request_id = request_id().as_deref().unwrap_or(""),
+                "request refused"
+            );
         }
         let mut resp = json_status_body(status, &self.to_string());
         match status {

@@ -31,6 +31,8 @@ pub enum ProcessError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    #[error(transparent)]
+    Forward(#[from] crate::forwarding::ForwardQueueError),
 }
 
 impl ProcessError {
@@ -39,7 +41,7 @@ impl ProcessError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProcessError::Store(e) => e.is_transient(),
-            ProcessError::Queue(_) => true,
+            ProcessError::Queue(_) | ProcessError::Forward(_) => true,
         }
     }
 }

@@ -25,8 +25,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::queue::QueueError;
 use crate::store::{BackendHealth, StoreError};
+
+/// Errors of a forwarding queue backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardQueueError {
+    /// The backend is down or refused the operation; retry later.
+    #[error("forwarding queue unavailable: {0}")]
+    Unavailable(String),
+}
 
 /// A client's webhook, in the legacy `webhooks` shape plus optional fields
 /// (absent = legacy behaviour).
@@ -239,29 +246,33 @@ pub trait ForwardQueue: Send + Sync {
     /// a job queued already; a broker cannot, so the forwarder drops a fresh
     /// copy whose delivery log already says `success` (either way the
     /// client gets one delivery of a re-run fan-out).
-    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError>;
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), ForwardQueueError>;
     /// Adds jobs that are due only after `delay` (new jobs for a URL whose
     /// circuit is open).
-    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError>;
+    async fn enqueue_after(
+        &self,
+        jobs: &[ForwardJob],
+        delay: Duration,
+    ) -> Result<(), ForwardQueueError>;
     /// Up to `max` due jobs, waiting up to `wait` for the first.
     async fn receive(
         &self,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<(JobTag, ForwardJob)>, QueueError>;
+    ) -> Result<Vec<(JobTag, ForwardJob)>, ForwardQueueError>;
     /// Done with the job (delivered).
-    async fn complete(&self, tag: &JobTag) -> Result<(), QueueError>;
+    async fn complete(&self, tag: &JobTag) -> Result<(), ForwardQueueError>;
     /// Runs `job` (as updated) again after `delay`.
     async fn reschedule(
         &self,
         tag: &JobTag,
         job: &ForwardJob,
         delay: Duration,
-    ) -> Result<(), QueueError>;
+    ) -> Result<(), ForwardQueueError>;
     /// Postpones every queued job for `url` by `delay` at once (its circuit
     /// is open), so they are not leased one by one just to be parked again.
     /// Backends without a cheap way to do that park jobs as they come.
-    async fn park_url(&self, _url: &str, _delay: Duration) -> Result<u64, QueueError> {
+    async fn park_url(&self, _url: &str, _delay: Duration) -> Result<u64, ForwardQueueError> {
         Ok(0)
     }
     /// Moves the job to the dead-letter queue.
@@ -270,13 +281,13 @@ pub trait ForwardQueue: Send + Sync {
         tag: &JobTag,
         job: &ForwardJob,
         reason: &str,
-    ) -> Result<(), QueueError>;
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError>;
+    ) -> Result<(), ForwardQueueError>;
+    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError>;
     /// Requeues dead jobs (all, or those ids) with fresh attempts.
-    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, QueueError>;
-    async fn depth(&self) -> Result<u64, QueueError>;
+    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, ForwardQueueError>;
+    async fn depth(&self) -> Result<u64, ForwardQueueError>;
     /// Jobs in the dead-letter queue.
-    async fn dead_depth(&self) -> Result<u64, QueueError>;
+    async fn dead_depth(&self) -> Result<u64, ForwardQueueError>;
     async fn health(&self) -> BackendHealth;
 }
 

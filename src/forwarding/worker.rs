@@ -426,7 +426,7 @@ impl Forwarder {
         );
     }
 
-    async fn finish(&self, what: &str, r: Result<(), crate::queue::QueueError>) {
+    async fn finish(&self, what: &str, r: Result<(), super::ForwardQueueError>) {
         if let Err(e) = r {
             // The lease runs out and the job comes back: at-least-once.
             tracing::warn!(error = %e, step = what, "forwarding queue update failed; the job will run again");

@@ -92,8 +92,44 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             json_status_body(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            }),
+        )
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id: the caller's `x-request-id` when it is a
+/// short token, else a fresh UUID. It is echoed in the response header,
+/// logged, and put in server-error bodies ([`crate::error::request_id`]).
+async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let given = req
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let header = axum::http::HeaderValue::from_str(&id).expect("checked token characters");
+    req.headers_mut().insert(REQUEST_ID_HEADER, header.clone());
+    let mut resp = crate::error::REQUEST_ID
+        .scope(Arc::from(id), next.run(req))
+        .await;
+    resp.headers_mut().insert(REQUEST_ID_HEADER, header);
+    resp
 }
 
 /// Every route, each with its OpenAPI operation.

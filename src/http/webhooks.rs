@@ -145,11 +145,7 @@ async fn accept_inner(
     request: WebhookRequest,
 ) -> Result<Response, ApiError> {
     if !state.ingest_enabled {
-        return Err(ApiError::InboxUnavailable(
-            crate::queue::QueueError::Unavailable(
-                "this replica does not run the ingest role".into(),
-            ),
-        ));
+        return Err(ApiError::IngestDisabled);
     }
     state
         .auth

@@ -184,8 +184,32 @@ async fn a_database_that_cannot_be_written_gives_503_then_recovers() {
         )
         .await;
     assert_eq!(resp.status(), 503);
+    let header_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let json: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(json["status"], 503);
+    // What the client can do, and the id to quote; the database's own
+    // words stay in the log.
+    assert_eq!(json["message"], "Webhook not accepted, retry later");
+    assert_eq!(json["request_id"], header_id.as_str());
+    assert!(
+        !json.to_string().to_lowercase().contains("sqlite"),
+        "{json}"
+    );
+    // A caller's own request id is kept.
+    let resp = app
+        .client
+        .post(app.url("/webhook/datagen"))
+        .header("x-request-id", "bsp-req-42")
+        .body(datagen_status("wamid.locked", "sent", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-request-id"], "bsp-req-42");
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["request_id"],
+        "bsp-req-42"
+    );
     drop(blocker);
     // The writer recovers without a restart.
     let mut ok = false;

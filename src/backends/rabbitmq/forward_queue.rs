@@ -23,8 +23,7 @@ use super::{
     FORWARDING_DLQ, FORWARDING_DLX, FORWARDING_EXCHANGE, FORWARDING_QUEUE, FORWARDING_ROUTING_KEY,
     RabbitInbox, Stream, retry_queue, wire_tag,
 };
-use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, JobTag};
-use crate::queue::QueueError;
+use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag};
 use crate::store::BackendHealth;
 
 const DEAD_REASON: &str = "x-zen-dead-reason";
@@ -80,10 +79,10 @@ fn body(job: &ForwardJob) -> Vec<u8> {
     serde_json::to_vec(job).unwrap_or_default()
 }
 
-fn parse_tag(tag: &JobTag) -> Result<u64, QueueError> {
+fn parse_tag(tag: &JobTag) -> Result<u64, ForwardQueueError> {
     tag.0
         .parse()
-        .map_err(|_| QueueError::Unavailable(format!("not a broker tag: {}", tag.0)))
+        .map_err(|_| ForwardQueueError::Unavailable(format!("not a broker tag: {}", tag.0)))
 }
 
 fn header_text(props: &BasicProperties, key: &str) -> Option<String> {
@@ -118,7 +117,11 @@ impl RabbitForwardQueue {
 impl ForwardQueue for RabbitForwardQueue {
     /// New jobs that wait in the retry queue for `delay` first (a URL whose
     /// circuit is open), dead-lettered back to the forwarding queue after.
-    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError> {
+    async fn enqueue_after(
+        &self,
+        jobs: &[ForwardJob],
+        delay: Duration,
+    ) -> Result<(), ForwardQueueError> {
         let queue = retry_queue(self.ladder_step(delay));
         let bodies: Vec<Vec<u8>> = jobs.iter().map(body).collect();
         let publishes = jobs
@@ -131,7 +134,7 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(())
     }
 
-    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError> {
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), ForwardQueueError> {
         // Confirms are pipelined: all publishes go out, then all are awaited.
         let bodies: Vec<Vec<u8>> = jobs.iter().map(body).collect();
         let publishes = jobs.iter().zip(&bodies).map(|(job, b)| {
@@ -152,7 +155,7 @@ impl ForwardQueue for RabbitForwardQueue {
         &self,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<(JobTag, ForwardJob)>, QueueError> {
+    ) -> Result<Vec<(JobTag, ForwardJob)>, ForwardQueueError> {
         let (generation, deliveries) = self.broker.take(Stream::Forwarding, max, wait).await?;
         let mut out = Vec::with_capacity(deliveries.len());
         for d in deliveries {
@@ -169,8 +172,8 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(out)
     }
 
-    async fn complete(&self, tag: &JobTag) -> Result<(), QueueError> {
-        self.broker.ack_forwarding(parse_tag(tag)?).await
+    async fn complete(&self, tag: &JobTag) -> Result<(), ForwardQueueError> {
+        Ok(self.broker.ack_forwarding(parse_tag(tag)?).await?)
     }
 
     async fn reschedule(
@@ -178,14 +181,14 @@ impl ForwardQueue for RabbitForwardQueue {
         tag: &JobTag,
         job: &ForwardJob,
         delay: Duration,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), ForwardQueueError> {
         let ms = self.ladder_step(delay);
         let mut job = job.clone();
         job.timestamp = Utc::now().timestamp_millis();
         self.broker
             .publish_to_queue(&retry_queue(ms), &body(&job), props(&job, &[]))
             .await?;
-        self.broker.ack_forwarding(parse_tag(tag)?).await
+        Ok(self.broker.ack_forwarding(parse_tag(tag)?).await?)
     }
 
     async fn dead_letter(
@@ -193,7 +196,7 @@ impl ForwardQueue for RabbitForwardQueue {
         tag: &JobTag,
         job: &ForwardJob,
         reason: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), ForwardQueueError> {
         let extra = [
             (DEAD_REASON, AMQPValue::LongString(LongString::from(reason))),
             (
@@ -204,10 +207,10 @@ impl ForwardQueue for RabbitForwardQueue {
         self.broker
             .publish(FORWARDING_DLX, "", &body(job), props(job, &extra))
             .await?;
-        self.broker.ack_forwarding(parse_tag(tag)?).await
+        Ok(self.broker.ack_forwarding(parse_tag(tag)?).await?)
     }
 
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError> {
         // Peek: get without ack on a side channel; closing it puts them back.
         let ch = self.broker.side_channel().await?;
         let queue = self.broker.queue_name(FORWARDING_DLQ);
@@ -216,7 +219,7 @@ impl ForwardQueue for RabbitForwardQueue {
             let got = ch
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                .map_err(|e| ForwardQueueError::Unavailable(e.to_string()))?;
             let Some(m) = got else { break };
             let props = &m.delivery.properties;
             let Ok(job) = serde_json::from_slice::<ForwardJob>(&m.delivery.data) else {
@@ -241,7 +244,7 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(out)
     }
 
-    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, QueueError> {
+    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, ForwardQueueError> {
         let ch = self.broker.side_channel().await?;
         let queue = self.broker.queue_name(FORWARDING_DLQ);
         let waiting = self.broker.queue_depth(FORWARDING_DLQ).await?;
@@ -250,7 +253,7 @@ impl ForwardQueue for RabbitForwardQueue {
             let got = ch
                 .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                .map_err(|e| ForwardQueueError::Unavailable(e.to_string()))?;
             let Some(m) = got else { break };
             let Ok(mut job) = serde_json::from_slice::<ForwardJob>(&m.delivery.data) else {
                 continue; // left unacked: back in the DLQ when the channel closes
@@ -273,19 +276,19 @@ impl ForwardQueue for RabbitForwardQueue {
             m.delivery
                 .ack(BasicAckOptions::default())
                 .await
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                .map_err(|e| ForwardQueueError::Unavailable(e.to_string()))?;
             replayed += 1;
         }
         let _ = ch.close(200, "replayed".into()).await;
         Ok(replayed)
     }
 
-    async fn depth(&self) -> Result<u64, QueueError> {
-        self.broker.queue_depth(FORWARDING_QUEUE).await
+    async fn depth(&self) -> Result<u64, ForwardQueueError> {
+        Ok(self.broker.queue_depth(FORWARDING_QUEUE).await?)
     }
 
-    async fn dead_depth(&self) -> Result<u64, QueueError> {
-        self.broker.queue_depth(FORWARDING_DLQ).await
+    async fn dead_depth(&self) -> Result<u64, ForwardQueueError> {
+        Ok(self.broker.queue_depth(FORWARDING_DLQ).await?)
     }
 
     async fn health(&self) -> BackendHealth {

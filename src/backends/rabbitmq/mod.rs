@@ -38,6 +38,7 @@ pub mod forward_queue;
 
 pub use forward_queue::RabbitForwardQueue;
 
+use crate::forwarding::ForwardQueueError;
 use crate::model::Bsp;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 use crate::store::BackendHealth;
@@ -152,8 +153,29 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
-fn unavailable(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Unavailable(e.to_string())
+/// The broker connection's error, told to each role as its own.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BrokerError {
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<BrokerError> for QueueError {
+    fn from(e: BrokerError) -> Self {
+        let BrokerError::Unavailable(why) = e;
+        QueueError::Unavailable(why)
+    }
+}
+
+impl From<BrokerError> for ForwardQueueError {
+    fn from(e: BrokerError) -> Self {
+        let BrokerError::Unavailable(why) = e;
+        ForwardQueueError::Unavailable(why)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
 }
 
 /// A fanout dead-letter exchange and its lazy queue (the legacy DLQ shape).
@@ -340,7 +362,7 @@ impl RabbitInbox {
         self.broken.notify_one();
     }
 
-    async fn live(&self) -> Result<Arc<Live>, QueueError> {
+    async fn live(&self) -> Result<Arc<Live>, BrokerError> {
         self.live
             .read()
             .await
@@ -353,7 +375,7 @@ impl RabbitInbox {
                     .ok()
                     .and_then(|e| e.clone())
                     .unwrap_or_default();
-                QueueError::Unavailable(format!("rabbitmq not connected: {why}"))
+                BrokerError::Unavailable(format!("rabbitmq not connected: {why}"))
             })
     }
 
@@ -427,7 +449,7 @@ impl RabbitInbox {
         routing_key: &str,
         body: &[u8],
         props: BasicProperties,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), BrokerError> {
         let live = self.live().await?;
         let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
         let published = live.publishers[i]
@@ -449,7 +471,7 @@ impl RabbitInbox {
                 Ok(r) => r,
                 Err(_) => {
                     self.report_broken("no publisher confirm in time");
-                    return Err(QueueError::Unavailable(format!(
+                    return Err(BrokerError::Unavailable(format!(
                         "no publisher confirm within {BROKER_OP_TIMEOUT:?}"
                     )));
                 }
@@ -459,13 +481,13 @@ impl RabbitInbox {
         match confirm {
             Ok(c) if c.is_ack() => {
                 if c.take_message().is_some() {
-                    return Err(QueueError::Unavailable(format!(
+                    return Err(BrokerError::Unavailable(format!(
                         "the broker returned the message: nothing is bound to {exchange}/{routing_key}"
                     )));
                 }
                 Ok(())
             }
-            Ok(_) => Err(QueueError::Unavailable(
+            Ok(_) => Err(BrokerError::Unavailable(
                 "the broker nacked the message".into(),
             )),
             Err(e) => {
@@ -577,7 +599,7 @@ impl RabbitInbox {
         stream: Stream,
         max: usize,
         wait: Duration,
-    ) -> Result<(u64, Vec<lapin::message::Delivery>), QueueError> {
+    ) -> Result<(u64, Vec<lapin::message::Delivery>), BrokerError> {
         let live = match self.live().await {
             Ok(l) => l,
             Err(e) => {
@@ -591,7 +613,7 @@ impl RabbitInbox {
             Stream::Forwarding => &live.forward_consumer,
         };
         let Some(consumer) = consumer else {
-            return Err(QueueError::Unavailable(format!(
+            return Err(BrokerError::Unavailable(format!(
                 "this replica does not consume the {stream:?} queue"
             )));
         };
@@ -636,7 +658,7 @@ impl RabbitInbox {
         channel: &Channel,
         tag: u64,
         options: BasicAckOptions,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), BrokerError> {
         let Some(tag) = live.broker_tag(tag) else {
             return Ok(());
         };
@@ -648,7 +670,7 @@ impl RabbitInbox {
             }
             Err(_) => {
                 self.report_broken("an ack did not complete in time");
-                Err(QueueError::Unavailable(format!(
+                Err(BrokerError::Unavailable(format!(
                     "ack not done within {BROKER_OP_TIMEOUT:?}"
                 )))
             }
@@ -656,7 +678,7 @@ impl RabbitInbox {
     }
 
     /// Acks a forwarding job's wire tag.
-    pub(crate) async fn ack_forwarding(&self, tag: u64) -> Result<(), QueueError> {
+    pub(crate) async fn ack_forwarding(&self, tag: u64) -> Result<(), BrokerError> {
         let live = self.live().await?;
         let Some(channel) = &live.forward_channel else {
             return Ok(());
@@ -680,7 +702,7 @@ impl RabbitInbox {
     }
 
     /// Rejects a forwarding job without requeue (dead-letters it).
-    pub(crate) async fn reject_forwarding(&self, tag: u64) -> Result<(), QueueError> {
+    pub(crate) async fn reject_forwarding(&self, tag: u64) -> Result<(), BrokerError> {
         let live = self.live().await?;
         let Some(channel) = &live.forward_channel else {
             return Ok(());
@@ -696,7 +718,7 @@ impl RabbitInbox {
 
     /// A short-lived channel (peeking at or draining the DLQ); closing it
     /// requeues whatever it got and did not ack.
-    pub(crate) async fn side_channel(&self) -> Result<Channel, QueueError> {
+    pub(crate) async fn side_channel(&self) -> Result<Channel, BrokerError> {
         let live = self.live().await?;
         live.connection.create_channel().await.map_err(unavailable)
     }
@@ -708,7 +730,7 @@ impl RabbitInbox {
         routing_key: &str,
         body: &[u8],
         props: BasicProperties,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), BrokerError> {
         self.publish_confirmed(&self.name(exchange), routing_key, body, props)
             .await
     }
@@ -719,7 +741,7 @@ impl RabbitInbox {
         queue: &str,
         body: &[u8],
         props: BasicProperties,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), BrokerError> {
         self.publish_confirmed("", &self.name(queue), body, props)
             .await
     }
@@ -733,11 +755,11 @@ impl RabbitInbox {
     }
 
     /// Messages ready in a (prefixed) queue.
-    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64, QueueError> {
+    pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
         bounded(self.queue_depth_now(queue)).await
     }
 
-    async fn queue_depth_now(&self, queue: &str) -> Result<u64, QueueError> {
+    async fn queue_depth_now(&self, queue: &str) -> Result<u64, BrokerError> {
         let ch = self.side_channel().await?;
         let q = ch
             .queue_declare(
@@ -771,12 +793,12 @@ const BROKER_OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A broker round trip for `/ready` and `/metrics`: a broker that does not
 /// answer reads as unavailable rather than hanging the probe.
 async fn bounded<T>(
-    op: impl std::future::Future<Output = Result<T, QueueError>>,
-) -> Result<T, QueueError> {
+    op: impl std::future::Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
     tokio::time::timeout(Duration::from_secs(2), op)
         .await
         .unwrap_or_else(|_| {
-            Err(QueueError::Unavailable(
+            Err(BrokerError::Unavailable(
                 "the broker did not answer within 2 s".into(),
             ))
         })
@@ -867,13 +889,14 @@ static PROVIDERS: std::sync::LazyLock<crate::providers::Providers> =
 impl Inbox for RabbitInbox {
     async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
         let props = entry_headers(&entry, &[]).with_priority(entry.priority);
-        self.publish(
-            INGEST_EXCHANGE,
-            entry.bsp.as_str(),
-            &legacy_body(&entry),
-            props,
-        )
-        .await
+        Ok(self
+            .publish(
+                INGEST_EXCHANGE,
+                entry.bsp.as_str(),
+                &legacy_body(&entry),
+                props,
+            )
+            .await?)
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
@@ -922,8 +945,9 @@ impl Inbox for RabbitInbox {
         match covers_all {
             Some(max) => {
                 let all = BasicAckOptions { multiple: true };
-                self.ack_on(&live, channel, wire_tag(live.generation, max), all)
-                    .await
+                Ok(self
+                    .ack_on(&live, channel, wire_tag(live.generation, max), all)
+                    .await?)
             }
             None => {
                 for t in tags {
@@ -936,7 +960,7 @@ impl Inbox for RabbitInbox {
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
-        bounded(self.queue_depth_now(INGEST_QUEUE)).await
+        Ok(bounded(self.queue_depth_now(INGEST_QUEUE)).await?)
     }
 
     async fn quarantine(
@@ -1033,7 +1057,7 @@ impl Inbox for RabbitInbox {
     }
 
     async fn quarantine_depth(&self) -> Result<u64, QueueError> {
-        self.queue_depth(INGEST_DLQ).await
+        Ok(self.queue_depth(INGEST_DLQ).await?)
     }
 
     async fn health(&self) -> BackendHealth {

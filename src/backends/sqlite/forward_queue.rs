@@ -12,8 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{SqliteDb, from_json, json_err};
-use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, JobTag};
-use crate::queue::QueueError;
+use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag};
 use crate::store::BackendHealth;
 
 /// How long a received job is reserved for its delivery.
@@ -37,7 +36,7 @@ impl SqliteForwardQueue {
     /// database has one gateway process), so the jobs it was delivering are
     /// due now rather than when their lease would have run out. Returns how
     /// many jobs were freed.
-    pub async fn release_stale_leases(&self) -> Result<usize, QueueError> {
+    pub async fn release_stale_leases(&self) -> Result<usize, ForwardQueueError> {
         let freed = self
             .db
             .write_background(|c| {
@@ -112,11 +111,15 @@ fn priority(job: &ForwardJob) -> i64 {
 
 #[async_trait]
 impl ForwardQueue for SqliteForwardQueue {
-    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), QueueError> {
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), ForwardQueueError> {
         self.enqueue_after(jobs, Duration::ZERO).await
     }
 
-    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> Result<(), QueueError> {
+    async fn enqueue_after(
+        &self,
+        jobs: &[ForwardJob],
+        delay: Duration,
+    ) -> Result<(), ForwardQueueError> {
         let jobs = jobs.to_vec();
         let delay_ms = delay.as_millis() as i64;
         self.db
@@ -136,7 +139,7 @@ impl ForwardQueue for SqliteForwardQueue {
         &self,
         max: usize,
         wait: Duration,
-    ) -> Result<Vec<(JobTag, ForwardJob)>, QueueError> {
+    ) -> Result<Vec<(JobTag, ForwardJob)>, ForwardQueueError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let limit = max.max(1) as i64;
@@ -183,7 +186,7 @@ impl ForwardQueue for SqliteForwardQueue {
         }
     }
 
-    async fn complete(&self, tag: &JobTag) -> Result<(), QueueError> {
+    async fn complete(&self, tag: &JobTag) -> Result<(), ForwardQueueError> {
         let id = tag.0.clone();
         self.db
             .write_background(move |c| delete_job(c, &id))
@@ -196,7 +199,7 @@ impl ForwardQueue for SqliteForwardQueue {
         tag: &JobTag,
         job: &ForwardJob,
         delay: Duration,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), ForwardQueueError> {
         let (id, job) = (tag.0.clone(), job.clone());
         self.db
             .write_background(move |c| {
@@ -221,7 +224,7 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(())
     }
 
-    async fn park_url(&self, url: &str, delay: Duration) -> Result<u64, QueueError> {
+    async fn park_url(&self, url: &str, delay: Duration) -> Result<u64, ForwardQueueError> {
         // In chunks, each its own write: a dead URL's backlog (tens of
         // thousands of rows) in one statement holds the writer, and every
         // ingest ack and delivery behind it, for tens of ms.
@@ -262,7 +265,7 @@ impl ForwardQueue for SqliteForwardQueue {
         tag: &JobTag,
         job: &ForwardJob,
         reason: &str,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), ForwardQueueError> {
         let (id, job, reason) = (tag.0.clone(), job.clone(), reason.to_owned());
         self.db
             .write_background(move |c| {
@@ -277,7 +280,7 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(())
     }
 
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, QueueError> {
+    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError> {
         Ok(self
             .db
             .read(move |c| {
@@ -297,7 +300,7 @@ impl ForwardQueue for SqliteForwardQueue {
             .await?)
     }
 
-    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, QueueError> {
+    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, ForwardQueueError> {
         let ids = ids.map(<[String]>::to_vec);
         let n = self
             .db
@@ -329,7 +332,7 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(n)
     }
 
-    async fn depth(&self) -> Result<u64, QueueError> {
+    async fn depth(&self) -> Result<u64, ForwardQueueError> {
         let n: i64 = self
             .db
             .read(|c| c.query_row("SELECT COUNT(*) FROM forward_jobs", [], |r| r.get(0)))
@@ -337,7 +340,7 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(n as u64)
     }
 
-    async fn dead_depth(&self) -> Result<u64, QueueError> {
+    async fn dead_depth(&self) -> Result<u64, ForwardQueueError> {
         let n: i64 = self
             .db
             .read(|c| c.query_row("SELECT COUNT(*) FROM forward_dlq", [], |r| r.get(0)))

@@ -96,6 +96,12 @@ impl From<DbError> for crate::queue::QueueError {
     }
 }
 
+impl From<DbError> for crate::forwarding::ForwardQueueError {
+    fn from(e: DbError) -> Self {
+        crate::forwarding::ForwardQueueError::Unavailable(e.to_string())
+    }
+}
+
 impl From<DbError> for crate::store::StoreError {
     fn from(e: DbError) -> Self {
         if e.is_refused_data() {
