@@ -20,7 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::Applied;
+use super::{Applied, StoreError};
 use crate::model::{
     ApplyOutcome, Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent,
 };
@@ -56,10 +56,16 @@ impl Candidates {
         c
     }
 
-    pub fn of_registration(reg: &OutboundRegistration) -> Candidates {
+    /// The records a registration may touch; refused when it names no key.
+    pub fn of_registration(reg: &OutboundRegistration) -> Result<Candidates, StoreError> {
+        if reg.key().is_none() {
+            return Err(StoreError::Invalid(
+                "a message needs a wamid or a bsp_message_id".into(),
+            ));
+        }
         let mut c = Candidates::default();
         c.push(reg.wamid.as_deref(), reg.bsp_message_id.as_deref());
-        c
+        Ok(c)
     }
 
     fn push(&mut self, wamid: Option<&str>, provider_id: Option<&str>) {

@@ -638,16 +638,12 @@ impl MessageStore for MongoStore {
         &self,
         reg: &OutboundRegistration,
     ) -> Result<(MessageRecord, bool), StoreError> {
-        if reg.key().is_none() {
-            return Err(StoreError::Invalid(
-                "a message needs a wamid or a bsp_message_id".into(),
-            ));
-        }
+        let candidates = Candidates::of_registration(reg)?;
         // Compare-and-set may lose to a concurrent writer: retry a few times.
         let mut last = None;
         for _ in 0..5 {
             let attempt = async {
-                let mut set = self.load(&Candidates::of_registration(reg)).await?;
+                let mut set = self.load(&candidates).await?;
                 let registered = set.register(reg, Utc::now());
                 self.write_back(&set).await?;
                 Ok(registered)

@@ -333,19 +333,11 @@ impl ForwardQueue for SqliteForwardQueue {
     }
 
     async fn depth(&self) -> Result<u64, ForwardQueueError> {
-        let n: i64 = self
-            .db
-            .read(|c| c.query_row("SELECT COUNT(*) FROM forward_jobs", [], |r| r.get(0)))
-            .await?;
-        Ok(n as u64)
+        Ok(self.db.count_rows("forward_jobs").await?)
     }
 
     async fn dead_depth(&self) -> Result<u64, ForwardQueueError> {
-        let n: i64 = self
-            .db
-            .read(|c| c.query_row("SELECT COUNT(*) FROM forward_dlq", [], |r| r.get(0)))
-            .await?;
-        Ok(n as u64)
+        Ok(self.db.count_rows("forward_dlq").await?)
     }
 
     async fn health(&self) -> BackendHealth {
@@ -356,7 +348,6 @@ impl ForwardQueue for SqliteForwardQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::sqlite::{SqliteOptions, Synchronous};
 
     fn job(id: &str, url: &str) -> ForwardJob {
         ForwardJob {
@@ -377,14 +368,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> SqliteDb {
-        SqliteDb::open(&SqliteOptions {
-            path: dir.join("q.db"),
-            synchronous: Synchronous::Normal,
-            queue_capacity: 100,
-            max_batch: 64,
-            readers: 2,
-        })
-        .unwrap()
+        SqliteDb::open_for_test(dir)
     }
 
     #[tokio::test]

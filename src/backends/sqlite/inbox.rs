@@ -172,11 +172,7 @@ impl Inbox for SqliteInbox {
     }
 
     async fn depth(&self) -> Result<u64, QueueError> {
-        let n: i64 = self
-            .db
-            .read(|conn| conn.query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0)))
-            .await?;
-        Ok(n as u64)
+        Ok(self.db.count_rows("inbox").await?)
     }
 
     async fn quarantine(
@@ -296,11 +292,7 @@ impl Inbox for SqliteInbox {
     }
 
     async fn quarantine_depth(&self) -> Result<u64, QueueError> {
-        let n: i64 = self
-            .db
-            .read(|conn| conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0)))
-            .await?;
-        Ok(n as u64)
+        Ok(self.db.count_rows("quarantine").await?)
     }
 
     async fn health(&self) -> BackendHealth {

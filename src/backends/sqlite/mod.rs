@@ -426,6 +426,28 @@ impl SqliteDb {
         (Box::new(job), rx)
     }
 
+    /// Rows in `table` (the depth of a queue, the DLQ, the quarantine).
+    pub async fn count_rows(&self, table: &'static str) -> Result<u64, DbError> {
+        let n: i64 = self
+            .read(move |c| c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0)))
+            .await?;
+        Ok(n as u64)
+    }
+
+    /// A small database in `dir` for unit tests: relaxed fsync, a short
+    /// write queue.
+    #[cfg(test)]
+    pub(crate) fn open_for_test(dir: &Path) -> SqliteDb {
+        Self::open(&SqliteOptions {
+            path: dir.join("zen.db"),
+            synchronous: Synchronous::Normal,
+            queue_capacity: 1000,
+            max_batch: 64,
+            readers: 2,
+        })
+        .expect("a test database opens")
+    }
+
     /// Runs a read on a pooled read connection, off the async threads.
     pub async fn read<R, F>(&self, work: F) -> Result<R, DbError>
     where
@@ -732,7 +754,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> SqliteDb {
-        open_with(dir, Synchronous::Normal)
+        SqliteDb::open_for_test(dir)
     }
 
     /// A database in a fresh directory (kept alive by the returned guard),

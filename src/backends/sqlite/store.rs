@@ -193,16 +193,12 @@ impl MessageStore for SqliteStore {
         &self,
         reg: &OutboundRegistration,
     ) -> Result<(MessageRecord, bool), StoreError> {
-        if reg.key().is_none() {
-            return Err(StoreError::Invalid(
-                "a message needs a wamid or a bsp_message_id".into(),
-            ));
-        }
+        let candidates = Candidates::of_registration(reg)?;
         let reg = reg.clone();
         Ok(self
             .db
             .write(move |conn| {
-                let mut set = load(conn, &Candidates::of_registration(&reg))?;
+                let mut set = load(conn, &candidates)?;
                 let registered = set.register(&reg, Utc::now());
                 save_changed(conn, &set)?;
                 Ok(registered)
