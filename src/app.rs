@@ -19,12 +19,12 @@ use crate::backends::{Backends, Mode, Opened};
 use crate::config::Settings;
 use crate::forwarding::WebhookStore;
 use crate::forwarding::cached::CachedWebhookStore;
-use crate::forwarding::fanout::Fanout;
 use crate::forwarding::worker::Forwarder;
 use crate::http::{self, AppState};
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
 use crate::processor::Processor;
+use crate::processor::fanout::Fanout;
 use crate::providers::Providers;
 
 /// A built gateway, bound to its listener, not yet running.
@@ -58,7 +58,7 @@ impl Application {
         for warning in settings.warnings() {
             tracing::warn!("{warning}");
         }
-        let mut backends = Backends::new(&settings, Mode::Serve(roles));
+        let mut backends = Backends::from_settings(&settings, Mode::Serve(roles));
         let inbox = backends.inbox().await?;
         let store = backends.store().await?;
         let webhooks = backends.webhooks().await?;

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod forwarding;
+pub mod health;
 pub mod http;
 pub mod inbound_auth;
 pub mod ingest;

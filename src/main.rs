@@ -94,7 +94,7 @@ fn main() -> ExitCode {
         Command::Migrate => migrate(settings),
         Command::Healthcheck => healthcheck(settings.http.port),
         Command::Dlq { action } => command("dlq", settings, |settings| async move {
-            let queue = Backends::new(&settings, Mode::Command)
+            let queue = Backends::from_settings(&settings, Mode::Command)
                 .forward_queue()
                 .await?;
             Ok(match action {
@@ -108,7 +108,9 @@ fn main() -> ExitCode {
             })
         }),
         Command::Quarantine { action } => command("quarantine", settings, |settings| async move {
-            let inbox = Backends::new(&settings, Mode::Command).inbox().await?;
+            let inbox = Backends::from_settings(&settings, Mode::Command)
+                .inbox()
+                .await?;
             Ok(match action {
                 EntriesAction::List { limit } => serde_json::to_value(
                     inbox.list_quarantined(limit.clamp(1, 10_000), None).await?,
@@ -178,7 +180,9 @@ fn migrate(settings: Settings) -> ExitCode {
         return ExitCode::from(2);
     }
     command("migrate", settings, |settings| async move {
-        let mongo = Backends::new(&settings, Mode::Command).mongo().await?;
+        let mongo = Backends::from_settings(&settings, Mode::Command)
+            .mongo()
+            .await?;
         let report = mongo.context("MONGO_URI is not set")?.migrate().await?;
         Ok(serde_json::to_value(report)?)
     })

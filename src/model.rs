@@ -11,60 +11,12 @@
 //! - unknown statuses are recorded in history and change nothing else.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A Business Solution Provider (or Meta itself) that posts webhooks to us.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    Default,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Bsp {
-    #[default]
-    Datagen,
-    Aisensy,
-    Karix,
-    Meta,
-}
-
-impl Bsp {
-    pub const ALL: [Bsp; 4] = [Bsp::Datagen, Bsp::Aisensy, Bsp::Karix, Bsp::Meta];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Bsp::Datagen => "datagen",
-            Bsp::Aisensy => "aisensy",
-            Bsp::Karix => "karix",
-            Bsp::Meta => "meta",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Bsp> {
-        Bsp::ALL
-            .into_iter()
-            .find(|b| b.as_str().eq_ignore_ascii_case(s.trim()))
-    }
-}
-
-impl fmt::Display for Bsp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::providers::Bsp;
 
 /// A unified message status. The declaration order is the precedence order:
 /// a status only replaces `current_status` when it ranks higher.

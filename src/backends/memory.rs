@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use moka::Expiry;
 
 use crate::cache::{Cache, CacheError};
-use crate::store::BackendHealth;
+use crate::health::BackendHealth;
 
 #[derive(Clone)]
 struct Entry {

@@ -80,7 +80,7 @@ impl Opened {
 }
 
 impl<'a> Backends<'a> {
-    pub fn new(settings: &'a Settings, mode: Mode) -> Self {
+    pub fn from_settings(settings: &'a Settings, mode: Mode) -> Self {
         Backends {
             settings,
             mode,

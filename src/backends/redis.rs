@@ -12,7 +12,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::RwLock;
 
 use crate::cache::{Cache, CacheError};
-use crate::store::BackendHealth;
+use crate::health::BackendHealth;
 
 pub struct RedisCache {
     conn: Arc<RwLock<Option<ConnectionManager>>>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::store::BackendHealth;
+use crate::health::BackendHealth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

@@ -12,7 +12,6 @@
 
 pub mod breaker;
 pub mod cached;
-pub mod fanout;
 pub mod signing;
 pub mod ssrf;
 pub mod worker;
@@ -25,7 +24,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::{BackendHealth, StoreError};
+use crate::health::BackendHealth;
+use crate::store::StoreError;
 
 /// Errors of a forwarding queue backend.
 #[derive(Debug, thiserror::Error)]

@@ -340,7 +340,7 @@ async fn deliveries(
 #[utoipa::path(get, path = "/dlq", tag = "webhooks", params(LimitParams),
     security(("admin" = [])),
     responses((status = 200, body = Vec<DeadJob>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
+        (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn dlq(
     _: Admin,
     State(state): State<AppState>,
@@ -361,7 +361,7 @@ struct ReplayIn {
 #[utoipa::path(post, path = "/dlq/replay", tag = "webhooks", request_body(content = Option<ReplayIn>),
     security(("admin" = [])),
     responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
-        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
+        (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay(
     _: Admin,
     State(state): State<AppState>,

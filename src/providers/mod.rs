@@ -7,8 +7,9 @@
 //! [`Provider`] (routes and aliases, legacy ack body, credentials and
 //! signature, queue priority, legacy queue body, parsing), and routes,
 //! inbound auth, ingest and configuration are derived from the list in
-//! [`Providers::new`]. Adding one is that file, its [`Bsp`] variant, one line
-//! here, and its fixtures and tests.
+//! [`Providers::new`]. Adding one is that file, plus its [`Bsp`] variant and
+//! one line in [`Providers::new`] (both in this file), and its fixtures and
+//! tests.
 
 mod aisensy;
 mod datagen;
@@ -23,13 +24,66 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Bsp, UnifiedEvent, UnrecognizedEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{UnifiedEvent, UnrecognizedEvent};
 
 pub use aisensy::Aisensy;
 pub use datagen::Datagen;
 pub use json::text as json_text;
 pub use karix::Karix;
 pub use meta::Meta;
+
+// The one list of providers besides `Providers::new`; each variant's adapter
+// is its own file.
+/// A Business Solution Provider (or Meta itself) that posts webhooks to us.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Bsp {
+    #[default]
+    Datagen,
+    Aisensy,
+    Karix,
+    Meta,
+}
+
+impl Bsp {
+    pub const ALL: [Bsp; 4] = [Bsp::Datagen, Bsp::Aisensy, Bsp::Karix, Bsp::Meta];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bsp::Datagen => "datagen",
+            Bsp::Aisensy => "aisensy",
+            Bsp::Karix => "karix",
+            Bsp::Meta => "meta",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Bsp> {
+        Bsp::ALL
+            .into_iter()
+            .find(|b| b.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+}
+
+impl std::fmt::Display for Bsp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A webhook as the processor sees it.
 #[derive(Debug, Clone, Copy)]

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use crate::health::BackendHealth;
 use crate::model::Bsp;
-use crate::store::BackendHealth;
 
 /// Errors of an inbox backend.
 #[derive(Debug, thiserror::Error)]

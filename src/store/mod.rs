@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+pub use crate::health::BackendHealth;
+
 use chrono::{DateTime, Utc};
 
 use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
@@ -31,12 +33,6 @@ impl StoreError {
     /// An outage or a race: the same write may succeed later.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
-    }
-}
-
-impl From<crate::queue::QueueError> for StoreError {
-    fn from(e: crate::queue::QueueError) -> Self {
-        StoreError::Unavailable(e.to_string())
     }
 }
 
@@ -154,15 +150,6 @@ impl MessageStats {
             by_status,
         }
     }
-}
-
-/// Health of one backend, as `/ready` reports it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct BackendHealth {
-    pub backend: &'static str,
-    pub up: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
 }
 
 #[async_trait]

@@ -242,11 +242,13 @@ async fn a_second_gateway_on_the_same_data_dir_refuses_to_start() {
         .expect("a second gateway on the same DATA_DIR must not start");
     let why = format!("{refused:#}");
     assert!(why.contains("another zen-gateway already serves"), "{why}");
-    let inbox =
-        zen_gateway::backends::Backends::new(&settings, zen_gateway::backends::Mode::Command)
-            .inbox()
-            .await
-            .unwrap();
+    let inbox = zen_gateway::backends::Backends::from_settings(
+        &settings,
+        zen_gateway::backends::Mode::Command,
+    )
+    .inbox()
+    .await
+    .unwrap();
     assert_eq!(inbox.quarantine_depth().await.unwrap(), 0);
     let dir = app.stop().await.unwrap();
     // Once it has stopped, the directory is free again.

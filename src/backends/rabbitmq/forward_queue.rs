@@ -24,7 +24,7 @@ use super::{
     RabbitInbox, Stream, retry_queue, wire_tag,
 };
 use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag};
-use crate::store::BackendHealth;
+use crate::health::BackendHealth;
 
 const DEAD_REASON: &str = "x-zen-dead-reason";
 const DEAD_AT: &str = "x-zen-dead-at";

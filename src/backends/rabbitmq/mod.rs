@@ -39,9 +39,9 @@ pub mod forward_queue;
 pub use forward_queue::RabbitForwardQueue;
 
 use crate::forwarding::ForwardQueueError;
+use crate::health::BackendHealth;
 use crate::model::Bsp;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
-use crate::store::BackendHealth;
 
 pub const INGEST_EXCHANGE: &str = "zen_ingest_exchange";
 pub const INGEST_QUEUE: &str = "zen_ingest_queue";

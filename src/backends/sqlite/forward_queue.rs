@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 
 use super::{SqliteDb, from_json, json_err};
 use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag};
-use crate::store::BackendHealth;
+use crate::health::BackendHealth;
 
 /// How long a received job is reserved for its delivery.
 const LEASE: Duration = Duration::from_secs(300);
@@ -479,7 +479,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             // The earlier layout: the document in the schedule row.
-            let c = Connection::open(dir.path().join("q.db")).unwrap();
+            let c = Connection::open(dir.path().join("zen.db")).unwrap();
             c.execute_batch(
                 "CREATE TABLE forward_jobs (id TEXT PRIMARY KEY, due_at_ms INTEGER NOT NULL,
                     lease_until_ms INTEGER NOT NULL DEFAULT 0, priority INTEGER NOT NULL DEFAULT 0,

@@ -16,9 +16,9 @@ use rusqlite::params;
 use tokio::sync::{Mutex, Notify};
 
 use super::SqliteDb;
+use crate::health::BackendHealth;
 use crate::model::Bsp;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
-use crate::store::BackendHealth;
 
 /// The inbox on the embedded database.
 pub struct SqliteInbox {

@@ -343,9 +343,9 @@ impl SqliteDb {
     }
 
     /// `/ready`'s view of this database, for each role it serves.
-    pub fn health(&self) -> crate::store::BackendHealth {
+    pub fn health(&self) -> crate::health::BackendHealth {
         let up = self.is_writable();
-        crate::store::BackendHealth {
+        crate::health::BackendHealth {
             backend: "sqlite",
             up,
             detail: (!up).then(|| self.last_error()).flatten(),

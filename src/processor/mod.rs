@@ -13,17 +13,19 @@
 //! inbox's quarantine with its error, where an operator can replay it.
 //! Transient errors (a backend down) never quarantine: they wait.
 
+pub mod fanout;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
-use crate::forwarding::fanout::Fanout;
 use crate::model::UnifiedEvent;
 use crate::providers::{Providers, RawWebhook};
 use crate::queue::{Inbox, InboxDelivery, QueueError};
 use crate::store::{MessageStore, StoreError};
+use fanout::Fanout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {

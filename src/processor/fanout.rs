@@ -12,13 +12,13 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::{
+use super::ProcessError;
+use crate::cache::Cache;
+use crate::forwarding::{
     DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, ProjectRef, WebhookConfig, WebhookStore,
     delivery_id, normalize_number,
 };
-use crate::cache::Cache;
 use crate::model::{MessageRecord, UnifiedEvent};
-use crate::processor::ProcessError;
 use crate::providers::json_text;
 use crate::store::Applied;
 
@@ -37,7 +37,7 @@ pub struct Fanout {
     /// The forwarder's breakers, when it runs in this process: a new job
     /// for a URL whose circuit is open is queued parked, so a dead
     /// endpoint's jobs cost one insert, not a lease and a park each.
-    breakers: Option<Arc<super::breaker::Breakers>>,
+    breakers: Option<Arc<crate::forwarding::breaker::Breakers>>,
 }
 
 impl Fanout {
@@ -54,7 +54,7 @@ impl Fanout {
         }
     }
 
-    pub fn with_breakers(mut self, breakers: Arc<super::breaker::Breakers>) -> Self {
+    pub fn with_breakers(mut self, breakers: Arc<crate::forwarding::breaker::Breakers>) -> Self {
         self.breakers = Some(breakers);
         self
     }
