@@ -141,6 +141,12 @@ impl IntoResponse for ApiError {
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The rest of an over-limit body was drained, or given up on:
+            // either way this connection ends with the answer.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         resp

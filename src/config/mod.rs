@@ -80,7 +80,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
 const DEFAULTS: &[(&str, &str)] = &[
     ("http.port", "8080"),
     ("http.bind_address", "0.0.0.0"),
-    ("http.body_limit_bytes", "1048576"),
+    ("http.body_limit_bytes", "4194304"),
     ("http.request_timeout_secs", "30"),
     ("http.header_read_timeout_secs", "10"),
     ("http.idle_timeout_secs", "75"),

@@ -6,6 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -29,41 +30,68 @@ impl WebhookRequest {
     }
 }
 
+/// Bytes of an over-limit body read and thrown away before the 413, so that
+/// a client still uploading reads the answer instead of a reset connection
+/// (nginx's lingering close). Past it, or past [`DISCARD_TIME`], the
+/// connection is closed as it is.
+const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl FromRequest<AppState> for WebhookRequest {
     type Rejection = ApiError;
 
     async fn from_request(mut req: Request, state: &AppState) -> Result<Self, ApiError> {
-        // A body announced over the limit is refused before it is read.
+        let limit = state.body_limit;
+        let too_large = || {
+            metrics::counter!("zen_webhooks_received_total", "bsp" => "unknown", "outcome" => "too_large")
+                .increment(1);
+            ApiError::PayloadTooLarge { limit }
+        };
         let announced = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > state.body_limit as u64) {
-            metrics::counter!("zen_webhooks_received_total", "bsp" => "unknown", "outcome" => "too_large")
-                .increment(1);
-            return Err(ApiError::PayloadTooLarge {
-                limit: state.body_limit,
-            });
-        }
         let headers = std::mem::take(req.headers_mut());
         let query = req.uri().query().map(str::to_owned);
-        match Bytes::from_request(req, state).await {
-            Ok(body) => Ok(WebhookRequest {
-                headers,
-                query,
-                body,
-            }),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                metrics::counter!("zen_webhooks_received_total", "bsp" => "unknown", "outcome" => "too_large")
-                    .increment(1);
-                Err(ApiError::PayloadTooLarge {
-                    limit: state.body_limit,
-                })
-            }
-            Err(_) => Err(ApiError::BodyRead),
+        let mut stream = req.into_body().into_data_stream();
+        // A body announced over the limit is not kept, only drained.
+        if announced.is_some_and(|n| n > limit as u64) {
+            discard(&mut stream, 0).await;
+            return Err(too_large());
         }
+        let mut body = bytes::BytesMut::with_capacity(announced.unwrap_or(0) as usize);
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(ApiError::BodyRead);
+            };
+            if body.len() + chunk.len() > limit {
+                discard(&mut stream, (body.len() + chunk.len()) as u64).await;
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(WebhookRequest {
+            headers,
+            query,
+            body: body.freeze(),
+        })
     }
+}
+
+/// Reads and drops the rest of a body, within [`DISCARD_BYTES`] (counting
+/// the `seen` bytes already read) and [`DISCARD_TIME`].
+async fn discard(stream: &mut axum::body::BodyDataStream, seen: u64) {
+    let drain = async {
+        let mut seen = seen;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len() as u64;
+            if seen > DISCARD_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 /// A JSON request body whose errors come back as the API's JSON errors.

@@ -74,3 +74,55 @@ async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
     assert_eq!(served.status(), 200);
     app.stop().await;
 }
+
+/// A body over the limit gets its 413 even while the client is still
+/// uploading: the gateway drains the rest (bounded) before it answers and
+/// closes, so the sender reads the answer instead of a reset. Sent the way
+/// a plain HTTP/1 client sends it (headers, then the whole body, then read).
+#[tokio::test]
+async fn an_8_mib_upload_reads_its_413_every_time() {
+    let app = spawn_app().await;
+    let addr = app.addr;
+    for _ in 0..3 {
+        let status = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let body = vec![b' '; 8 * 1024 * 1024];
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+                .unwrap();
+            write!(
+                s,
+                "POST /webhook/meta HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            s.write_all(&body).expect("the whole upload is read, not reset");
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            String::from_utf8_lossy(&head).into_owned()
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, "HTTP/1.1 413");
+    }
+    // A 3 MB Meta body is under the default limit: accepted and processed.
+    let statuses: Vec<String> = (0..6_000)
+        .map(|i| {
+            format!(
+                r#"{{"id":"wamid.big-{}","status":"sent","timestamp":"1700000000","recipient_id":"919800000000","pad":"{}"}}"#,
+                i % 3,
+                "p".repeat(450)
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"15550001111","phone_number_id":"1"}},"statuses":[{}]}}}}]}}]}}"#,
+        statuses.join(",")
+    );
+    assert!(body.len() > 3_000_000, "{}", body.len());
+    let resp = app.post_webhook("/webhook/meta", body).await;
+    assert_eq!(resp.status(), 200);
+    app.wait_for_message("wamid.big-2", |m| m["current_status"] == "sent")
+        .await;
+    app.stop().await;
+}
