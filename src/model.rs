@@ -149,6 +149,9 @@ pub struct MessageEvent {
     /// `messageTag1..3`, `conversationId`; Meta `biz_opaque_callback_data`;
     /// AiSensy campaign name), kept under `bsp_data.tags`.
     pub tags: BTreeMap<String, String>,
+    /// What the provider says the message costs (Cloud API `pricing` and
+    /// `conversation`), kept under `bsp_data.pricing` / `.conversation`.
+    pub billing: Option<Value>,
     /// Identifies the event within its message: two events with the same key
     /// are the same event delivered twice.
     pub dedup_key: String,
@@ -466,6 +469,7 @@ impl MessageRecord {
         fill_opt(&mut self.campaign_id, &ev.campaign_id);
         fill_opt(&mut self.project_id, &ev.project_id);
         self.merge_tags(&ev.tags);
+        self.merge_billing(ev.billing.as_ref());
         if ev.direction == Direction::Inbound {
             self.direction = Direction::Inbound;
             if self.content.is_none() {
@@ -492,6 +496,26 @@ impl MessageRecord {
             *slot = empty;
         }
         Some(slot)
+    }
+
+    /// Adds the billing keys not seen before under `bsp_data.pricing` and
+    /// `bsp_data.conversation` (Meta sends `expiration_timestamp` only with
+    /// `sent`; later statuses must not erase it).
+    fn merge_billing(&mut self, billing: Option<&Value>) {
+        let Some(Value::Object(billing)) = billing else {
+            return;
+        };
+        for (key, given) in billing {
+            let Value::Object(given) = given else {
+                continue;
+            };
+            let slot = self.bsp_data_entry(key, Value::Object(Default::default()));
+            if let Some(kept) = slot.and_then(Value::as_object_mut) {
+                for (k, v) in given {
+                    kept.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
     }
 
     /// Adds tags not seen before under `bsp_data.tags` (first value wins).

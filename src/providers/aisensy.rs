@@ -253,6 +253,7 @@ fn message_event(
         })
     });
     Ok(MessageEvent {
+        billing: None,
         wamid,
         bsp_message_id,
         direction: if inbound {

@@ -12,6 +12,7 @@
 //! tests.
 
 mod aisensy;
+mod cloud_api;
 mod datagen;
 mod json;
 mod karix;

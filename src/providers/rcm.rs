@@ -156,6 +156,7 @@ fn delivery(
         (None, Some(mid))
     };
     Ok(MessageEvent {
+        billing: None,
         wamid,
         bsp_message_id,
         direction: Direction::Outbound,
@@ -211,6 +212,7 @@ fn inbound(
     }
     let ts = at(item, &["events", "timestamp"]);
     Ok(MessageEvent {
+        billing: None,
         wamid,
         bsp_message_id,
         direction: Direction::Inbound,
