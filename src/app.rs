@@ -98,7 +98,10 @@ impl Application {
                 .map(|k| Arc::from(k.expose())),
             body_limit: settings.http.body_limit_bytes,
             ingest_enabled: roles.ingest,
-            auth: InboundAuth::new(settings.inbound.clone(), providers.clone()),
+            auth: InboundAuth::new(settings.inbound.clone(), providers.clone()).with_public_url(
+                settings.http.public_base_url.clone(),
+                settings.http.trust_forwarded_headers,
+            ),
             webhooks,
             forward_queue,
             forwarder: forwarder.clone(),

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use axum::http::HeaderMap;
+use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -46,6 +47,27 @@ pub enum AuthFailure {
 pub struct InboundAuth {
     by_bsp: HashMap<Bsp, InboundCredentials>,
     providers: Providers,
+    public_base_url: Option<String>,
+    trust_forwarded: bool,
+}
+
+/// The most secrets one provider's list is tried with.
+const MAX_SECRETS: usize = 16;
+
+/// What Twilio signs: the URL, then each parameter's name and value, sorted
+/// by name.
+pub fn twilio_signed_data(url: &str, body: &[u8]) -> String {
+    let mut params: Vec<(String, String)> = url::form_urlencoded::parse(body)
+        .take(1024)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    params.sort();
+    let mut out = url.to_owned();
+    for (k, v) in params {
+        out.push_str(&k);
+        out.push_str(&v);
+    }
+    out
 }
 
 pub const TOKEN_HEADER: &str = "x-webhook-token";
@@ -71,7 +93,40 @@ impl InboundAuth {
         InboundAuth {
             by_bsp: by_bsp.into_iter().collect(),
             providers,
+            public_base_url: None,
+            trust_forwarded: false,
         }
+    }
+
+    /// Where the public URL a provider signed comes from: `base` (the
+    /// gateway's public origin, `PUBLIC_BASE_URL`) when set, else the
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` headers when `trust_forwarded`
+    /// (`TRUST_FORWARDED_HEADERS`: only behind a proxy that sets them).
+    pub fn with_public_url(mut self, base: Option<String>, trust_forwarded: bool) -> Self {
+        self.public_base_url = base.map(|b| b.trim_end_matches('/').to_owned());
+        self.trust_forwarded = trust_forwarded;
+        self
+    }
+
+    /// The URL the provider called, as it signed it.
+    fn public_url(&self, headers: &HeaderMap, path_and_query: &str) -> Option<String> {
+        if let Some(base) = &self.public_base_url {
+            return Some(format!("{base}{path_and_query}"));
+        }
+        if !self.trust_forwarded {
+            return None;
+        }
+        let first = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let proto = first("x-forwarded-proto").unwrap_or("https");
+        let host = first("x-forwarded-host").or_else(|| first("host"))?;
+        Some(format!("{proto}://{host}{path_and_query}"))
     }
 
     pub fn providers(&self) -> &Providers {
@@ -94,6 +149,7 @@ impl InboundAuth {
         &self,
         bsp: Bsp,
         headers: &HeaderMap,
+        path_and_query: &str,
         query: Option<&str>,
         body: &[u8],
     ) -> Result<(), AuthFailure> {
@@ -116,26 +172,56 @@ impl InboundAuth {
         }
         if let Some(secret) = creds.secret.as_ref().map(Secret::expose) {
             let provider = self.providers.get(bsp).ok_or(AuthFailure::Signature)?;
+            // A comma-separated list: one secret per app (several Meta
+            // apps may post to one gateway), each tried.
+            let secrets: Vec<&[u8]> = secret
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .take(MAX_SECRETS)
+                .map(str::as_bytes)
+                .collect();
             let header = provider.signature_header();
-            let signature = headers
+            let given = headers
                 .get(header.name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
                 .and_then(|v| v.strip_prefix(header.prefix))
-                .and_then(|hex_sig| hex::decode(hex_sig).ok())
                 .ok_or(AuthFailure::Signature)?;
-            let raw_ok = signature_matches(secret.as_bytes(), body, &signature);
-            // A sender that signs its parsed object: accept the compact
-            // re-serialisation too (key order is preserved).
-            let compact_ok = || {
-                serde_json::from_slice::<serde_json::Value>(body)
-                    .ok()
-                    .and_then(|v| serde_json::to_vec(&v).ok())
-                    .is_some_and(|compact| {
-                        signature_matches(secret.as_bytes(), &compact, &signature)
+            let ok = if provider.signs_public_url() {
+                let url = self
+                    .public_url(headers, path_and_query)
+                    .ok_or(AuthFailure::Signature)?;
+                let signature = base64::engine::general_purpose::STANDARD
+                    .decode(given)
+                    .map_err(|_| AuthFailure::Signature)?;
+                let signed = twilio_signed_data(&url, body);
+                secrets.iter().any(|s| {
+                    let mut mac =
+                        Hmac::<sha1::Sha1>::new_from_slice(s).expect("HMAC takes any key length");
+                    mac.update(signed.as_bytes());
+                    mac.verify_slice(&signature).is_ok()
+                })
+            } else {
+                let signature = hex::decode(given).map_err(|_| AuthFailure::Signature)?;
+                // A sender that signs its parsed object: accept the compact
+                // re-serialisation too (key order is preserved).
+                let compact = provider
+                    .signs_compact_json()
+                    .then(|| {
+                        serde_json::from_slice::<serde_json::Value>(body)
+                            .ok()
+                            .and_then(|v| serde_json::to_vec(&v).ok())
                     })
+                    .flatten();
+                secrets.iter().any(|s| {
+                    signature_matches(s, body, &signature)
+                        || compact
+                            .as_deref()
+                            .is_some_and(|c| signature_matches(s, c, &signature))
+                })
             };
-            if !(raw_ok || (provider.signs_compact_json() && compact_ok())) {
+            if !ok {
                 return Err(AuthFailure::Signature);
             }
         }
@@ -166,7 +252,7 @@ mod tests {
     fn unconfigured_providers_pass() {
         let a = auth(Bsp::Karix, Some("t"), None);
         assert_eq!(
-            a.verify(Bsp::Datagen, &HeaderMap::new(), None, b"{}"),
+            a.verify(Bsp::Datagen, &HeaderMap::new(), "/webhook", None, b"{}"),
             Ok(())
         );
     }
@@ -176,19 +262,19 @@ mod tests {
         let a = auth(Bsp::Datagen, Some("s3cret"), None);
         let mut h = HeaderMap::new();
         assert_eq!(
-            a.verify(Bsp::Datagen, &h, None, b"{}"),
+            a.verify(Bsp::Datagen, &h, "/webhook", None, b"{}"),
             Err(AuthFailure::Token)
         );
         assert_eq!(
-            a.verify(Bsp::Datagen, &h, Some("a=1&token=nope"), b"{}"),
+            a.verify(Bsp::Datagen, &h, "/webhook", Some("a=1&token=nope"), b"{}"),
             Err(AuthFailure::Token)
         );
         assert_eq!(
-            a.verify(Bsp::Datagen, &h, Some("token=s3cret"), b"{}"),
+            a.verify(Bsp::Datagen, &h, "/webhook", Some("token=s3cret"), b"{}"),
             Ok(())
         );
         h.insert(TOKEN_HEADER, HeaderValue::from_static("s3cret"));
-        assert_eq!(a.verify(Bsp::Datagen, &h, None, b"{}"), Ok(()));
+        assert_eq!(a.verify(Bsp::Datagen, &h, "/webhook", None, b"{}"), Ok(()));
     }
 
     #[test]
@@ -197,14 +283,14 @@ mod tests {
         let a = auth(Bsp::Meta, None, Some("app-secret"));
         let mut h = HeaderMap::new();
         assert_eq!(
-            a.verify(Bsp::Meta, &h, None, body),
+            a.verify(Bsp::Meta, &h, "/webhook", None, body),
             Err(AuthFailure::Signature)
         );
         let sig = format!("sha256={}", hmac_sha256_hex(b"app-secret", body));
         h.insert("x-hub-signature-256", HeaderValue::from_str(&sig).unwrap());
-        assert_eq!(a.verify(Bsp::Meta, &h, None, body), Ok(()));
+        assert_eq!(a.verify(Bsp::Meta, &h, "/webhook", None, body), Ok(()));
         assert_eq!(
-            a.verify(Bsp::Meta, &h, None, b"{\"tampered\":1}"),
+            a.verify(Bsp::Meta, &h, "/webhook", None, b"{\"tampered\":1}"),
             Err(AuthFailure::Signature)
         );
     }
@@ -219,10 +305,10 @@ mod tests {
             "x-aisensy-signature",
             HeaderValue::from_str(&hmac_sha256_hex(b"k", compact)).unwrap(),
         );
-        assert_eq!(a.verify(Bsp::Aisensy, &h, None, body), Ok(()));
+        assert_eq!(a.verify(Bsp::Aisensy, &h, "/webhook", None, body), Ok(()));
         h.insert("x-aisensy-signature", HeaderValue::from_static("00ff"));
         assert_eq!(
-            a.verify(Bsp::Aisensy, &h, None, body),
+            a.verify(Bsp::Aisensy, &h, "/webhook", None, body),
             Err(AuthFailure::Signature)
         );
     }

@@ -429,3 +429,268 @@ fn meta_other_shapes() {
         assert_eq!(p.unrecognized.len(), 1, "{body}");
     }
 }
+
+// ---------- Gupshup, Twilio, 360dialog, Meta in full ----------
+
+/// Every event of `bodies`, parsed and applied one body at a time (as the
+/// processor does), in the given order; the records that result.
+fn final_records(bsp: Bsp, bodies: &[String]) -> Vec<zen_gateway::model::MessageRecord> {
+    use zen_gateway::store::working_set::WorkingSet;
+    let mut set = WorkingSet::<()>::default();
+    for body in bodies {
+        let parsed = parse(bsp, body);
+        assert!(parsed.unrecognized.is_empty(), "{:?}", parsed.unrecognized);
+        set.apply(&parsed.events, received());
+    }
+    let mut out: Vec<_> = set.changed().map(|s| s.record.clone()).collect();
+    for r in &mut out {
+        r.message_id.clear();
+        r.created_at = received();
+        r.updated_at = received();
+    }
+    out.sort_by(|a, b| a.bsp_message_id.cmp(&b.bsp_message_id));
+    out
+}
+
+/// Same final state whatever the arrival order, with duplicates.
+fn same_state_in_any_order(bsp: Bsp, bodies: &[String]) -> Vec<zen_gateway::model::MessageRecord> {
+    let reference = final_records(bsp, bodies);
+    let mut reversed: Vec<String> = bodies.iter().rev().cloned().collect();
+    reversed.extend(bodies.iter().cloned());
+    let mut rotated = bodies.to_vec();
+    rotated.rotate_left(bodies.len() / 2);
+    rotated.push(bodies[0].clone());
+    for order in [reversed, rotated] {
+        let got = final_records(bsp, &order);
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value(&reference).unwrap()
+        );
+    }
+    reference
+}
+
+#[test]
+fn gupshup_v2_lifecycle_finds_the_record_by_wamid_or_gs_id() {
+    let e = one(Bsp::Gupshup, &fixture("gupshup_v2_enqueued.json"));
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Accepted));
+    assert_eq!(
+        m.bsp_message_id.as_deref(),
+        Some("ee4a68a0-1203-4c85-8dc3-49d0b3226a35")
+    );
+    assert_eq!(m.wamid.as_deref(), Some("gBEGkYaYVSEEAgnZxQ3JmKK6Wvg"));
+    let sent = one(Bsp::Gupshup, &fixture("gupshup_v2_sent.json"));
+    let m = sent.message.as_ref().unwrap();
+    assert_eq!(m.wamid.as_deref(), Some("gBEGkYaYVSEEAgnZxQ3JmKK6Wvg"));
+    // The inner `ts` (seconds) is the event time, not the envelope's.
+    assert_eq!(m.occurred_at, ms(1_749_540_002_000));
+    assert_eq!(sent.legacy_type, "gupshup.message-event");
+    assert_eq!(sent.unified_type, "message.sent");
+    let bodies: Vec<String> = ["enqueued", "sent", "delivered", "read"]
+        .iter()
+        .map(|s| fixture(&format!("gupshup_v2_{s}.json")))
+        .collect();
+    let records = same_state_in_any_order(Bsp::Gupshup, &bodies);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!(r.current_status, "read");
+    assert_eq!(r.wamid.as_deref(), Some("gBEGkYaYVSEEAgnZxQ3JmKK6Wvg"));
+    assert_eq!(r.read_at, Some(ms(1_749_540_004_000)));
+    assert_eq!(r.status_history.len(), 4);
+}
+
+#[test]
+fn gupshup_v2_failures_and_inbound_messages() {
+    let failed = one(Bsp::Gupshup, &fixture("gupshup_v2_failed.json"));
+    let m = failed.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Failed));
+    assert_eq!(m.error_code.as_deref(), Some("1002"));
+    assert_eq!(
+        m.reason.as_deref(),
+        Some("Number Does Not Exists On WhatsApp")
+    );
+    assert_eq!(m.wamid, None);
+    // No event time inside: the envelope's.
+    assert_eq!(m.occurred_at, ms(1_749_540_020_000));
+
+    let body = fixture("gupshup_v2_inbound_text.json");
+    assert_eq!(priority(Bsp::Gupshup, &body), 5);
+    let inbound = one(Bsp::Gupshup, &body);
+    let m = inbound.message.as_ref().unwrap();
+    assert_eq!(m.direction, Direction::Inbound);
+    assert_eq!(m.phone_number.as_deref(), Some("919800000003"));
+    let content = m.content.as_ref().unwrap();
+    assert_eq!(content["payload"]["text"], "Hi, is my order shipped?");
+    assert_eq!(content["context"]["id"], "gBEGkYaYVSEEAgnZxQ3JmKK6Wvg");
+    assert_eq!(inbound.unified_type, "message.received");
+    assert_eq!(priority(Bsp::Gupshup, &fixture("gupshup_v2_sent.json")), 0);
+    // Other v2 types are kept and forwarded, untracked.
+    let other = one(
+        Bsp::Gupshup,
+        r#"{"app":"a","timestamp":1,"version":2,"type":"user-event","payload":{"phone":"9198","type":"opted-in"}}"#,
+    );
+    assert!(other.message.is_none());
+    assert_eq!(other.legacy_type, "gupshup.user-event");
+}
+
+#[test]
+fn gupshup_v3_and_enterprise_reports() {
+    let sent = one(Bsp::Gupshup, &fixture("gupshup_v3_sent.json"));
+    let m = sent.message.as_ref().unwrap();
+    assert_eq!(
+        m.wamid.as_deref(),
+        Some("wamid.HBgMOTE5ODAwMDAwMDA0FQIAERgSMDQ4Rj")
+    );
+    assert_eq!(
+        m.bsp_message_id.as_deref(),
+        Some("7daeb742-f2dc-4c09-90e0-d879d20f7b98")
+    );
+    assert_eq!(sent.legacy_type, "gupshup.status");
+    let enqueued = one(Bsp::Gupshup, &fixture("gupshup_v3_enqueued.json"));
+    let m = enqueued.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Accepted));
+    // Milliseconds in v3.
+    assert_eq!(m.occurred_at, ms(1_749_540_039_420));
+    let records = same_state_in_any_order(
+        Bsp::Gupshup,
+        &[
+            fixture("gupshup_v3_enqueued.json"),
+            fixture("gupshup_v3_sent.json"),
+        ],
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].current_status, "sent");
+    let data = records[0].bsp_data.as_ref().unwrap();
+    assert_eq!(data["pricing"]["pricing_model"], "PMP");
+    assert_eq!(data["conversation"]["expiration_timestamp"], "1749626400");
+
+    let body = fixture("gupshup_enterprise.json");
+    let parsed = parse(Bsp::Gupshup, &body);
+    assert_eq!(parsed.events.len(), 3);
+    let failed = parsed.events[2].message.as_ref().unwrap();
+    assert_eq!(failed.status, Some(Status::Failed));
+    assert_eq!(failed.error_code.as_deref(), Some("005"));
+    assert_eq!(failed.reason.as_deref(), Some("UNKNOWN_SUBSCRIBER"));
+    assert!(
+        parsed.events[1]
+            .message
+            .as_ref()
+            .unwrap()
+            .error_code
+            .is_none()
+    );
+    let records = same_state_in_any_order(Bsp::Gupshup, &[body]);
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].current_status, "delivered");
+    assert_eq!(records[1].current_status, "failed");
+}
+
+#[test]
+fn twilio_status_callbacks_and_inbound_messages() {
+    let delivered = one(Bsp::Twilio, &fixture("twilio_status_delivered.txt"));
+    let m = delivered.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Delivered));
+    assert_eq!(
+        m.bsp_message_id.as_deref(),
+        Some("SM0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(m.phone_number.as_deref(), Some("919800000007"));
+    assert_eq!(m.business_number.as_deref(), Some("14155238886"));
+    // No event time from Twilio: the receive time.
+    assert_eq!(m.occurred_at, received());
+    assert_eq!(delivered.raw["MessageStatus"], "delivered");
+    let undelivered = one(Bsp::Twilio, &fixture("twilio_status_undelivered.txt"));
+    let m = undelivered.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Failed));
+    assert_eq!(m.error_code.as_deref(), Some("63016"));
+    assert!(
+        m.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("Failed to send freeform")
+    );
+    // Delivered after undelivered (multi-device) wins, whatever the order.
+    let records = same_state_in_any_order(
+        Bsp::Twilio,
+        &[
+            fixture("twilio_status_undelivered.txt"),
+            fixture("twilio_status_delivered.txt"),
+        ],
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].current_status, "delivered");
+
+    let body = fixture("twilio_inbound.txt");
+    assert_eq!(priority(Bsp::Twilio, &body), 5);
+    assert_eq!(
+        priority(Bsp::Twilio, &fixture("twilio_status_delivered.txt")),
+        0
+    );
+    let inbound = one(Bsp::Twilio, &body);
+    let m = inbound.message.as_ref().unwrap();
+    assert_eq!(m.direction, Direction::Inbound);
+    assert_eq!(m.phone_number.as_deref(), Some("919800000008"));
+    assert_eq!(m.content.as_ref().unwrap()["Body"], "Where is my parcel?");
+    assert_eq!(inbound.legacy_type, "twilio.message");
+    // The JSON form the RabbitMQ queue carries reads the same.
+    let provider = Providers::new();
+    let twilio = provider.get(Bsp::Twilio).unwrap();
+    let queued = twilio.legacy_queue_body(&bytes::Bytes::from(body.clone()), None);
+    let again = one(Bsp::Twilio, std::str::from_utf8(&queued).unwrap());
+    assert_eq!(again.message, inbound.message);
+}
+
+#[test]
+fn dialog360_is_the_cloud_api_under_its_own_label() {
+    let e = one(Bsp::Dialog360, &fixture("meta_status_sent.json"));
+    assert_eq!(e.bsp, Bsp::Dialog360);
+    assert_eq!(e.legacy_type, "360dialog.status");
+    assert_eq!(e.message.as_ref().unwrap().status, Some(Status::Sent));
+    assert_eq!(
+        priority(Bsp::Dialog360, &fixture("meta_inbound_text.json")),
+        5
+    );
+    assert_eq!(Bsp::parse("360dialog"), Some(Bsp::Dialog360));
+    assert_eq!(
+        serde_json::to_value(Bsp::Dialog360).unwrap(),
+        json!("360dialog")
+    );
+}
+
+#[test]
+fn meta_notifications_errors_warnings_and_pricing() {
+    let template = one(Bsp::Meta, &fixture("meta_template_status.json"));
+    assert!(template.message.is_none());
+    assert_eq!(template.legacy_type, "meta.message_template_status_update");
+    assert_eq!(template.unified_type, "message_template_status_update");
+    let alerts = parse(Bsp::Meta, &fixture("meta_account_alerts.json"));
+    let kinds: Vec<_> = alerts
+        .events
+        .iter()
+        .map(|e| e.unified_type.as_str())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "account_alerts",
+            "phone_number_quality_update",
+            "account_update"
+        ]
+    );
+    let body = fixture("meta_errors_and_deleted.json");
+    let parsed = parse(Bsp::Meta, &body);
+    assert_eq!(parsed.events[0].legacy_type, "meta.errors");
+    assert_eq!(parsed.events[0].raw["value"]["errors"][0]["code"], 131051);
+    let records = same_state_in_any_order(Bsp::Meta, &[body]);
+    let r = &records[0];
+    assert_eq!(r.current_status, "delivered");
+    // `warning` is history, not state.
+    let statuses: Vec<_> = r.status_history.iter().map(|h| h.status.as_str()).collect();
+    assert_eq!(statuses, ["sent", "warning", "delivered"]);
+    let data = r.bsp_data.as_ref().unwrap();
+    assert_eq!(data["pricing"]["type"], "regular");
+    assert_eq!(data["pricing"]["category"], "utility");
+    // Only `sent` carries the expiry; later statuses keep it.
+    assert_eq!(data["conversation"]["expiration_timestamp"], "1749626470");
+}

@@ -40,6 +40,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("IDLE_TIMEOUT_SECS", "http.idle_timeout_secs"),
     ("MAX_CONNECTIONS", "http.max_connections"),
     ("SHUTDOWN_TIMEOUT_SECS", "http.shutdown_timeout_secs"),
+    ("PUBLIC_BASE_URL", "http.public_base_url"),
+    ("TRUST_FORWARDED_HEADERS", "http.trust_forwarded_headers"),
     ("MONGO_URI", "backends.mongo_uri"),
     ("DATABASE_NAME", "backends.database_name"),
     ("REDIS_URL", "backends.redis_url"),
@@ -86,6 +88,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("http.idle_timeout_secs", "75"),
     ("http.max_connections", "10000"),
     ("http.shutdown_timeout_secs", "25"),
+    ("http.trust_forwarded_headers", "false"),
     ("backends.database_name", "zen_messaging"),
     ("backends.data_dir", "./data"),
     ("backends.sqlite_synchronous", "full"),
@@ -179,6 +182,13 @@ pub struct HttpSettings {
     /// (it stays in the inbox and is processed after restart).
     #[serde(rename = "shutdown_timeout_secs", with = "secs")]
     pub shutdown_timeout: Duration,
+    /// The gateway's public origin (`https://gw.example.com`), for providers
+    /// that sign the URL they called (Twilio).
+    #[serde(default, deserialize_with = "non_empty")]
+    pub public_base_url: Option<String>,
+    /// Read the public URL from `X-Forwarded-Proto` / `X-Forwarded-Host`
+    /// when `public_base_url` is unset: only behind a proxy that sets them.
+    pub trust_forwarded_headers: bool,
 }
 
 /// Which backend serves each role, and how to reach it. An unset URL
@@ -438,7 +448,33 @@ impl Settings {
         if b.database_name.trim().is_empty() {
             return bad("backends.database_name", "must not be empty");
         }
+        if let Some(url) = &self.http.public_base_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return bad(
+                    "http.public_base_url",
+                    "must start with https:// or http://",
+                );
+            }
+        }
         // Across keys.
+        if self.http.public_base_url.is_none() && !self.http.trust_forwarded_headers {
+            let providers = crate::providers::Providers::new();
+            for (bsp, creds) in &self.inbound {
+                let Some(p) = providers.get(*bsp) else {
+                    continue;
+                };
+                if p.signs_public_url() && creds.secret.is_some() {
+                    return Err(ConfigError(format!(
+                        "{} is set but PUBLIC_BASE_URL is not: {} signs the public URL it \
+                         calls, so set PUBLIC_BASE_URL to the gateway's public origin (or \
+                         TRUST_FORWARDED_HEADERS=true behind a proxy that sets \
+                         X-Forwarded-Proto and X-Forwarded-Host)",
+                        p.credential_env().secret,
+                        p.name()
+                    )));
+                }
+            }
+        }
         if b.redis_key_prefix.is_some() && b.redis_url.is_none() {
             return Err(ConfigError(
                 "REDIS_KEY_PREFIX is set but REDIS_URL is not: the in-process cache has no \
@@ -714,6 +750,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("ROLES") && e.contains("MONGO_URI"), "{e}");
+        let e = load(&[("TWILIO_AUTH_TOKEN", "t")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("TWILIO_AUTH_TOKEN") && e.contains("PUBLIC_BASE_URL"),
+            "{e}"
+        );
+        load(
+            &[
+                ("TWILIO_AUTH_TOKEN", "t"),
+                ("PUBLIC_BASE_URL", "https://gw.example.com"),
+            ],
+            None,
+        )
+        .unwrap();
         let e = load(&[("REDIS_KEY_PREFIX", "x:")], None)
             .unwrap_err()
             .to_string();

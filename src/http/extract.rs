@@ -19,11 +19,17 @@ use crate::error::ApiError;
 /// and the query is parsed only if authentication looks at it.
 pub struct WebhookRequest {
     pub headers: HeaderMap,
+    path_and_query: String,
     query: Option<String>,
     pub body: Bytes,
 }
 
 impl WebhookRequest {
+    /// The path and query the client called (Twilio signs the URL).
+    pub fn path_and_query(&self) -> &str {
+        &self.path_and_query
+    }
+
     /// The raw query string (inbound authentication reads `?token` from it).
     pub fn query(&self) -> Option<&str> {
         self.query.as_deref()
@@ -54,6 +60,10 @@ impl FromRequest<AppState> for WebhookRequest {
             .and_then(|v| v.parse::<u64>().ok());
         let headers = std::mem::take(req.headers_mut());
         let query = req.uri().query().map(str::to_owned);
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
         let mut stream = req.into_body().into_data_stream();
         // A body announced over the limit is not kept, only drained.
         if announced.is_some_and(|n| n > limit as u64) {
@@ -73,6 +83,7 @@ impl FromRequest<AppState> for WebhookRequest {
         }
         Ok(WebhookRequest {
             headers,
+            path_and_query,
             query,
             body: body.freeze(),
         })

@@ -40,8 +40,11 @@ pub fn router() -> OpenApiRouter<AppState> {
                     provider.routes()[0]
                 ),
             };
-            let mut item =
-                json!({"post": post_operation(&operation_id, &summary, provider.ack_body())});
+            let media = match provider.body_format() {
+                crate::providers::BodyFormat::Json => "application/json",
+                crate::providers::BodyFormat::Form => "application/x-www-form-urlencoded",
+            };
+            let mut item = json!({"post": post_operation(&operation_id, &summary, provider.ack_body(), media)});
             let mut method = post(
                 move |State(state): State<AppState>, request: WebhookRequest| async move {
                     accept(&state, bsp, request).await
@@ -72,7 +75,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The operation of a provider's webhook route.
-fn post_operation(operation_id: &str, summary: &str, ack: &str) -> Value {
+fn post_operation(operation_id: &str, summary: &str, ack: &str, media: &str) -> Value {
     let error = |description: &str| {
         json!({"description": description, "content": {"application/json": {"schema":
             {"$ref": "#/components/schemas/ErrorBody"}}}})
@@ -85,7 +88,7 @@ fn post_operation(operation_id: &str, summary: &str, ack: &str) -> Value {
             "description": "Shared token, when inbound authentication by query token is configured",
             "schema": {"type": "string"}}],
         "requestBody": {"description": "The provider's webhook body, as it sends it (one event or a batch)",
-            "content": {"application/json": {"schema": {"type": "object"}}}, "required": true},
+            "content": {media: {"schema": {"type": "object"}}}, "required": true},
         "responses": {
             "200": error(&format!("Durably accepted (the legacy body: `{ack}`)")),
             "400": error("Not JSON / not UTF-8 / unreadable"),
@@ -115,12 +118,14 @@ fn handshake_operation(bsp: Bsp, name: &str, env: &str) -> Value {
 
 /// The legacy 200 body of `bsp`'s provider, byte for byte.
 fn legacy_ack(state: &AppState, bsp: Bsp) -> Response {
-    let body = state.auth.providers().get(bsp).map_or("", |p| p.ack_body());
-    (
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    let (body, content_type) = state
+        .auth
+        .providers()
+        .get(bsp)
+        .map_or(("", "application/json; charset=utf-8"), |p| {
+            (p.ack_body(), p.ack_content_type())
+        });
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn accept(state: &AppState, bsp: Bsp, request: WebhookRequest) -> Result<Response, ApiError> {
@@ -147,9 +152,13 @@ async fn accept_inner(
     if !state.ingest_enabled {
         return Err(ApiError::IngestDisabled);
     }
-    state
-        .auth
-        .verify(bsp, &request.headers, request.query(), &request.body)?;
+    state.auth.verify(
+        bsp,
+        &request.headers,
+        request.path_and_query(),
+        request.query(),
+        &request.body,
+    )?;
     let event_id = state.ingest.accept(bsp, request.body).await?;
     tracing::debug!(event.id = %event_id, %bsp, "webhook accepted");
     Ok(legacy_ack(state, bsp))

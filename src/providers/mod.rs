@@ -14,10 +14,13 @@
 mod aisensy;
 mod cloud_api;
 mod datagen;
+mod dialog360;
+mod gupshup;
 mod json;
 mod karix;
 mod meta;
 mod rcm;
+mod twilio;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -31,9 +34,12 @@ use crate::model::{UnifiedEvent, UnrecognizedEvent};
 
 pub use aisensy::Aisensy;
 pub use datagen::Datagen;
+pub use dialog360::Dialog360;
+pub use gupshup::Gupshup;
 pub use json::text as json_text;
 pub use karix::Karix;
 pub use meta::Meta;
+pub use twilio::Twilio;
 
 // The one list of providers besides `Providers::new`; each variant's adapter
 // is its own file.
@@ -59,10 +65,22 @@ pub enum Bsp {
     Aisensy,
     Karix,
     Meta,
+    Gupshup,
+    Twilio,
+    #[serde(rename = "360dialog")]
+    Dialog360,
 }
 
 impl Bsp {
-    pub const ALL: [Bsp; 4] = [Bsp::Datagen, Bsp::Aisensy, Bsp::Karix, Bsp::Meta];
+    pub const ALL: [Bsp; 7] = [
+        Bsp::Datagen,
+        Bsp::Aisensy,
+        Bsp::Karix,
+        Bsp::Meta,
+        Bsp::Gupshup,
+        Bsp::Twilio,
+        Bsp::Dialog360,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +88,9 @@ impl Bsp {
             Bsp::Aisensy => "aisensy",
             Bsp::Karix => "karix",
             Bsp::Meta => "meta",
+            Bsp::Gupshup => "gupshup",
+            Bsp::Twilio => "twilio",
+            Bsp::Dialog360 => "360dialog",
         }
     }
 
@@ -143,6 +164,14 @@ pub struct SignatureHeader {
     pub prefix: &'static str,
 }
 
+/// How a provider encodes its bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Json,
+    /// `application/x-www-form-urlencoded` (Twilio).
+    Form,
+}
+
 /// The environment variables of a provider's inbound credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CredentialEnv {
@@ -169,6 +198,14 @@ pub trait Provider: Send + Sync {
     fn summary(&self) -> &'static str;
     /// The legacy gateway's 200 body, byte for byte.
     fn ack_body(&self) -> &'static str;
+    /// The media type of [`Provider::ack_body`].
+    fn ack_content_type(&self) -> &'static str {
+        "application/json; charset=utf-8"
+    }
+    /// How its bodies are encoded (ingest validates accordingly).
+    fn body_format(&self) -> BodyFormat {
+        BodyFormat::Json
+    }
     /// Where its inbound credentials are configured.
     fn credential_env(&self) -> CredentialEnv;
     /// The header that carries the body signature when a secret is configured.
@@ -181,6 +218,12 @@ pub trait Provider: Send + Sync {
     /// Whether its signature may also be over the body re-serialized as
     /// compact JSON (a sender that signs its parsed object).
     fn signs_compact_json(&self) -> bool {
+        false
+    }
+    /// Whether its signature is Twilio's: base64 HMAC-SHA1 of the public URL
+    /// it called followed by the sorted form parameters, in
+    /// [`Provider::signature_header`].
+    fn signs_public_url(&self) -> bool {
         false
     }
     /// Normalizes a body. Must not panic on any input.
@@ -229,6 +272,9 @@ impl Providers {
             Arc::new(Aisensy),
             Arc::new(Karix),
             Arc::new(Meta),
+            Arc::new(Gupshup),
+            Arc::new(Twilio),
+            Arc::new(Dialog360),
         ];
         Providers {
             by_bsp: adapters.into_iter().map(|a| (a.bsp(), a)).collect(),
@@ -251,6 +297,16 @@ impl Providers {
     pub fn probe(&self, bsp: Bsp, text: &str) -> Result<Probe, serde_json::Error> {
         use serde::de::IgnoredAny;
         let priority = |inbound: bool| if inbound { INBOUND_PRIORITY } else { 0 };
+        if let Some(p) = self
+            .get(bsp)
+            .filter(|p| p.body_format() == BodyFormat::Form)
+        {
+            // Any text is a form; the adapter keeps what it cannot read.
+            return Ok(Probe {
+                priority: priority(p.is_inbound(text).unwrap_or(false)),
+                batch_len: None,
+            });
+        }
         match text.trim_start().as_bytes().first() {
             Some(b'[') => {
                 let items: Vec<IgnoredAny> = serde_json::from_str(text)?;
