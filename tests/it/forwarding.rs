@@ -845,3 +845,130 @@ async fn proxies_from_the_environment_are_ignored_and_forward_proxy_targets_are_
     assert_eq!(proxied.load(Ordering::Relaxed), 0);
     app.stop().await;
 }
+
+/// Twilio's signature as its helper libraries compute it: base64
+/// HMAC-SHA1 over the URL followed by each sorted parameter's name and value.
+fn twilio_signature(token: &str, url: &str, form: &str) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut params: Vec<(String, String)> = url::form_urlencoded::parse(form.as_bytes())
+        .into_owned()
+        .collect();
+    params.sort();
+    let mut data = url.to_owned();
+    for (k, v) in params {
+        data += &k;
+        data += &v;
+    }
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+    mac.update(data.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Gupshup and Twilio webhooks, posted as those BSPs send them, end on the
+/// right records and are forwarded under their legacy-style topics and the
+/// unified ones; Twilio's answer is TwiML and its signature is checked
+/// against the public URL.
+async fn new_providers_are_stored_and_forwarded(q: Queue) {
+    const PUBLIC: &str = "https://gw.example.com";
+    let app = spawn_on(q, |s| {
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "100,100".parse().unwrap();
+        s.http.public_base_url = Some(PUBLIC.into());
+        s.inbound.insert(
+            zen_gateway::model::Bsp::Twilio,
+            zen_gateway::inbound_auth::InboundCredentials {
+                secret: Some("twilio-token".into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let rx = Receiver::start().await;
+    for (path, topics) in [
+        ("legacy", json!(["gupshup.message-event", "twilio.status"])),
+        ("unified", json!(["message.delivered", "message.failed"])),
+    ] {
+        create_webhook(
+            &app,
+            json!({"project_owner_id": "owner-new", "webhook_url": rx.url(path), "topics": topics}),
+        )
+        .await;
+    }
+    // The sender registers what it sent (Gupshup's and Twilio's ids).
+    for (bsp, id) in [
+        ("gupshup", "ee4a68a0-1203-4c85-8dc3-49d0b3226a35"),
+        ("twilio", "SM0123456789abcdef0123456789abcdef"),
+    ] {
+        let resp = app
+            .client
+            .post(app.url("/api/v1/messages"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"bsp": bsp, "bsp_message_id": id, "project_owner_id": "owner-new"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+    }
+    for name in ["gupshup_v2_sent.json", "gupshup_v2_delivered.json"] {
+        assert_eq!(
+            app.post_webhook("/webhook/gupshup", fixture(name))
+                .await
+                .status(),
+            200
+        );
+    }
+    let form = fixture("twilio_status_delivered.txt");
+    let post_twilio = |sig: String| {
+        app.client
+            .post(app.url("/webhook/twilio?tenant=a"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-twilio-signature", sig)
+            .body(form.clone())
+            .send()
+    };
+    let bad = post_twilio(twilio_signature("twilio-token", PUBLIC, &form))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401, "the URL signed must include the path");
+    let url = format!("{PUBLIC}/webhook/twilio?tenant=a");
+    let ok = post_twilio(twilio_signature("twilio-token", &url, &form))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers()["content-type"].to_str().unwrap().starts_with("text/xml"));
+    assert!(ok.text().await.unwrap().contains("<Response>"));
+
+    let gupshup = app
+        .wait_for_message("gBEGkYaYVSEEAgnZxQ3JmKK6Wvg", |m| {
+            m["current_status"] == "delivered"
+        })
+        .await;
+    assert_eq!(gupshup["bsp_message_id"], "ee4a68a0-1203-4c85-8dc3-49d0b3226a35");
+    assert_eq!(gupshup["delivered_at"], "2025-06-10T07:20:03Z");
+    let twilio = app
+        .wait_for_message("SM0123456789abcdef0123456789abcdef", |m| {
+            m["current_status"] == "delivered"
+        })
+        .await;
+    assert_eq!(twilio["phone_number"], "919800000007");
+
+    let legacy = rx.wait_for("legacy", 3, Duration::from_secs(10)).await;
+    let mut types: Vec<String> = legacy.iter().map(|r| r.header("x-event-type")).collect();
+    types.sort();
+    assert_eq!(
+        types,
+        ["gupshup.message-event", "gupshup.message-event", "twilio.status"]
+    );
+    let unified = rx.wait_for("unified", 2, Duration::from_secs(10)).await;
+    assert!(unified.iter().all(|r| r.header("x-event-type") == "message.delivered"));
+    let twilio_payload = legacy
+        .iter()
+        .find(|r| r.header("x-event-type") == "twilio.status")
+        .unwrap()
+        .json();
+    assert_eq!(twilio_payload["data"]["MessageStatus"], "delivered");
+    app.stop().await;
+}
+
+on_both_queues!(new_providers_are_stored_and_forwarded);
