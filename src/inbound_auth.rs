@@ -234,6 +234,73 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    #[test]
+    fn any_secret_of_a_list_verifies() {
+        let a = auth(Bsp::Meta, None, Some("app-one, app-two"));
+        let body = b"{\"entry\":[]}";
+        for secret in [&b"app-one"[..], b"app-two"] {
+            let mut h = HeaderMap::new();
+            let sig = format!("sha256={}", hmac_sha256_hex(secret, body));
+            h.insert("x-hub-signature-256", HeaderValue::from_str(&sig).unwrap());
+            assert_eq!(a.verify(Bsp::Meta, &h, "/webhook/meta", None, body), Ok(()));
+        }
+        let mut h = HeaderMap::new();
+        let sig = format!("sha256={}", hmac_sha256_hex(b"app-three", body));
+        h.insert("x-hub-signature-256", HeaderValue::from_str(&sig).unwrap());
+        assert_eq!(
+            a.verify(Bsp::Meta, &h, "/webhook/meta", None, body),
+            Err(AuthFailure::Signature)
+        );
+    }
+
+    #[test]
+    fn twilio_signs_the_public_url_from_config_or_trusted_headers() {
+        use base64::Engine;
+        let body = b"MessageSid=SM1&MessageStatus=sent";
+        let sign = |url: &str| {
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"tok").unwrap();
+            mac.update(format!("{url}MessageSidSM1MessageStatussent").as_bytes());
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        };
+        let headers = |sig: String, forwarded: bool| {
+            let mut h = HeaderMap::new();
+            h.insert("x-twilio-signature", HeaderValue::from_str(&sig).unwrap());
+            h.insert("host", HeaderValue::from_static("10.0.0.5:8080"));
+            if forwarded {
+                h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+                h.insert(
+                    "x-forwarded-host",
+                    HeaderValue::from_static("hooks.example.com"),
+                );
+            }
+            h
+        };
+        let configured = auth(Bsp::Twilio, None, Some("tok"))
+            .with_public_url(Some("https://gw.example.com/".into()), false);
+        let h = headers(sign("https://gw.example.com/webhook/twilio"), false);
+        assert_eq!(
+            configured.verify(Bsp::Twilio, &h, "/webhook/twilio", None, body),
+            Ok(())
+        );
+        // Forwarded headers are ignored unless trusted.
+        let h = headers(sign("https://hooks.example.com/webhook/twilio"), true);
+        let untrusting = auth(Bsp::Twilio, None, Some("tok"));
+        assert_eq!(
+            untrusting.verify(Bsp::Twilio, &h, "/webhook/twilio", None, body),
+            Err(AuthFailure::Signature)
+        );
+        let trusting = untrusting.with_public_url(None, true);
+        assert_eq!(
+            trusting.verify(Bsp::Twilio, &h, "/webhook/twilio", None, body),
+            Ok(())
+        );
+        // Another body under the same signature is refused.
+        assert_eq!(
+            trusting.verify(Bsp::Twilio, &h, "/webhook/twilio", None, b"MessageSid=SM2"),
+            Err(AuthFailure::Signature)
+        );
+    }
+
     fn auth(bsp: Bsp, token: Option<&str>, secret: Option<&str>) -> InboundAuth {
         InboundAuth::new(
             [(

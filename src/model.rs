@@ -123,6 +123,35 @@ pub struct UnifiedEvent {
     pub message: Option<MessageEvent>,
 }
 
+/// A provider notification that is not about one message: a template's
+/// status, an account alert or update, a number's quality, out-of-band
+/// errors, a contact event. Kept (listed by the admin API) and forwarded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Notification {
+    /// The gateway event it came in (its forwarding `event_id`).
+    pub event_id: String,
+    pub bsp: Bsp,
+    /// What it is: the Cloud API field (`message_template_status_update`,
+    /// `account_alerts`, …), `errors`, or the provider's own type.
+    pub kind: String,
+    pub received_at: DateTime<Utc>,
+    /// The provider's object, as received.
+    pub body: Value,
+}
+
+impl Notification {
+    /// The notification an event is, when it is not about a message.
+    pub fn of(ev: &UnifiedEvent) -> Option<Notification> {
+        ev.message.is_none().then(|| Notification {
+            event_id: ev.event_id.clone(),
+            bsp: ev.bsp,
+            kind: ev.unified_type.clone(),
+            received_at: ev.received_at,
+            body: ev.raw.clone(),
+        })
+    }
+}
+
 /// The message-tracking part of an event.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MessageEvent {

@@ -1,10 +1,11 @@
 //! The Aisensy adapter must never panic, whatever the body; every event it
-//! returns must carry an id and its webhook's BSP.
+//! returns must carry an id and its webhook's BSP, and ingest's probe must
+//! not panic on it either.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use zen_gateway::model::Bsp;
-use zen_gateway::providers::{Aisensy, Provider, RawWebhook};
+use zen_gateway::providers::{Aisensy, Provider, Providers, RawWebhook};
 
 fuzz_target!(|body: &[u8]| {
     let webhook = RawWebhook {
@@ -17,6 +18,8 @@ fuzz_target!(|body: &[u8]| {
     for event in &parsed.events {
         assert!(!event.event_id.is_empty());
         assert_eq!(event.bsp, Bsp::Aisensy);
-        let _ = Aisensy.priority(event);
+    }
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = Providers::new().probe(Bsp::Aisensy, text);
     }
 });

@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_message))
         .routes(routes!(stats))
         .routes(routes!(unrecognized))
+        .routes(routes!(notifications))
 }
 
 /// `GET /api/v1/stats` filters; times are RFC 3339.
@@ -101,6 +102,46 @@ async fn unrecognized(
 ) -> Result<Json<Vec<UnrecognizedEvent>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(state.store.list_unrecognized(limit).await?))
+}
+
+/// `GET /api/v1/notifications` filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct NotificationParams {
+    /// The provider, as in its route (`meta`, `gupshup`, …).
+    bsp: Option<String>,
+    /// `message_template_status_update`, `account_alerts`, `account_update`,
+    /// `phone_number_quality_update`, `errors`, or a provider's own type.
+    kind: Option<String>,
+    /// 1 to 500, default 50.
+    limit: Option<usize>,
+}
+
+/// Provider notifications that are not about one message (template status,
+/// account alerts and updates, quality updates, out-of-band errors), newest
+/// first.
+#[utoipa::path(get, path = "/notifications", tag = "messages", params(NotificationParams),
+    security(("admin" = [])),
+    responses((status = 200, body = Vec<crate::model::Notification>), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
+async fn notifications(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<NotificationParams>,
+) -> Result<Json<Vec<crate::model::Notification>>, ApiError> {
+    let bsp = given(p.bsp)
+        .map(|b| {
+            Bsp::parse(&b)
+                .ok_or_else(|| ApiError::BadRequest(format!("bsp: unknown provider {b:?}")))
+        })
+        .transpose()?;
+    let query = crate::store::NotificationQuery {
+        bsp,
+        kind: given(p.kind),
+        limit: p.limit.unwrap_or(50).clamp(1, 500),
+    };
+    Ok(Json(state.store.list_notifications(&query).await?))
 }
 
 /// `GET /api/v1/messages` filters and paging.

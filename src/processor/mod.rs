@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
-use crate::model::UnifiedEvent;
+use crate::model::{Notification, UnifiedEvent};
 use crate::providers::{Providers, RawWebhook};
 use crate::queue::{Inbox, InboxDelivery, QueueError};
 use crate::store::{MessageStore, StoreError};
@@ -188,6 +188,8 @@ impl Processor {
             tracing::info!(event.id = %u.event_id, bsp = %u.bsp, reason = %u.reason, "unrecognized webhook content kept");
         }
         self.store.record_unrecognized(&unrecognized).await?;
+        let notifications: Vec<Notification> = events.iter().filter_map(Notification::of).collect();
+        self.store.record_notifications(&notifications).await?;
         // The store decides what is a duplicate (its apply is idempotent).
         let mut applied = self.store.apply(&events).await?;
         // The cache may only spare a second forward of an event the store

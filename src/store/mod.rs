@@ -16,7 +16,9 @@ pub use crate::health::BackendHealth;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
+use crate::model::{
+    Bsp, MessageRecord, Notification, OutboundRegistration, UnifiedEvent, UnrecognizedEvent,
+};
 
 /// Errors of a store backend.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +154,14 @@ impl MessageStats {
     }
 }
 
+/// Which notifications to list.
+#[derive(Debug, Clone, Default)]
+pub struct NotificationQuery {
+    pub bsp: Option<Bsp>,
+    pub kind: Option<String>,
+    pub limit: usize,
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync {
     /// Applies message events in order; idempotent. Events without a message
@@ -176,6 +186,17 @@ pub trait MessageStore: Send + Sync {
 
     /// The most recent unrecognized bodies, newest first.
     async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError>;
+
+    /// Keeps provider notifications; a notification already kept (same
+    /// `event_id`, a redelivery) is not kept twice.
+    async fn record_notifications(&self, notifications: &[Notification]) -> Result<(), StoreError>;
+
+    /// The most recent notifications, newest first, optionally of one BSP
+    /// and one kind.
+    async fn list_notifications(
+        &self,
+        query: &NotificationQuery,
+    ) -> Result<Vec<Notification>, StoreError>;
 
     /// Counts by `current_status`.
     async fn stats(&self, query: &StatsQuery) -> Result<MessageStats, StoreError>;

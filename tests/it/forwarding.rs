@@ -936,7 +936,12 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    assert!(ok.headers()["content-type"].to_str().unwrap().starts_with("text/xml"));
+    assert!(
+        ok.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/xml")
+    );
     assert!(ok.text().await.unwrap().contains("<Response>"));
 
     let gupshup = app
@@ -944,7 +949,10 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
             m["current_status"] == "delivered"
         })
         .await;
-    assert_eq!(gupshup["bsp_message_id"], "ee4a68a0-1203-4c85-8dc3-49d0b3226a35");
+    assert_eq!(
+        gupshup["bsp_message_id"],
+        "ee4a68a0-1203-4c85-8dc3-49d0b3226a35"
+    );
     assert_eq!(gupshup["delivered_at"], "2025-06-10T07:20:03Z");
     let twilio = app
         .wait_for_message("SM0123456789abcdef0123456789abcdef", |m| {
@@ -958,10 +966,18 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
     types.sort();
     assert_eq!(
         types,
-        ["gupshup.message-event", "gupshup.message-event", "twilio.status"]
+        [
+            "gupshup.message-event",
+            "gupshup.message-event",
+            "twilio.status"
+        ]
     );
     let unified = rx.wait_for("unified", 2, Duration::from_secs(10)).await;
-    assert!(unified.iter().all(|r| r.header("x-event-type") == "message.delivered"));
+    assert!(
+        unified
+            .iter()
+            .all(|r| r.header("x-event-type") == "message.delivered")
+    );
     let twilio_payload = legacy
         .iter()
         .find(|r| r.header("x-event-type") == "twilio.status")

@@ -41,6 +41,10 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/api/v1/quarantine"),
     ("post", "/api/v1/quarantine/replay"),
     ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/notifications"),
+    ("post", "/webhook/gupshup"),
+    ("post", "/webhook/twilio"),
+    ("post", "/webhook/360dialog"),
 ];
 
 fn operations(doc: &Value) -> Vec<(String, String)> {

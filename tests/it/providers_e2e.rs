@@ -359,3 +359,37 @@ async fn stats_over_http() {
     assert!(body["message"].as_str().unwrap().starts_with("from:"));
     app.stop().await;
 }
+
+/// Meta's notifications that are not about a message (template status,
+/// account alerts and updates, quality updates) are kept and listed.
+#[tokio::test]
+async fn meta_notifications_are_kept_and_listed() {
+    let app = spawn_app().await;
+    for name in ["meta_template_status.json", "meta_account_alerts.json"] {
+        assert_eq!(
+            app.post_webhook("/webhook/meta", fixture(name))
+                .await
+                .status(),
+            200
+        );
+    }
+    let mut listed = Value::Null;
+    for _ in 0..200 {
+        listed = app.admin_get("/api/v1/notifications?bsp=meta").await;
+        if listed.as_array().is_some_and(|a| a.len() == 4) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+    let template = app
+        .admin_get("/api/v1/notifications?kind=message_template_status_update")
+        .await;
+    assert_eq!(template[0]["body"]["value"]["event"], "APPROVED");
+    assert_eq!(template[0]["bsp"], "meta");
+    let quality = app
+        .admin_get("/api/v1/notifications?kind=phone_number_quality_update")
+        .await;
+    assert_eq!(quality[0]["body"]["value"]["event"], "FLAGGED");
+    app.stop().await;
+}

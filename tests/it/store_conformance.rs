@@ -92,6 +92,7 @@ suite!(
     registration_before_and_after_events,
     unknown_statuses_and_non_message_events,
     unrecognized_bodies_round_trip,
+    notifications_are_kept_once_and_listed_by_kind,
     stats_count_by_status_with_filters,
     a_large_mixed_batch_applies_every_event,
     inbound_messages_keep_their_content,
@@ -384,6 +385,57 @@ mod cases {
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].event_id, "u2");
         assert_eq!(listed[1], u("u1"));
+    }
+
+    pub async fn notifications_are_kept_once_and_listed_by_kind(store: &dyn MessageStore) {
+        use zen_gateway::model::Notification;
+        use zen_gateway::store::NotificationQuery;
+        let n = |id: &str, bsp: Bsp, kind: &str, secs: i64| Notification {
+            event_id: id.into(),
+            bsp,
+            kind: kind.into(),
+            received_at: Utc.timestamp_opt(1_749_540_000 + secs, 0).unwrap(),
+            // Keys a document refuses are kept too.
+            body: serde_json::json!({"value": {"$event": "APPROVED", "a.b": 1}}),
+        };
+        let all = [
+            n("n1", Bsp::Meta, "message_template_status_update", 1),
+            n("n2", Bsp::Meta, "account_alerts", 2),
+            n("n3", Bsp::Gupshup, "user-event", 3),
+        ];
+        store.record_notifications(&all).await.unwrap();
+        // A redelivery of one of them, with a new one: kept once each.
+        store
+            .record_notifications(&[all[0].clone(), n("n4", Bsp::Meta, "errors", 4)])
+            .await
+            .unwrap();
+        let q = |bsp: Option<Bsp>, kind: Option<&str>| NotificationQuery {
+            bsp,
+            kind: kind.map(str::to_owned),
+            limit: 10,
+        };
+        let listed = store.list_notifications(&q(None, None)).await.unwrap();
+        let ids: Vec<_> = listed.iter().map(|n| n.event_id.as_str()).collect();
+        assert_eq!(ids, ["n4", "n3", "n2", "n1"]);
+        assert_eq!(listed[3], all[0]);
+        let meta = store
+            .list_notifications(&q(Some(Bsp::Meta), None))
+            .await
+            .unwrap();
+        assert_eq!(meta.len(), 3);
+        let alerts = store
+            .list_notifications(&q(None, Some("account_alerts")))
+            .await
+            .unwrap();
+        assert_eq!(alerts, [all[1].clone()]);
+        let one = store
+            .list_notifications(&NotificationQuery {
+                limit: 1,
+                ..q(Some(Bsp::Meta), None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(one[0].event_id, "n4");
     }
 
     pub async fn stats_count_by_status_with_filters(store: &dyn MessageStore) {

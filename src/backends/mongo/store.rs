@@ -26,13 +26,13 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use crate::model::{
-    Bsp, Direction, MessageRecord, OutboundRegistration, StatusEntry, UnifiedEvent,
+    Bsp, Direction, MessageRecord, Notification, OutboundRegistration, StatusEntry, UnifiedEvent,
     UnrecognizedEvent,
 };
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
-    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
-    StoreError,
+    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore,
+    NotificationQuery, StatsQuery, StoreError,
 };
 
 /// A stored document's identity and revision (for compare-and-set).
@@ -51,6 +51,9 @@ pub const UNRECOGNIZED: &str = "unrecognized_webhooks";
 /// answers from its primary key (the test wire server scans for any other
 /// field, and for `$in`). The first message to take an id keeps it.
 pub const MESSAGE_KEYS: &str = "zen_message_keys";
+/// Provider notifications that are not about one message, `_id` = the
+/// event id (a redelivery is not kept twice).
+pub const NOTIFICATIONS: &str = "zen_notifications";
 
 /// The message store on MongoDB (or a wire-compatible server).
 pub struct MongoStore {
@@ -58,6 +61,7 @@ pub struct MongoStore {
     messages: Collection<Document>,
     unrecognized: Collection<Document>,
     keys: Collection<Document>,
+    notifications: Collection<Document>,
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
@@ -94,6 +98,7 @@ impl MongoStore {
             messages: db.collection(MESSAGES),
             unrecognized: db.collection(UNRECOGNIZED),
             keys: db.collection(MESSAGE_KEYS),
+            notifications: db.collection(NOTIFICATIONS),
             db,
             up: AtomicBool::new(true),
             last_error: Mutex::new(None),
@@ -756,6 +761,74 @@ impl MessageStore for MongoStore {
             .await
             .map(|_| ())
             .map_err(unavailable);
+        self.note(result)
+    }
+
+    async fn record_notifications(&self, notifications: &[Notification]) -> Result<(), StoreError> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let docs = notifications.iter().map(|n| {
+            doc! {
+                "_id": &n.event_id,
+                "bsp": n.bsp.as_str(),
+                "kind": &n.kind,
+                "received_at": bson::DateTime::from_chrono(n.received_at),
+                // As text: provider keys may be ones a document refuses.
+                "body": n.body.to_string(),
+            }
+        });
+        let result = match self.notifications.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            // Redeliveries: the rest went in.
+            Err(e) if only_duplicate_keys(&e) => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        };
+        self.note(result)
+    }
+
+    async fn list_notifications(
+        &self,
+        q: &NotificationQuery,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let mut filter = doc! {};
+        if let Some(kind) = &q.kind {
+            filter.insert("kind", kind);
+        }
+        if let Some(bsp) = q.bsp {
+            filter.insert("bsp", bsp.as_str());
+        }
+        let result = async {
+            let docs: Vec<Document> = self
+                .notifications
+                .find(filter)
+                .sort(doc! {"received_at": -1, "_id": -1})
+                .limit(q.limit as i64)
+                .await
+                .map_err(unavailable)?
+                .try_collect()
+                .await
+                .map_err(unavailable)?;
+            Ok(docs
+                .iter()
+                .map(|d| Notification {
+                    event_id: d.get_str("_id").unwrap_or_default().to_owned(),
+                    bsp: d
+                        .get_str("bsp")
+                        .ok()
+                        .and_then(Bsp::parse)
+                        .unwrap_or_default(),
+                    kind: d.get_str("kind").unwrap_or_default().to_owned(),
+                    received_at: date(d, "received_at").unwrap_or_else(Utc::now),
+                    body: d
+                        .get_str("body")
+                        .ok()
+                        .and_then(|b| serde_json::from_str(b).ok())
+                        .unwrap_or_default(),
+                })
+                .collect())
+        }
+        .await;
         self.note(result)
     }
 

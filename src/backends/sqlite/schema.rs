@@ -136,6 +136,21 @@ CREATE TABLE IF NOT EXISTS legacy_job_secrets (
 );
 "#;
 
+/// Version 3: provider notifications that are not about one message
+/// (template status, account alerts and updates, quality updates,
+/// out-of-band errors), one row per event.
+const V3_NOTIFICATIONS: &str = r#"
+CREATE TABLE notifications (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id       TEXT    NOT NULL UNIQUE,
+    bsp            TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    body           TEXT    NOT NULL
+);
+CREATE INDEX notifications_kind ON notifications (kind, id);
+"#;
+
 /// One step of the schema.
 enum Step {
     Sql(&'static str),
@@ -150,6 +165,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
         "quarantine, meta, legacy job secrets",
         Step::Sql(V2_QUARANTINE_META_LEGACY_SECRETS),
     ),
+    ("notifications", Step::Sql(V3_NOTIFICATIONS)),
 ];
 
 /// The schema version this gateway writes.

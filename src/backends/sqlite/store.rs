@@ -12,11 +12,13 @@ use chrono::{TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteDb;
-use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnifiedEvent, UnrecognizedEvent};
+use crate::model::{
+    Bsp, MessageRecord, Notification, OutboundRegistration, UnifiedEvent, UnrecognizedEvent,
+};
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
-    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore, StatsQuery,
-    StoreError,
+    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore,
+    NotificationQuery, StatsQuery, StoreError,
 };
 
 /// The message store on the embedded database.
@@ -307,6 +309,64 @@ impl MessageStore for SqliteStore {
                         body: r.get(4)?,
                     })
                 })?;
+                rows.collect()
+            })
+            .await?)
+    }
+
+    async fn record_notifications(&self, notifications: &[Notification]) -> Result<(), StoreError> {
+        if notifications.is_empty() {
+            return Ok(());
+        }
+        let notifications = notifications.to_vec();
+        Ok(self
+            .write_applied(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT OR IGNORE INTO notifications (event_id, bsp, kind, received_at_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for n in &notifications {
+                    stmt.execute(params![
+                        n.event_id,
+                        n.bsp.as_str(),
+                        n.kind,
+                        n.received_at.timestamp_millis(),
+                        n.body.to_string()
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?)
+    }
+
+    async fn list_notifications(
+        &self,
+        q: &NotificationQuery,
+    ) -> Result<Vec<Notification>, StoreError> {
+        let q = q.clone();
+        Ok(self
+            .db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT event_id, bsp, kind, received_at_ms, body FROM notifications
+                     WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR bsp = ?2)
+                     ORDER BY id DESC LIMIT ?3",
+                )?;
+                let rows = stmt.query_map(
+                    params![q.kind, q.bsp.map(Bsp::as_str), q.limit as i64],
+                    |r| {
+                        let bsp: String = r.get(1)?;
+                        let ms: i64 = r.get(3)?;
+                        let body: String = r.get(4)?;
+                        Ok(Notification {
+                            event_id: r.get(0)?,
+                            bsp: Bsp::parse(&bsp).unwrap_or_default(),
+                            kind: r.get(2)?,
+                            received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
+                            body: serde_json::from_str(&body).unwrap_or_default(),
+                        })
+                    },
+                )?;
                 rows.collect()
             })
             .await?)
