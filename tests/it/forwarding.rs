@@ -886,7 +886,10 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
     .await;
     let rx = Receiver::start().await;
     for (path, topics) in [
-        ("legacy", json!(["gupshup.message-event", "twilio.status"])),
+        (
+            "legacy",
+            json!(["gupshup.message-event", "twilio.status", "360dialog.status"]),
+        ),
         ("unified", json!(["message.delivered", "message.failed"])),
     ] {
         create_webhook(
@@ -896,15 +899,28 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
         .await;
     }
     // The sender registers what it sent (Gupshup's and Twilio's ids).
-    for (bsp, id) in [
-        ("gupshup", "ee4a68a0-1203-4c85-8dc3-49d0b3226a35"),
-        ("twilio", "SM0123456789abcdef0123456789abcdef"),
+    for (bsp, key, id) in [
+        (
+            "gupshup",
+            "bsp_message_id",
+            "ee4a68a0-1203-4c85-8dc3-49d0b3226a35",
+        ),
+        (
+            "twilio",
+            "bsp_message_id",
+            "SM0123456789abcdef0123456789abcdef",
+        ),
+        (
+            "360dialog",
+            "wamid",
+            "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSM0VCMEE4QzdGNEQyRTlBMUIwAA==",
+        ),
     ] {
         let resp = app
             .client
             .post(app.url("/api/v1/messages"))
             .bearer_auth(ADMIN_KEY)
-            .json(&json!({"bsp": bsp, "bsp_message_id": id, "project_owner_id": "owner-new"}))
+            .json(&json!({"bsp": bsp, key: id, "project_owner_id": "owner-new"}))
             .send()
             .await
             .unwrap();
@@ -918,6 +934,12 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
             200
         );
     }
+    assert_eq!(
+        app.post_webhook("/webhook/360dialog", fixture("meta_status_sent.json"))
+            .await
+            .status(),
+        200
+    );
     let form = fixture("twilio_status_delivered.txt");
     let post_twilio = |sig: String| {
         app.client
@@ -961,12 +983,13 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
         .await;
     assert_eq!(twilio["phone_number"], "919800000007");
 
-    let legacy = rx.wait_for("legacy", 3, Duration::from_secs(10)).await;
+    let legacy = rx.wait_for("legacy", 4, Duration::from_secs(10)).await;
     let mut types: Vec<String> = legacy.iter().map(|r| r.header("x-event-type")).collect();
     types.sort();
     assert_eq!(
         types,
         [
+            "360dialog.status",
             "gupshup.message-event",
             "gupshup.message-event",
             "twilio.status"

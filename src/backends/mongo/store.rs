@@ -164,6 +164,19 @@ impl MongoStore {
             self.create_index(keys, IndexOptions::builder().name(name.to_owned()).build())
                 .await?;
         }
+        for (keys, name) in [
+            (doc! {"kind": 1, "received_at": -1}, "kind_received_at"),
+            (doc! {"received_at": -1}, "received_at"),
+        ] {
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build();
+            self.notifications
+                .create_index(model)
+                .await
+                .map_err(classify)?;
+        }
         Ok(report)
     }
 
