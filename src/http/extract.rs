@@ -36,10 +36,10 @@ impl WebhookRequest {
     }
 }
 
-/// Bytes of an over-limit body read and thrown away before the 413, so that
-/// a client still uploading reads the answer instead of a reset connection
-/// (nginx's lingering close). Past it, or past [`DISCARD_TIME`], the
-/// connection is closed as it is.
+/// Bytes of an over-limit body read and thrown away after the 413 is sent,
+/// so that a client still uploading reads the answer instead of a reset
+/// connection (nginx's lingering close). Past it, or past [`DISCARD_TIME`],
+/// the connection is closed as it is.
 const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -67,7 +67,7 @@ impl FromRequest<AppState> for WebhookRequest {
         let mut stream = req.into_body().into_data_stream();
         // A body announced over the limit is not kept, only drained.
         if announced.is_some_and(|n| n > limit as u64) {
-            discard(&mut stream, 0).await;
+            tokio::spawn(discard(stream, 0));
             return Err(too_large());
         }
         let mut body = bytes::BytesMut::with_capacity(announced.unwrap_or(0) as usize);
@@ -76,7 +76,7 @@ impl FromRequest<AppState> for WebhookRequest {
                 return Err(ApiError::BodyRead);
             };
             if body.len() + chunk.len() > limit {
-                discard(&mut stream, (body.len() + chunk.len()) as u64).await;
+                tokio::spawn(discard(stream, (body.len() + chunk.len()) as u64));
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
@@ -91,8 +91,9 @@ impl FromRequest<AppState> for WebhookRequest {
 }
 
 /// Reads and drops the rest of a body, within [`DISCARD_BYTES`] (counting
-/// the `seen` bytes already read) and [`DISCARD_TIME`].
-async fn discard(stream: &mut axum::body::BodyDataStream, seen: u64) {
+/// the `seen` bytes already read) and [`DISCARD_TIME`], while the 413 goes
+/// out at once: the connection closes once the body is drained or given up.
+async fn discard(mut stream: axum::body::BodyDataStream, seen: u64) {
     let drain = async {
         let mut seen = seen;
         while let Some(Ok(chunk)) = stream.next().await {
