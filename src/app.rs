@@ -26,6 +26,7 @@ use crate::ingest::Ingest;
 use crate::processor::Processor;
 use crate::processor::fanout::Fanout;
 use crate::providers::Providers;
+use crate::retention::Pruner;
 
 /// A built gateway, bound to its listener, not yet running.
 pub struct Application {
@@ -33,6 +34,7 @@ pub struct Application {
     settings: Settings,
     state: AppState,
     processor: Processor,
+    pruner: Pruner,
     /// The backends to close at the end, and the data directory's lock
     /// (one `serve` per data file), held until then.
     opened: Opened,
@@ -102,10 +104,17 @@ impl Application {
                 settings.http.public_base_url.clone(),
                 settings.http.trust_forwarded_headers,
             ),
-            webhooks,
-            forward_queue,
+            webhooks: webhooks.clone(),
+            forward_queue: forward_queue.clone(),
             forwarder: forwarder.clone(),
         });
+        let pruner = Pruner {
+            store: store.clone(),
+            webhooks: webhooks.clone(),
+            forward_queue: forward_queue.clone(),
+            inbox: inbox.clone(),
+            retention: settings.retention.policy(),
+        };
         let processor = Processor::new(inbox, store, providers, settings.processor.batch_size)
             .with_batch_bytes(settings.processor.batch_bytes)
             .with_max_attempts(settings.processor.max_attempts)
@@ -116,6 +125,7 @@ impl Application {
             settings,
             state,
             processor,
+            pruner,
             opened,
             forwarder,
         })
@@ -132,6 +142,7 @@ impl Application {
             settings,
             state,
             processor,
+            pruner,
             opened,
             forwarder,
         } = self;
@@ -147,6 +158,12 @@ impl Application {
             .as_ref()
             .filter(|_| roles.processor)
             .map(|rt| rt.spawn(processor.run(workers.clone())));
+        // Retention runs beside the processor (one per embedded file; on
+        // shared backends every processor replica prunes, harmlessly).
+        let pruner_task = background
+            .as_ref()
+            .filter(|_| roles.processor)
+            .map(|rt| rt.spawn(pruner.run(settings.retention.prune_interval, workers.clone())));
         let forwarder_task = background
             .as_ref()
             .filter(|_| roles.forwarder)
@@ -175,6 +192,9 @@ impl Application {
             if tokio::time::timeout(grace, task).await.is_err() {
                 tracing::warn!("processor did not stop in time; its batch stays in the inbox");
             }
+        }
+        if let Some(task) = pruner_task {
+            let _ = tokio::time::timeout(grace, task).await;
         }
         if let Some(task) = forwarder_task {
             if tokio::time::timeout(grace, task).await.is_err() {

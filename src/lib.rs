@@ -22,5 +22,6 @@ pub mod model;
 pub mod processor;
 pub mod providers;
 pub mod queue;
+pub mod retention;
 pub mod store;
 pub mod telemetry;

@@ -50,6 +50,21 @@ enum Command {
         #[command(subcommand)]
         action: EntriesAction,
     },
+    /// Remove now what retention no longer keeps (MESSAGE_RETENTION,
+    /// DELIVERY_LOG_RETENTION, …), or everything older than --older-than;
+    /// safe beside a running gateway. Prints what it removed.
+    Prune {
+        /// One age for every kind, e.g. 30d (overrides the configured ones).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
+    /// Copy the embedded database to FILE, consistently, while a gateway
+    /// serves from it (restore: stop, put the copy in DATA_DIR as zen.db,
+    /// start).
+    Backup {
+        /// Where the copy goes; must not exist.
+        file: PathBuf,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
 }
@@ -121,6 +136,37 @@ fn main() -> ExitCode {
                 }
             })
         }),
+        Command::Prune { older_than } => command("prune", settings, |settings| async move {
+            let mut b = Backends::from_settings(&settings, Mode::Command);
+            let pruner = zen_gateway::retention::Pruner {
+                store: b.store().await?,
+                webhooks: b.webhooks().await?,
+                forward_queue: b.forward_queue().await?,
+                inbox: b.inbox().await?,
+                retention: older_than.map_or_else(
+                    || settings.retention.policy(),
+                    zen_gateway::retention::Retention::all,
+                ),
+            };
+            let report = pruner.prune_all().await?;
+            b.into_opened().close().await;
+            Ok(serde_json::to_value(report)?)
+        }),
+        Command::Backup { file } => {
+            match zen_gateway::backends::sqlite::backup_to(&settings.sqlite_path(), &file) {
+                Ok(report) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("zen-gateway backup: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Openapi => {
             println!("{}", zen_gateway::http::openapi::document_json());
             ExitCode::SUCCESS

@@ -74,6 +74,13 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FORWARD_PROXY", "forward.proxy"),
     ("BREAKER_THRESHOLD", "forward.breaker_threshold"),
     ("BREAKER_COOLDOWN_SECS", "forward.breaker_cooldown_secs"),
+    ("MESSAGE_RETENTION", "retention.messages"),
+    ("DELIVERY_LOG_RETENTION", "retention.delivery_logs"),
+    ("UNRECOGNIZED_RETENTION", "retention.unrecognized"),
+    ("NOTIFICATION_RETENTION", "retention.notifications"),
+    ("DLQ_RETENTION", "retention.dlq"),
+    ("QUARANTINE_RETENTION", "retention.quarantine"),
+    ("PRUNE_INTERVAL", "retention.prune_interval"),
     ("ROLES", "roles"),
     ("LOG_FORMAT", "log_format"),
 ];
@@ -113,6 +120,13 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("forward.allow_private", "false"),
     ("forward.breaker_threshold", "10"),
     ("forward.breaker_cooldown_secs", "300"),
+    ("retention.messages", "0"),
+    ("retention.delivery_logs", "30d"),
+    ("retention.unrecognized", "30d"),
+    ("retention.notifications", "90d"),
+    ("retention.dlq", "0"),
+    ("retention.quarantine", "0"),
+    ("retention.prune_interval", "5m"),
     ("roles", "ingest,processor,forwarder"),
     ("log_format", "text"),
 ];
@@ -142,6 +156,7 @@ pub struct Settings {
     pub processor: ProcessorSettings,
     pub rabbitmq: RabbitSettings,
     pub forward: ForwardSettings,
+    pub retention: RetentionSettings,
     /// What this process does (`ROLES`). Splitting the roles across
     /// replicas needs the shared backends (RabbitMQ, MongoDB).
     pub roles: Roles,
@@ -299,6 +314,38 @@ pub struct ForwardSettings {
     pub breaker_cooldown: Duration,
 }
 
+/// How long each kind is kept (`0`: forever) and how often the pruner runs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RetentionSettings {
+    #[serde(with = "types::retention")]
+    pub messages: Option<Duration>,
+    #[serde(with = "types::retention")]
+    pub delivery_logs: Option<Duration>,
+    #[serde(with = "types::retention")]
+    pub unrecognized: Option<Duration>,
+    #[serde(with = "types::retention")]
+    pub notifications: Option<Duration>,
+    #[serde(with = "types::retention")]
+    pub dlq: Option<Duration>,
+    #[serde(with = "types::retention")]
+    pub quarantine: Option<Duration>,
+    #[serde(with = "types::humantime_duration")]
+    pub prune_interval: Duration,
+}
+
+impl RetentionSettings {
+    pub fn policy(&self) -> crate::retention::Retention {
+        crate::retention::Retention {
+            messages: self.messages,
+            delivery_logs: self.delivery_logs,
+            unrecognized: self.unrecognized,
+            notifications: self.notifications,
+            dlq: self.dlq,
+            quarantine: self.quarantine,
+        }
+    }
+}
+
 /// A configuration problem, naming the keys that caused it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -441,6 +488,9 @@ impl Settings {
             if value.is_zero() {
                 return bad(key, "must be greater than 0");
             }
+        }
+        if self.retention.prune_interval.is_zero() {
+            return bad("retention.prune_interval", "must be greater than 0");
         }
         if !(0..=19).contains(&self.processor.background_nice) {
             return bad("processor.background_nice", "must be between 0 and 19");

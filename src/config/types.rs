@@ -287,6 +287,54 @@ pub(super) mod secs {
     }
 }
 
+/// A retention age: a duration with its unit (`90d`, `12h`), or `0` to keep
+/// forever.
+pub(super) mod retention {
+    use super::*;
+
+    pub fn parse(v: &str) -> Result<Option<Duration>, String> {
+        let v = v.trim();
+        if v == "0" {
+            return Ok(None);
+        }
+        if v.parse::<f64>().is_ok() {
+            return Err(format!(
+                "{v:?} has no unit; give one (90d, 12h), or 0 to keep forever"
+            ));
+        }
+        humantime::parse_duration(v)
+            .map(|d| (!d.is_zero()).then_some(d))
+            .map_err(|e| format!("{v:?} is not a duration ({e})"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let v = String::deserialize(d)?;
+        parse(&v).map_err(de::Error::custom)
+    }
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            None => s.serialize_str("0"),
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        }
+    }
+}
+
+/// A duration with its unit (`5m`, `30s`).
+pub(super) mod humantime_duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let v = String::deserialize(d)?;
+        humantime::parse_duration(v.trim())
+            .map_err(|e| de::Error::custom(format!("{v:?} is not a duration ({e})")))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,5 +364,16 @@ mod tests {
         );
         assert!("0".parse::<RetryDelays>().is_err());
         assert!("3s".parse::<RetryDelays>().is_err());
+    }
+
+    #[test]
+    fn retention_ages_need_a_unit_and_zero_keeps_forever() {
+        assert_eq!(retention::parse("0"), Ok(None));
+        assert_eq!(
+            retention::parse("90d"),
+            Ok(Some(Duration::from_secs(90 * 86_400)))
+        );
+        assert!(retention::parse("90").unwrap_err().contains("unit"));
+        assert!(retention::parse("soon").is_err());
     }
 }

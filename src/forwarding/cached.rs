@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore};
 use crate::cache::Cache;
@@ -149,6 +150,14 @@ impl WebhookStore for CachedWebhookStore {
 
     async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
         self.inner.project_of(business_number).await
+    }
+
+    async fn prune_delivery_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.prune_delivery_logs(before, limit).await
     }
 
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {

@@ -223,6 +223,13 @@ pub trait WebhookStore: Send + Sync {
     async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError>;
     /// Creates logs, skipping ids that exist (fan-out is re-runnable).
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError>;
+    /// Removes up to `limit` delivery logs created before `before` (and the
+    /// legacy secrets kept for them); returns how many went.
+    async fn prune_delivery_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
     async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError>;
     /// The status of one delivery, `None` when it has no log.
     async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError>;
@@ -288,6 +295,13 @@ pub trait ForwardQueue: Send + Sync {
     async fn depth(&self) -> Result<u64, ForwardQueueError>;
     /// Jobs in the dead-letter queue.
     async fn dead_depth(&self) -> Result<u64, ForwardQueueError>;
+    /// Removes up to `limit` dead-lettered jobs that died before `before`;
+    /// returns how many went.
+    async fn prune_dead(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ForwardQueueError>;
     async fn health(&self) -> BackendHealth;
 }
 

@@ -111,6 +111,13 @@ pub trait Inbox: Send + Sync {
 
     /// Entries in the quarantine.
     async fn quarantine_depth(&self) -> Result<u64, QueueError>;
+    /// Removes up to `limit` quarantined entries set aside before `before`;
+    /// returns how many went.
+    async fn prune_quarantined(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, QueueError>;
 
     /// Backend health for `/ready`.
     async fn health(&self) -> BackendHealth;

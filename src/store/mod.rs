@@ -154,6 +154,14 @@ impl MessageStats {
     }
 }
 
+/// What a message store keeps that retention may remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    Messages,
+    Unrecognized,
+    Notifications,
+}
+
 /// Which notifications to list.
 #[derive(Debug, Clone, Default)]
 pub struct NotificationQuery {
@@ -197,6 +205,16 @@ pub trait MessageStore: Send + Sync {
         &self,
         query: &NotificationQuery,
     ) -> Result<Vec<Notification>, StoreError>;
+
+    /// Removes up to `limit` of the oldest `kind` kept from before `before`
+    /// (messages: last updated before it); returns how many went. Retention
+    /// calls it in small batches, so that it never holds up the writer.
+    async fn prune(
+        &self,
+        kind: Kept,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
 
     /// Counts by `current_status`.
     async fn stats(&self, query: &StatsQuery) -> Result<MessageStats, StoreError>;

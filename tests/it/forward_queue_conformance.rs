@@ -196,6 +196,27 @@ mod cases {
         q.complete(&back[0].0).await.unwrap();
         assert!(eventually(async || q.dead_depth().await.unwrap() == 0).await);
     }
+
+    /// Retention takes the dead jobs that died before the cutoff, oldest
+    /// first, and leaves the rest for replay.
+    pub async fn retention_prunes_dead_jobs_older_than_the_cutoff(q: &dyn ForwardQueue) {
+        q.enqueue(&[job(11), job(12)]).await.unwrap();
+        let got = receive_n(q, 2, Duration::from_secs(10)).await;
+        q.dead_letter(&got[0].0, &got[0].1, "old").await.unwrap();
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 1).await);
+        let cutoff = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.dead_letter(&got[1].0, &got[1].1, "new").await.unwrap();
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 2).await);
+        assert_eq!(q.prune_dead(cutoff, 100).await.unwrap(), 1);
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 1).await);
+        let left = q.list_dead(10).await.unwrap();
+        assert_eq!(left[0].reason, "new");
+        assert_eq!(q.prune_dead(cutoff, 100).await.unwrap(), 0);
+        assert_eq!(q.replay_dead(None).await.unwrap(), 1);
+        let back = receive_n(q, 1, Duration::from_secs(10)).await;
+        q.complete(&back[0].0).await.unwrap();
+    }
 }
 
 macro_rules! suite {
@@ -227,4 +248,5 @@ suite!(
     jobs_are_received_once_and_completed,
     a_rescheduled_job_comes_back_after_its_delay,
     dead_jobs_are_listed_and_replayed_with_fresh_attempts,
+    retention_prunes_dead_jobs_older_than_the_cutoff,
 );

@@ -252,6 +252,28 @@ mod cases {
         assert_eq!(inbox.replay_quarantined(None).await.unwrap(), 0);
         open.close().await;
     }
+
+    /// Retention takes quarantined entries set aside before the cutoff and
+    /// keeps the newer ones.
+    pub async fn retention_prunes_old_quarantined_entries(place: Place) {
+        let open = place.open().await;
+        let inbox = &*open.inbox;
+        inbox.append(entry(21)).await.unwrap();
+        inbox.append(entry(22)).await.unwrap();
+        let got = receive_n(inbox, 2).await;
+        inbox.quarantine(&got[0], "old", 5).await.unwrap();
+        assert!(eventually(async || inbox.quarantine_depth().await.unwrap() == 1).await);
+        let cutoff = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        inbox.quarantine(&got[1], "new", 5).await.unwrap();
+        assert!(eventually(async || inbox.quarantine_depth().await.unwrap() == 2).await);
+        assert_eq!(inbox.prune_quarantined(cutoff, 100).await.unwrap(), 1);
+        assert!(eventually(async || inbox.quarantine_depth().await.unwrap() == 1).await);
+        let left = inbox.list_quarantined(10, None).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].error, "new");
+        open.close().await;
+    }
 }
 
 macro_rules! suite {
@@ -280,4 +302,5 @@ suite!(
     appended_entries_are_handed_out_once_and_acked,
     unacked_entries_come_back_after_a_restart,
     quarantine_keeps_an_entry_until_it_is_replayed,
+    retention_prunes_old_quarantined_entries,
 );

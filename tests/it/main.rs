@@ -20,6 +20,7 @@ mod rabbitmq_e2e;
 mod rabbitmq_forwarding;
 mod receiver;
 mod redis_e2e;
+mod retention;
 mod services;
 mod store_conformance;
 mod upgrade;

@@ -93,6 +93,7 @@ suite!(
     unknown_statuses_and_non_message_events,
     unrecognized_bodies_round_trip,
     notifications_are_kept_once_and_listed_by_kind,
+    retention_prunes_what_is_older_than_the_cutoff,
     stats_count_by_status_with_filters,
     a_large_mixed_batch_applies_every_event,
     inbound_messages_keep_their_content,
@@ -436,6 +437,53 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(one[0].event_id, "n4");
+    }
+
+    pub async fn retention_prunes_what_is_older_than_the_cutoff(store: &dyn MessageStore) {
+        use zen_gateway::store::Kept;
+        store
+            .apply(&[status(Bsp::Meta, Some("wamid.old"), None, "sent", 1)])
+            .await
+            .unwrap();
+        let cutoff = Utc::now() + chrono::Duration::milliseconds(5);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        store
+            .apply(&[status(Bsp::Meta, Some("wamid.new"), None, "sent", 2)])
+            .await
+            .unwrap();
+        let u = |id: &str, at| UnrecognizedEvent {
+            event_id: id.into(),
+            bsp: Bsp::Karix,
+            received_at: at,
+            reason: "r".into(),
+            body: "{}".into(),
+        };
+        let long_ago = Utc.timestamp_opt(1_600_000_000, 0).unwrap();
+        store
+            .record_unrecognized(&[u("u-old", long_ago), u("u-new", Utc::now())])
+            .await
+            .unwrap();
+        assert_eq!(store.prune(Kept::Messages, cutoff, 100).await.unwrap(), 1);
+        assert!(store.find_message("wamid.old").await.unwrap().is_none());
+        assert!(store.find_message("wamid.new").await.unwrap().is_some());
+        assert_eq!(
+            store.prune(Kept::Unrecognized, cutoff, 100).await.unwrap(),
+            1
+        );
+        let left = store.list_unrecognized(10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].event_id, "u-new");
+        assert_eq!(
+            store.prune(Kept::Notifications, cutoff, 100).await.unwrap(),
+            0
+        );
+        // The pruned message's ids are free again: a new event makes a new record.
+        store
+            .apply(&[status(Bsp::Meta, Some("wamid.old"), None, "delivered", 3)])
+            .await
+            .unwrap();
+        let again = store.find_message("wamid.old").await.unwrap().unwrap();
+        assert_eq!(again.current_status, "delivered");
     }
 
     pub async fn stats_count_by_status_with_filters(store: &dyn MessageStore) {

@@ -213,6 +213,66 @@ async fn delivery_logs(store: &dyn WebhookStore) {
     );
 }
 
+/// Retention takes the delivery logs created before the cutoff (with the
+/// legacy secrets kept for them) and leaves the newer ones.
+async fn retention_prunes_old_delivery_logs(store: &dyn WebhookStore) {
+    let old = Utc::now() - chrono::Duration::days(40);
+    let log = |id: &str, at| DeliveryLog {
+        id: id.into(),
+        project_owner_id: "o".into(),
+        webhook_id: "w-prune".into(),
+        event_id: id.into(),
+        event_type: "datagen.delivery".into(),
+        webhook_url: "https://example.com".into(),
+        payload: json!({}),
+        attempt_count: 0,
+        status: DeliveryStatus::Success,
+        status_code: None,
+        response_body: None,
+        error_message: None,
+        delivery_duration_ms: None,
+        next_retry_at: None,
+        created_at: at,
+        last_attempt_at: at,
+    };
+    store
+        .create_delivery_logs(&[
+            log("65a1b2c3d4e5f6a7b8c9d0f1", old),
+            log("65a1b2c3d4e5f6a7b8c9d0f2", Utc::now()),
+        ])
+        .await
+        .unwrap();
+    let cutoff = Utc::now() - chrono::Duration::days(30);
+    assert_eq!(store.prune_delivery_logs(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(store.prune_delivery_logs(cutoff, 100).await.unwrap(), 0);
+    assert!(
+        store
+            .delivery_status("65a1b2c3d4e5f6a7b8c9d0f1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .delivery_status("65a1b2c3d4e5f6a7b8c9d0f2")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_retention_prunes_old_delivery_logs() {
+    retention_prunes_old_delivery_logs(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn mongo_retention_prunes_old_delivery_logs() {
+    let Some(b) = mongo().await else { return };
+    retention_prunes_old_delivery_logs(&*b.store).await;
+    b.db.unwrap().drop().await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_configs_and_matching() {
     configs_and_matching(&*sqlite().store).await;

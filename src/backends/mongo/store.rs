@@ -31,7 +31,7 @@ use crate::model::{
 };
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
-    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore,
+    Applied, BackendHealth, Kept, MessagePage, MessageQuery, MessageStats, MessageStore,
     NotificationQuery, StatsQuery, StoreError,
 };
 
@@ -486,6 +486,94 @@ fn keys_of(id: ObjectId, r: &MessageRecord) -> Vec<Document> {
     keys
 }
 
+/// Deletes up to `limit` of the oldest documents of `coll` whose date
+/// `field` is before `before`: app-side, in small batches, since the test
+/// wire server has no TTL indexes. Returns how many went.
+pub(crate) async fn prune_oldest(
+    coll: &Collection<Document>,
+    field: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    let ids: Vec<Bson> = oldest_ids(coll, field, before, limit).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = coll
+        .delete_many(doc! {"_id": {"$in": ids}})
+        .await
+        .map_err(unavailable)?;
+    Ok(r.deleted_count)
+}
+
+async fn oldest_ids(
+    coll: &Collection<Document>,
+    field: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<Bson>, StoreError> {
+    let docs: Vec<Document> = coll
+        .find(doc! {field: {"$lt": bson::DateTime::from_chrono(before)}})
+        .sort(doc! {field: 1})
+        .limit(limit as i64)
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)?;
+    Ok(docs
+        .into_iter()
+        .filter_map(|d| d.get("_id").cloned())
+        .collect())
+}
+
+impl MongoStore {
+    /// Messages last updated before `before`, with the lookup keys that
+    /// point at them (keys first: a key without its message is harmless,
+    /// the reverse would hide a message from lookups).
+    async fn prune_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        let docs: Vec<Document> = self
+            .messages
+            .find(doc! {"updated_at": {"$lt": bson::DateTime::from_chrono(before)}})
+            .sort(doc! {"updated_at": 1})
+            .limit(limit as i64)
+            .projection(doc! {"_id": 1, "wamid": 1, "message_id": 1, "bsp_message_id": 1})
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        if docs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+        let keys: Vec<String> = docs
+            .iter()
+            .flat_map(|d| {
+                ["wamid", "message_id", "bsp_message_id"]
+                    .into_iter()
+                    .filter_map(|f| d.get_str(f).ok().filter(|v| !v.is_empty()))
+                    .map(|v| format!("k:{v}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.keys
+            .delete_many(doc! {
+                "_id": {"$in": keys},
+                "$or": [{"w": {"$in": &ids}}, {"m": {"$in": &ids}}, {"p": {"$in": &ids}}],
+            })
+            .await
+            .map_err(unavailable)?;
+        let r = self
+            .messages
+            .delete_many(doc! {"_id": {"$in": ids}})
+            .await
+            .map_err(unavailable)?;
+        Ok(r.deleted_count)
+    }
+}
+
 /// Whether a failed `insert_many` only hit keys that exist (by code).
 pub(crate) fn only_duplicate_keys(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
@@ -840,6 +928,27 @@ impl MessageStore for MongoStore {
                         .unwrap_or_default(),
                 })
                 .collect())
+        }
+        .await;
+        self.note(result)
+    }
+
+    async fn prune(
+        &self,
+        kind: Kept,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let result = async {
+            match kind {
+                Kept::Unrecognized => {
+                    prune_oldest(&self.unrecognized, "received_at", before, limit).await
+                }
+                Kept::Notifications => {
+                    prune_oldest(&self.notifications, "received_at", before, limit).await
+                }
+                Kept::Messages => self.prune_messages(before, limit).await,
+            }
         }
         .await;
         self.note(result)

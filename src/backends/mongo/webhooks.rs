@@ -7,11 +7,11 @@
 use async_trait::async_trait;
 use bson::oid::ObjectId;
 use bson::{Bson, Document, doc};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 
-use super::store::only_duplicate_keys;
+use super::store::{only_duplicate_keys, prune_oldest};
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
 };
@@ -288,6 +288,15 @@ impl WebhookStore for MongoWebhookStore {
             },
             project_owner_id: d.get_str("project_owner_id").unwrap_or_default().to_owned(),
         }))
+    }
+
+    async fn prune_delivery_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        prune_oldest(&self.legacy_secrets, "created_at", before, limit).await?;
+        prune_oldest(&self.logs, "created_at", before, limit).await
     }
 
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -281,6 +281,27 @@ impl ForwardQueue for RabbitForwardQueue {
         }
         let _ = ch.close(200, "replayed".into()).await;
         Ok(replayed)
+    }
+
+    async fn prune_dead(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ForwardQueueError> {
+        Ok(self
+            .broker
+            .prune_head(FORWARDING_DLQ, before, limit, |d| {
+                match d
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(&ShortString::from(DEAD_AT)).cloned())
+                {
+                    Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(ms).single(),
+                    _ => None,
+                }
+            })
+            .await?)
     }
 
     async fn depth(&self) -> Result<u64, ForwardQueueError> {

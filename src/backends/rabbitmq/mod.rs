@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
@@ -755,6 +755,39 @@ impl RabbitInbox {
     }
 
     /// Messages ready in a (prefixed) queue.
+    /// Removes from the head of `queue` (a dead-letter queue, in the order
+    /// its messages died) up to `limit` whose time (`time_of`) is before
+    /// `before`, stopping at the first that is not; the rest stay, in order.
+    pub(crate) async fn prune_head(
+        &self,
+        queue: &str,
+        before: DateTime<Utc>,
+        limit: usize,
+        time_of: impl Fn(&lapin::message::Delivery) -> Option<DateTime<Utc>>,
+    ) -> Result<u64, BrokerError> {
+        let ch = self.side_channel().await?;
+        let name = self.name(queue);
+        let mut pruned = 0;
+        while (pruned as usize) < limit {
+            let got = ch
+                .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(unavailable)?;
+            let Some(m) = got else { break };
+            // Unknown or recent: it and the rest stay (the close requeues).
+            if time_of(&m.delivery).is_none_or(|t| t >= before) {
+                break;
+            }
+            m.delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(unavailable)?;
+            pruned += 1;
+        }
+        let _ = ch.close(200, "pruned".into()).await;
+        Ok(pruned)
+    }
+
     pub(crate) async fn queue_depth(&self, queue: &str) -> Result<u64, BrokerError> {
         bounded(self.queue_depth_now(queue)).await
     }
@@ -1054,6 +1087,20 @@ impl Inbox for RabbitInbox {
         }
         let _ = ch.close(200, "replayed".into()).await;
         Ok(replayed)
+    }
+
+    /// The DLQ is in the order entries were set aside: the oldest are taken
+    /// from its head until one is recent enough; that one and the rest stay.
+    async fn prune_quarantined(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, QueueError> {
+        Ok(self
+            .prune_head(INGEST_DLQ, before, limit, |d| {
+                Some(quarantined_from(d).quarantined_at)
+            })
+            .await?)
     }
 
     async fn quarantine_depth(&self) -> Result<u64, QueueError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -338,6 +338,22 @@ impl ForwardQueue for SqliteForwardQueue {
 
     async fn dead_depth(&self) -> Result<u64, ForwardQueueError> {
         Ok(self.db.count_rows("forward_dlq").await?)
+    }
+
+    async fn prune_dead(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, ForwardQueueError> {
+        Ok(self
+            .db
+            .prune_rows(
+                "forward_dlq",
+                "dead_at_ms",
+                before.timestamp_millis(),
+                limit,
+            )
+            .await?)
     }
 
     async fn health(&self) -> BackendHealth {

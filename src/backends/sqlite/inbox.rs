@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::params;
 use tokio::sync::{Mutex, Notify};
 
@@ -293,6 +293,22 @@ impl Inbox for SqliteInbox {
 
     async fn quarantine_depth(&self) -> Result<u64, QueueError> {
         Ok(self.db.count_rows("quarantine").await?)
+    }
+
+    async fn prune_quarantined(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, QueueError> {
+        Ok(self
+            .db
+            .prune_rows(
+                "quarantine",
+                "quarantined_at_ms",
+                before.timestamp_millis(),
+                limit,
+            )
+            .await?)
     }
 
     async fn health(&self) -> BackendHealth {

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 pub mod forward_queue;
 pub mod inbox;
@@ -269,7 +269,14 @@ impl SqliteDb {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        let fresh = std::fs::metadata(&opts.path).map_or(true, |m| m.len() == 0);
         let conn = Connection::open(&opts.path)?;
+        if fresh {
+            // A new file hands the pages retention empties back to the file
+            // system (`PRAGMA incremental_vacuum` after each prune); SQLite
+            // takes this only before the file's first page is written.
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         configure(&conn)?;
         // The per-commit WAL sync relies on WAL mode, which SQLite silently
         // declines on some file systems (no shared memory).
@@ -424,6 +431,36 @@ impl SqliteDb {
             reply,
         };
         (Box::new(job), rx)
+    }
+
+    /// Deletes up to `limit` of the oldest rows of `table` whose `column`
+    /// (epoch ms) is before `before_ms`, on the background lane, then gives
+    /// the freed pages back to the file system; returns how many went. The
+    /// one delete every retention kind of the embedded file uses.
+    pub async fn prune_rows(
+        &self,
+        table: &'static str,
+        column: &'static str,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<u64, DbError> {
+        self.write_background(move |c| {
+            let n = c.execute(
+                &format!(
+                    "DELETE FROM {table} WHERE rowid IN \
+                     (SELECT rowid FROM {table} WHERE {column} < ?1 ORDER BY {column} LIMIT ?2)"
+                ),
+                rusqlite::params![before_ms, limit as i64],
+            )?;
+            if n > 0 {
+                // A no-op unless the file was created with incremental
+                // auto-vacuum (see the schema).
+                c.query_row("PRAGMA incremental_vacuum(256)", [], |_| Ok(()))
+                    .optional()?;
+            }
+            Ok(n as u64)
+        })
+        .await
     }
 
     /// Rows in `table` (the depth of a queue, the DLQ, the quarantine).
@@ -708,6 +745,54 @@ fn sync_wal(wal: &Path) -> Result<(), String> {
     std::fs::File::open(wal)
         .and_then(|f| f.sync_data())
         .map_err(|e| format!("syncing {}: {e}", wal.display()))
+}
+
+/// What `zen-gateway backup` wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackupReport {
+    pub source: PathBuf,
+    pub backup: PathBuf,
+    pub bytes: u64,
+    pub schema_version: u32,
+}
+
+/// Copies the embedded database at `source` to `dest` with SQLite's online
+/// backup API: a consistent snapshot while a gateway goes on writing (it
+/// copies 256 pages at a time and lets the writer in between; pages written
+/// meanwhile are copied again). `dest` must not exist: a backup never
+/// overwrites. Restore: stop the gateway, put the copy in `DATA_DIR` as
+/// `zen.db` (with no `zen.db-wal` / `zen.db-shm` beside it), start it.
+pub fn backup_to(source: &Path, dest: &Path) -> anyhow::Result<BackupReport> {
+    if !source.exists() {
+        anyhow::bail!("no embedded database at {}", source.display());
+    }
+    if dest.exists() {
+        anyhow::bail!(
+            "{} exists; a backup never overwrites a file",
+            dest.display()
+        );
+    }
+    let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("cannot open {}", source.display()))?;
+    src.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mut dst =
+        Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let copied = rusqlite::backup::Backup::new(&src, &mut dst)
+        .and_then(|b| b.run_to_completion(256, std::time::Duration::from_millis(2), None));
+    if let Err(e) = copied {
+        drop(dst);
+        let _ = std::fs::remove_file(dest);
+        return Err(e).with_context(|| format!("backup to {} failed", dest.display()));
+    }
+    let schema_version = schema::version(&dst)?;
+    let _ = dst.pragma_update(None, "journal_mode", "DELETE");
+    drop(dst);
+    Ok(BackupReport {
+        source: source.to_path_buf(),
+        backup: dest.to_path_buf(),
+        bytes: std::fs::metadata(dest)?.len(),
+        schema_version,
+    })
 }
 
 /// Takes the data directory's lock (`DATA_DIR/zen.lock`), or says who holds

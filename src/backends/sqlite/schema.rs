@@ -151,6 +151,13 @@ CREATE TABLE notifications (
 CREATE INDEX notifications_kind ON notifications (kind, id);
 "#;
 
+/// Version 4: the indexes retention deletes by (oldest first).
+const V4_RETENTION_INDEXES: &str = r#"
+CREATE INDEX IF NOT EXISTS messages_updated ON messages (updated_at_ms);
+CREATE INDEX IF NOT EXISTS delivery_logs_created ON delivery_logs (created_at_ms);
+CREATE INDEX IF NOT EXISTS forward_dlq_dead_at ON forward_dlq (dead_at_ms);
+"#;
+
 /// One step of the schema.
 enum Step {
     Sql(&'static str),
@@ -166,6 +173,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
         Step::Sql(V2_QUARANTINE_META_LEGACY_SECRETS),
     ),
     ("notifications", Step::Sql(V3_NOTIFICATIONS)),
+    ("retention indexes", Step::Sql(V4_RETENTION_INDEXES)),
 ];
 
 /// The schema version this gateway writes.

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteDb;
@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
-    Applied, BackendHealth, MessagePage, MessageQuery, MessageStats, MessageStore,
+    Applied, BackendHealth, Kept, MessagePage, MessageQuery, MessageStats, MessageStore,
     NotificationQuery, StatsQuery, StoreError,
 };
 
@@ -369,6 +369,23 @@ impl MessageStore for SqliteStore {
                 )?;
                 rows.collect()
             })
+            .await?)
+    }
+
+    async fn prune(
+        &self,
+        kind: Kept,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let (table, column) = match kind {
+            Kept::Messages => ("messages", "updated_at_ms"),
+            Kept::Unrecognized => ("unrecognized", "received_at_ms"),
+            Kept::Notifications => ("notifications", "received_at_ms"),
+        };
+        Ok(self
+            .db
+            .prune_rows(table, column, before.timestamp_millis(), limit)
             .await?)
     }
 

@@ -3,7 +3,7 @@
 //! (`legacy_job_secrets`).
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteDb, from_json, json_err};
@@ -129,6 +129,21 @@ impl WebhookStore for SqliteWebhookStore {
         // The embedded backend has no `projects` collection: owners come from
         // registered messages, and webhooks can match by business number.
         Ok(None)
+    }
+
+    async fn prune_delivery_logs(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let before_ms = before.timestamp_millis();
+        self.db
+            .prune_rows("legacy_job_secrets", "created_at_ms", before_ms, limit)
+            .await?;
+        Ok(self
+            .db
+            .prune_rows("delivery_logs", "created_at_ms", before_ms, limit)
+            .await?)
     }
 
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {

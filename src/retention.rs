@@ -1,0 +1,161 @@
+//! Retention: what the gateway keeps, for how long, and the pruner that
+//! removes the rest in small batches (so it never holds up ingest), on every
+//! backend through the role traits.
+//!
+//! Each kind has its own age (`MESSAGE_RETENTION`, `DELIVERY_LOG_RETENTION`,
+//! …; `0` keeps forever). A message's age is from its last update; a
+//! delivery log's from its creation; a DLQ or quarantine entry's from when
+//! it was set aside.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::forwarding::{ForwardQueue, WebhookStore};
+use crate::queue::Inbox;
+use crate::store::{Kept, MessageStore};
+
+/// Rows one delete removes at most.
+pub const PRUNE_BATCH: usize = 500;
+/// Batches of one kind in one background pass (the next pass goes on).
+const BATCHES_PER_PASS: usize = 100;
+/// Batches of one kind in one `zen-gateway prune` (bounded, like every loop).
+const BATCHES_PER_COMMAND: usize = 100_000;
+
+/// How long each kind is kept; `None` keeps it forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub messages: Option<Duration>,
+    pub delivery_logs: Option<Duration>,
+    pub unrecognized: Option<Duration>,
+    pub notifications: Option<Duration>,
+    pub dlq: Option<Duration>,
+    pub quarantine: Option<Duration>,
+}
+
+impl Retention {
+    /// The same age for every kind (`zen-gateway prune --older-than`).
+    pub fn all(age: Duration) -> Retention {
+        Retention {
+            messages: Some(age),
+            delivery_logs: Some(age),
+            unrecognized: Some(age),
+            notifications: Some(age),
+            dlq: Some(age),
+            quarantine: Some(age),
+        }
+    }
+
+    pub fn keeps_everything(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+/// What one pass removed, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PruneReport {
+    pub messages: u64,
+    pub delivery_logs: u64,
+    pub unrecognized: u64,
+    pub notifications: u64,
+    pub dlq: u64,
+    pub quarantine: u64,
+}
+
+/// Removes what retention no longer keeps.
+#[derive(Clone)]
+pub struct Pruner {
+    pub store: Arc<dyn MessageStore>,
+    pub webhooks: Arc<dyn WebhookStore>,
+    pub forward_queue: Arc<dyn ForwardQueue>,
+    pub inbox: Arc<dyn Inbox>,
+    pub retention: Retention,
+}
+
+impl Pruner {
+    /// One pass over every kind, each in batches until nothing older is
+    /// left or `max_batches` were removed. A backend that fails ends that
+    /// kind's pass (the next one tries again); the error is returned.
+    pub async fn pass(
+        &self,
+        now: DateTime<Utc>,
+        max_batches: usize,
+    ) -> anyhow::Result<PruneReport> {
+        let r = self.retention;
+        let mut report = PruneReport::default();
+        let cutoff = |age: Option<Duration>| {
+            age.and_then(|a| chrono::Duration::from_std(a).ok())
+                .and_then(|a| now.checked_sub_signed(a))
+        };
+        macro_rules! kind {
+            ($field:ident, $age:expr, $delete:expr) => {
+                if let Some(before) = cutoff($age) {
+                    for _ in 0..max_batches {
+                        let n: u64 = $delete(before).await?;
+                        report.$field += n;
+                        if (n as usize) < PRUNE_BATCH {
+                            break;
+                        }
+                    }
+                    if report.$field > 0 {
+                        metrics::counter!("zen_pruned_total", "kind" => stringify!($field))
+                            .increment(report.$field);
+                    }
+                }
+            };
+        }
+        kind!(messages, r.messages, |b| self.store.prune(
+            Kept::Messages,
+            b,
+            PRUNE_BATCH
+        ));
+        kind!(unrecognized, r.unrecognized, |b| self.store.prune(
+            Kept::Unrecognized,
+            b,
+            PRUNE_BATCH
+        ));
+        kind!(notifications, r.notifications, |b| self.store.prune(
+            Kept::Notifications,
+            b,
+            PRUNE_BATCH
+        ));
+        kind!(delivery_logs, r.delivery_logs, |b| self
+            .webhooks
+            .prune_delivery_logs(b, PRUNE_BATCH));
+        kind!(dlq, r.dlq, |b| self
+            .forward_queue
+            .prune_dead(b, PRUNE_BATCH));
+        kind!(quarantine, r.quarantine, |b| self
+            .inbox
+            .prune_quarantined(b, PRUNE_BATCH));
+        Ok(report)
+    }
+
+    /// Everything older than retention, now (the `prune` command).
+    pub async fn prune_all(&self) -> anyhow::Result<PruneReport> {
+        self.pass(Utc::now(), BATCHES_PER_COMMAND).await
+    }
+
+    /// Prunes every `interval` until `stop`.
+    pub async fn run(self, interval: Duration, stop: CancellationToken) {
+        if self.retention.keeps_everything() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match self.pass(Utc::now(), BATCHES_PER_PASS).await {
+                Ok(report) if report != PruneReport::default() => {
+                    tracing::info!(?report, "retention pruned");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention pass failed; the next one retries"),
+            }
+        }
+    }
+}
