@@ -7,6 +7,7 @@ mod cache_conformance;
 mod crash_safety;
 mod forward_queue_conformance;
 mod forwarding;
+mod full_disk;
 mod http_limits;
 mod inbox_conformance;
 mod ingest;
