@@ -33,6 +33,9 @@ use sqlite::{
 /// Most writes the embedded writer commits in one transaction.
 const SQLITE_MAX_BATCH: usize = 2048;
 
+/// Longest start-up waits for MongoDB to say whose schema it holds.
+const SCHEMA_CHECK_WAIT: Duration = Duration::from_secs(5);
+
 /// Longest a CLI command waits for the broker to answer.
 const COMMAND_BROKER_WAIT: Duration = Duration::from_secs(15);
 
@@ -186,6 +189,16 @@ impl<'a> Backends<'a> {
                 .await
                 .context("MONGO_URI")?,
         );
+        // A database a newer gateway wrote is refused at once; one that
+        // cannot be reached now is checked again by the index builder.
+        match tokio::time::timeout(SCHEMA_CHECK_WAIT, mongo.check_schema()).await {
+            Ok(Err(e @ StoreError::Invalid(_))) => {
+                return Err(anyhow::Error::new(e).context("MONGO_URI"));
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the database's schema yet"),
+            Err(_) => tracing::warn!("the database did not answer the schema check in time"),
+            Ok(Ok(_)) => {}
+        }
         if let Mode::Serve(_) = self.mode {
             spawn_index_builder(mongo.clone());
         }
@@ -290,16 +303,21 @@ fn spawn_index_builder(store: Arc<MongoStore>) {
     tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);
         loop {
-            match store.ensure_indexes().await {
+            let built = match store.check_schema().await {
+                Ok(_) => store.ensure_indexes().await,
+                Err(e) => Err(e),
+            };
+            match built {
                 Ok(report) => {
                     tracing::info!(?report, "mongodb indexes ready");
                     return;
                 }
-                // Refused data, not an outage: duplicate keys, most likely.
+                // Refused, not an outage: a newer gateway's database, or
+                // duplicate keys (most likely).
                 Err(e @ StoreError::Invalid(_)) => {
                     tracing::error!(
                         error = %e,
-                        "the collection cannot take the unique indexes; if it holds duplicate \
+                        "cannot build the indexes; if the collection holds duplicate \
                          messages written by the legacy gateway, run `zen-gateway migrate` to \
                          merge them and build the indexes"
                     );

@@ -242,3 +242,37 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
     assert_eq!(ready["store"]["up"], true);
     app.stop().await;
 }
+
+/// A database a newer gateway wrote is refused at start with a message that
+/// says so; an older (or new) one is marked as this gateway's.
+#[tokio::test]
+async fn a_database_from_a_newer_gateway_is_refused() {
+    let Some(uri) = services::mongo_uri() else {
+        return;
+    };
+    let db_name = services::unique_db_name();
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
+    let db = client.database(&db_name);
+    let meta = db.collection::<bson::Document>(zen_gateway::backends::mongo::META);
+    // A fresh database becomes ours.
+    let store = zen_gateway::backends::mongo::MongoStore::new(db.clone());
+    assert_eq!(
+        store.check_schema().await.unwrap(),
+        zen_gateway::backends::mongo::SCHEMA_VERSION
+    );
+    meta.update_one(doc! {"_id": "schema"}, doc! {"$set": {"version": 99_i64}})
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(uri.clone()));
+    settings.backends.database_name = db_name.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = zen_gateway::app::Application::build_with_listener(settings, listener)
+        .await
+        .err()
+        .expect("refused");
+    let why = format!("{refused:#}");
+    assert!(why.contains("newer zen-gateway") && why.contains("schema 99"), "{why}");
+    db.drop().await.unwrap();
+}

@@ -5,5 +5,5 @@
 pub mod store;
 pub mod webhooks;
 
-pub use store::{MongoStore, client};
+pub use store::{META, MongoStore, SCHEMA_VERSION, client};
 pub use webhooks::MongoWebhookStore;

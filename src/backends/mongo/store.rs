@@ -51,6 +51,12 @@ pub const UNRECOGNIZED: &str = "unrecognized_webhooks";
 /// answers from its primary key (the test wire server scans for any other
 /// field, and for `$in`). The first message to take an id keeps it.
 pub const MESSAGE_KEYS: &str = "zen_message_keys";
+/// The gateway's own facts about the database: `{_id: "schema", version}`.
+pub const META: &str = "zen_meta";
+/// The layout of collections and indexes this gateway writes. A database
+/// marked with a higher one was written by a newer gateway: refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
 /// Provider notifications that are not about one message, `_id` = the
 /// event id (a redelivery is not kept twice).
 pub const NOTIFICATIONS: &str = "zen_notifications";
@@ -246,6 +252,38 @@ impl MongoStore {
         self.create_index(keys, IndexOptions::builder().name(name.to_owned()).build())
             .await?;
         Ok(UniqueIndexKind::NotUnique)
+    }
+
+    /// Refuses a database a newer gateway wrote (its `zen_meta` schema is
+    /// above [`SCHEMA_VERSION`]); marks an older or new one as ours.
+    pub async fn check_schema(&self) -> Result<i64, StoreError> {
+        let meta = self.db.collection::<Document>(META);
+        let found = meta
+            .find_one(doc! {"_id": "schema"})
+            .await
+            .map_err(unavailable)?
+            .and_then(|d| d.get("version").and_then(Bson::as_i64).or_else(|| {
+                d.get("version").and_then(Bson::as_i32).map(i64::from)
+            }));
+        match found {
+            Some(v) if v > SCHEMA_VERSION => Err(StoreError::Invalid(format!(
+                "database {:?} was written by a newer zen-gateway (schema {v}; this one \
+                 knows {SCHEMA_VERSION}): run the newer gateway, or give this one a \
+                 database of its own",
+                self.db.name()
+            ))),
+            Some(v) if v == SCHEMA_VERSION => Ok(v),
+            _ => {
+                meta.update_one(
+                    doc! {"_id": "schema"},
+                    doc! {"$set": {"version": SCHEMA_VERSION}},
+                )
+                .upsert(true)
+                .await
+                .map_err(unavailable)?;
+                Ok(SCHEMA_VERSION)
+            }
+        }
     }
 
     /// Merges the duplicate documents per `wamid` that the legacy gateway
