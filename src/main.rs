@@ -79,12 +79,22 @@ enum EntriesAction {
     },
     /// Put entries back to be processed again with fresh attempts: the
     /// given ids (delivery ids for `dlq`, event ids for `quarantine`), or
-    /// every one with --all.
+    /// every one with --all; `dlq` also takes --webhook, --since and
+    /// --until (RFC 3339), each narrowing the replay.
     Replay {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
-        #[arg(required_unless_present = "all")]
+        #[arg(required_unless_present_any = ["all", "webhook", "since", "until"])]
         ids: Vec<String>,
+        /// dlq: only this webhook's deliveries.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// dlq: only deliveries that died at or after this time.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// dlq: only deliveries that died before this time.
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 
@@ -116,8 +126,20 @@ fn main() -> ExitCode {
                 EntriesAction::List { limit } => {
                     serde_json::to_value(queue.list_dead(limit.clamp(1, 10_000)).await?)?
                 }
-                EntriesAction::Replay { all, ids } => {
-                    let n = queue.replay_dead((!all).then_some(&ids[..])).await?;
+                EntriesAction::Replay {
+                    all,
+                    ids,
+                    webhook,
+                    since,
+                    until,
+                } => {
+                    let filter = zen_gateway::forwarding::ReplayFilter {
+                        ids: (!all && !ids.is_empty()).then_some(ids),
+                        webhook_id: webhook,
+                        since,
+                        until,
+                    };
+                    let n = queue.replay_dead(&filter).await?;
                     serde_json::json!({ "replayed": n })
                 }
             })
@@ -130,7 +152,19 @@ fn main() -> ExitCode {
                 EntriesAction::List { limit } => serde_json::to_value(
                     inbox.list_quarantined(limit.clamp(1, 10_000), None).await?,
                 )?,
-                EntriesAction::Replay { all, ids } => {
+                EntriesAction::Replay {
+                    all,
+                    ids,
+                    webhook,
+                    since,
+                    until,
+                } => {
+                    if webhook.is_some() || since.is_some() || until.is_some() {
+                        anyhow::bail!("--webhook, --since and --until are for `dlq replay`");
+                    }
+                    if !all && ids.is_empty() {
+                        anyhow::bail!("give event ids, or --all");
+                    }
                     let n = inbox.replay_quarantined((!all).then_some(&ids[..])).await?;
                     serde_json::json!({ "replayed": n })
                 }

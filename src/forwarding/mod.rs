@@ -202,6 +202,50 @@ pub struct DeadJob {
     pub job: ForwardJob,
 }
 
+/// Which dead-lettered deliveries a replay puts back: all of them, or those
+/// that match every given part (ids, the webhook, when they died).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, utoipa::ToSchema)]
+pub struct ReplayFilter {
+    /// Dead job (delivery) ids; absent = any.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Only this webhook's deliveries.
+    #[serde(default)]
+    pub webhook_id: Option<String>,
+    /// Only deliveries that died at or after this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only deliveries that died before this time (RFC 3339).
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl ReplayFilter {
+    pub fn ids(ids: Vec<String>) -> Self {
+        ReplayFilter {
+            ids: Some(ids),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a dead job (`id`, its job, when it died) is to be replayed.
+    pub fn matches(&self, id: &str, job: &ForwardJob, dead_at: Option<DateTime<Utc>>) -> bool {
+        self.ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == id))
+            && self
+                .webhook_id
+                .as_ref()
+                .is_none_or(|w| *w == job.webhook_id)
+            && self
+                .since
+                .is_none_or(|since| dead_at.is_some_and(|t| t >= since))
+            && self
+                .until
+                .is_none_or(|until| dead_at.is_some_and(|t| t < until))
+    }
+}
+
 /// Client webhooks and their delivery logs.
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
@@ -291,7 +335,7 @@ pub trait ForwardQueue: Send + Sync {
     ) -> Result<(), ForwardQueueError>;
     async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError>;
     /// Requeues dead jobs (all, or those ids) with fresh attempts.
-    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, ForwardQueueError>;
+    async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError>;
     async fn depth(&self) -> Result<u64, ForwardQueueError>;
     /// Jobs in the dead-letter queue.
     async fn dead_depth(&self) -> Result<u64, ForwardQueueError>;

@@ -350,27 +350,19 @@ async fn dlq(
     Ok(Json(state.forward_queue.list_dead(limit).await?))
 }
 
-#[derive(Debug, Deserialize, Default, ToSchema)]
-struct ReplayIn {
-    /// Dead job ids; absent = all.
-    ids: Option<Vec<String>>,
-}
-
 /// Puts dead-lettered deliveries back on the forwarding queue with fresh
-/// attempts: the given ids, or all of them without a body.
-#[utoipa::path(post, path = "/dlq/replay", tag = "webhooks", request_body(content = Option<ReplayIn>),
+/// attempts: all of them without a body, else those matching every part
+/// given (`ids`, `webhook_id`, died `since` / `until`).
+#[utoipa::path(post, path = "/dlq/replay", tag = "webhooks", request_body(content = Option<crate::forwarding::ReplayFilter>),
     security(("admin" = [])),
     responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay(
     _: Admin,
     State(state): State<AppState>,
-    body: Option<Json<ReplayIn>>,
+    body: Option<Json<crate::forwarding::ReplayFilter>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let input = body.map(|Json(b)| b).unwrap_or_default();
-    let n = state
-        .forward_queue
-        .replay_dead(input.ids.as_deref())
-        .await?;
+    let filter = body.map(|Json(b)| b).unwrap_or_default();
+    let n = state.forward_queue.replay_dead(&filter).await?;
     Ok(Json(json!({"replayed": n})))
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use zen_gateway::backends::rabbitmq::{RabbitForwardQueue, RabbitInbox, RabbitOptions};
 use zen_gateway::backends::sqlite::{SqliteDb, SqliteForwardQueue, SqliteOptions, Synchronous};
-use zen_gateway::forwarding::{ForwardJob, ForwardQueue, JobTag};
+use zen_gateway::forwarding::{ForwardJob, ForwardQueue, JobTag, ReplayFilter};
 
 use crate::services;
 
@@ -179,7 +179,7 @@ mod cases {
         }
         let first = jobs[0].delivery_log_id.clone();
         assert_eq!(
-            q.replay_dead(Some(std::slice::from_ref(&first)))
+            q.replay_dead(&ReplayFilter::ids(vec![first.clone()]))
                 .await
                 .unwrap(),
             1
@@ -190,9 +190,58 @@ mod cases {
         assert_eq!(back[0].1.attempt_count, 0, "a replay starts over");
         q.complete(&back[0].0).await.unwrap();
         assert!(eventually(async || q.dead_depth().await.unwrap() == 1).await);
-        assert_eq!(q.replay_dead(None).await.unwrap(), 1);
+        assert_eq!(q.replay_dead(&ReplayFilter::default()).await.unwrap(), 1);
         let back = receive_n(q, 1, Duration::from_secs(10)).await;
         assert_eq!(back[0].1.delivery_log_id, jobs[1].delivery_log_id);
+        q.complete(&back[0].0).await.unwrap();
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 0).await);
+    }
+
+    /// A replay narrowed to one webhook, or to when the deliveries died,
+    /// puts back only those.
+    pub async fn replays_by_webhook_and_time_range(q: &dyn ForwardQueue) {
+        let mut a = job(31);
+        a.webhook_id = "hook-a".into();
+        let mut b = job(32);
+        b.webhook_id = "hook-b".into();
+        q.enqueue(&[a.clone(), b.clone()]).await.unwrap();
+        let got = receive_n(q, 2, Duration::from_secs(10)).await;
+        let (first, second) = if got[0].1.webhook_id == "hook-a" {
+            (&got[0], &got[1])
+        } else {
+            (&got[1], &got[0])
+        };
+        q.dead_letter(&first.0, &first.1, "gave up").await.unwrap();
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 1).await);
+        let between = chrono::Utc::now() + chrono::Duration::milliseconds(5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.dead_letter(&second.0, &second.1, "gave up")
+            .await
+            .unwrap();
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 2).await);
+        // Died after `between`: only hook-b's.
+        let since = ReplayFilter {
+            since: Some(between),
+            ..Default::default()
+        };
+        assert_eq!(q.replay_dead(&since).await.unwrap(), 1);
+        let back = receive_n(q, 1, Duration::from_secs(10)).await;
+        assert_eq!(back[0].1.webhook_id, "hook-b");
+        q.complete(&back[0].0).await.unwrap();
+        // Another webhook's: nothing; its own: the one left.
+        let other = ReplayFilter {
+            webhook_id: Some("hook-b".into()),
+            ..Default::default()
+        };
+        assert_eq!(q.replay_dead(&other).await.unwrap(), 0);
+        let own = ReplayFilter {
+            webhook_id: Some("hook-a".into()),
+            until: Some(between),
+            ..Default::default()
+        };
+        assert_eq!(q.replay_dead(&own).await.unwrap(), 1);
+        let back = receive_n(q, 1, Duration::from_secs(10)).await;
+        assert_eq!(back[0].1.webhook_id, "hook-a");
         q.complete(&back[0].0).await.unwrap();
         assert!(eventually(async || q.dead_depth().await.unwrap() == 0).await);
     }
@@ -213,7 +262,7 @@ mod cases {
         let left = q.list_dead(10).await.unwrap();
         assert_eq!(left[0].reason, "new");
         assert_eq!(q.prune_dead(cutoff, 100).await.unwrap(), 0);
-        assert_eq!(q.replay_dead(None).await.unwrap(), 1);
+        assert_eq!(q.replay_dead(&ReplayFilter::default()).await.unwrap(), 1);
         let back = receive_n(q, 1, Duration::from_secs(10)).await;
         q.complete(&back[0].0).await.unwrap();
     }
@@ -249,4 +298,5 @@ suite!(
     a_rescheduled_job_comes_back_after_its_delay,
     dead_jobs_are_listed_and_replayed_with_fresh_attempts,
     retention_prunes_dead_jobs_older_than_the_cutoff,
+    replays_by_webhook_and_time_range,
 );

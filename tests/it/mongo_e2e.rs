@@ -273,6 +273,9 @@ async fn a_database_from_a_newer_gateway_is_refused() {
         .err()
         .expect("refused");
     let why = format!("{refused:#}");
-    assert!(why.contains("newer zen-gateway") && why.contains("schema 99"), "{why}");
+    assert!(
+        why.contains("newer zen-gateway") && why.contains("schema 99"),
+        "{why}"
+    );
     db.drop().await.unwrap();
 }

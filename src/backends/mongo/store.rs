@@ -262,9 +262,11 @@ impl MongoStore {
             .find_one(doc! {"_id": "schema"})
             .await
             .map_err(unavailable)?
-            .and_then(|d| d.get("version").and_then(Bson::as_i64).or_else(|| {
-                d.get("version").and_then(Bson::as_i32).map(i64::from)
-            }));
+            .and_then(|d| {
+                d.get("version")
+                    .and_then(Bson::as_i64)
+                    .or_else(|| d.get("version").and_then(Bson::as_i32).map(i64::from))
+            });
         match found {
             Some(v) if v > SCHEMA_VERSION => Err(StoreError::Invalid(format!(
                 "database {:?} was written by a newer zen-gateway (schema {v}; this one \

@@ -23,7 +23,9 @@ use super::{
     FORWARDING_DLQ, FORWARDING_DLX, FORWARDING_EXCHANGE, FORWARDING_QUEUE, FORWARDING_ROUTING_KEY,
     RabbitInbox, Stream, retry_queue, wire_tag,
 };
-use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag};
+use crate::forwarding::{
+    DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag, ReplayFilter,
+};
 use crate::health::BackendHealth;
 
 const DEAD_REASON: &str = "x-zen-dead-reason";
@@ -77,6 +79,19 @@ fn props(job: &ForwardJob, extra: &[(&str, AMQPValue)]) -> BasicProperties {
 fn body(job: &ForwardJob) -> Vec<u8> {
     // `shared_secret` is never serialized.
     serde_json::to_vec(job).unwrap_or_default()
+}
+
+/// When a dead-lettered job died (the header the forwarder set).
+fn dead_at(delivery: &lapin::message::Delivery) -> Option<DateTime<Utc>> {
+    match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(&ShortString::from(DEAD_AT)).cloned())
+    {
+        Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(ms).single(),
+        _ => None,
+    }
 }
 
 fn parse_tag(tag: &JobTag) -> Result<u64, ForwardQueueError> {
@@ -225,14 +240,7 @@ impl ForwardQueue for RabbitForwardQueue {
             let Ok(job) = serde_json::from_slice::<ForwardJob>(&m.delivery.data) else {
                 continue;
             };
-            let dead_at = match props
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(&ShortString::from(DEAD_AT)).cloned())
-            {
-                Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(ms).single(),
-                _ => None,
-            };
+            let dead_at = dead_at(&m.delivery);
             out.push(DeadJob {
                 id: job.delivery_log_id.clone(),
                 reason: header_text(props, DEAD_REASON).unwrap_or_else(|| "rejected".into()),
@@ -244,7 +252,7 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(out)
     }
 
-    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, ForwardQueueError> {
+    async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError> {
         let ch = self.broker.side_channel().await?;
         let queue = self.broker.queue_name(FORWARDING_DLQ);
         let waiting = self.broker.queue_depth(FORWARDING_DLQ).await?;
@@ -258,7 +266,7 @@ impl ForwardQueue for RabbitForwardQueue {
             let Ok(mut job) = serde_json::from_slice::<ForwardJob>(&m.delivery.data) else {
                 continue; // left unacked: back in the DLQ when the channel closes
             };
-            if ids.is_some_and(|ids| !ids.contains(&job.delivery_log_id)) {
+            if !filter.matches(&job.delivery_log_id, &job, dead_at(&m.delivery)) {
                 continue;
             }
             // A replay starts over: fresh attempts, not parked.
@@ -290,17 +298,7 @@ impl ForwardQueue for RabbitForwardQueue {
     ) -> Result<u64, ForwardQueueError> {
         Ok(self
             .broker
-            .prune_head(FORWARDING_DLQ, before, limit, |d| {
-                match d
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| h.inner().get(&ShortString::from(DEAD_AT)).cloned())
-                {
-                    Some(AMQPValue::LongLongInt(ms)) => Utc.timestamp_millis_opt(ms).single(),
-                    _ => None,
-                }
-            })
+            .prune_head(FORWARDING_DLQ, before, limit, dead_at)
             .await?)
     }
 

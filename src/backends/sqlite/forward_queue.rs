@@ -12,7 +12,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{SqliteDb, from_json, json_err};
-use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag};
+use crate::forwarding::{
+    DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag, ReplayFilter,
+};
 use crate::health::BackendHealth;
 
 /// How long a received job is reserved for its delivery.
@@ -300,22 +302,23 @@ impl ForwardQueue for SqliteForwardQueue {
             .await?)
     }
 
-    async fn replay_dead(&self, ids: Option<&[String]>) -> Result<usize, ForwardQueueError> {
-        let ids = ids.map(<[String]>::to_vec);
+    async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError> {
+        let filter = filter.clone();
         let n = self
             .db
             .write(move |c| {
-                let dead: Vec<(String, String)> = {
-                    let mut stmt = c.prepare("SELECT id, job FROM forward_dlq")?;
-                    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                let dead: Vec<(String, String, i64)> = {
+                    let mut stmt = c.prepare("SELECT id, job, dead_at_ms FROM forward_dlq")?;
+                    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                     rows.collect::<rusqlite::Result<_>>()?
                 };
                 let mut n = 0;
-                for (id, doc) in dead {
-                    if ids.as_ref().is_some_and(|ids| !ids.contains(&id)) {
+                for (id, doc, dead_at_ms) in dead {
+                    let mut job: ForwardJob = from_json(doc)?;
+                    let dead_at = Utc.timestamp_millis_opt(dead_at_ms).single();
+                    if !filter.matches(&id, &job, dead_at) {
                         continue;
                     }
-                    let mut job: ForwardJob = from_json(doc)?;
                     // A replay starts over: fresh attempts, not parked.
                     job.attempt_count = 0;
                     job.parked_since = None;
