@@ -19,6 +19,9 @@ struct State {
     last_progress: Option<Instant>,
     /// When this URL's queued jobs were last parked in bulk.
     bulk_parked_at: Option<Instant>,
+    /// The URL's own cap on deliveries in flight (its webhook's
+    /// `max_in_flight`), in place of the shared default.
+    limit: Option<u32>,
 }
 
 /// A URL whose slots are all taken and none freed for this long is
@@ -90,11 +93,19 @@ impl Breakers {
         }
     }
 
+    /// Sets the URL's own cap on deliveries in flight (`None`: the default
+    /// share).
+    pub fn set_limit(&self, url: &str, limit: Option<u32>) {
+        if let Ok(mut s) = self.state(url).lock() {
+            s.limit = limit.map(|l| l.max(1));
+        }
+    }
+
     /// Takes one of the URL's in-flight slots, or says how long to wait.
     pub fn enter(&self, url: &str) -> Result<InFlight<'_>, Duration> {
         let state = self.state(url);
         let mut s = state.lock().map_err(|_| Duration::from_millis(100))?;
-        if s.in_flight >= self.per_url_limit {
+        if s.in_flight >= s.limit.unwrap_or(self.per_url_limit) {
             return Err(Duration::from_millis(250));
         }
         s.in_flight += 1;
@@ -145,7 +156,8 @@ impl Breakers {
         let state = self.states.get(url)?;
         let s = state.lock().ok()?;
         let since = s.last_progress?.elapsed();
-        (s.in_flight >= self.per_url_limit && since >= STALL_AFTER).then_some(since)
+        (s.in_flight >= s.limit.unwrap_or(self.per_url_limit) && since >= STALL_AFTER)
+            .then_some(since)
     }
 
     fn state(&self, url: &str) -> Arc<Mutex<State>> {
@@ -243,6 +255,24 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_webhooks_own_cap_replaces_the_share() {
+        let b = Breakers::with_limits(10, Duration::from_secs(1), Duration::from_secs(1), 2);
+        b.set_limit("u", Some(3));
+        let held: Vec<_> = (0..3).map(|_| b.enter("u").unwrap()).collect();
+        assert!(b.enter("u").is_err());
+        drop(held);
+        b.set_limit("u", Some(1));
+        let one = b.enter("u").unwrap();
+        assert!(b.enter("u").is_err());
+        drop(one);
+        // Back to the shared default.
+        b.set_limit("u", None);
+        let _a = b.enter("u").unwrap();
+        let _b = b.enter("u").unwrap();
+        assert!(b.enter("u").is_err());
+    }
 
     #[test]
     fn one_url_gets_at_most_its_share_of_slots() {

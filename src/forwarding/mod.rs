@@ -59,6 +59,14 @@ pub struct WebhookConfig {
     pub business_numbers: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
+    /// This webhook's total time for one attempt, in ms, in place of
+    /// `FORWARD_TIMEOUT_MS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// This webhook's most deliveries in flight at once, in place of the
+    /// shared per-URL share of `FORWARD_CONCURRENCY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 impl WebhookConfig {

@@ -270,6 +270,7 @@ impl Forwarder {
         url: &str,
         secret: &str,
         extra_headers: Option<&std::collections::BTreeMap<String, String>>,
+        timeout: Option<Duration>,
         job: &ForwardJob,
     ) -> SendOutcome {
         let started = Instant::now();
@@ -335,14 +336,12 @@ impl Forwarder {
                 standard_signature(secret, &job.event_id, ts, &body),
             );
         }
-        let resp = match self
-            .client
-            .post(parsed)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-        {
+        // A webhook's own `timeout_ms` replaces the attempt's total budget.
+        let mut request = self.client.post(parsed).headers(headers).body(body);
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let resp = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 // The SSRF resolver's refusal is in the source chain.
@@ -495,7 +494,7 @@ impl Forwarder {
                 return;
             }
         };
-        let (url, secret, headers) = match &webhook {
+        let (url, secret, headers, timeout, max_in_flight) = match &webhook {
             Some(w) if !w.is_active() => {
                 return self
                     .dead(&tag, &job, "webhook is inactive".into(), None)
@@ -505,6 +504,8 @@ impl Forwarder {
                 w.webhook_url.clone(),
                 w.shared_secret.clone(),
                 w.headers.clone(),
+                w.timeout_ms.map(Duration::from_millis),
+                w.max_in_flight,
             ),
             // A legacy job from another service can carry url and secret.
             // The secret is kept in the store by delivery id, since a job
@@ -519,7 +520,7 @@ impl Forwarder {
                     None => self.webhooks.legacy_secret(&job.delivery_log_id).await,
                 };
                 match secret {
-                    Ok(Some(secret)) => (job.webhook_url.clone(), secret, None),
+                    Ok(Some(secret)) => (job.webhook_url.clone(), secret, None, None, None),
                     Ok(None) => {
                         return self
                             .dead(&tag, &job, "webhook no longer exists".into(), None)
@@ -545,6 +546,7 @@ impl Forwarder {
             }
         };
 
+        self.breakers.set_limit(&url, max_in_flight);
         let _slot = match self.breakers.enter_within(&url, URL_SLOT_WAIT).await {
             Ok(slot) => slot,
             // This URL's share of slots stayed busy: back to the queue, no
@@ -590,7 +592,9 @@ impl Forwarder {
             Admission::Allow | Admission::Probe => {}
         }
 
-        let outcome = self.send(&url, &secret, headers.as_ref(), &job).await;
+        let outcome = self
+            .send(&url, &secret, headers.as_ref(), timeout, &job)
+            .await;
         metrics::histogram!("zen_delivery_seconds").record(outcome.duration.as_secs_f64());
         let now = Utc::now();
         let logged_body = outcome

@@ -88,6 +88,27 @@ struct CreateIn {
     business_numbers: Option<Vec<String>>,
     headers: Option<BTreeMap<String, String>>,
     active: Option<bool>,
+    /// This webhook's time for one attempt, 100 to 120000 ms (default
+    /// `FORWARD_TIMEOUT_MS`).
+    timeout_ms: Option<u64>,
+    /// This webhook's most deliveries in flight, 1 to 1000 (default a share
+    /// of `FORWARD_CONCURRENCY`).
+    max_in_flight: Option<u32>,
+}
+
+/// A webhook's own limits, in range or refused naming the field.
+fn validate_limits(timeout_ms: Option<u64>, max_in_flight: Option<u32>) -> Result<(), ApiError> {
+    if timeout_ms.is_some_and(|t| !(100..=120_000).contains(&t)) {
+        return Err(ApiError::Unprocessable(
+            "timeout_ms: must be between 100 and 120000".into(),
+        ));
+    }
+    if max_in_flight.is_some_and(|m| !(1..=1000).contains(&m)) {
+        return Err(ApiError::Unprocessable(
+            "max_in_flight: must be between 1 and 1000".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Registers a client webhook; its signing secret is shown this once.
@@ -104,6 +125,7 @@ async fn create(
         return Err(ApiError::Unprocessable("project_owner_id: required".into()));
     }
     validate_url(&input.webhook_url)?;
+    validate_limits(input.timeout_ms, input.max_in_flight)?;
     // The legacy default subscription.
     let topics = input
         .topics
@@ -126,6 +148,8 @@ async fn create(
         active: input.active,
         business_numbers: input.business_numbers,
         headers: input.headers,
+        timeout_ms: input.timeout_ms,
+        max_in_flight: input.max_in_flight,
     };
     state.webhooks.create_webhook(&config).await?;
     Ok((StatusCode::CREATED, Json(out(config, true))))
@@ -186,6 +210,8 @@ struct UpdateIn {
     business_numbers: Option<Vec<String>>,
     headers: Option<BTreeMap<String, String>>,
     active: Option<bool>,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<u32>,
 }
 
 /// Changes the given fields; the others stay as they are.
@@ -228,6 +254,13 @@ async fn update(
     }
     if input.active.is_some() {
         w.active = input.active;
+    }
+    validate_limits(input.timeout_ms, input.max_in_flight)?;
+    if input.timeout_ms.is_some() {
+        w.timeout_ms = input.timeout_ms;
+    }
+    if input.max_in_flight.is_some() {
+        w.max_in_flight = input.max_in_flight;
     }
     w.updated_at = Utc::now().timestamp_millis();
     if !state.webhooks.update_webhook(&w).await? {
@@ -299,7 +332,13 @@ async fn test(
     };
     let o = state
         .forwarder
-        .send(&w.webhook_url, &w.shared_secret, w.headers.as_ref(), &job)
+        .send(
+            &w.webhook_url,
+            &w.shared_secret,
+            w.headers.as_ref(),
+            w.timeout_ms.map(std::time::Duration::from_millis),
+            &job,
+        )
         .await;
     let success = o.success();
     Ok(Json(json!({

@@ -1011,3 +1011,71 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
 }
 
 on_both_queues!(new_providers_are_stored_and_forwarded);
+
+/// A webhook's own `timeout_ms` replaces the global attempt budget (15 s
+/// here): a hanging endpoint's attempt ends after it, with a timeout.
+async fn a_webhooks_own_timeout_replaces_the_global_one(q: Queue) {
+    let app = spawn_on(q, |s| {
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "60000".parse().unwrap();
+        s.forward.timeout = Duration::from_secs(15);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.set("slow", Behavior::Hang(Duration::from_secs(30)));
+    // Out of range: refused, naming the field.
+    let resp = app
+        .client
+        .post(app.url("/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(
+            &json!({"project_owner_id": "owner-t", "webhook_url": rx.url("slow"), "timeout_ms": 5}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert!(resp.text().await.unwrap().contains("timeout_ms"));
+    let hook = create_webhook(
+        &app,
+        json!({
+            "project_owner_id": "owner-t",
+            "webhook_url": rx.url("slow"),
+            "topics": ["datagen.delivery"],
+            "business_numbers": [BUSINESS],
+            "timeout_ms": 300,
+            "max_in_flight": 2,
+        }),
+    )
+    .await;
+    assert_eq!(hook["timeout_ms"], 300);
+    assert_eq!(hook["max_in_flight"], 2);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+            .await
+            .status(),
+        200
+    );
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/webhooks/{id}/deliveries");
+    assert!(
+        wait_until(async || admin_get(&app, &path).await[0]["status"] == "retrying").await,
+        "{}",
+        admin_get(&app, &path).await
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = admin_get(&app, &path).await;
+    let error = log[0]["error_message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(error.contains("time"), "{log}");
+    app.stop().await;
+}
+
+on_both_queues!(a_webhooks_own_timeout_replaces_the_global_one);

@@ -59,6 +59,9 @@ fn hook(id: &str, owner: &str) -> WebhookConfig {
         active: None,
         business_numbers: None,
         headers: None,
+        // Per-webhook limits round-trip on every backend.
+        timeout_ms: Some(2500),
+        max_in_flight: Some(7),
     }
 }
 

@@ -76,6 +76,12 @@ fn webhook_doc(w: &WebhookConfig) -> Document {
         }
         d.insert("headers", hd);
     }
+    if let Some(t) = w.timeout_ms {
+        d.insert("timeout_ms", t as i64);
+    }
+    if let Some(m) = w.max_in_flight {
+        d.insert("max_in_flight", m as i64);
+    }
     d
 }
 
@@ -114,6 +120,14 @@ fn webhook_from(d: &Document) -> WebhookConfig {
         updated_at: int(d, "updated_at"),
         active: d.get_bool("active").ok(),
         business_numbers: strings(d, "business_numbers"),
+        timeout_ms: d
+            .get("timeout_ms")
+            .map(|_| int(d, "timeout_ms"))
+            .and_then(|t| u64::try_from(t).ok()),
+        max_in_flight: d
+            .get("max_in_flight")
+            .map(|_| int(d, "max_in_flight"))
+            .and_then(|m| u32::try_from(m).ok()),
         headers: d.get_document("headers").ok().map(|h| {
             h.iter()
                 .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
