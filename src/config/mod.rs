@@ -72,6 +72,11 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FORWARD_MAX_PARKED_SECS", "forward.max_parked_secs"),
     ("FORWARD_ALLOW_PRIVATE", "forward.allow_private"),
     ("FORWARD_PROXY", "forward.proxy"),
+    ("OPERATIONS_WEBHOOK_URL", "forward.operations_webhook_url"),
+    (
+        "OPERATIONS_WEBHOOK_SECRET",
+        "forward.operations_webhook_secret",
+    ),
     ("BREAKER_THRESHOLD", "forward.breaker_threshold"),
     ("BREAKER_COOLDOWN_SECS", "forward.breaker_cooldown_secs"),
     ("MESSAGE_RETENTION", "retention.messages"),
@@ -307,6 +312,13 @@ pub struct ForwardSettings {
     /// addresses before each request.
     #[serde(default, deserialize_with = "secret_url")]
     pub proxy: Option<SecretUrl>,
+    /// Where operational events (`endpoint.disabled`) are delivered, like
+    /// any webhook; unset: they are only counted and logged.
+    #[serde(default, deserialize_with = "secret_url")]
+    pub operations_webhook_url: Option<SecretUrl>,
+    /// The secret operational events are signed with (unset: unsigned).
+    #[serde(default, deserialize_with = "secret")]
+    pub operations_webhook_secret: Option<Secret>,
     /// Consecutive failures that open a URL's circuit.
     pub breaker_threshold: u32,
     /// How long an open circuit waits before its single probe.
@@ -448,6 +460,11 @@ impl Settings {
             self.forward.proxy.as_ref(),
             &["http://", "https://"],
         )?;
+        scheme(
+            "forward.operations_webhook_url",
+            self.forward.operations_webhook_url.as_ref(),
+            &["http://", "https://"],
+        )?;
         for (key, value) in [
             ("http.body_limit_bytes", self.http.body_limit_bytes),
             ("http.max_connections", self.http.max_connections),
@@ -578,6 +595,16 @@ impl Settings {
             max_parked: f.max_parked,
             allow_private: f.allow_private,
             proxy: f.proxy.as_ref().map(|p| p.expose().to_owned()),
+            operations: f.operations_webhook_url.as_ref().map(|url| {
+                crate::forwarding::worker::OperationsTarget {
+                    url: url.expose().to_owned(),
+                    secret: f
+                        .operations_webhook_secret
+                        .as_ref()
+                        .map(|s| s.expose().to_owned())
+                        .unwrap_or_default(),
+                }
+            }),
         }
     }
 

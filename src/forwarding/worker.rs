@@ -47,6 +47,17 @@ pub struct ForwarderConfig {
     /// proxy at all, whatever `HTTP(S)_PROXY` / `ALL_PROXY` say, since the
     /// SSRF guard must see the target's own address.
     pub proxy: Option<String>,
+    /// Where operational events go (`endpoint.disabled`), with the secret
+    /// they are signed with; `None`: nowhere.
+    pub operations: Option<OperationsTarget>,
+}
+
+/// The operators' own webhook (`OPERATIONS_WEBHOOK_URL`).
+#[derive(Debug, Clone)]
+pub struct OperationsTarget {
+    pub url: String,
+    /// Signs like any delivery; empty: unsigned.
+    pub secret: String,
 }
 
 impl Default for ForwarderConfig {
@@ -63,6 +74,7 @@ impl Default for ForwarderConfig {
             max_parked: Duration::from_secs(24 * 3600),
             allow_private: false,
             proxy: None,
+            operations: None,
         }
     }
 }
@@ -208,6 +220,47 @@ impl Forwarder {
             )),
             cfg,
         })
+    }
+
+    /// Sends an operational event to `OPERATIONS_WEBHOOK_URL`, through the
+    /// forwarding queue like any delivery (retried, dead-lettered, signed
+    /// with `OPERATIONS_WEBHOOK_SECRET`, kept in the store by delivery id
+    /// so that it is never queued in clear). Counted either way.
+    pub async fn notify_operations(&self, kind: &str, data: serde_json::Value) {
+        metrics::counter!("zen_operational_events_total", "kind" => kind.to_owned()).increment(1);
+        let Some(ops) = &self.cfg.operations else {
+            return;
+        };
+        let job = ForwardJob {
+            delivery_log_id: bson::oid::ObjectId::new().to_hex(),
+            project_owner_id: "zen-gateway".into(),
+            webhook_id: "operations".into(),
+            webhook_url: ops.url.clone(),
+            shared_secret: None,
+            event_type: kind.to_owned(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            payload: data,
+            timestamp: Utc::now().timestamp_millis(),
+            attempt_count: 0,
+            message: None,
+            parked_since: None,
+            v: 1,
+        };
+        let kept = self
+            .webhooks
+            .keep_legacy_secret(&job.delivery_log_id, &ops.secret)
+            .await;
+        let sent = match kept {
+            Ok(()) => self
+                .queue
+                .enqueue(std::slice::from_ref(&job))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, kind, "could not queue the operational event");
+        }
     }
 
     /// The circuit breakers, shared with the fan-out (which parks new jobs
@@ -631,6 +684,16 @@ impl Forwarder {
                         tracing::warn!(error = %e, webhook.id = %w.id, "could not deactivate the webhook");
                     } else {
                         tracing::warn!(webhook.id = %w.id, "endpoint answered 410 Gone: webhook deactivated");
+                        self.notify_operations(
+                            "endpoint.disabled",
+                            serde_json::json!({
+                                "webhook_id": w.id,
+                                "project_owner_id": w.project_owner_id,
+                                "webhook_url": w.webhook_url,
+                                "reason": "410 Gone",
+                            }),
+                        )
+                        .await;
                     }
                 }
                 self.dead(

@@ -1079,3 +1079,39 @@ async fn a_webhooks_own_timeout_replaces_the_global_one(q: Queue) {
 }
 
 on_both_queues!(a_webhooks_own_timeout_replaces_the_global_one);
+
+/// A webhook deactivated by a 410 is reported to the operators' own
+/// webhook as `endpoint.disabled`, signed like any delivery.
+async fn a_deactivated_endpoint_is_reported_to_operations(q: Queue) {
+    let rx = Receiver::start().await;
+    rx.set("gone", Behavior::Status(410));
+    let ops_url = rx.url("ops");
+    let app = spawn_on(q, |s| {
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "100,100".parse().unwrap();
+        s.forward.operations_webhook_url = Some(zen_gateway::config::SecretUrl::new(ops_url));
+        s.forward.operations_webhook_secret = Some("ops-secret".into());
+    })
+    .await;
+    let gone = create_webhook(
+        &app,
+        json!({"project_owner_id": "owner-ops", "webhook_url": rx.url("gone"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    let got = rx.wait_for("ops", 1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    let event = &got[0];
+    assert_eq!(event.header("x-event-type"), "endpoint.disabled");
+    let expected = zen_gateway::inbound_auth::hmac_sha256_hex(b"ops-secret", &event.body);
+    assert_eq!(event.header("x-webhook-signature"), expected);
+    let payload = event.json();
+    assert_eq!(payload["data"]["webhook_id"], gone["id"]);
+    assert_eq!(payload["data"]["project_owner_id"], "owner-ops");
+    assert_eq!(payload["data"]["reason"], "410 Gone");
+    app.stop().await;
+}
+
+on_both_queues!(a_deactivated_endpoint_is_reported_to_operations);
