@@ -125,6 +125,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("forward.allow_private", "false"),
     ("forward.breaker_threshold", "10"),
     ("forward.breaker_cooldown_secs", "300"),
+    ("forward.endpoint_failing_after", "15m"),
     ("retention.messages", "0"),
     ("retention.delivery_logs", "30d"),
     ("retention.unrecognized", "30d"),
@@ -319,6 +320,10 @@ pub struct ForwardSettings {
     /// The secret operational events are signed with (unset: unsigned).
     #[serde(default, deserialize_with = "secret")]
     pub operations_webhook_secret: Option<Secret>,
+    /// A URL failing this long with its circuit open is reported as
+    /// `endpoint.failing`.
+    #[serde(with = "types::humantime_duration")]
+    pub endpoint_failing_after: Duration,
     /// Consecutive failures that open a URL's circuit.
     pub breaker_threshold: u32,
     /// How long an open circuit waits before its single probe.
@@ -595,6 +600,7 @@ impl Settings {
             max_parked: f.max_parked,
             allow_private: f.allow_private,
             proxy: f.proxy.as_ref().map(|p| p.expose().to_owned()),
+            failing_after: f.endpoint_failing_after,
             operations: f.operations_webhook_url.as_ref().map(|url| {
                 crate::forwarding::worker::OperationsTarget {
                     url: url.expose().to_owned(),

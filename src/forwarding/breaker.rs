@@ -22,6 +22,10 @@ struct State {
     /// The URL's own cap on deliveries in flight (its webhook's
     /// `max_in_flight`), in place of the shared default.
     limit: Option<u32>,
+    /// When its current run of consecutive failures began.
+    failing_since: Option<Instant>,
+    /// Whether that run was reported as `endpoint.failing`.
+    failing_reported: bool,
 }
 
 /// A URL whose slots are all taken and none freed for this long is
@@ -199,17 +203,34 @@ impl Breakers {
             s.opened_at = None;
             s.probe_in_flight = false;
             s.bulk_parked_at = None;
+            s.failing_since = None;
+            s.failing_reported = false;
         }
     }
 
     pub fn record_failure(&self, url: &str) {
         if let Ok(mut s) = self.state(url).lock() {
             s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            s.failing_since.get_or_insert_with(Instant::now);
             s.probe_in_flight = false;
             if s.consecutive_failures >= self.threshold {
                 s.opened_at = Some(Instant::now());
             }
         }
+    }
+
+    /// How long the URL has failed, once per run of failures: `Some` the
+    /// first time its circuit is open and it has been failing for at least
+    /// `after` (the `endpoint.failing` report), `None` otherwise.
+    pub fn take_failing_report(&self, url: &str, after: Duration) -> Option<Duration> {
+        let state = self.states.get(url)?;
+        let mut s = state.lock().ok()?;
+        let since = s.failing_since?.elapsed();
+        if s.opened_at.is_none() || s.failing_reported || since < after {
+            return None;
+        }
+        s.failing_reported = true;
+        Some(since)
     }
 
     /// Releases a probe that ended without a verdict (e.g. a permanent 4xx).
@@ -255,6 +276,25 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_url_is_reported_once_per_run_of_failures() {
+        let b = Breakers::with_limits(2, Duration::from_secs(60), Duration::from_secs(1), 2);
+        b.record_failure("u");
+        // Not open yet.
+        assert_eq!(b.take_failing_report("u", Duration::ZERO), None);
+        b.record_failure("u");
+        assert!(b.take_failing_report("u", Duration::ZERO).is_some());
+        assert_eq!(b.take_failing_report("u", Duration::ZERO), None, "once");
+        assert_eq!(b.take_failing_report("u", Duration::from_secs(3600)), None);
+        b.record_success("u");
+        b.record_failure("u");
+        b.record_failure("u");
+        assert!(
+            b.take_failing_report("u", Duration::ZERO).is_some(),
+            "a new run"
+        );
+    }
 
     #[test]
     fn a_webhooks_own_cap_replaces_the_share() {

@@ -47,9 +47,13 @@ pub struct ForwarderConfig {
     /// proxy at all, whatever `HTTP(S)_PROXY` / `ALL_PROXY` say, since the
     /// SSRF guard must see the target's own address.
     pub proxy: Option<String>,
-    /// Where operational events go (`endpoint.disabled`), with the secret
-    /// they are signed with; `None`: nowhere.
+    /// Where operational events go (`endpoint.disabled`,
+    /// `endpoint.failing`), with the secret they are signed with; `None`:
+    /// nowhere (they are still counted).
     pub operations: Option<OperationsTarget>,
+    /// A URL whose circuit is open and that has failed for this long is
+    /// reported as `endpoint.failing` (once per run of failures).
+    pub failing_after: Duration,
 }
 
 /// The operators' own webhook (`OPERATIONS_WEBHOOK_URL`).
@@ -75,6 +79,7 @@ impl Default for ForwarderConfig {
             allow_private: false,
             proxy: None,
             operations: None,
+            failing_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -260,6 +265,27 @@ impl Forwarder {
         };
         if let Err(e) = sent {
             tracing::warn!(error = %e, kind, "could not queue the operational event");
+        }
+    }
+
+    /// Reports `endpoint.failing` once per run of failures, when the URL's
+    /// circuit is open and it has failed for `failing_after`.
+    async fn report_if_failing(&self, url: &str, job: &ForwardJob) {
+        if let Some(failing_for) = self
+            .breakers
+            .take_failing_report(url, self.cfg.failing_after)
+        {
+            tracing::warn!(webhook.url = %url, ?failing_for, "endpoint failing; operators told");
+            self.notify_operations(
+                "endpoint.failing",
+                serde_json::json!({
+                    "webhook_id": job.webhook_id,
+                    "project_owner_id": job.project_owner_id,
+                    "webhook_url": url,
+                    "failing_for_secs": failing_for.as_secs(),
+                }),
+            )
+            .await;
         }
     }
 
@@ -629,6 +655,7 @@ impl Forwarder {
         };
         match self.breakers.admit(&url) {
             Admission::Reject(wait) => {
+                self.report_if_failing(&url, &job).await;
                 if self.breakers.should_bulk_park(&url) {
                     match self.queue.park_url(&job.webhook_url, wait).await {
                         Ok(n) if n > 0 => {
@@ -718,6 +745,7 @@ impl Forwarder {
                     self.breakers.release_probe(&url);
                 } else {
                     self.breakers.record_failure(&url);
+                    self.report_if_failing(&url, &job).await;
                 }
                 let attempts_done = job.attempt_count as usize + 1;
                 let total_attempts = self.cfg.retry_delays.len() + 1;

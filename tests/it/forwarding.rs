@@ -1115,3 +1115,44 @@ async fn a_deactivated_endpoint_is_reported_to_operations(q: Queue) {
 }
 
 on_both_queues!(a_deactivated_endpoint_is_reported_to_operations);
+
+/// An endpoint that keeps failing, its circuit open, is reported once as
+/// `endpoint.failing` to the operators' webhook.
+async fn a_failing_endpoint_is_reported_to_operations(q: Queue) {
+    let rx = Receiver::start().await;
+    rx.set("down", Behavior::Status(503));
+    let ops_url = rx.url("ops");
+    let app = spawn_on(q, |s| {
+        s.forward.allow_private = true;
+        s.forward.retry_delays = "50,50,50,50".parse().unwrap();
+        s.forward.breaker_threshold = 2;
+        s.forward.breaker_cooldown = Duration::from_secs(1);
+        s.forward.endpoint_failing_after = Duration::from_millis(1);
+        s.forward.operations_webhook_url = Some(zen_gateway::config::SecretUrl::new(ops_url));
+    })
+    .await;
+    let hook = create_webhook(
+        &app,
+        json!({"project_owner_id": "owner-down", "webhook_url": rx.url("down"),
+        "topics": ["*"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    for i in 0..3 {
+        app.post_webhook(
+            "/webhook/datagen",
+            datagen_status(&format!("wamid.down-{i}"), "sent", 1 + i),
+        )
+        .await;
+    }
+    let got = rx.wait_for("ops", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("x-event-type"), "endpoint.failing");
+    let payload = got[0].json();
+    assert_eq!(payload["data"]["webhook_id"], hook["id"]);
+    assert_eq!(payload["data"]["project_owner_id"], "owner-down");
+    // Once per run of failures.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.received("ops").len(), 1);
+    app.stop().await;
+}
+
+on_both_queues!(a_failing_endpoint_is_reported_to_operations);
