@@ -76,24 +76,25 @@ fn validate_topics(topics: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-struct CreateIn {
-    project_owner_id: String,
-    webhook_url: String,
+/// A new webhook, from the API's JSON or the console's form.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct CreateIn {
+    pub project_owner_id: String,
+    pub webhook_url: String,
     #[serde(default)]
-    project_id: String,
-    topics: Option<Vec<String>>,
+    pub project_id: String,
+    pub topics: Option<Vec<String>>,
     /// Sign deliveries (default true).
-    enable_auth: Option<bool>,
-    business_numbers: Option<Vec<String>>,
-    headers: Option<BTreeMap<String, String>>,
-    active: Option<bool>,
+    pub enable_auth: Option<bool>,
+    pub business_numbers: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub active: Option<bool>,
     /// This webhook's time for one attempt, 100 to 120000 ms (default
     /// `FORWARD_TIMEOUT_MS`).
-    timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
     /// This webhook's most deliveries in flight, 1 to 1000 (default a share
     /// of `FORWARD_CONCURRENCY`).
-    max_in_flight: Option<u32>,
+    pub max_in_flight: Option<u32>,
 }
 
 /// A webhook's own limits, in range or refused naming the field.
@@ -121,6 +122,16 @@ async fn create(
     State(state): State<AppState>,
     ApiJson(input): ApiJson<CreateIn>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let config = create_webhook(&state, input).await?;
+    Ok((StatusCode::CREATED, Json(out(config, true))))
+}
+
+/// Checks and stores a new webhook with a fresh secret (unless signing is
+/// off); the one rule for the API and the console.
+pub(super) async fn create_webhook(
+    state: &AppState,
+    input: CreateIn,
+) -> Result<WebhookConfig, ApiError> {
     if input.project_owner_id.trim().is_empty() {
         return Err(ApiError::Unprocessable("project_owner_id: required".into()));
     }
@@ -152,7 +163,7 @@ async fn create(
         max_in_flight: input.max_in_flight,
     };
     state.webhooks.create_webhook(&config).await?;
-    Ok((StatusCode::CREATED, Json(out(config, true))))
+    Ok(config)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -178,7 +189,7 @@ async fn list(
     Ok(Json(all.into_iter().map(|w| out(w, false)).collect()))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<WebhookConfig, ApiError> {
+pub(super) async fn find(state: &AppState, id: &str) -> Result<WebhookConfig, ApiError> {
     state
         .webhooks
         .get_webhook(id)
@@ -201,17 +212,17 @@ async fn show(
 
 /// Fields left out are left as they are (unlike the legacy API, an update
 /// never silently turns signing off).
-#[derive(Debug, Deserialize, ToSchema)]
-struct UpdateIn {
-    webhook_url: Option<String>,
-    project_id: Option<String>,
-    topics: Option<Vec<String>>,
-    enable_auth: Option<bool>,
-    business_numbers: Option<Vec<String>>,
-    headers: Option<BTreeMap<String, String>>,
-    active: Option<bool>,
-    timeout_ms: Option<u64>,
-    max_in_flight: Option<u32>,
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct UpdateIn {
+    pub webhook_url: Option<String>,
+    pub project_id: Option<String>,
+    pub topics: Option<Vec<String>>,
+    pub enable_auth: Option<bool>,
+    pub business_numbers: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub active: Option<bool>,
+    pub timeout_ms: Option<u64>,
+    pub max_in_flight: Option<u32>,
 }
 
 /// Changes the given fields; the others stay as they are.
@@ -225,7 +236,18 @@ async fn update(
     Path(id): Path<String>,
     ApiJson(input): ApiJson<UpdateIn>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    let mut w = find(&state, &id).await?;
+    let (w, reveal) = update_webhook(&state, &id, input).await?;
+    Ok(Json(out(w, reveal)))
+}
+
+/// Changes the given fields of a webhook; true when signing was turned on
+/// (its new secret is to be shown once).
+pub(super) async fn update_webhook(
+    state: &AppState,
+    id: &str,
+    input: UpdateIn,
+) -> Result<(WebhookConfig, bool), ApiError> {
+    let mut w = find(state, id).await?;
     let mut reveal = false;
     if let Some(url) = input.webhook_url {
         validate_url(&url)?;
@@ -266,7 +288,7 @@ async fn update(
     if !state.webhooks.update_webhook(&w).await? {
         return Err(ApiError::NotFound("webhook"));
     }
-    Ok(Json(out(w, reveal)))
+    Ok((w, reveal))
 }
 
 /// Deletes a client webhook.
@@ -295,11 +317,18 @@ async fn rotate(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    let mut w = find(&state, &id).await?;
+    Ok(Json(out(rotate_secret(&state, &id).await?, true)))
+}
+
+/// Gives a webhook a new secret; the old one stops signing at once.
+pub(super) async fn rotate_secret(state: &AppState, id: &str) -> Result<WebhookConfig, ApiError> {
+    let mut w = find(state, id).await?;
     w.shared_secret = new_secret();
     w.updated_at = Utc::now().timestamp_millis();
-    state.webhooks.update_webhook(&w).await?;
-    Ok(Json(out(w, true)))
+    if !state.webhooks.update_webhook(&w).await? {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    Ok(w)
 }
 
 /// Sends a `test.webhook` event now and reports what the endpoint said
@@ -313,7 +342,29 @@ async fn test(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let w = find(&state, &id).await?;
+    let o = send_test(&state, &id).await?;
+    Ok(Json(json!({
+        "success": o.success,
+        "message": if o.success { "test webhook delivered" } else { "test webhook failed" },
+        "status_code": o.status_code,
+        "response_body": o.response_body,
+        "error": o.error,
+        "duration_ms": o.duration_ms,
+    })))
+}
+
+/// What a webhook's endpoint answered to a test event.
+pub(super) struct TestOutcome {
+    pub success: bool,
+    pub status_code: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// Sends a `test.webhook` event to a webhook now, signed as deliveries are.
+pub(super) async fn send_test(state: &AppState, id: &str) -> Result<TestOutcome, ApiError> {
+    let w = find(state, id).await?;
     let now = Utc::now();
     let job = ForwardJob {
         delivery_log_id: String::new(),
@@ -340,15 +391,13 @@ async fn test(
             &job,
         )
         .await;
-    let success = o.success();
-    Ok(Json(json!({
-        "success": success,
-        "message": if success { "test webhook delivered" } else { "test webhook failed" },
-        "status_code": o.status,
-        "response_body": o.body,
-        "error": o.error,
-        "duration_ms": o.duration.as_millis() as u64,
-    })))
+    Ok(TestOutcome {
+        success: o.success(),
+        status_code: o.status,
+        response_body: o.body,
+        error: o.error,
+        duration_ms: o.duration.as_millis() as u64,
+    })
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
