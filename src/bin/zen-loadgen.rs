@@ -41,6 +41,9 @@ enum Mix {
     Datagen,
     /// Datagen single and batch, AiSensy, Karix and Meta.
     Mixed,
+    /// Datagen, never repeating: request k is status k % 3 (sent, delivered,
+    /// read) of message k / 3, so the data only grows (long runs).
+    Fresh,
 }
 
 #[derive(Subcommand)]
@@ -261,7 +264,7 @@ fn bodies(mix: Mix, messages: u64, n: usize) -> Vec<(&'static str, Bytes)> {
         let s = (rng.next() % 4) as usize;
         let ts = 1_749_540_000_000 + m * 10 + s as u64;
         let kind = match mix {
-            Mix::Datagen => 0,
+            Mix::Datagen | Mix::Fresh => 0,
             Mix::Mixed => rng.next() % 10,
         };
         let (route, body) = match kind {
@@ -319,7 +322,10 @@ async fn post_load(
     mix: Mix,
     messages: u64,
 ) -> anyhow::Result<()> {
-    let pool = Arc::new(bodies(mix, messages, 20_000));
+    let pool = Arc::new(match mix {
+        Mix::Fresh => Vec::new(),
+        _ => bodies(mix, messages, 20_000),
+    });
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .timeout(Duration::from_secs(30))
@@ -351,7 +357,19 @@ async fn post_load(
                     }
                     now
                 };
-                let (route, body) = &pool[(k as usize) % pool.len()];
+                let fresh;
+                let (route, body) = match mix {
+                    Mix::Fresh => {
+                        let (m, s) = (k / 3, (k % 3) as usize);
+                        let ts = 1_749_540_000_000 + k * 10;
+                        fresh = Bytes::from(datagen_event(m, STATUSES[s], ts).to_string());
+                        ("/webhook/datagen", &fresh)
+                    }
+                    _ => {
+                        let (route, body) = &pool[(k as usize) % pool.len()];
+                        (*route, body)
+                    }
+                };
                 let resp = client
                     .post(format!("{url}{route}"))
                     .header("content-type", "application/json")
