@@ -153,6 +153,10 @@ struct MessagesParams {
     project_owner_id: Option<String>,
     /// `sent`, `delivered`, `read`, `failed`, `accepted` or `received`.
     status: Option<String>,
+    /// `created_at >= from` (RFC 3339)
+    from: Option<String>,
+    /// `created_at < to` (RFC 3339)
+    to: Option<String>,
     /// 1 to 500, default 50.
     #[param(value_type = Option<u32>)]
     limit: Option<String>,
@@ -206,6 +210,8 @@ async fn list_messages(
         campaign_id: given(p.campaign_id),
         project_owner_id: given(p.project_owner_id),
         status,
+        from: parse_time("from", p.from)?,
+        to: parse_time("to", p.to)?,
         limit,
         after,
     };

@@ -72,6 +72,10 @@ pub struct MessageQuery {
     pub campaign_id: Option<String>,
     pub project_owner_id: Option<String>,
     pub status: Option<String>,
+    /// `created_at >= from`.
+    pub from: Option<DateTime<Utc>>,
+    /// `created_at < to`.
+    pub to: Option<DateTime<Utc>>,
     pub limit: usize,
     /// Where the previous page ended.
     pub after: Option<MessageCursor>,

@@ -600,6 +600,34 @@ mod cases {
         sorted.dedup();
         assert_eq!(sorted.len(), 26, "no message on two pages");
 
+        // A time range: created_at in [from, to), to the millisecond (as
+        // every backend keeps it).
+        let ms = |t: chrono::DateTime<chrono::Utc>| {
+            chrono::DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
+        };
+        let (from, to) = (ms(seen[20].0), ms(seen[5].0));
+        let expected = seen
+            .iter()
+            .filter(|(t, _)| ms(*t) >= from && ms(*t) < to)
+            .count();
+        let ranged = store
+            .list_messages(&MessageQuery {
+                from: Some(from),
+                to: Some(to),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(expected > 0 && expected < 26);
+        assert_eq!(ranged.items.len(), expected, "the time range is [from, to)");
+        assert!(
+            ranged
+                .items
+                .iter()
+                .all(|r| ms(r.created_at) >= from && ms(r.created_at) < to)
+        );
+
         let delivered = store
             .list_messages(&MessageQuery {
                 status: Some("delivered".into()),

@@ -853,6 +853,16 @@ impl MessageStore for MongoStore {
             ("project_owner_id", q.project_owner_id.as_deref()),
             ("current_status", q.status.as_deref()),
         ]);
+        let mut created = Document::new();
+        if let Some(from) = q.from {
+            created.insert("$gte", bson::DateTime::from_chrono(from));
+        }
+        if let Some(to) = q.to {
+            created.insert("$lt", bson::DateTime::from_chrono(to));
+        }
+        if !created.is_empty() {
+            filter.insert("created_at", created);
+        }
         if let Some(after) = &q.after {
             let at = bson::DateTime::from_millis(after.created_at_ms);
             filter.insert(

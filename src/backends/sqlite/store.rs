@@ -245,6 +245,14 @@ impl MessageStore for SqliteStore {
                         ("current_status", q.status),
                     ],
                 );
+                if let Some(from) = q.from {
+                    sql.push_str(" AND created_at_ms >= ?");
+                    args.push(from.timestamp_millis().into());
+                }
+                if let Some(to) = q.to {
+                    sql.push_str(" AND created_at_ms < ?");
+                    args.push(to.timestamp_millis().into());
+                }
                 if let Some(after) = q.after {
                     sql.push_str(
                         " AND (created_at_ms < ? OR (created_at_ms = ? AND message_id < ?))",
