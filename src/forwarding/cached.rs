@@ -187,4 +187,12 @@ impl WebhookStore for CachedWebhookStore {
     ) -> Result<Vec<DeliveryLog>, StoreError> {
         self.inner.list_deliveries(webhook_id, limit).await
     }
+
+    async fn deliveries_of_events(
+        &self,
+        event_ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        self.inner.deliveries_of_events(event_ids, limit).await
+    }
 }

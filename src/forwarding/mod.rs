@@ -296,6 +296,13 @@ pub trait WebhookStore: Send + Sync {
         webhook_id: &str,
         limit: usize,
     ) -> Result<Vec<DeliveryLog>, StoreError>;
+    /// The deliveries of these events to every webhook, newest first, at
+    /// most `limit` (a message's deliveries: the events of its history).
+    async fn deliveries_of_events(
+        &self,
+        event_ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError>;
 }
 
 /// Where forwarding jobs wait, durably, for the forwarder.

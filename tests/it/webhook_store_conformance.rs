@@ -264,6 +264,66 @@ async fn retention_prunes_old_delivery_logs(store: &dyn WebhookStore) {
     );
 }
 
+/// A message's deliveries: those of its events, to every webhook, newest
+/// first, bounded.
+async fn deliveries_of_events(store: &dyn WebhookStore) {
+    let t0 = Utc::now() - chrono::Duration::minutes(10);
+    let log = |event: &str, webhook: &str, minutes: i64| DeliveryLog {
+        id: zen_gateway::forwarding::delivery_id(event, webhook),
+        project_owner_id: "o".into(),
+        webhook_id: webhook.into(),
+        event_id: event.into(),
+        event_type: "datagen.delivery".into(),
+        webhook_url: "https://example.com".into(),
+        payload: json!({"event": event}),
+        attempt_count: 0,
+        status: DeliveryStatus::Pending,
+        status_code: None,
+        response_body: None,
+        error_message: None,
+        delivery_duration_ms: None,
+        next_retry_at: None,
+        created_at: t0 + chrono::Duration::minutes(minutes),
+        last_attempt_at: t0,
+    };
+    store
+        .create_delivery_logs(&[
+            log("ev-a", "w1", 1),
+            log("ev-a", "w2", 2),
+            log("ev-b", "w1", 3),
+            log("ev-other", "w1", 4),
+        ])
+        .await
+        .unwrap();
+    let ids = ["ev-a".to_owned(), "ev-b".to_owned()];
+    let found = store.deliveries_of_events(&ids, 10).await.unwrap();
+    let seen: Vec<(&str, &str)> = found
+        .iter()
+        .map(|l| (l.event_id.as_str(), l.webhook_id.as_str()))
+        .collect();
+    assert_eq!(seen, [("ev-b", "w1"), ("ev-a", "w2"), ("ev-a", "w1")]);
+    assert_eq!(store.deliveries_of_events(&ids, 2).await.unwrap().len(), 2);
+    assert!(
+        store
+            .deliveries_of_events(&[], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn sqlite_deliveries_of_events() {
+    deliveries_of_events(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn mongo_deliveries_of_events() {
+    let Some(b) = mongo().await else { return };
+    deliveries_of_events(&*b.store).await;
+    b.db.unwrap().drop().await.unwrap();
+}
+
 #[tokio::test]
 async fn sqlite_retention_prunes_old_delivery_logs() {
     retention_prunes_old_delivery_logs(&*sqlite().store).await;

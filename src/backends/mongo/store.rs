@@ -183,6 +183,22 @@ impl MongoStore {
                 .await
                 .map_err(classify)?;
         }
+        // The delivery log's lookups: a webhook's newest, and an event's
+        // (a message's deliveries).
+        let logs = self.db.collection::<Document>("webhook_delivery_logs");
+        for (keys, name) in [
+            (
+                doc! {"webhook_id": 1, "created_at": -1},
+                "webhook_id_created_at",
+            ),
+            (doc! {"event_id": 1}, "event_id"),
+        ] {
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_owned()).build())
+                .build();
+            logs.create_index(model).await.map_err(classify)?;
+        }
         Ok(report)
     }
 

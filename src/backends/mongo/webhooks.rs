@@ -438,4 +438,24 @@ impl WebhookStore for MongoWebhookStore {
         .await?;
         Ok(docs.iter().map(log_from).collect())
     }
+
+    async fn deliveries_of_events(
+        &self,
+        event_ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let docs = collect(
+            self.logs
+                .find(doc! {"event_id": {"$in": event_ids}})
+                .sort(doc! {"created_at": -1, "_id": 1})
+                .limit(limit as i64)
+                .await
+                .map_err(unavailable)?,
+        )
+        .await?;
+        Ok(docs.iter().map(log_from).collect())
+    }
 }

@@ -158,6 +158,11 @@ CREATE INDEX IF NOT EXISTS delivery_logs_created ON delivery_logs (created_at_ms
 CREATE INDEX IF NOT EXISTS forward_dlq_dead_at ON forward_dlq (dead_at_ms);
 "#;
 
+/// A message's deliveries are looked up by the events of its history.
+const V5_DELIVERY_LOG_EVENT_INDEX: &str = r#"
+CREATE INDEX IF NOT EXISTS delivery_logs_event ON delivery_logs (json_extract(doc, '$.event_id'));
+"#;
+
 /// One step of the schema.
 enum Step {
     Sql(&'static str),
@@ -174,6 +179,10 @@ const MIGRATIONS: &[(&str, Step)] = &[
     ),
     ("notifications", Step::Sql(V3_NOTIFICATIONS)),
     ("retention indexes", Step::Sql(V4_RETENTION_INDEXES)),
+    (
+        "delivery log event index",
+        Step::Sql(V5_DELIVERY_LOG_EVENT_INDEX),
+    ),
 ];
 
 /// The schema version this gateway writes.

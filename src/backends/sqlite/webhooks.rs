@@ -253,4 +253,32 @@ impl WebhookStore for SqliteWebhookStore {
             })
             .await?)
     }
+
+    async fn deliveries_of_events(
+        &self,
+        event_ids: &[String],
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = event_ids.to_vec();
+        Ok(self
+            .db
+            .read(move |c| {
+                // The expression is the index's (`delivery_logs_event`).
+                let marks = vec!["?"; ids.len()].join(", ");
+                let sql = format!(
+                    "SELECT doc FROM delivery_logs WHERE json_extract(doc, '$.event_id') IN ({marks})
+                     ORDER BY created_at_ms DESC, id LIMIT ?"
+                );
+                let mut args: Vec<rusqlite::types::Value> =
+                    ids.into_iter().map(Into::into).collect();
+                args.push((limit as i64).into());
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(0))?;
+                rows.map(|r| r.and_then(from_json)).collect()
+            })
+            .await?)
+    }
 }
