@@ -84,6 +84,11 @@ impl Application {
         if roles.forwarder {
             fanout = fanout.with_breakers(forwarder.breakers());
         }
+        let admin_key: Option<Arc<str>> = settings
+            .http
+            .admin_api_key
+            .as_ref()
+            .map(|k| Arc::from(k.expose()));
         let state = AppState::new(http::Services {
             ingest: Ingest::new(
                 inbox.clone(),
@@ -93,11 +98,13 @@ impl Application {
             inbox: inbox.clone(),
             store: store.clone(),
             cache: cache.clone(),
-            admin_key: settings
-                .http
-                .admin_api_key
-                .as_ref()
-                .map(|k| Arc::from(k.expose())),
+            admin_key: admin_key.clone(),
+            console: http::console::Console::new(
+                admin_key,
+                settings.http.console_session_ttl,
+                settings.http.public_base_url.as_deref(),
+                settings.http.trust_forwarded_headers,
+            ),
             body_limit: settings.http.body_limit_bytes,
             ingest_enabled: roles.ingest,
             auth: InboundAuth::new(settings.inbound.clone(), providers.clone()).with_public_url(

@@ -42,6 +42,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SHUTDOWN_TIMEOUT_SECS", "http.shutdown_timeout_secs"),
     ("PUBLIC_BASE_URL", "http.public_base_url"),
     ("TRUST_FORWARDED_HEADERS", "http.trust_forwarded_headers"),
+    ("CONSOLE_SESSION_TTL", "http.console_session_ttl"),
     ("MONGO_URI", "backends.mongo_uri"),
     ("DATABASE_NAME", "backends.database_name"),
     ("REDIS_URL", "backends.redis_url"),
@@ -101,6 +102,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("http.max_connections", "10000"),
     ("http.shutdown_timeout_secs", "25"),
     ("http.trust_forwarded_headers", "false"),
+    ("http.console_session_ttl", "8h"),
     ("backends.database_name", "zen_messaging"),
     ("backends.data_dir", "./data"),
     ("backends.sqlite_synchronous", "full"),
@@ -210,6 +212,9 @@ pub struct HttpSettings {
     /// Read the public URL from `X-Forwarded-Proto` / `X-Forwarded-Host`
     /// when `public_base_url` is unset: only behind a proxy that sets them.
     pub trust_forwarded_headers: bool,
+    /// How long a console sign-in lasts.
+    #[serde(with = "types::humantime_duration")]
+    pub console_session_ttl: Duration,
 }
 
 /// Which backend serves each role, and how to reach it. An unset URL

@@ -23,41 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    let (inbox, store, cache, forward, inbox_depth, forward_depth, dlq_depth, quarantine_depth) = tokio::join!(
-        state.inbox.health(),
-        state.store.health(),
-        state.cache.health(),
-        state.forward_queue.health(),
-        state.inbox.depth(),
-        state.forward_queue.depth(),
-        state.forward_queue.dead_depth(),
-        state.inbox.quarantine_depth()
-    );
-    for (role, h) in [
-        ("inbox", &inbox),
-        ("store", &store),
-        ("cache", &cache),
-        ("forward_queue", &forward),
-    ] {
-        metrics::gauge!("zen_backend_up", "role" => role, "backend" => h.backend).set(if h.up {
-            1.0
-        } else {
-            0.0
-        });
-    }
-    if let Ok(d) = inbox_depth {
-        metrics::gauge!("zen_inbox_depth").set(d as f64);
-    }
-    if let Ok(d) = forward_depth {
-        metrics::gauge!("zen_forward_queue_depth").set(d as f64);
-    }
-    if let Ok(d) = quarantine_depth {
-        metrics::gauge!("zen_quarantine_depth").set(d as f64);
-    }
-    if let Ok(d) = dlq_depth {
-        metrics::gauge!("zen_forward_dlq_depth").set(d as f64);
-    }
-    metrics::gauge!("zen_breakers_open").set(state.forwarder.open_circuits() as f64);
+    refresh_gauges(&state).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::handle().render(),
@@ -129,4 +95,68 @@ async fn ready(State(state): State<AppState>) -> Response {
         })),
     )
         .into_response()
+}
+
+/// Backends and backlogs as read now, also set as the scrape-time gauges.
+pub(super) struct Gauges {
+    pub backends: [(&'static str, crate::health::BackendHealth); 4],
+    pub inbox_depth: Option<u64>,
+    pub forward_depth: Option<u64>,
+    pub dlq_depth: Option<u64>,
+    pub quarantine_depth: Option<u64>,
+    pub breakers_open: usize,
+}
+
+/// Reads the backends' health and backlogs and sets their gauges (the
+/// numbers `/metrics` and the console's overview show).
+pub(super) async fn refresh_gauges(state: &AppState) -> Gauges {
+    let (inbox, store, cache, forward, inbox_depth, forward_depth, dlq_depth, quarantine_depth) = tokio::join!(
+        state.inbox.health(),
+        state.store.health(),
+        state.cache.health(),
+        state.forward_queue.health(),
+        state.inbox.depth(),
+        state.forward_queue.depth(),
+        state.forward_queue.dead_depth(),
+        state.inbox.quarantine_depth()
+    );
+    for (role, h) in [
+        ("inbox", &inbox),
+        ("store", &store),
+        ("cache", &cache),
+        ("forward_queue", &forward),
+    ] {
+        metrics::gauge!("zen_backend_up", "role" => role, "backend" => h.backend).set(if h.up {
+            1.0
+        } else {
+            0.0
+        });
+    }
+    if let Ok(d) = inbox_depth {
+        metrics::gauge!("zen_inbox_depth").set(d as f64);
+    }
+    if let Ok(d) = forward_depth {
+        metrics::gauge!("zen_forward_queue_depth").set(d as f64);
+    }
+    if let Ok(d) = quarantine_depth {
+        metrics::gauge!("zen_quarantine_depth").set(d as f64);
+    }
+    if let Ok(d) = dlq_depth {
+        metrics::gauge!("zen_forward_dlq_depth").set(d as f64);
+    }
+    let breakers_open = state.forwarder.open_circuits();
+    metrics::gauge!("zen_breakers_open").set(breakers_open as f64);
+    Gauges {
+        backends: [
+            ("inbox", inbox),
+            ("store", store),
+            ("cache", cache),
+            ("forward_queue", forward),
+        ],
+        inbox_depth: inbox_depth.ok(),
+        forward_depth: forward_depth.ok(),
+        dlq_depth: dlq_depth.ok(),
+        quarantine_depth: quarantine_depth.ok(),
+        breakers_open,
+    }
 }

@@ -3,8 +3,9 @@
 //! and map the result.
 
 mod admin;
+pub mod console;
 mod extract;
-mod health;
+pub(crate) mod health;
 pub mod openapi;
 mod quarantine;
 pub mod serve;
@@ -73,6 +74,8 @@ pub struct Services {
     pub webhooks: Arc<dyn WebhookStore>,
     pub forward_queue: Arc<dyn ForwardQueue>,
     pub forwarder: Arc<Forwarder>,
+    /// The operator console's sign-in state.
+    pub console: console::Console,
 }
 
 /// The full router. Trailing slashes are trimmed by the caller (see
@@ -83,8 +86,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(legacy_cors())
+        // After the legacy CORS policy: console pages answer no other origin.
+        .merge(console::router())
+        .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             request_timeout,

@@ -129,7 +129,7 @@ pub async fn serve<S>(
                 Err(_) => break,
             },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -153,7 +153,14 @@ pub async fn serve<S>(
         let tracked = activity.clone();
         let service = TowerToHyperService::new(
             app.clone()
-                .map_request(|req: Request<hyper::body::Incoming>| req.map(axum::body::Body::new))
+                .map_request(move |req: Request<hyper::body::Incoming>| {
+                    // The peer's address, for extractors that ask for it
+                    // (the console's sign-in rate limit).
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req
+                })
                 .map_future(move |fut| {
                     let guard = InFlight::new(&tracked);
                     async move {

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cache_conformance;
+mod console;
 mod crash_safety;
 mod forward_queue_conformance;
 mod forwarding;
