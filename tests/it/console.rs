@@ -249,3 +249,80 @@ async fn an_operator_finds_a_message_and_reads_its_timeline() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_quarantined_webhook_is_replayed_from_the_console_after_a_confirmation() {
+    let app = spawn_app().await;
+    let wamid = "wamid.console-quarantine-1";
+    let conn = rusqlite::Connection::open(app.data_dir.join("zen.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.wamid = '{wamid}'
+         BEGIN SELECT RAISE(ABORT, 'refused by test'); END;"
+    ))
+    .unwrap();
+    let r = app
+        .post_webhook(
+            "/webhook/datagen",
+            datagen_status(wamid, "sent", 1_749_540_000_000),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.wait_ready(|r| r["quarantine_depth"] == 1).await;
+    let event_id = app.admin_get("/api/v1/quarantine").await[0]["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (_, cookie) = sign_in(&app).await;
+    let (status, page) = get(&app, &cookie, "/console/quarantine?bsp=datagen").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("refused by test"), "the error is shown");
+    let (_, other) = get(&app, &cookie, "/console/quarantine?bsp=meta").await;
+    assert!(
+        other.contains("Nothing here matches."),
+        "the filter applies"
+    );
+    conn.execute_batch("DROP TRIGGER poison").unwrap();
+
+    let csrf = csrf_of(&page);
+    let ask = client()
+        .post(app.url("/console/quarantine/replay"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str()), ("one", event_id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ask.status(), StatusCode::OK);
+    let confirm = ask.text().await.unwrap();
+    assert!(
+        confirm.contains("Replay 1 quarantined webhooks?"),
+        "{confirm}"
+    );
+    assert_eq!(
+        app.admin_get("/api/v1/quarantine")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing happens before the confirmation"
+    );
+    let done = client()
+        .post(app.url("/console/quarantine/replay"))
+        .header(COOKIE, &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("one", event_id.as_str()),
+            ("confirm", "yes"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    assert_eq!(done.headers()[LOCATION], "/console/quarantine?replayed=1");
+    app.wait_for_message(wamid, |m| m["current_status"] == "sent")
+        .await;
+    app.stop().await;
+}

@@ -165,6 +165,10 @@ impl MongoStore {
                 doc! {"phone_number": 1, "created_at": -1},
                 "phone_number_created_at",
             ),
+            (
+                doc! {"current_status": 1, "created_at": -1},
+                "current_status_created_at",
+            ),
             (doc! {"created_at": -1}, "created_at"),
         ] {
             self.create_index(keys, IndexOptions::builder().name(name.to_owned()).build())

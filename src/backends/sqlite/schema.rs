@@ -158,9 +158,12 @@ CREATE INDEX IF NOT EXISTS delivery_logs_created ON delivery_logs (created_at_ms
 CREATE INDEX IF NOT EXISTS forward_dlq_dead_at ON forward_dlq (dead_at_ms);
 "#;
 
-/// A message's deliveries are looked up by the events of its history.
-const V5_DELIVERY_LOG_EVENT_INDEX: &str = r#"
+/// The console's lookups: a message's deliveries by the events of its
+/// history, and messages of one status, newest first (a rare status would
+/// otherwise walk the whole `created_at` index).
+const V5_CONSOLE_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS delivery_logs_event ON delivery_logs (json_extract(doc, '$.event_id'));
+CREATE INDEX IF NOT EXISTS messages_status_created ON messages (current_status, created_at_ms);
 "#;
 
 /// One step of the schema.
@@ -179,10 +182,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
     ),
     ("notifications", Step::Sql(V3_NOTIFICATIONS)),
     ("retention indexes", Step::Sql(V4_RETENTION_INDEXES)),
-    (
-        "delivery log event index",
-        Step::Sql(V5_DELIVERY_LOG_EVENT_INDEX),
-    ),
+    ("console indexes", Step::Sql(V5_CONSOLE_INDEXES)),
 ];
 
 /// The schema version this gateway writes.

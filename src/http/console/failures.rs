@@ -92,7 +92,7 @@ pub async fn dlq(
                 table {
                     caption { "Dead-lettered deliveries, newest first (of the newest " (SCAN) ")" }
                     thead { tr { th scope="col" { span.visually-hidden { "Select" } } th scope="col" { "Died" } th scope="col" { "Reason" }
-                        th scope="col" { "Webhook" } th scope="col" { "Event" } th scope="col" { "Attempts" } } }
+                        th scope="col" { "Webhook" } th scope="col" { "Event" } th scope="col" { "Attempts" } th scope="col" { span.visually-hidden { "Replay" } } } }
                     tbody {
                         @for d in &dead {
                             tr {
@@ -102,6 +102,7 @@ pub async fn dlq(
                                 td { a href=(format!("/console/webhooks/{}", d.job.webhook_id)) { (d.job.webhook_url) } }
                                 td { (d.job.event_type) br; small { (d.job.event_id) } }
                                 td { (d.job.attempt_count) }
+                                td { button type="submit" name="one" value=(d.id) aria-label=(format!("Replay delivery {}", d.id)) { "Replay" } }
                             }
                         }
                     }
@@ -123,9 +124,13 @@ struct ReplayAsk {
     confirmed: bool,
 }
 
+/// A row's own button replays that entry alone; otherwise the checked ones.
 fn replay_ask(form: &FormFields) -> ReplayAsk {
     ReplayAsk {
-        ids: form.all("ids"),
+        ids: match form.get("one") {
+            Some(one) => vec![one],
+            None => form.all("ids"),
+        },
         matching: form.get("scope").as_deref() == Some("matching"),
         confirmed: form.get("confirm").as_deref() == Some("yes"),
     }
@@ -264,7 +269,7 @@ pub async fn quarantine(
                 table {
                     caption { "Quarantined webhooks, newest first (of the newest " (SCAN) ")" }
                     thead { tr { th scope="col" { span.visually-hidden { "Select" } } th scope="col" { "Set aside" } th scope="col" { "Provider" }
-                        th scope="col" { "Attempts" } th scope="col" { "Error" } th scope="col" { "Body" } } }
+                        th scope="col" { "Attempts" } th scope="col" { "Error" } th scope="col" { "Body" } th scope="col" { span.visually-hidden { "Replay" } } } }
                     tbody {
                         @for e in &entries {
                             tr {
@@ -274,6 +279,7 @@ pub async fn quarantine(
                                 td { (e.attempts) }
                                 td { (e.error) }
                                 td { details { summary { (layout::truncated(&e.body, 60)) } pre { (e.body) } } }
+                                td { button type="submit" name="one" value=(e.event_id) aria-label=(format!("Replay webhook {}", e.event_id)) { "Replay" } }
                             }
                         }
                     }
