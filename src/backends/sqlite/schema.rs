@@ -159,11 +159,15 @@ CREATE INDEX IF NOT EXISTS forward_dlq_dead_at ON forward_dlq (dead_at_ms);
 "#;
 
 /// The console's lookups: a message's deliveries by the events of its
-/// history, and messages of one status, newest first (a rare status would
-/// otherwise walk the whole `created_at` index).
+/// history; pages of messages in keyset order (`created_at_ms`,
+/// `message_id`), so that a page after the first is a range read of the
+/// index, not a sort of the table; and messages of one status in that order
+/// (a rare status would otherwise walk the whole table).
 const V5_CONSOLE_INDEXES: &str = r#"
 CREATE INDEX IF NOT EXISTS delivery_logs_event ON delivery_logs (json_extract(doc, '$.event_id'));
-CREATE INDEX IF NOT EXISTS messages_status_created ON messages (current_status, created_at_ms);
+CREATE INDEX IF NOT EXISTS messages_created_id ON messages (created_at_ms, message_id);
+DROP INDEX IF EXISTS messages_created;
+CREATE INDEX IF NOT EXISTS messages_status_created ON messages (current_status, created_at_ms, message_id);
 "#;
 
 /// One step of the schema.

@@ -254,10 +254,9 @@ impl MessageStore for SqliteStore {
                     args.push(to.timestamp_millis().into());
                 }
                 if let Some(after) = q.after {
-                    sql.push_str(
-                        " AND (created_at_ms < ? OR (created_at_ms = ? AND message_id < ?))",
-                    );
-                    args.push(after.created_at_ms.into());
+                    // A row value: the planner reads it as a range of the
+                    // (created_at_ms, message_id) index.
+                    sql.push_str(" AND (created_at_ms, message_id) < (?, ?)");
                     args.push(after.created_at_ms.into());
                     args.push(after.message_id.into());
                 }
