@@ -787,6 +787,20 @@ fn equal_filter<const N: usize>(filters: [(&str, Option<&str>); N]) -> Document 
     filter
 }
 
+/// `created_at` in [`from`, `to`), each bound optional.
+fn created_between(filter: &mut Document, from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) {
+    let mut created = Document::new();
+    if let Some(from) = from {
+        created.insert("$gte", bson::DateTime::from_chrono(from));
+    }
+    if let Some(to) = to {
+        created.insert("$lt", bson::DateTime::from_chrono(to));
+    }
+    if !created.is_empty() {
+        filter.insert("created_at", created);
+    }
+}
+
 #[async_trait]
 impl MessageStore for MongoStore {
     async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
@@ -873,16 +887,7 @@ impl MessageStore for MongoStore {
             ("project_owner_id", q.project_owner_id.as_deref()),
             ("current_status", q.status.as_deref()),
         ]);
-        let mut created = Document::new();
-        if let Some(from) = q.from {
-            created.insert("$gte", bson::DateTime::from_chrono(from));
-        }
-        if let Some(to) = q.to {
-            created.insert("$lt", bson::DateTime::from_chrono(to));
-        }
-        if !created.is_empty() {
-            filter.insert("created_at", created);
-        }
+        created_between(&mut filter, q.from, q.to);
         if let Some(after) = &q.after {
             let at = bson::DateTime::from_millis(after.created_at_ms);
             filter.insert(
@@ -1061,16 +1066,7 @@ impl MessageStore for MongoStore {
             ("campaign_id", q.campaign_id.as_deref()),
             ("bsp", q.bsp.map(Bsp::as_str)),
         ]);
-        let mut created = Document::new();
-        if let Some(from) = q.from {
-            created.insert("$gte", bson::DateTime::from_chrono(from));
-        }
-        if let Some(to) = q.to {
-            created.insert("$lt", bson::DateTime::from_chrono(to));
-        }
-        if !created.is_empty() {
-            filter.insert("created_at", created);
-        }
+        created_between(&mut filter, q.from, q.to);
         let pipeline = vec![
             doc! {"$match": filter},
             doc! {"$group": {"_id": "$current_status", "count": {"$sum": 1}}},

@@ -42,6 +42,26 @@ impl MongoWebhookStore {
     }
 }
 
+impl MongoWebhookStore {
+    /// Delivery logs matching `filter`, newest first, at most `limit`.
+    async fn newest_logs(
+        &self,
+        filter: Document,
+        limit: usize,
+    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        let docs = collect(
+            self.logs
+                .find(filter)
+                .sort(doc! {"created_at": -1, "_id": 1})
+                .limit(limit as i64)
+                .await
+                .map_err(unavailable)?,
+        )
+        .await?;
+        Ok(docs.iter().map(log_from).collect())
+    }
+}
+
 fn status_name(s: DeliveryStatus) -> &'static str {
     match s {
         DeliveryStatus::Pending => "pending",
@@ -427,16 +447,8 @@ impl WebhookStore for MongoWebhookStore {
         webhook_id: &str,
         limit: usize,
     ) -> Result<Vec<DeliveryLog>, StoreError> {
-        let docs = collect(
-            self.logs
-                .find(doc! {"webhook_id": webhook_id})
-                .sort(doc! {"created_at": -1, "_id": 1})
-                .limit(limit as i64)
-                .await
-                .map_err(unavailable)?,
-        )
-        .await?;
-        Ok(docs.iter().map(log_from).collect())
+        self.newest_logs(doc! {"webhook_id": webhook_id}, limit)
+            .await
     }
 
     async fn deliveries_of_events(
@@ -447,15 +459,7 @@ impl WebhookStore for MongoWebhookStore {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let docs = collect(
-            self.logs
-                .find(doc! {"event_id": {"$in": event_ids}})
-                .sort(doc! {"created_at": -1, "_id": 1})
-                .limit(limit as i64)
-                .await
-                .map_err(unavailable)?,
-        )
-        .await?;
-        Ok(docs.iter().map(log_from).collect())
+        self.newest_logs(doc! {"event_id": {"$in": event_ids}}, limit)
+            .await
     }
 }

@@ -82,6 +82,23 @@ fn and_equal<const N: usize>(
     }
 }
 
+/// `created_at` in [`from`, `to`), each bound optional.
+fn and_created_between(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) {
+    if let Some(from) = from {
+        sql.push_str(" AND created_at_ms >= ?");
+        args.push(from.timestamp_millis().into());
+    }
+    if let Some(to) = to {
+        sql.push_str(" AND created_at_ms < ?");
+        args.push(to.timestamp_millis().into());
+    }
+}
+
 fn find_by(
     conn: &Connection,
     sql: &str,
@@ -245,14 +262,7 @@ impl MessageStore for SqliteStore {
                         ("current_status", q.status),
                     ],
                 );
-                if let Some(from) = q.from {
-                    sql.push_str(" AND created_at_ms >= ?");
-                    args.push(from.timestamp_millis().into());
-                }
-                if let Some(to) = q.to {
-                    sql.push_str(" AND created_at_ms < ?");
-                    args.push(to.timestamp_millis().into());
-                }
+                and_created_between(&mut sql, &mut args, q.from, q.to);
                 if let Some(after) = q.after {
                     // A row value: the planner reads it as a range of the
                     // (created_at_ms, message_id) index.
@@ -413,14 +423,7 @@ impl MessageStore for SqliteStore {
                         ("bsp", q.bsp.map(|b| b.as_str().to_owned())),
                     ],
                 );
-                if let Some(from) = q.from {
-                    sql.push_str(" AND created_at_ms >= ?");
-                    args.push(from.timestamp_millis().into());
-                }
-                if let Some(to) = q.to {
-                    sql.push_str(" AND created_at_ms < ?");
-                    args.push(to.timestamp_millis().into());
-                }
+                and_created_between(&mut sql, &mut args, q.from, q.to);
                 sql.push_str(" GROUP BY current_status");
                 let mut stmt = conn.prepare(&sql)?;
                 let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
