@@ -146,10 +146,23 @@ async fn migrate_merges_the_legacy_duplicates_then_indexes() {
         "wamid_unique",
         "bsp_message_id_unique",
         "project_owner_id_created_at",
+        "created_at_message_id",
+        "current_status_created_at_message_id",
     ] {
         assert!(
             names.iter().any(|n| n == name),
             "{name} missing from {names:?}"
+        );
+    }
+    let log_indexes = db
+        .collection::<bson::Document>("webhook_delivery_logs")
+        .list_index_names()
+        .await
+        .unwrap();
+    for name in ["webhook_id_created_at", "event_id"] {
+        assert!(
+            log_indexes.iter().any(|n| n == name),
+            "{name} missing from {log_indexes:?}"
         );
     }
     // Running it again changes nothing.

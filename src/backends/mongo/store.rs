@@ -165,11 +165,17 @@ impl MongoStore {
                 doc! {"phone_number": 1, "created_at": -1},
                 "phone_number_created_at",
             ),
+            // Keyset pages sort on (created_at, message_id): with both in
+            // the index a page is a range scan, not a sort of the matches.
             (
-                doc! {"current_status": 1, "created_at": -1},
-                "current_status_created_at",
+                doc! {"current_status": 1, "created_at": -1, "message_id": -1},
+                "current_status_created_at_message_id",
             ),
             (doc! {"created_at": -1}, "created_at"),
+            (
+                doc! {"created_at": -1, "message_id": -1},
+                "created_at_message_id",
+            ),
         ] {
             self.create_index(keys, IndexOptions::builder().name(name.to_owned()).build())
                 .await?;

@@ -80,7 +80,7 @@ fn sample(text: &str) -> Sample {
 pub async fn page(Operator(session): Operator, State(state): State<AppState>) -> PageResult {
     let live = live_part(&state).await;
     let content = html! {
-        section #live aria-live="polite" data-refresh="/console/overview/live" data-every=(REFRESH_MS) {
+        section #live data-refresh="/console/overview/live" data-every=(REFRESH_MS) {
             (live)
         }
         p.hint { "Refreshes every " (REFRESH_MS / 1000) " s, from the same numbers as /metrics (this replica's)." }
