@@ -475,6 +475,12 @@ impl Settings {
             self.forward.operations_webhook_url.as_ref(),
             &["http://", "https://"],
         )?;
+        if self.http.console_session_ttl < std::time::Duration::from_secs(60) {
+            return bad(
+                "http.console_session_ttl",
+                "must be at least 1m (a console sign-in would end at once)",
+            );
+        }
         for (key, value) in [
             ("http.body_limit_bytes", self.http.body_limit_bytes),
             ("http.max_connections", self.http.max_connections),
@@ -779,6 +785,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("SQLITE_SYNCHRONOUS"), "{e}");
+        let e = load(&[("CONSOLE_SESSION_TTL", "10s")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CONSOLE_SESSION_TTL") && e.contains("1m"), "{e}");
+        assert_eq!(
+            load(&[("CONSOLE_SESSION_TTL", "12h")], None)
+                .unwrap()
+                .http
+                .console_session_ttl,
+            std::time::Duration::from_secs(12 * 3600)
+        );
         let e = load(&[("ROLES", "ingest,router")], None)
             .unwrap_err()
             .to_string();

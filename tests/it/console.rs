@@ -326,3 +326,20 @@ async fn a_quarantined_webhook_is_replayed_from_the_console_after_a_confirmation
         .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn without_an_admin_key_no_one_signs_in_and_the_page_says_why() {
+    let app = spawn_app_with(|s| s.http.admin_api_key = None).await;
+    let (status, page) = get(&app, "", "/console/login").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("ADMIN_API_KEY is not set"));
+    let r = client()
+        .post(app.url("/console/login"))
+        .form(&[("key", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    app.stop().await;
+}

@@ -272,6 +272,14 @@ async fn login(State(state): State<AppState>, parts: Parts, body: Bytes) -> Resp
             .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
         return resp;
     }
+    if state.admin_key.is_none() {
+        return login_form(
+            &state,
+            next.as_deref(),
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+        );
+    }
     let key = form.get("key").unwrap_or_default();
     let cookie = state
         .console

@@ -112,6 +112,7 @@ pub async fn create(
     };
     match webhook_admin::create_webhook(&state, input).await {
         Ok(w) => {
+            tracing::info!(webhook.id = %w.id, webhook.url = %w.webhook_url, "console: webhook registered");
             let notice = secret_notice(&w, "Registered.");
             show_page(&state, &session, &w.id, Some(notice)).await
         }
@@ -255,6 +256,7 @@ pub async fn update(
     );
     match webhook_admin::update_webhook(&state, &id, input).await {
         Ok((mut w, _)) => {
+            tracing::info!(webhook.id = %w.id, "console: webhook edited");
             if clears != (false, false, false) {
                 if clears.0 {
                     w.business_numbers = None;
@@ -286,6 +288,7 @@ pub async fn rotate(
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
     let w = webhook_admin::rotate_secret(&state, &id).await?;
+    tracing::info!(webhook.id = %w.id, "console: webhook secret rotated");
     let notice = secret_notice(&w, "Rotated: the old secret no longer signs.");
     show_page(&state, &session, &id, Some(notice)).await
 }
@@ -336,5 +339,6 @@ pub async fn set_active(
         },
     )
     .await?;
+    tracing::info!(webhook.id = %id, active, "console: webhook activation changed");
     Ok(Redirect::to(&format!("/console/webhooks/{id}")).into_response())
 }
