@@ -112,6 +112,11 @@ test("an operator signs in, watches a delivery, reads a timeline and replays a d
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Overview" }).waitFor();
   await page.getByRole("heading", { name: "Backlogs" }).waitFor();
+  // The keyboard reaches the skip link first, then the navigation.
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Skip to content");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.textContent), "Overview");
 
   // Register a client webhook for the business number.
   await nav("Client webhooks").click();
