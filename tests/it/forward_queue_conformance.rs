@@ -246,6 +246,58 @@ mod cases {
         assert!(eventually(async || q.dead_depth().await.unwrap() == 0).await);
     }
 
+    /// A replay larger than one backend batch (500) puts back every match,
+    /// by filter and by a long list of ids.
+    pub async fn a_replay_larger_than_a_batch_puts_back_every_match(q: &dyn ForwardQueue) {
+        let jobs: Vec<ForwardJob> = (0..1100)
+            .map(|n| {
+                let mut j = job(1000 + n);
+                j.webhook_id = if n % 2 == 0 { "big-a" } else { "big-b" }.into();
+                j
+            })
+            .collect();
+        q.enqueue(&jobs).await.unwrap();
+        // In steps: a broker hands out no more than its prefetch unacked.
+        let mut dead = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while dead < jobs.len() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{dead} of {} dead-lettered",
+                jobs.len()
+            );
+            let got = q.receive(50, Duration::from_millis(200)).await.unwrap();
+            for (tag, j) in &got {
+                q.dead_letter(tag, j, "gave up").await.unwrap();
+            }
+            dead += got.len();
+        }
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 1100).await);
+        let a = ReplayFilter {
+            webhook_id: Some("big-a".into()),
+            ..Default::default()
+        };
+        assert_eq!(q.replay_dead(&a).await.unwrap(), 550);
+        let mut ids: Vec<String> = jobs
+            .iter()
+            .filter(|j| j.webhook_id == "big-b")
+            .map(|j| j.delivery_log_id.clone())
+            .collect();
+        ids.extend((0..50).map(|n| format!("{n:024x}")));
+        assert_eq!(q.replay_dead(&ReplayFilter::ids(ids)).await.unwrap(), 550);
+        let mut back = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while back.len() < 1100 && tokio::time::Instant::now() < deadline {
+            let got = q.receive(50, Duration::from_millis(200)).await.unwrap();
+            for (tag, j) in &got {
+                back.insert(j.delivery_log_id.clone());
+                q.complete(tag).await.unwrap();
+            }
+        }
+        assert_eq!(back.len(), 1100, "every dead job came back");
+        assert!(eventually(async || q.dead_depth().await.unwrap() == 0).await);
+    }
+
     /// Retention takes the dead jobs that died before the cutoff, oldest
     /// first, and leaves the rest for replay.
     pub async fn retention_prunes_dead_jobs_older_than_the_cutoff(q: &dyn ForwardQueue) {
@@ -297,6 +349,7 @@ suite!(
     jobs_are_received_once_and_completed,
     a_rescheduled_job_comes_back_after_its_delay,
     dead_jobs_are_listed_and_replayed_with_fresh_attempts,
+    a_replay_larger_than_a_batch_puts_back_every_match,
     retention_prunes_dead_jobs_older_than_the_cutoff,
     replays_by_webhook_and_time_range,
 );

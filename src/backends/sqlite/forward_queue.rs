@@ -303,36 +303,70 @@ impl ForwardQueue for SqliteForwardQueue {
     }
 
     async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError> {
-        let filter = filter.clone();
-        let n = self
-            .db
-            .write(move |c| {
-                let dead: Vec<(String, String, i64)> = {
-                    let mut stmt = c.prepare("SELECT id, job, dead_at_ms FROM forward_dlq")?;
-                    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                    rows.collect::<rusqlite::Result<_>>()?
-                };
-                let mut n = 0;
-                for (id, doc, dead_at_ms) in dead {
-                    let mut job: ForwardJob = from_json(doc)?;
-                    let dead_at = Utc.timestamp_millis_opt(dead_at_ms).single();
-                    if !filter.matches(&id, &job, dead_at) {
-                        continue;
-                    }
-                    // A replay starts over: fresh attempts, not parked.
-                    job.attempt_count = 0;
-                    job.parked_since = None;
-                    // The replay replaces a job of the same id still queued.
-                    delete_job(c, &id)?;
-                    insert_job(c, &job, now_ms())?;
-                    c.execute("DELETE FROM forward_dlq WHERE id = ?1", [&id])?;
-                    n += 1;
+        // In batches, each its own short transaction, so that a replay of a
+        // large DLQ neither holds the writer nor reads the DLQ into memory.
+        let mut total = 0;
+        match &filter.ids {
+            Some(ids) => {
+                for chunk in ids.chunks(REPLAY_BATCH) {
+                    let (filter, chunk) = (filter.clone(), chunk.to_vec());
+                    let marks = vec!["?"; chunk.len()].join(", ");
+                    let sql = format!(
+                        "SELECT rowid, id, job, dead_at_ms FROM forward_dlq WHERE id IN ({marks})"
+                    );
+                    let args: Vec<rusqlite::types::Value> =
+                        chunk.into_iter().map(Into::into).collect();
+                    total += self
+                        .db
+                        .write(move |c| replay_rows(c, &sql, args, &filter))
+                        .await?
+                        .0;
                 }
-                Ok(n)
-            })
-            .await?;
+            }
+            None => {
+                // Time bounds narrow the scan (dead_at_ms is indexed);
+                // `ReplayFilter::matches` still decides each row.
+                // Only what was dead when the replay began: a job that dies
+                // again meanwhile comes back with a higher rowid.
+                let end: i64 = self
+                    .db
+                    .read(|c| {
+                        c.query_row("SELECT COALESCE(MAX(rowid), 0) FROM forward_dlq", [], |r| {
+                            r.get(0)
+                        })
+                    })
+                    .await?;
+                let mut after_rowid = 0i64;
+                loop {
+                    let filter = filter.clone();
+                    let mut sql = String::from(
+                        "SELECT rowid, id, job, dead_at_ms FROM forward_dlq WHERE rowid > ? AND rowid <= ?",
+                    );
+                    let mut args: Vec<rusqlite::types::Value> =
+                        vec![after_rowid.into(), end.into()];
+                    if let Some(since) = filter.since {
+                        sql.push_str(" AND dead_at_ms >= ?");
+                        args.push(since.timestamp_millis().into());
+                    }
+                    if let Some(until) = filter.until {
+                        sql.push_str(" AND dead_at_ms < ?");
+                        args.push(until.timestamp_millis().into());
+                    }
+                    sql.push_str(&format!(" ORDER BY rowid LIMIT {REPLAY_BATCH}"));
+                    let (n, last) = self
+                        .db
+                        .write(move |c| replay_rows(c, &sql, args, &filter))
+                        .await?;
+                    total += n;
+                    match last {
+                        Some(last) => after_rowid = last,
+                        None => break,
+                    }
+                }
+            }
+        }
         self.arrived.notify_one();
-        Ok(n)
+        Ok(total)
     }
 
     async fn depth(&self) -> Result<u64, ForwardQueueError> {
@@ -362,6 +396,44 @@ impl ForwardQueue for SqliteForwardQueue {
     async fn health(&self) -> BackendHealth {
         self.db.health()
     }
+}
+
+/// Dead jobs one replay transaction reads at most.
+const REPLAY_BATCH: usize = 500;
+
+/// Replays the dead jobs `sql` selects (rowid, id, job, dead_at_ms) that
+/// `filter` matches: fresh attempts, not parked, replacing a job of the
+/// same id still queued. Returns how many, and the last rowid read (`None`
+/// when the query read nothing: the scan is done).
+fn replay_rows(
+    c: &Connection,
+    sql: &str,
+    args: Vec<rusqlite::types::Value>,
+    filter: &ReplayFilter,
+) -> rusqlite::Result<(usize, Option<i64>)> {
+    let rows: Vec<(i64, String, String, i64)> = {
+        let mut stmt = c.prepare(sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let last = rows.iter().map(|r| r.0).max();
+    let mut n = 0;
+    for (_, id, doc, dead_at_ms) in rows {
+        let mut job: ForwardJob = from_json(doc)?;
+        let dead_at = Utc.timestamp_millis_opt(dead_at_ms).single();
+        if !filter.matches(&id, &job, dead_at) {
+            continue;
+        }
+        job.attempt_count = 0;
+        job.parked_since = None;
+        delete_job(c, &id)?;
+        insert_job(c, &job, now_ms())?;
+        c.execute("DELETE FROM forward_dlq WHERE id = ?1", [&id])?;
+        n += 1;
+    }
+    Ok((n, last))
 }
 
 #[cfg(test)]
