@@ -251,7 +251,7 @@ async fn an_operator_finds_a_message_and_reads_its_timeline() {
 }
 
 #[tokio::test]
-async fn a_quarantined_webhook_is_replayed_from_the_console_after_a_confirmation() {
+async fn quarantined_webhooks_matching_a_filter_are_replayed_after_a_confirmation() {
     let app = spawn_app().await;
     let wamid = "wamid.console-quarantine-1";
     let conn = rusqlite::Connection::open(app.data_dir.join("zen.db")).unwrap();
@@ -278,6 +278,7 @@ async fn a_quarantined_webhook_is_replayed_from_the_console_after_a_confirmation
     let (_, cookie) = sign_in(&app).await;
     let (status, page) = get(&app, &cookie, "/console/quarantine?bsp=datagen").await;
     assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&event_id), "the entry is listed");
     assert!(page.contains("refused by test"), "the error is shown");
     let (_, other) = get(&app, &cookie, "/console/quarantine?bsp=meta").await;
     assert!(
@@ -290,7 +291,11 @@ async fn a_quarantined_webhook_is_replayed_from_the_console_after_a_confirmation
     let ask = client()
         .post(app.url("/console/quarantine/replay"))
         .header(COOKIE, &cookie)
-        .form(&[("csrf", csrf.as_str()), ("one", event_id.as_str())])
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("scope", "matching"),
+            ("bsp", "datagen"),
+        ])
         .send()
         .await
         .unwrap();
@@ -314,7 +319,8 @@ async fn a_quarantined_webhook_is_replayed_from_the_console_after_a_confirmation
         .header(COOKIE, &cookie)
         .form(&[
             ("csrf", csrf.as_str()),
-            ("one", event_id.as_str()),
+            ("scope", "matching"),
+            ("bsp", "datagen"),
             ("confirm", "yes"),
         ])
         .send()

@@ -20,8 +20,9 @@ use crate::queue::QueueError;
 
 /// Entries a list page reads (newest first) and filters.
 const SCAN: usize = 500;
-/// Quarantined entries one "replay all matching" reads.
-const QUARANTINE_SCAN: usize = 5_000;
+/// Pages of [`SCAN`] entries one "replay everything that matches" reads
+/// from the quarantine at most (100,000 entries).
+const QUARANTINE_PAGES: usize = 200;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct FailureQuery {
@@ -306,15 +307,30 @@ pub async fn replay_quarantine(
         let bsp = form.get("bsp").and_then(|b| Bsp::parse(&b));
         let since = parse_time("since", form.get("since").as_deref())?;
         let until = parse_time("until", form.get("until").as_deref())?;
-        state
-            .inbox
-            .list_quarantined(QUARANTINE_SCAN, None)
-            .await
-            .map_err(inbox_unavailable)?
-            .into_iter()
-            .filter(|e| bsp.is_none_or(|b| e.bsp == b) && in_range(e.quarantined_at, since, until))
-            .map(|e| e.event_id)
-            .collect()
+        // Page through the quarantine (bounded), newest first.
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..QUARANTINE_PAGES {
+            let page = state
+                .inbox
+                .list_quarantined(SCAN, after.as_deref())
+                .await
+                .map_err(inbox_unavailable)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.event_id.clone());
+            let full = page.len() == SCAN;
+            ids.extend(
+                page.into_iter()
+                    .filter(|e| {
+                        bsp.is_none_or(|b| e.bsp == b) && in_range(e.quarantined_at, since, until)
+                    })
+                    .map(|e| e.event_id),
+            );
+            if !full {
+                break;
+            }
+        }
+        ids
     } else {
         ask.ids.clone()
     };
@@ -336,11 +352,14 @@ pub async fn replay_quarantine(
             what,
         );
     }
-    let n = state
-        .inbox
-        .replay_quarantined(Some(&ids))
-        .await
-        .map_err(inbox_unavailable)?;
+    let mut n = 0;
+    for chunk in ids.chunks(SCAN) {
+        n += state
+            .inbox
+            .replay_quarantined(Some(chunk))
+            .await
+            .map_err(inbox_unavailable)?;
+    }
     tracing::info!(replayed = n, "console: quarantine replay");
     Ok(Redirect::to(&format!("/console/quarantine?replayed={n}")).into_response())
 }
