@@ -66,6 +66,7 @@ impl Application {
         let webhooks = backends.webhooks().await?;
         let cache = backends.cache().await?;
         let forward_queue = backends.forward_queue().await?;
+        let sessions = backends.sessions().await?;
         let opened = backends.into_opened();
         let webhooks: Arc<dyn WebhookStore> =
             Arc::new(CachedWebhookStore::new(webhooks, cache.clone()));
@@ -84,6 +85,13 @@ impl Application {
         if roles.forwarder {
             fanout = fanout.with_breakers(forwarder.breakers());
         }
+        let auth = InboundAuth::new(settings.inbound.clone(), providers.clone())
+            .with_open_routes(&settings.access.inbound_open_routes)
+            .with_public_url(
+                settings.http.public_base_url.clone(),
+                settings.http.trust_forwarded_headers,
+            );
+        log_inbound_trust(&auth, &providers, roles.ingest);
         let admin_key: Option<Arc<str>> = settings
             .http
             .admin_api_key
@@ -104,13 +112,18 @@ impl Application {
                 settings.http.console_session_ttl,
                 settings.http.public_base_url.as_deref(),
                 settings.http.trust_forwarded_headers,
+                sessions.clone(),
             ),
+            attempts: http::attempts::FailedAttempts::new(
+                settings.access.auth_failure_limit,
+                settings.access.auth_failure_window,
+            ),
+            trusted_proxies: settings.access.trusted_proxies.clone(),
+            metrics_token: settings.access.metrics_token.clone(),
+            probes: http::health::Probes::default(),
             body_limit: settings.http.body_limit_bytes,
             ingest_enabled: roles.ingest,
-            auth: InboundAuth::new(settings.inbound.clone(), providers.clone()).with_public_url(
-                settings.http.public_base_url.clone(),
-                settings.http.trust_forwarded_headers,
-            ),
+            auth,
             webhooks: webhooks.clone(),
             forward_queue: forward_queue.clone(),
             forwarder: forwarder.clone(),
@@ -120,6 +133,7 @@ impl Application {
             webhooks: webhooks.clone(),
             forward_queue: forward_queue.clone(),
             inbox: inbox.clone(),
+            sessions,
             retention: settings.retention.policy(),
         };
         let processor = Processor::new(inbox, store, providers, settings.processor.batch_size)
@@ -176,8 +190,15 @@ impl Application {
             .filter(|_| roles.forwarder)
             .map(|rt| rt.spawn(forwarder.run(workers.clone())));
 
+        // The probes read the backends in the background, never per request
+        // (the first reading before the first request).
+        http::health::refresh_now(&state).await;
+        let probes = tokio::spawn(http::health::refresh_probes(state.clone(), workers.clone()));
         let router = http::router(state, settings.http.request_timeout);
-        let app = NormalizePathLayer::trim_trailing_slash().layer(router);
+        // The URI as the client sent it stays readable (`OriginalUri`):
+        // Twilio signs the URL it called, trailing slash and all.
+        let app = tower::util::MapRequestLayer::new(keep_original_uri)
+            .layer(NormalizePathLayer::trim_trailing_slash().layer(router));
         tracing::info!(port = settings.http.port, "zen-gateway serving");
         // Stops accepting on `shutdown`, then drains connections (bounded).
         http::serve::serve(
@@ -195,6 +216,7 @@ impl Application {
         tracing::info!("http server stopped");
 
         workers.cancel();
+        let _ = probes.await;
         if let Some(task) = processor_task {
             if tokio::time::timeout(grace, task).await.is_err() {
                 tracing::warn!("processor did not stop in time; its batch stays in the inbox");
@@ -215,6 +237,45 @@ impl Application {
         opened.close().await;
         tracing::info!("zen-gateway stopped");
         Ok(())
+    }
+}
+
+/// Records the request's URI before the trailing slash is trimmed (the
+/// router keeps an `OriginalUri` it finds).
+fn keep_original_uri(mut req: axum::extract::Request) -> axum::extract::Request {
+    let uri = req.uri().clone();
+    req.extensions_mut().insert(axum::extract::OriginalUri(uri));
+    req
+}
+
+/// Says at start, in one line, which webhook routes anyone can post to
+/// (open), and which are refused because others are verified.
+fn log_inbound_trust(auth: &InboundAuth, providers: &Providers, ingest: bool) {
+    if !ingest {
+        return;
+    }
+    let routes = |bsps: &[crate::model::Bsp]| -> String {
+        bsps.iter()
+            .filter_map(|b| providers.get(*b))
+            .flat_map(|p| p.routes().iter().copied())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let report = auth.report();
+    if !report.open.is_empty() {
+        tracing::warn!(
+            open = %routes(&report.open),
+            "webhook routes open: no token or signature is checked on them, so anyone who \
+             can reach them can write into message records (set the provider's credentials, \
+             or INBOUND_REQUIRE_AUTH=true to refuse to start like this; docs/SECURITY.md)"
+        );
+    }
+    if !report.refused.is_empty() && !report.verified.is_empty() {
+        tracing::info!(
+            refused = %routes(&report.refused),
+            "webhook routes without credentials refused (401), since others are verified; \
+             name a route in INBOUND_OPEN_ROUTES to keep it open"
+        );
     }
 }
 

@@ -36,6 +36,9 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("Missing or invalid credentials")]
     Unauthorized,
+    /// Too many failed key attempts from this client: wait, then retry.
+    #[error("Too many failed attempts; retry in {} s", .0.secs())]
+    TooManyAttempts(crate::http::attempts::RetryAfter),
     #[error("Webhook not authenticated: {0}")]
     WebhookAuth(#[from] crate::inbound_auth::AuthFailure),
     #[error("{0}")]
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::WebhookAuth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::NotConfigured(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotAccepted(_)
             | ApiError::IngestDisabled
@@ -132,6 +136,11 @@ impl IntoResponse for ApiError {
             );
         }
         let mut resp = json_status_body(status, &self.to_string());
+        if let ApiError::TooManyAttempts(wait) = &self {
+            if let Ok(v) = HeaderValue::from_str(&wait.secs().to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 resp.headers_mut()

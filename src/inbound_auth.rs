@@ -1,14 +1,17 @@
-//! Optional authentication of inbound webhooks, per provider, off by default
-//! (BSPs mostly send none; PROVIDERS.md). Two checks, each active when
+//! Authentication of inbound webhooks, per provider, and the trust of each
+//! provider's routes (docs/SECURITY.md). Two checks, each active when
 //! configured, both must pass when both are:
 //! - a shared token in `X-Webhook-Token` or the `?token=` query parameter;
 //! - an HMAC-SHA256 of the raw body, hex, in the provider's signature header
 //!   (AiSensy `X-AiSensy-Signature`, Meta `X-Hub-Signature-256: sha256=…`,
-//!   others `X-Webhook-Signature`).
+//!   others `X-Webhook-Signature`; Twilio's HMAC-SHA1 of its URL and form).
 //!
-//! Comparisons are constant-time. A failure is a 401 and nothing is stored.
+//! A route whose provider has neither is *open* while no route is verified,
+//! or when named in `INBOUND_OPEN_ROUTES`; otherwise it is *refused*
+//! ([`crate::config::route_trust`]). Comparisons are constant-time. A
+//! failure is a 401 and nothing is stored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use axum::http::HeaderMap;
 use base64::Engine;
@@ -16,24 +19,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::config::Secret;
+pub use crate::config::InboundCredentials;
+use crate::config::{RouteTrust, Secret, TrustReport, route_trust};
 use crate::model::Bsp;
 use crate::providers::Providers;
-
-/// What one provider's webhooks must present.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct InboundCredentials {
-    pub token: Option<Secret>,
-    pub secret: Option<Secret>,
-    /// The `hub.verify_token` of the provider's subscription handshake.
-    pub verify_token: Option<Secret>,
-}
-
-impl InboundCredentials {
-    pub fn is_configured(&self) -> bool {
-        self.token.is_some() || self.secret.is_some() || self.verify_token.is_some()
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -41,11 +30,18 @@ pub enum AuthFailure {
     Token,
     #[error("missing or invalid webhook signature")]
     Signature,
+    /// The route has no credentials while others are verified, and is not
+    /// named open.
+    #[error("this route accepts only verified webhooks")]
+    RouteRefused,
 }
 
 #[derive(Clone, Default)]
 pub struct InboundAuth {
     by_bsp: HashMap<Bsp, InboundCredentials>,
+    /// Each provider's route trust, computed once.
+    trust: HashMap<Bsp, RouteTrust>,
+    report: TrustReport,
     providers: Providers,
     public_base_url: Option<String>,
     trust_forwarded: bool,
@@ -70,6 +66,43 @@ pub fn twilio_signed_data(url: &str, body: &[u8]) -> String {
     out
 }
 
+/// The spellings of one URL a signer may have used: as given, and with the
+/// scheme's default port added or removed.
+fn twilio_url_variants(url: &str) -> Vec<String> {
+    let mut out = vec![url.to_owned()];
+    let Ok(parsed) = url::Url::parse(url) else {
+        return out;
+    };
+    let default = match parsed.scheme() {
+        "https" => 443,
+        "http" => 80,
+        _ => return out,
+    };
+    let Some(host) = parsed.host_str() else {
+        return out;
+    };
+    let authority_end = url
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| url[start..].find(['/', '?']).map(|e| start + e))
+        .unwrap_or(url.len());
+    let rest = &url[authority_end..];
+    let scheme = parsed.scheme();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let with_default = format!("{scheme}://{host}:{default}{rest}");
+    let without = format!("{scheme}://{host}{rest}");
+    if url[..authority_end].ends_with(&format!(":{default}")) {
+        out.push(without);
+    } else if parsed.port().is_none() {
+        out.push(with_default);
+    }
+    out
+}
+
 pub const TOKEN_HEADER: &str = "x-webhook-token";
 
 /// Hex HMAC-SHA256 of `body` with `secret`'s bytes.
@@ -86,16 +119,46 @@ fn signature_matches(secret: &[u8], body: &[u8], signature: &[u8]) -> bool {
 }
 
 impl InboundAuth {
+    /// Credentials by provider; every route without any is open when none
+    /// has credentials, refused otherwise (see [`InboundAuth::with_open_routes`]).
     pub fn new(
         by_bsp: impl IntoIterator<Item = (Bsp, InboundCredentials)>,
         providers: Providers,
     ) -> Self {
-        InboundAuth {
-            by_bsp: by_bsp.into_iter().collect(),
+        let by_bsp: HashMap<Bsp, InboundCredentials> = by_bsp.into_iter().collect();
+        let mut auth = InboundAuth {
+            by_bsp,
+            trust: HashMap::new(),
+            report: TrustReport::default(),
             providers,
             public_base_url: None,
             trust_forwarded: false,
-        }
+        };
+        auth = auth.with_open_routes(&BTreeSet::new());
+        auth
+    }
+
+    /// Routes without credentials that stay open although others are
+    /// verified (`INBOUND_OPEN_ROUTES`).
+    pub fn with_open_routes(mut self, open: &BTreeSet<Bsp>) -> Self {
+        let credentials: BTreeMap<Bsp, InboundCredentials> =
+            self.by_bsp.iter().map(|(b, c)| (*b, c.clone())).collect();
+        self.trust = Bsp::ALL
+            .iter()
+            .map(|b| (*b, route_trust(&credentials, open, *b)))
+            .collect();
+        self.report = TrustReport::of(&credentials, open);
+        self
+    }
+
+    /// Each provider by the trust of its routes (`/ready`, the console).
+    pub fn report(&self) -> &TrustReport {
+        &self.report
+    }
+
+    /// The trust of `bsp`'s routes.
+    pub fn trust(&self, bsp: Bsp) -> RouteTrust {
+        self.trust.get(&bsp).copied().unwrap_or(RouteTrust::Refused)
     }
 
     /// Where the public URL a provider signed comes from: `base` (the
@@ -153,8 +216,13 @@ impl InboundAuth {
         query: Option<&str>,
         body: &[u8],
     ) -> Result<(), AuthFailure> {
+        match self.trust(bsp) {
+            RouteTrust::Open => return Ok(()),
+            RouteTrust::Refused => return Err(AuthFailure::RouteRefused),
+            RouteTrust::Verified => {}
+        }
         let Some(creds) = self.by_bsp.get(&bsp) else {
-            return Ok(());
+            return Err(AuthFailure::RouteRefused);
         };
         if let Some(expected) = creds.token.as_ref().map(Secret::expose) {
             let given = match headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
@@ -195,12 +263,17 @@ impl InboundAuth {
                 let signature = base64::engine::general_purpose::STANDARD
                     .decode(given)
                     .map_err(|_| AuthFailure::Signature)?;
-                let signed = twilio_signed_data(&url, body);
-                secrets.iter().any(|s| {
-                    let mut mac =
-                        Hmac::<sha1::Sha1>::new_from_slice(s).expect("HMAC takes any key length");
-                    mac.update(signed.as_bytes());
-                    mac.verify_slice(&signature).is_ok()
+                // Twilio signs the URL as configured in its console, which
+                // may spell the default port where the request line does not
+                // (or the reverse).
+                twilio_url_variants(&url).iter().any(|url| {
+                    let signed = twilio_signed_data(url, body);
+                    secrets.iter().any(|s| {
+                        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(s)
+                            .expect("HMAC takes any key length");
+                        mac.update(signed.as_bytes());
+                        mac.verify_slice(&signature).is_ok()
+                    })
                 })
             } else {
                 let signature = hex::decode(given).map_err(|_| AuthFailure::Signature)?;
@@ -316,11 +389,48 @@ mod tests {
     }
 
     #[test]
-    fn unconfigured_providers_pass() {
+    fn a_route_without_credentials_is_open_only_while_none_is_verified_or_when_named() {
+        // Nothing configured anywhere: every route is open (legacy).
+        let none = InboundAuth::new([], Providers::new());
+        assert_eq!(
+            none.verify(Bsp::Meta, &HeaderMap::new(), "/webhook/meta", None, b"{}"),
+            Ok(())
+        );
+        assert_eq!(none.report().open.len(), Bsp::ALL.len());
+        // One verified route refuses every unnamed one.
         let a = auth(Bsp::Karix, Some("t"), None);
         assert_eq!(
             a.verify(Bsp::Datagen, &HeaderMap::new(), "/webhook", None, b"{}"),
+            Err(AuthFailure::RouteRefused)
+        );
+        let named = a.with_open_routes(&BTreeSet::from([Bsp::Datagen]));
+        assert_eq!(
+            named.verify(Bsp::Datagen, &HeaderMap::new(), "/webhook", None, b"{}"),
             Ok(())
+        );
+        assert_eq!(named.trust(Bsp::Karix), RouteTrust::Verified);
+        assert_eq!(named.trust(Bsp::Meta), RouteTrust::Refused);
+    }
+
+    #[test]
+    fn twilio_urls_are_tried_with_and_without_the_default_port() {
+        assert_eq!(
+            twilio_url_variants("https://gw.example.com/webhook/twilio/?a=1"),
+            [
+                "https://gw.example.com/webhook/twilio/?a=1",
+                "https://gw.example.com:443/webhook/twilio/?a=1"
+            ]
+        );
+        assert_eq!(
+            twilio_url_variants("https://gw.example.com:443/webhook/twilio"),
+            [
+                "https://gw.example.com:443/webhook/twilio",
+                "https://gw.example.com/webhook/twilio"
+            ]
+        );
+        assert_eq!(
+            twilio_url_variants("http://gw.example.com:8080/webhook/twilio"),
+            ["http://gw.example.com:8080/webhook/twilio"]
         );
     }
 

@@ -23,5 +23,6 @@ pub mod processor;
 pub mod providers;
 pub mod queue;
 pub mod retention;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use zen_gateway::app::{Application, cancel_on_signals};
 use zen_gateway::backends::{Backends, Mode};
 use zen_gateway::config::Settings;
+use zen_gateway::retention::Purge;
 use zen_gateway::telemetry;
 
 // The request path allocates small, short-lived buffers on every webhook;
@@ -51,10 +52,14 @@ enum Command {
         action: EntriesAction,
     },
     /// Remove now what retention no longer keeps (MESSAGE_RETENTION,
-    /// DELIVERY_LOG_RETENTION, …), or everything older than --older-than;
-    /// safe beside a running gateway. Prints what it removed.
+    /// DELIVERY_LOG_RETENTION, …), or what is older than --older-than;
+    /// safe beside a running gateway. Prints what it removed and what it
+    /// left. Dead letters and quarantined entries wait for an operator:
+    /// they go only by DLQ_RETENTION / QUARANTINE_RETENTION, or by
+    /// `dlq purge` / `quarantine purge`.
     Prune {
-        /// One age for every kind, e.g. 30d (overrides the configured ones).
+        /// One age for messages, delivery logs, unrecognized bodies and
+        /// notifications, e.g. 30d (overrides their configured retention).
         #[arg(long, value_parser = humantime::parse_duration)]
         older_than: Option<std::time::Duration>,
     },
@@ -62,8 +67,11 @@ enum Command {
     /// serves from it (restore: stop, put the copy in DATA_DIR as zen.db,
     /// start).
     Backup {
-        /// Where the copy goes; must not exist.
+        /// Where the copy goes; must not exist. Created with mode 0600.
         file: PathBuf,
+        /// Open the copy afterwards and run SQLite's integrity check.
+        #[arg(long)]
+        verify: bool,
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
@@ -95,6 +103,12 @@ enum EntriesAction {
         /// dlq: only deliveries that died before this time.
         #[arg(long)]
         until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Remove entries older than --older-than for good (0s: every one).
+    /// Nothing else removes them but their own retention.
+    Purge {
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
     },
 }
 
@@ -142,6 +156,13 @@ fn main() -> ExitCode {
                     let n = queue.replay_dead(&filter).await?;
                     serde_json::json!({ "replayed": n })
                 }
+                EntriesAction::Purge { older_than } => {
+                    let n = pruner(&settings)
+                        .await?
+                        .purge(Purge::Dlq, older_than)
+                        .await?;
+                    serde_json::json!({ "purged": n })
+                }
             })
         }),
         Command::Quarantine { action } => command("quarantine", settings, |settings| async move {
@@ -168,26 +189,44 @@ fn main() -> ExitCode {
                     let n = inbox.replay_quarantined((!all).then_some(&ids[..])).await?;
                     serde_json::json!({ "replayed": n })
                 }
+                EntriesAction::Purge { older_than } => {
+                    let n = pruner(&settings)
+                        .await?
+                        .purge(Purge::Quarantine, older_than)
+                        .await?;
+                    serde_json::json!({ "purged": n })
+                }
             })
         }),
         Command::Prune { older_than } => command("prune", settings, |settings| async move {
-            let mut b = Backends::from_settings(&settings, Mode::Command);
-            let pruner = zen_gateway::retention::Pruner {
-                store: b.store().await?,
-                webhooks: b.webhooks().await?,
-                forward_queue: b.forward_queue().await?,
-                inbox: b.inbox().await?,
-                retention: older_than.map_or_else(
-                    || settings.retention.policy(),
-                    zen_gateway::retention::Retention::all,
-                ),
-            };
-            let report = pruner.prune_all().await?;
-            b.into_opened().close().await;
-            Ok(serde_json::to_value(report)?)
+            let configured = settings.retention.policy();
+            let retention = older_than.map_or(configured, |age| {
+                zen_gateway::retention::Retention::older_than(age, &configured)
+            });
+            let mut pruner = pruner(&settings).await?;
+            pruner.retention = retention;
+            let removed = pruner.prune_all().await?;
+            // Said, so that nobody believes a blanket age emptied them.
+            let left =
+                |name: &str, age: Option<std::time::Duration>, env: &str, cmd: &str| match age {
+                    None => format!(
+                        "{name} kept: {env}=0 keeps it until replayed or `{cmd} --older-than <age>`"
+                    ),
+                    Some(a) => format!(
+                        "{name} pruned by {env}={} only; older entries: `{cmd} --older-than <age>`",
+                        humantime::format_duration(a)
+                    ),
+                };
+            Ok(serde_json::json!({
+                "removed": removed,
+                "skipped": [
+                    left("dead letters", retention.dlq, "DLQ_RETENTION", "zen-gateway dlq purge"),
+                    left("quarantine", retention.quarantine, "QUARANTINE_RETENTION", "zen-gateway quarantine purge"),
+                ],
+            }))
         }),
-        Command::Backup { file } => {
-            match zen_gateway::backends::sqlite::backup_to(&settings.sqlite_path(), &file) {
+        Command::Backup { file, verify } => {
+            match zen_gateway::backends::sqlite::backup_to(&settings.sqlite_path(), &file, verify) {
                 Ok(report) => {
                     println!(
                         "{}",
@@ -206,6 +245,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// A pruner over the configured backends (the CLI's prune and purges).
+async fn pruner(settings: &Settings) -> anyhow::Result<zen_gateway::retention::Pruner> {
+    let mut b = Backends::from_settings(settings, Mode::Command);
+    Ok(zen_gateway::retention::Pruner {
+        store: b.store().await?,
+        webhooks: b.webhooks().await?,
+        forward_queue: b.forward_queue().await?,
+        inbox: b.inbox().await?,
+        sessions: b.sessions().await?,
+        retention: settings.retention.policy(),
+    })
 }
 
 /// The async runtime of a subcommand, or `None` (said on stderr).

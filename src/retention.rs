@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::queue::Inbox;
+use crate::sessions::SessionStore;
 use crate::store::{Kept, MessageStore};
 
 /// Rows one delete removes at most.
@@ -37,15 +38,19 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// The same age for every kind (`zen-gateway prune --older-than`).
-    pub fn all(age: Duration) -> Retention {
+    /// One age for what is kept for the record (messages, delivery logs,
+    /// unrecognized bodies, notifications: `zen-gateway prune
+    /// --older-than`). What waits for an operator, the DLQ and the
+    /// quarantine, keeps its own retention (`kept`): a blanket age never
+    /// removes it; `dlq purge` / `quarantine purge` do, when asked.
+    pub fn older_than(age: Duration, kept: &Retention) -> Retention {
         Retention {
             messages: Some(age),
             delivery_logs: Some(age),
             unrecognized: Some(age),
             notifications: Some(age),
-            dlq: Some(age),
-            quarantine: Some(age),
+            dlq: kept.dlq,
+            quarantine: kept.quarantine,
         }
     }
 
@@ -63,6 +68,15 @@ pub struct PruneReport {
     pub notifications: u64,
     pub dlq: u64,
     pub quarantine: u64,
+    /// Console sessions past their expiry (always removed).
+    pub sessions: u64,
+}
+
+/// What an explicit purge removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purge {
+    Dlq,
+    Quarantine,
 }
 
 /// Removes what retention no longer keeps.
@@ -72,6 +86,7 @@ pub struct Pruner {
     pub webhooks: Arc<dyn WebhookStore>,
     pub forward_queue: Arc<dyn ForwardQueue>,
     pub inbox: Arc<dyn Inbox>,
+    pub sessions: Arc<dyn SessionStore>,
     pub retention: Retention,
 }
 
@@ -83,6 +98,15 @@ impl Pruner {
         &self,
         now: DateTime<Utc>,
         max_batches: usize,
+    ) -> anyhow::Result<PruneReport> {
+        self.pass_kinds(now, max_batches, true).await
+    }
+
+    async fn pass_kinds(
+        &self,
+        now: DateTime<Utc>,
+        max_batches: usize,
+        sessions: bool,
     ) -> anyhow::Result<PruneReport> {
         let r = self.retention;
         let mut report = PruneReport::default();
@@ -128,9 +152,25 @@ impl Pruner {
         kind!(dlq, r.dlq, |b| self
             .forward_queue
             .prune_dead(b, PRUNE_BATCH));
+        // The legacy secrets held for dead deliveries go with their DLQ
+        // entries, by the same age.
+        if let Some(before) = cutoff(r.dlq) {
+            for _ in 0..max_batches {
+                let n = self
+                    .webhooks
+                    .prune_held_legacy_secrets(before, PRUNE_BATCH)
+                    .await?;
+                if (n as usize) < PRUNE_BATCH {
+                    break;
+                }
+            }
+        }
         kind!(quarantine, r.quarantine, |b| self
             .inbox
             .prune_quarantined(b, PRUNE_BATCH));
+        kind!(sessions, sessions.then_some(Duration::ZERO), |b| self
+            .sessions
+            .prune_sessions(b, PRUNE_BATCH));
         Ok(report)
     }
 
@@ -139,11 +179,28 @@ impl Pruner {
         self.pass(Utc::now(), BATCHES_PER_COMMAND).await
     }
 
-    /// Prunes every `interval` until `stop`.
-    pub async fn run(self, interval: Duration, stop: CancellationToken) {
-        if self.retention.keeps_everything() {
-            return;
+    /// Removes DLQ (and held legacy secrets) or quarantine entries older
+    /// than `age`, at an operator's explicit request (`dlq purge`,
+    /// `quarantine purge`); nothing else.
+    pub async fn purge(&self, what: Purge, age: Duration) -> anyhow::Result<u64> {
+        let mut only = Retention::default();
+        match what {
+            Purge::Dlq => only.dlq = Some(age),
+            Purge::Quarantine => only.quarantine = Some(age),
         }
+        let pruner = Pruner {
+            retention: only,
+            ..self.clone()
+        };
+        let report = pruner
+            .pass_kinds(Utc::now(), BATCHES_PER_COMMAND, false)
+            .await?;
+        Ok(report.dlq + report.quarantine)
+    }
+
+    /// Prunes every `interval` until `stop` (expired console sessions
+    /// always; the rest as retention says).
+    pub async fn run(self, interval: Duration, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

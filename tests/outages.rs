@@ -202,7 +202,9 @@ async fn a_redis_outage_degrades_and_loses_nothing() {
             assert_eq!(r.status(), 200, "ingest must not depend on Redis");
         }
     }
-    let (code, body) = ready(&app).await;
+    // The probes show the last background reading (every 2 s).
+    let body = app.wait_ready(|r| r["cache"]["up"] == false).await;
+    let (code, _) = ready(&app).await;
     assert_eq!(code, 200);
     assert_eq!(body["status"], "degraded");
     assert_eq!(body["cache"]["up"], false);

@@ -21,13 +21,15 @@ use crate::cache::Cache;
 use crate::config::{Roles, Settings};
 use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::queue::Inbox;
+use crate::sessions::SessionStore;
 use crate::store::{MessageStore, StoreError};
 use memory::MemoryCache;
-use mongo::{MongoStore, MongoWebhookStore};
+use mongo::{MongoSessionStore, MongoStore, MongoWebhookStore};
 use rabbitmq::{RabbitForwardQueue, RabbitInbox, RabbitOptions};
 use redis::RedisCache;
 use sqlite::{
-    SqliteDb, SqliteForwardQueue, SqliteInbox, SqliteOptions, SqliteStore, SqliteWebhookStore,
+    SqliteDb, SqliteForwardQueue, SqliteInbox, SqliteOptions, SqliteSessionStore, SqliteStore,
+    SqliteWebhookStore,
 };
 
 /// Most writes the embedded writer commits in one transaction.
@@ -126,6 +128,14 @@ impl<'a> Backends<'a> {
             return Ok(Arc::new(MongoWebhookStore::new(mongo.database())));
         }
         Ok(Arc::new(SqliteWebhookStore::new(self.sqlite()?)))
+    }
+
+    /// Operator sessions, beside the message store.
+    pub async fn sessions(&mut self) -> anyhow::Result<Arc<dyn SessionStore>> {
+        if let Some(mongo) = self.mongo().await? {
+            return Ok(Arc::new(MongoSessionStore::new(mongo.database())));
+        }
+        Ok(Arc::new(SqliteSessionStore::new(self.sqlite()?)))
     }
 
     /// The forwarding queue: RabbitMQ with `RABBITMQ_URL`, else embedded.

@@ -11,6 +11,7 @@
 //! [`Roles`], secrets are [`Secret`]s that cannot print, and the rules that
 //! span several keys are checked at load with a message naming the keys.
 
+mod access;
 mod types;
 
 use std::collections::BTreeMap;
@@ -21,9 +22,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::backends::sqlite::Synchronous;
-use crate::inbound_auth::InboundCredentials;
 use crate::model::Bsp;
 
+pub use access::{
+    AccessSettings, InboundCredentials, RouteTrust, TrustReport, TrustedProxies, canonical,
+    route_trust,
+};
 pub use types::{MASK, RetryDelays, Roles, Secret, SecretUrl};
 use types::{millis, non_empty, secret, secret_url, secs};
 
@@ -43,6 +47,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PUBLIC_BASE_URL", "http.public_base_url"),
     ("TRUST_FORWARDED_HEADERS", "http.trust_forwarded_headers"),
     ("CONSOLE_SESSION_TTL", "http.console_session_ttl"),
+    ("INBOUND_REQUIRE_AUTH", "access.inbound_require_auth"),
+    ("INBOUND_OPEN_ROUTES", "access.inbound_open_routes"),
+    ("TRUSTED_PROXIES", "access.trusted_proxies"),
+    ("AUTH_FAILURE_LIMIT", "access.auth_failure_limit"),
+    ("AUTH_FAILURE_WINDOW", "access.auth_failure_window"),
+    ("METRICS_TOKEN", "access.metrics_token"),
     ("MONGO_URI", "backends.mongo_uri"),
     ("DATABASE_NAME", "backends.database_name"),
     ("REDIS_URL", "backends.redis_url"),
@@ -73,6 +83,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("FORWARD_MAX_PARKED_SECS", "forward.max_parked_secs"),
     ("FORWARD_ALLOW_PRIVATE", "forward.allow_private"),
     ("FORWARD_PROXY", "forward.proxy"),
+    ("ENDPOINT_FAILING_AFTER", "forward.endpoint_failing_after"),
     ("OPERATIONS_WEBHOOK_URL", "forward.operations_webhook_url"),
     (
         "OPERATIONS_WEBHOOK_SECRET",
@@ -103,6 +114,11 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("http.shutdown_timeout_secs", "25"),
     ("http.trust_forwarded_headers", "false"),
     ("http.console_session_ttl", "8h"),
+    ("access.inbound_require_auth", "false"),
+    ("access.inbound_open_routes", ""),
+    ("access.trusted_proxies", ""),
+    ("access.auth_failure_limit", "10"),
+    ("access.auth_failure_window", "1m"),
     ("backends.database_name", "zen_messaging"),
     ("backends.data_dir", "./data"),
     ("backends.sqlite_synchronous", "full"),
@@ -159,6 +175,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub http: HttpSettings,
+    pub access: AccessSettings,
     pub backends: BackendSettings,
     pub ingest: IngestSettings,
     pub processor: ProcessorSettings,
@@ -558,6 +575,13 @@ impl Settings {
                 }
             }
         }
+        self.validate_inbound()?;
+        if self.access.auth_failure_limit == 0 {
+            return bad("access.auth_failure_limit", "must be greater than 0");
+        }
+        if self.access.auth_failure_window.is_zero() {
+            return bad("access.auth_failure_window", "must be greater than 0");
+        }
         if b.redis_key_prefix.is_some() && b.redis_url.is_none() {
             return Err(ConfigError(
                 "REDIS_KEY_PREFIX is set but REDIS_URL is not: the in-process cache has no \
@@ -576,6 +600,54 @@ impl Settings {
                      must share the message store and the client webhooks, and the embedded \
                      store is this replica's alone",
                 r.names().join(",")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Each provider's routes by trust (verified, open, refused).
+    pub fn inbound_trust(&self) -> TrustReport {
+        TrustReport::of(&self.inbound, &self.access.inbound_open_routes)
+    }
+
+    /// The inbound rules across keys: a route named open must have no
+    /// credentials, and `INBOUND_REQUIRE_AUTH` refuses every open route.
+    fn validate_inbound(&self) -> Result<(), ConfigError> {
+        let providers = crate::providers::Providers::new();
+        for bsp in &self.access.inbound_open_routes {
+            if self
+                .inbound
+                .get(bsp)
+                .is_some_and(InboundCredentials::verifies)
+            {
+                let env = providers
+                    .get(*bsp)
+                    .map(|p| p.credential_env())
+                    .map(|e| format!("{} / {}", e.token, e.secret))
+                    .unwrap_or_default();
+                return Err(ConfigError(format!(
+                    "INBOUND_OPEN_ROUTES names {bsp}, whose webhooks are verified ({env} is \
+                     set); a verified route is never open: remove it from the list"
+                )));
+            }
+        }
+        let open = self.inbound_trust().open;
+        // A replica without the ingest role serves no webhook route.
+        if self.access.inbound_require_auth && self.roles.ingest && !open.is_empty() {
+            let names: Vec<String> = open
+                .iter()
+                .filter_map(|b| providers.get(*b))
+                .map(|p| {
+                    let env = p.credential_env();
+                    format!("{} ({} or {})", p.routes()[0], env.token, env.secret)
+                })
+                .collect();
+            return Err(ConfigError(format!(
+                "INBOUND_REQUIRE_AUTH is true but these webhook routes are open, so anyone who \
+                 reaches them can write into records: {}. Configure their credentials, or \
+                 remove them from INBOUND_OPEN_ROUTES (an unnamed route without credentials is \
+                 refused once any route is verified)",
+                names.join(", ")
             )));
         }
         Ok(())
@@ -735,6 +807,30 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Settings::load_from(&path, |n| env.get(n).cloned())
+    }
+
+    /// Every default is settable by a variable, and every variable is in
+    /// `.env.example` (the list operators read).
+    #[test]
+    fn every_setting_has_a_variable_listed_in_the_example() {
+        let example = include_str!("../../.env.example");
+        for (key, _) in DEFAULTS {
+            assert!(
+                ENV_KEYS.iter().any(|(_, k)| k == key),
+                "{key} has a default but no environment variable"
+            );
+        }
+        for (name, _) in ENV_KEYS {
+            assert!(
+                example.contains(&format!("{name}=")),
+                "{name} is not in .env.example"
+            );
+        }
+        let s = load(&[("ENDPOINT_FAILING_AFTER", "2m")], None).unwrap();
+        assert_eq!(
+            s.forward.endpoint_failing_after,
+            std::time::Duration::from_secs(120)
+        );
     }
 
     #[test]

@@ -180,6 +180,22 @@ impl WebhookStore for CachedWebhookStore {
         self.inner.legacy_secret(log_id).await
     }
 
+    async fn hold_legacy_secret(
+        &self,
+        log_id: &str,
+        dead_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        self.inner.hold_legacy_secret(log_id, dead_at).await
+    }
+
+    async fn prune_held_legacy_secrets(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.inner.prune_held_legacy_secrets(before, limit).await
+    }
+
     async fn list_deliveries(
         &self,
         webhook_id: &str,

@@ -36,8 +36,8 @@ pub enum ForwardQueueError {
 }
 
 /// A client's webhook, in the legacy `webhooks` shape plus optional fields
-/// (absent = legacy behaviour).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// (absent = legacy behaviour). Its Debug form masks the secret.
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookConfig {
     /// ObjectId hex, stored as a string (legacy).
     pub id: String,
@@ -67,6 +67,32 @@ pub struct WebhookConfig {
     /// shared per-URL share of `FORWARD_CONCURRENCY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+}
+
+/// What a secret shows in a Debug form.
+fn masked(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        crate::config::MASK
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("id", &self.id)
+            .field("project_owner_id", &self.project_owner_id)
+            .field("project_id", &self.project_id)
+            .field("webhook_url", &self.webhook_url)
+            .field("shared_secret", &masked(&self.shared_secret))
+            .field("topics", &self.topics)
+            .field("active", &self.active)
+            .field("business_numbers", &self.business_numbers)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_in_flight", &self.max_in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookConfig {
@@ -168,7 +194,7 @@ pub fn apply_attempt(log: &mut DeliveryLog, a: &Attempt) {
 /// services on the broker publish), plus optional fields of ours. A legacy
 /// job may carry `shared_secret`; ours never do (the secret is looked up by
 /// `webhook_id`), and it is never written back out.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ForwardJob {
     pub delivery_log_id: String,
     #[serde(default)]
@@ -195,6 +221,22 @@ pub struct ForwardJob {
     /// Format version: absent/0 = legacy, 1 = this one.
     #[serde(default)]
     pub v: u32,
+}
+
+impl std::fmt::Debug for ForwardJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForwardJob")
+            .field("delivery_log_id", &self.delivery_log_id)
+            .field("webhook_id", &self.webhook_id)
+            .field("webhook_url", &self.webhook_url)
+            .field("shared_secret", &self.shared_secret.as_deref().map(masked))
+            .field("event_type", &self.event_type)
+            .field("event_id", &self.event_id)
+            .field("attempt_count", &self.attempt_count)
+            .field("parked_since", &self.parked_since)
+            .field("v", &self.v)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Identifies a received job for `complete` / `reschedule` / `dead_letter`.
@@ -276,7 +318,8 @@ pub trait WebhookStore: Send + Sync {
     /// Creates logs, skipping ids that exist (fan-out is re-runnable).
     async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError>;
     /// Removes up to `limit` delivery logs created before `before` (and the
-    /// legacy secrets kept for them); returns how many went.
+    /// legacy secrets kept for them, but those held for a dead-lettered
+    /// delivery); returns how many logs went.
     async fn prune_delivery_logs(
         &self,
         before: DateTime<Utc>,
@@ -291,6 +334,21 @@ pub trait WebhookStore: Send + Sync {
     async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError>;
     /// The secret kept for a legacy job, if any.
     async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError>;
+    /// Holds a legacy secret for as long as its delivery's DLQ entry
+    /// (`dead_at`: when it died), or releases it to the delivery logs'
+    /// retention (`None`: delivered after all). A no-op without a secret.
+    async fn hold_legacy_secret(
+        &self,
+        log_id: &str,
+        dead_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
+    /// Removes up to `limit` held legacy secrets whose delivery died before
+    /// `before` (its DLQ entry is gone by the same age); how many went.
+    async fn prune_held_legacy_secrets(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
     async fn list_deliveries(
         &self,
         webhook_id: &str,

@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::breaker::{Admission, Breakers};
 use super::signing::{legacy_signature, standard_signature};
-use super::ssrf::{PublicOnlyResolver, Refused, check_literal_host, check_resolved_host};
+use super::ssrf::{
+    PublicOnlyResolver, Refused, TargetError, check_literal_host, check_resolved_host,
+};
 use super::{
     Attempt, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, WebhookConfig, WebhookStore,
 };
@@ -210,7 +212,13 @@ impl Forwarder {
             None => builder.no_proxy(),
         };
         if !cfg.allow_private {
-            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+            // The proxy is the operator's: its own name resolves as it is.
+            let proxy_host = cfg
+                .proxy
+                .as_deref()
+                .and_then(|p| reqwest::Url::parse(p).ok())
+                .and_then(|u| u.host_str().map(str::to_owned));
+            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver::trusting(proxy_host)));
         }
         Ok(Forwarder {
             queue,
@@ -383,8 +391,11 @@ impl Forwarder {
             // Through a proxy the client resolves only the proxy's name: the
             // target's own addresses are checked here.
             if self.cfg.proxy.is_some() {
-                if let Err(e) = check_resolved_host(&parsed).await {
-                    return refused(e);
+                match check_resolved_host(&parsed).await {
+                    Ok(()) => {}
+                    Err(TargetError::Refused(e)) => return refused(e),
+                    // DNS failing now says nothing of the target: retried.
+                    Err(e @ TargetError::Unresolved(_)) => return outcome(e.to_string(), false),
                 }
             }
         }
@@ -535,6 +546,16 @@ impl Forwarder {
             },
         )
         .await;
+        // A legacy job's secret (kept by delivery id) must outlive the
+        // delivery logs' retention for as long as the DLQ entry that needs
+        // it for a replay. A no-op for jobs without one.
+        if let Err(e) = self
+            .webhooks
+            .hold_legacy_secret(&job.delivery_log_id, Some(Utc::now()))
+            .await
+        {
+            tracing::warn!(error = %e, delivery.id = %job.delivery_log_id, "could not hold the legacy secret of a dead-lettered job");
+        }
         self.finish(
             "dead_letter",
             self.queue.dead_letter(tag, job, &reason).await,
@@ -699,6 +720,17 @@ impl Forwarder {
                     },
                 )
                 .await;
+                // A legacy job delivered (after a replay, say): its secret
+                // goes with the delivery log again.
+                if webhook.is_none() {
+                    if let Err(e) = self
+                        .webhooks
+                        .hold_legacy_secret(&job.delivery_log_id, None)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "legacy secret not released");
+                    }
+                }
                 self.finish("complete", self.queue.complete(&tag).await)
                     .await;
             }

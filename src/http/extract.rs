@@ -60,10 +60,14 @@ impl FromRequest<AppState> for WebhookRequest {
             .and_then(|v| v.parse::<u64>().ok());
         let headers = std::mem::take(req.headers_mut());
         let query = req.uri().query().map(str::to_owned);
-        let path_and_query = req
-            .uri()
+        // As the client sent it, before the trailing slash was trimmed.
+        let uri = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| req.uri().clone(), |o| o.0.clone());
+        let path_and_query = uri
             .path_and_query()
-            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
         let mut stream = req.into_body().into_data_stream();
         // A body announced over the limit is not kept, only drained.
         if announced.is_some_and(|n| n > limit as u64) {
@@ -147,7 +151,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
 }
 
 /// Proof that the request carries `Authorization: Bearer <ADMIN_API_KEY>`.
-/// With no key configured, nothing passes.
+/// With no key configured, nothing passes. A client with too many failed
+/// attempts is refused (429) before its key is looked at.
 pub struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
@@ -157,6 +162,11 @@ impl FromRequestParts<AppState> for Admin {
         let Some(expected) = state.admin_key.as_deref() else {
             return Err(ApiError::Unauthorized);
         };
+        let client = state.client_ip(peer(parts), &parts.headers);
+        state
+            .attempts
+            .check(client)
+            .map_err(ApiError::TooManyAttempts)?;
         let given = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -165,7 +175,25 @@ impl FromRequestParts<AppState> for Admin {
             .map(str::trim);
         match given {
             Some(g) if bool::from(g.as_bytes().ct_eq(expected.as_bytes())) => Ok(Admin),
-            _ => Err(ApiError::Unauthorized),
+            // No key at all is not a guess.
+            None => Err(ApiError::Unauthorized),
+            Some(_) => {
+                metrics::counter!("zen_admin_auth_failures_total").increment(1);
+                tracing::warn!(%client, "admin API call with a wrong key");
+                state
+                    .attempts
+                    .fail(client)
+                    .map_err(ApiError::TooManyAttempts)?;
+                Err(ApiError::Unauthorized)
+            }
         }
     }
+}
+
+/// The peer's address, when the server recorded it.
+pub fn peer(parts: &Parts) -> Option<std::net::SocketAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
 }

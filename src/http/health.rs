@@ -1,11 +1,14 @@
 //! `GET /` and `GET /health` (legacy, static: liveness only) and `GET /ready`
-//! (each backend's state; 503 when the inbox cannot accept).
+//! (each backend's state; 503 when the inbox cannot accept), `GET /metrics`.
+//! Neither reads a backend per request: both show what a background
+//! refresh read last ([`refresh_probes`]).
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -19,11 +22,26 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics_text))
 }
 
-/// Prometheus text format; gauges of backends and backlogs are read now.
+/// Prometheus text format. The backends' gauges are those of the last
+/// background refresh (every [`PROBE_REFRESH`]): a scrape costs the
+/// rendering alone, never a count. With `METRICS_TOKEN` set, a scrape must
+/// carry it as a bearer token.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    refresh_gauges(&state).await;
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "`METRICS_TOKEN` is set and the request does not carry it", body = crate::http::openapi::ErrorBody)),
+    security((), ("metrics_token" = [])))]
+async fn metrics_text(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return crate::error::ApiError::Unauthorized.into_response();
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::metrics::handle().render(),
@@ -51,17 +69,17 @@ async fn health() -> Response {
     legacy_json(r#"{"status":"healthy"}"#)
 }
 
-/// Readiness: each backend's state and the backlogs; 503 only when the
-/// inbox cannot accept webhooks.
+/// Readiness: each backend's state, the backlogs and the webhook routes'
+/// trust; 503 only when the inbox cannot accept webhooks. The inbox's state
+/// is read now (a flag); the rest comes from the last background refresh,
+/// so a probe costs no backend call.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, description = "`ready` or `degraded`", body = Object),
         (status = 503, description = "`unavailable`: the inbox backend is down", body = Object)))]
 async fn ready(State(state): State<AppState>) -> Response {
-    let (inbox, store, cache) = tokio::join!(
-        state.inbox.health(),
-        state.store.health(),
-        state.cache.health()
-    );
+    let inbox = state.inbox.health().await;
+    let g = state.probes.latest();
+    let [_, (_, store), (_, cache), _] = &g.backends;
     // Only the inbox decides readiness: with it up, every webhook is still
     // accepted durably; a store or cache outage only delays processing.
     let status = if !inbox.up {
@@ -76,11 +94,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let (depth, forward_depth, quarantine_depth) = tokio::join!(
-        state.inbox.depth(),
-        state.forward_queue.depth(),
-        state.inbox.quarantine_depth()
-    );
     (
         code,
         Json(json!({
@@ -88,28 +101,101 @@ async fn ready(State(state): State<AppState>) -> Response {
             "inbox": inbox,
             "store": store,
             "cache": cache,
-            "inbox_depth": depth.ok(),
-            "forward_depth": forward_depth.ok(),
+            "inbox_depth": g.inbox_depth,
+            "forward_depth": g.forward_depth,
             // Entries set aside for an operator (GET /api/v1/quarantine).
-            "quarantine_depth": quarantine_depth.ok(),
+            "quarantine_depth": g.quarantine_depth,
+            // Which webhook routes check a token or signature, which anyone
+            // may post to, which are refused (docs/SECURITY.md).
+            "inbound": state.auth.report(),
+            "as_of": g.at,
         })),
     )
         .into_response()
 }
 
-/// Backends and backlogs as read now, also set as the scrape-time gauges.
-pub(super) struct Gauges {
+/// How often the backends' health and backlogs are read for `/ready`,
+/// `/metrics` and the console.
+pub const PROBE_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Backends and backlogs as last read, also set as gauges.
+#[derive(Clone)]
+pub(crate) struct Gauges {
     pub backends: [(&'static str, crate::health::BackendHealth); 4],
     pub inbox_depth: Option<u64>,
     pub forward_depth: Option<u64>,
     pub dlq_depth: Option<u64>,
     pub quarantine_depth: Option<u64>,
     pub breakers_open: usize,
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Reads the backends' health and backlogs and sets their gauges (the
-/// numbers `/metrics` and the console's overview show).
-pub(super) async fn refresh_gauges(state: &AppState) -> Gauges {
+impl Gauges {
+    /// Before the first read.
+    fn unknown() -> Gauges {
+        let unknown = |backend| crate::health::BackendHealth {
+            backend,
+            up: false,
+            detail: Some("not read yet".into()),
+        };
+        Gauges {
+            backends: [
+                ("inbox", unknown("unknown")),
+                ("store", unknown("unknown")),
+                ("cache", unknown("unknown")),
+                ("forward_queue", unknown("unknown")),
+            ],
+            inbox_depth: None,
+            forward_depth: None,
+            dlq_depth: None,
+            quarantine_depth: None,
+            breakers_open: 0,
+            at: chrono::Utc::now(),
+        }
+    }
+}
+
+/// The last [`Gauges`], shared by the probes and the console.
+pub struct Probes(std::sync::RwLock<std::sync::Arc<Gauges>>);
+
+impl Default for Probes {
+    fn default() -> Self {
+        Probes(std::sync::RwLock::new(std::sync::Arc::new(
+            Gauges::unknown(),
+        )))
+    }
+}
+
+impl Probes {
+    pub(crate) fn latest(&self) -> std::sync::Arc<Gauges> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, g: Gauges) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(g);
+    }
+}
+
+/// Reads the backends now, for the probes.
+pub async fn refresh_now(state: &AppState) {
+    let g = refresh_gauges(state).await;
+    state.probes.set(g);
+    metrics::counter!("zen_probe_refreshes_total").increment(1);
+}
+
+/// Reads the backends every [`PROBE_REFRESH`] until `stop`.
+pub async fn refresh_probes(state: AppState, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_REFRESH) => {}
+        }
+        refresh_now(&state).await;
+    }
+}
+
+/// Reads the backends' health and backlogs and sets their gauges.
+async fn refresh_gauges(state: &AppState) -> Gauges {
     let (inbox, store, cache, forward, inbox_depth, forward_depth, dlq_depth, quarantine_depth) = tokio::join!(
         state.inbox.health(),
         state.store.health(),
@@ -158,5 +244,6 @@ pub(super) async fn refresh_gauges(state: &AppState) -> Gauges {
         dlq_depth: dlq_depth.ok(),
         quarantine_depth: quarantine_depth.ok(),
         breakers_open,
+        at: chrono::Utc::now(),
     }
 }

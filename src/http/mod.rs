@@ -3,9 +3,11 @@
 //! and map the result.
 
 mod admin;
+pub mod attempts;
+pub mod client_addr;
 pub mod console;
 mod extract;
-pub(crate) mod health;
+pub mod health;
 pub mod openapi;
 mod quarantine;
 pub mod serve;
@@ -76,6 +78,25 @@ pub struct Services {
     pub forwarder: Arc<Forwarder>,
     /// The operator console's sign-in state.
     pub console: console::Console,
+    /// Failed admin-key attempts per client (API and console).
+    pub attempts: attempts::FailedAttempts,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: crate::config::TrustedProxies,
+    /// Bearer token `GET /metrics` requires, when set.
+    pub metrics_token: Option<crate::config::Secret>,
+    /// The backends' health and backlogs, as last read in the background.
+    pub probes: health::Probes,
+}
+
+impl Services {
+    /// The address a request's per-client limits are keyed on.
+    pub fn client_ip(
+        &self,
+        peer: Option<std::net::SocketAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> std::net::IpAddr {
+        client_addr::client_ip(&self.trusted_proxies, peer, headers)
+    }
 }
 
 /// The full router. Trailing slashes are trimmed by the caller (see
@@ -104,7 +125,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                     .get(REQUEST_ID_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+                // Never the raw URI: a `?token=` in it is a credential.
+                tracing::info_span!("request", method = %req.method(), uri = %redacted_uri(req.uri()), request_id = %id)
             }),
         )
         .layer(axum::middleware::from_fn(request_id))
@@ -112,6 +134,42 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
 }
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Query parameters whose values are credentials (inbound tokens, the
+/// subscription handshake's token) or may be: shown as `[redacted]`.
+const SECRET_PARAMS: [&str; 6] = [
+    "token",
+    "hub.verify_token",
+    "key",
+    "secret",
+    "signature",
+    "access_token",
+];
+
+/// A URI as logs may show it: path, and the query with every credential's
+/// value redacted.
+pub fn redacted_uri(uri: &axum::http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            let raw_key = pair.split('=').next().unwrap_or("");
+            // The key as the client may have encoded it (`hub%2Everify_token`).
+            let key = url::form_urlencoded::parse(raw_key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if SECRET_PARAMS.iter().any(|s| key.eq_ignore_ascii_case(s)) {
+                format!("{raw_key}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect();
+    format!("{}?{}", uri.path(), pairs.join("&"))
+}
 
 /// Gives every request an id: the caller's `x-request-id` when it is a
 /// short token, else a fresh UUID. It is echoed in the response header,
@@ -200,4 +258,21 @@ fn legacy_cors() -> CorsLayer {
         ])
         .expose_headers([header::CONTENT_LENGTH])
         .max_age(Duration::from_secs(12 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_a_query_are_redacted_for_the_log() {
+        let uri: axum::http::Uri =
+            "/webhook/datagen?a=1&token=s3cret&hub%2Everify_token=v&TOKEN=x&b=c%20d"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            super::redacted_uri(&uri),
+            "/webhook/datagen?a=1&token=[redacted]&hub%2Everify_token=[redacted]&TOKEN=[redacted]&b=c%20d"
+        );
+        let plain: axum::http::Uri = "/health".parse().unwrap();
+        assert_eq!(super::redacted_uri(&plain), "/health");
+    }
 }

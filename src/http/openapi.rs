@@ -34,7 +34,8 @@ pub struct ErrorBody {
 )]
 pub struct ApiDoc;
 
-/// `Authorization: Bearer <ADMIN_API_KEY>` on the admin API.
+/// `Authorization: Bearer <ADMIN_API_KEY>` on the admin API, and the
+/// optional metrics token.
 struct AdminAuth;
 
 impl Modify for AdminAuth {
@@ -42,6 +43,11 @@ impl Modify for AdminAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        // `METRICS_TOKEN`, when set, on `GET /metrics`.
+        components.add_security_scheme(
+            "metrics_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }

@@ -882,6 +882,11 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
                 ..Default::default()
             },
         );
+        // The others post unsigned here: named open beside verified Twilio.
+        s.access.inbound_open_routes = zen_gateway::model::Bsp::ALL
+            .into_iter()
+            .filter(|b| *b != zen_gateway::model::Bsp::Twilio)
+            .collect();
     })
     .await;
     let rx = Receiver::start().await;

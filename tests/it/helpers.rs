@@ -345,3 +345,43 @@ pub async fn wait_until_ok(client: &reqwest::Client, url: &str) {
     }
     panic!("{url} never answered 200");
 }
+
+/// Polls `check` until it holds or `within` has passed; whether it held.
+/// The one way tests wait for something asynchronous to happen.
+pub async fn eventually_within(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the real binary's subcommand on `data_dir` (no Keys.json, the
+/// embedded default, plus `env`), and returns its output.
+pub fn run_command(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATA_DIR", data_dir)
+        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("run zen-gateway")
+}
+
+/// [`run_command`], expecting success and JSON on stdout.
+pub fn command_json(data_dir: &Path, args: &[&str]) -> Value {
+    let out = run_command(data_dir, &[], args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}

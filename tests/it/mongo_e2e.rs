@@ -199,7 +199,9 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
             .await;
         assert_eq!(resp.status(), 200, "ingest must not wait for the database");
     }
-    let ready = app.ready().await.1;
+    let ready = app
+        .wait_ready(|r| r["store"]["up"] == false && r["inbox_depth"].as_u64() > Some(0))
+        .await;
     assert_eq!(ready["store"]["up"], false);
     assert_eq!(ready["status"], "degraded");
     assert!(ready["inbox_depth"].as_u64().unwrap() > 0);

@@ -192,7 +192,9 @@ async fn quarantined_then_replayed(app: TestApp) {
         "{entry}"
     );
     assert!(entry["body"].as_str().unwrap().contains(&wamid));
-    let (_, ready) = app.ready().await;
+    let ready = app
+        .wait_ready(|r| r["quarantine_depth"] == 1 && r["inbox_depth"] == 0)
+        .await;
     assert_eq!(ready["quarantine_depth"], 1, "{ready}");
     assert_eq!(ready["inbox_depth"], 0, "{ready}");
     let metrics = app

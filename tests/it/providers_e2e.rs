@@ -178,6 +178,7 @@ async fn configured_inbound_auth_refuses_and_stores_nothing() {
                 ..Default::default()
             },
         );
+        s.access.inbound_open_routes = [Bsp::Datagen].into();
     })
     .await;
     let karix = fixture("karix_sent.json");
@@ -233,7 +234,12 @@ async fn configured_inbound_auth_refuses_and_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    // Unconfigured providers are untouched.
+    // A provider without credentials is refused once others are verified,
+    // unless named open (docs/SECURITY.md); nothing of it is stored.
+    let resp = app
+        .post_webhook("/webhook/gupshup", fixture("gupshup_v2_sent.json"))
+        .await;
+    assert_eq!(resp.status(), 401);
     let resp = app
         .post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
         .await;

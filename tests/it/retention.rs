@@ -6,23 +6,8 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// Runs the real binary's subcommand on `data_dir` (no Keys.json, the
-/// embedded default) and returns its JSON output.
 fn command(data_dir: &std::path::Path, args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zen-gateway"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATA_DIR", data_dir)
-        .env("KEYS_JSON", data_dir.join("no-Keys.json"))
-        .args(args)
-        .output()
-        .expect("run zen-gateway");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
+    command_json(data_dir, args)
 }
 
 #[tokio::test]
@@ -46,10 +31,10 @@ async fn prune_beside_a_running_gateway_removes_what_retention_does_not_keep() {
     drop(db);
     // The configured retention keeps messages forever (the default): nothing.
     let kept = command(&app.data_dir, &["prune"]);
-    assert_eq!(kept["messages"], 0, "{kept}");
+    assert_eq!(kept["removed"]["messages"], 0, "{kept}");
     std::thread::sleep(std::time::Duration::from_millis(20));
     let pruned = command(&app.data_dir, &["prune", "--older-than", "1ms"]);
-    assert_eq!(pruned["messages"], 20, "{pruned}");
+    assert_eq!(pruned["removed"]["messages"], 20, "{pruned}");
     assert_eq!(app.get_message("wamid.prune-3").await.status(), 404);
     // The gateway goes on, on the same file.
     let body = datagen_status("wamid.after-prune", "delivered", 1_749_540_100_000);

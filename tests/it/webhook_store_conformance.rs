@@ -264,6 +264,74 @@ async fn retention_prunes_old_delivery_logs(store: &dyn WebhookStore) {
     );
 }
 
+/// A legacy job's secret lives as long as the DLQ entry of its delivery:
+/// the delivery logs' retention leaves it while it is held, the DLQ's
+/// retention (by when it died) takes it, and a delivery after a replay
+/// releases it to the delivery logs' retention again.
+async fn held_legacy_secrets_outlive_the_delivery_logs(store: &dyn WebhookStore) {
+    let (dead, done) = ("65a1b2c3d4e5f6a7b8c9d0a1", "65a1b2c3d4e5f6a7b8c9d0a2");
+    store.keep_legacy_secret(dead, "dead-secret").await.unwrap();
+    store.keep_legacy_secret(done, "done-secret").await.unwrap();
+    let died = Utc::now() - chrono::Duration::hours(1);
+    store.hold_legacy_secret(dead, Some(died)).await.unwrap();
+    // Every delivery log is past its retention: the held secret stays.
+    let future = Utc::now() + chrono::Duration::days(1);
+    store.prune_delivery_logs(future, 100).await.unwrap();
+    assert_eq!(store.legacy_secret(done).await.unwrap(), None);
+    assert_eq!(
+        store.legacy_secret(dead).await.unwrap().as_deref(),
+        Some("dead-secret")
+    );
+    // A DLQ retention older than its death keeps it; a newer one takes it.
+    let two_hours = Utc::now() - chrono::Duration::hours(2);
+    assert_eq!(
+        store
+            .prune_held_legacy_secrets(two_hours, 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(store.legacy_secret(dead).await.unwrap().is_some());
+    assert_eq!(
+        store
+            .prune_held_legacy_secrets(Utc::now(), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.legacy_secret(dead).await.unwrap(), None);
+    // Released after a delivery: the delivery logs' retention applies.
+    store.keep_legacy_secret(dead, "again").await.unwrap();
+    store.hold_legacy_secret(dead, Some(died)).await.unwrap();
+    store.hold_legacy_secret(dead, None).await.unwrap();
+    store.prune_delivery_logs(future, 100).await.unwrap();
+    assert_eq!(store.legacy_secret(dead).await.unwrap(), None);
+    // Holding a delivery that has no secret is a no-op.
+    store
+        .hold_legacy_secret("65a1b2c3d4e5f6a7b8c9d0a3", Some(died))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .legacy_secret("65a1b2c3d4e5f6a7b8c9d0a3")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn sqlite_held_legacy_secrets_outlive_the_delivery_logs() {
+    held_legacy_secrets_outlive_the_delivery_logs(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn mongo_held_legacy_secrets_outlive_the_delivery_logs() {
+    let Some(b) = mongo().await else { return };
+    held_legacy_secrets_outlive_the_delivery_logs(&*b.store).await;
+    b.db.unwrap().drop().await.unwrap();
+}
+
 /// A message's deliveries: those of its events, to every webhook, newest
 /// first, bounded.
 async fn deliveries_of_events(store: &dyn WebhookStore) {

@@ -209,6 +209,21 @@ impl MongoStore {
                 .build();
             logs.create_index(model).await.map_err(classify)?;
         }
+        // Retention's oldest-first deletes.
+        for (coll, field) in [
+            (super::sessions::SESSIONS, "expires_at"),
+            (super::webhooks::LEGACY_SECRETS, "created_at"),
+        ] {
+            let model = IndexModel::builder()
+                .keys(doc! {field: 1})
+                .options(IndexOptions::builder().name(field.to_owned()).build())
+                .build();
+            self.db
+                .collection::<Document>(coll)
+                .create_index(model)
+                .await
+                .map_err(classify)?;
+        }
         Ok(report)
     }
 
@@ -561,7 +576,18 @@ pub(crate) async fn prune_oldest(
     before: DateTime<Utc>,
     limit: usize,
 ) -> Result<u64, StoreError> {
-    let ids: Vec<Bson> = oldest_ids(coll, field, before, limit).await?;
+    prune_oldest_where(coll, field, before, limit, Document::new()).await
+}
+
+/// [`prune_oldest`] among the documents that also match `filter`.
+pub(crate) async fn prune_oldest_where(
+    coll: &Collection<Document>,
+    field: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+    filter: Document,
+) -> Result<u64, StoreError> {
+    let ids: Vec<Bson> = oldest_ids(coll, field, before, limit, filter).await?;
     if ids.is_empty() {
         return Ok(0);
     }
@@ -577,9 +603,11 @@ async fn oldest_ids(
     field: &str,
     before: DateTime<Utc>,
     limit: usize,
+    mut filter: Document,
 ) -> Result<Vec<Bson>, StoreError> {
+    filter.insert(field, doc! {"$lt": bson::DateTime::from_chrono(before)});
     let docs: Vec<Document> = coll
-        .find(doc! {field: {"$lt": bson::DateTime::from_chrono(before)}})
+        .find(filter)
         .sort(doc! {field: 1})
         .limit(limit as i64)
         .projection(doc! {"_id": 1})

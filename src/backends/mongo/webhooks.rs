@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 
-use super::store::{only_duplicate_keys, prune_oldest};
+use super::store::{only_duplicate_keys, prune_oldest, prune_oldest_where};
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
 };
@@ -329,7 +329,16 @@ impl WebhookStore for MongoWebhookStore {
         before: DateTime<Utc>,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        prune_oldest(&self.legacy_secrets, "created_at", before, limit).await?;
+        // Secrets held for a dead-lettered delivery stay (see
+        // `prune_held_legacy_secrets`).
+        prune_oldest_where(
+            &self.legacy_secrets,
+            "created_at",
+            before,
+            limit,
+            doc! {"dead_at": null},
+        )
+        .await?;
         prune_oldest(&self.logs, "created_at", before, limit).await
     }
 
@@ -440,6 +449,30 @@ impl WebhookStore for MongoWebhookStore {
             .await
             .map_err(unavailable)?;
         Ok(found.and_then(|d| d.get_str("secret").ok().map(str::to_owned)))
+    }
+
+    async fn hold_legacy_secret(
+        &self,
+        id: &str,
+        dead_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let update = match dead_at {
+            Some(t) => doc! {"$set": {"dead_at": bson::DateTime::from_chrono(t)}},
+            None => doc! {"$unset": {"dead_at": ""}},
+        };
+        self.legacy_secrets
+            .update_one(doc! {"_id": id}, update)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn prune_held_legacy_secrets(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        prune_oldest(&self.legacy_secrets, "dead_at", before, limit).await
     }
 
     async fn list_deliveries(

@@ -259,26 +259,18 @@ impl Inbox for SqliteInbox {
             .db
             .write(move |conn| {
                 let mut moved = 0;
-                let mut one = |event_id: Option<&str>| -> rusqlite::Result<()> {
-                    // Back at the end of the inbox (a new seq), so it is
-                    // handed out again in this process too.
-                    let filter = "?1 IS NULL OR event_id = ?1";
-                    moved += conn
-                        .prepare_cached(&format!(
-                            "INSERT INTO inbox (event_id, bsp, received_at_ms, body)
-                             SELECT event_id, bsp, received_at_ms, body FROM quarantine
-                             WHERE {filter} ORDER BY id"
-                        ))?
-                        .execute([event_id])? as u64;
-                    conn.prepare_cached(&format!("DELETE FROM quarantine WHERE {filter}"))?
-                        .execute([event_id])?;
-                    Ok(())
-                };
+                // Back at the end of the inbox (a new seq), so it is handed
+                // out again in this process too. One entry by its key (the
+                // unique index on `event_id`), or all of them.
                 match &ids {
-                    None => one(None)?,
+                    None => {
+                        moved += conn.prepare_cached(REPLAY_ALL)?.execute([])? as u64;
+                        conn.prepare_cached("DELETE FROM quarantine")?.execute([])?;
+                    }
                     Some(ids) => {
                         for id in ids {
-                            one(Some(id))?;
+                            moved += conn.prepare_cached(REPLAY_ONE)?.execute([id])? as u64;
+                            conn.prepare_cached(DELETE_ONE)?.execute([id])?;
                         }
                     }
                 }
@@ -316,10 +308,43 @@ impl Inbox for SqliteInbox {
     }
 }
 
+/// A replay of every quarantined entry, oldest first.
+const REPLAY_ALL: &str = "INSERT INTO inbox (event_id, bsp, received_at_ms, body)
+     SELECT event_id, bsp, received_at_ms, body FROM quarantine ORDER BY id";
+/// A replay of one entry, found by its event id's unique index.
+const REPLAY_ONE: &str = "INSERT INTO inbox (event_id, bsp, received_at_ms, body)
+     SELECT event_id, bsp, received_at_ms, body FROM quarantine WHERE event_id = ?1";
+const DELETE_ONE: &str = "DELETE FROM quarantine WHERE event_id = ?1";
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backends::sqlite::{SqliteOptions, Synchronous};
+
+    /// A replay by id reads the one row through the unique index, never a
+    /// scan of the quarantine (on the writer, which acks wait behind).
+    #[tokio::test]
+    async fn a_replay_by_id_uses_the_event_id_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open_for_test(dir.path());
+        let plans = db
+            .read(|c| {
+                let plan = |sql: &str| -> rusqlite::Result<String> {
+                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let rows = stmt.query_map(["e1"], |r| r.get::<_, String>(3))?;
+                    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?.join("; "))
+                };
+                Ok((plan(REPLAY_ONE)?, plan(DELETE_ONE)?))
+            })
+            .await
+            .unwrap();
+        for plan in [&plans.0, &plans.1] {
+            assert!(
+                plan.contains("USING INDEX") && !plan.contains("SCAN quarantine"),
+                "{plan}"
+            );
+        }
+    }
 
     fn entry(n: usize) -> InboxEntry {
         InboxEntry {

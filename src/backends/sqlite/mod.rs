@@ -32,11 +32,13 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 pub mod forward_queue;
 pub mod inbox;
 pub mod schema;
+pub mod sessions;
 pub mod store;
 pub mod webhooks;
 
 pub use forward_queue::SqliteForwardQueue;
 pub use inbox::SqliteInbox;
+pub use sessions::SqliteSessionStore;
 pub use store::SqliteStore;
 use tokio::sync::{mpsc, oneshot};
 pub use webhooks::SqliteWebhookStore;
@@ -754,45 +756,97 @@ pub struct BackupReport {
     pub backup: PathBuf,
     pub bytes: u64,
     pub schema_version: u32,
+    /// `PRAGMA integrity_check` of the copy, when `--verify` asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<String>,
+    pub seconds: f64,
 }
 
 /// Copies the embedded database at `source` to `dest` with SQLite's online
-/// backup API: a consistent snapshot while a gateway goes on writing (it
-/// copies 256 pages at a time and lets the writer in between; pages written
-/// meanwhile are copied again). `dest` must not exist: a backup never
-/// overwrites. Restore: stop the gateway, put the copy in `DATA_DIR` as
-/// `zen.db` (with no `zen.db-wal` / `zen.db-shm` beside it), start it.
-pub fn backup_to(source: &Path, dest: &Path) -> anyhow::Result<BackupReport> {
+/// backup API, in one step: one read transaction over the source, which in
+/// WAL mode never blocks the gateway's writer (a stepwise copy restarts
+/// whenever another connection writes, and may never finish under steady
+/// load). The copy is the database as of the moment that read began.
+///
+/// `dest` is created here, mode 0600 from its first byte (the file holds
+/// message contents and webhook secrets), and never overwritten. With
+/// `verify` the copy is opened again and `PRAGMA integrity_check` run.
+/// Restore: stop the gateway, put the copy in `DATA_DIR` as `zen.db` (with
+/// no `zen.db-wal` / `zen.db-shm` beside it), start it.
+pub fn backup_to(source: &Path, dest: &Path, verify: bool) -> anyhow::Result<BackupReport> {
+    let started = std::time::Instant::now();
     if !source.exists() {
         anyhow::bail!("no embedded database at {}", source.display());
     }
-    if dest.exists() {
-        anyhow::bail!(
-            "{} exists; a backup never overwrites a file",
-            dest.display()
-        );
-    }
-    let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("cannot open {}", source.display()))?;
-    src.busy_timeout(std::time::Duration::from_secs(10))?;
-    let mut dst =
-        Connection::open(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    let copied = rusqlite::backup::Backup::new(&src, &mut dst)
-        .and_then(|b| b.run_to_completion(256, std::time::Duration::from_millis(2), None));
-    if let Err(e) = copied {
-        drop(dst);
-        let _ = std::fs::remove_file(dest);
-        return Err(e).with_context(|| format!("backup to {} failed", dest.display()));
-    }
-    let schema_version = schema::version(&dst)?;
-    let _ = dst.pragma_update(None, "journal_mode", "DELETE");
-    drop(dst);
+    // An empty file is a new database to SQLite; created exclusively, so an
+    // existing file (or a link planted there) is refused, not followed.
+    create_private(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let copy = || -> anyhow::Result<u32> {
+        let src = Connection::open_with_flags(source, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open {}", source.display()))?;
+        src.busy_timeout(std::time::Duration::from_secs(10))?;
+        let mut dst = Connection::open_with_flags(
+            dest,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        {
+            let backup = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            // -1: every page in one step, under one read transaction.
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => {}
+                other => anyhow::bail!("the backup did not complete: {other:?}"),
+            }
+        }
+        let version = schema::version(&dst)?;
+        dst.pragma_update(None, "journal_mode", "DELETE")?;
+        Ok(version)
+    };
+    let schema_version = match copy() {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(dest);
+            return Err(e.context(format!("backup to {} failed", dest.display())));
+        }
+    };
+    let integrity = if verify {
+        let conn = Connection::open_with_flags(dest, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open the copy {}", dest.display()))?;
+        let rows: Vec<String> = conn
+            .prepare("PRAGMA integrity_check")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let verdict = rows.join("; ");
+        if verdict != "ok" {
+            anyhow::bail!(
+                "the copy {} fails its integrity check: {verdict}",
+                dest.display()
+            );
+        }
+        Some(verdict)
+    } else {
+        None
+    };
     Ok(BackupReport {
         source: source.to_path_buf(),
         backup: dest.to_path_buf(),
         bytes: std::fs::metadata(dest)?.len(),
         schema_version,
+        integrity,
+        seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Creates `path` empty and readable by its owner only, failing when it
+/// exists.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path).map(drop)
 }
 
 /// Takes the data directory's lock (`DATA_DIR/zen.lock`), or says who holds

@@ -170,6 +170,20 @@ DROP INDEX IF EXISTS messages_created;
 CREATE INDEX IF NOT EXISTS messages_status_created ON messages (current_status, created_at_ms, message_id);
 "#;
 
+/// Version 6: operator sessions, kept so that a sign-out or an expiry
+/// outlives a restart; and the legacy job secrets held for dead-lettered
+/// deliveries (`dead_at_ms`), which live as long as their DLQ entry.
+const V6_SESSIONS_HELD_SECRETS: &str = r#"
+CREATE TABLE console_sessions (
+    id_hash       TEXT    PRIMARY KEY,
+    expires_at_ms INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_expiry ON console_sessions (expires_at_ms);
+ALTER TABLE legacy_job_secrets ADD COLUMN dead_at_ms INTEGER;
+CREATE INDEX legacy_job_secrets_created ON legacy_job_secrets (created_at_ms);
+CREATE INDEX legacy_job_secrets_dead ON legacy_job_secrets (dead_at_ms) WHERE dead_at_ms IS NOT NULL;
+"#;
+
 /// One step of the schema.
 enum Step {
     Sql(&'static str),
@@ -187,6 +201,10 @@ const MIGRATIONS: &[(&str, Step)] = &[
     ("notifications", Step::Sql(V3_NOTIFICATIONS)),
     ("retention indexes", Step::Sql(V4_RETENTION_INDEXES)),
     ("console indexes", Step::Sql(V5_CONSOLE_INDEXES)),
+    (
+        "console sessions, held legacy secrets",
+        Step::Sql(V6_SESSIONS_HELD_SECRETS),
+    ),
 ];
 
 /// The schema version this gateway writes.

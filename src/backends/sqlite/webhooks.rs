@@ -137,8 +137,18 @@ impl WebhookStore for SqliteWebhookStore {
         limit: usize,
     ) -> Result<u64, StoreError> {
         let before_ms = before.timestamp_millis();
+        // Secrets held for a dead-lettered delivery stay (see
+        // `prune_held_legacy_secrets`).
         self.db
-            .prune_rows("legacy_job_secrets", "created_at_ms", before_ms, limit)
+            .write_background(move |c| {
+                c.prepare_cached(
+                    "DELETE FROM legacy_job_secrets WHERE rowid IN
+                     (SELECT rowid FROM legacy_job_secrets
+                      WHERE created_at_ms < ?1 AND dead_at_ms IS NULL
+                      ORDER BY created_at_ms LIMIT ?2)",
+                )?
+                .execute(params![before_ms, limit as i64])
+            })
             .await?;
         Ok(self
             .db
@@ -232,6 +242,39 @@ impl WebhookStore for SqliteWebhookStore {
                 .query_row([&id], |r| r.get(0))
                 .optional()
             })
+            .await?)
+    }
+
+    async fn hold_legacy_secret(
+        &self,
+        log_id: &str,
+        dead_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let (id, dead_at) = (log_id.to_owned(), dead_at.map(|t| t.timestamp_millis()));
+        self.db
+            .write_background(move |c| {
+                c.prepare_cached(
+                    "UPDATE legacy_job_secrets SET dead_at_ms = ?2 WHERE delivery_log_id = ?1",
+                )?
+                .execute(params![id, dead_at])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn prune_held_legacy_secrets(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .prune_rows(
+                "legacy_job_secrets",
+                "dead_at_ms",
+                before.timestamp_millis(),
+                limit,
+            )
             .await?)
     }
 

@@ -257,20 +257,24 @@ fn login_form(
 async fn login(State(state): State<AppState>, parts: Parts, body: Bytes) -> Response {
     let form = FormFields::parse(&body);
     let next = form.get("next");
-    let addr = state
-        .console
-        .client_addr(&parts.headers, session::peer(&parts));
-    if !state.console.allow_attempt(addr) {
+    let addr = state.client_ip(crate::http::extract::peer(&parts), &parts.headers);
+    let limited = |state: &AppState, wait: crate::http::attempts::RetryAfter| {
         metrics::counter!("zen_console_sign_ins_total", "outcome" => "limited").increment(1);
         let mut resp = login_form(
-            &state,
+            state,
             next.as_deref(),
             Some("Too many attempts. Wait a minute and try again."),
             StatusCode::TOO_MANY_REQUESTS,
         );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-        return resp;
+        if let Ok(v) = HeaderValue::from_str(&wait.secs().to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    };
+    // Refused before the key is looked at: past the limit a right guess
+    // looks like any other.
+    if let Err(wait) = state.attempts.check(addr) {
+        return limited(&state, wait);
     }
     if state.admin_key.is_none() {
         return login_form(
@@ -281,29 +285,34 @@ async fn login(State(state): State<AppState>, parts: Parts, body: Bytes) -> Resp
         );
     }
     let key = form.get("key").unwrap_or_default();
-    let cookie = state
-        .console
-        .key_matches(&key)
-        .then(|| state.console.sign_in(&parts.headers))
-        .flatten();
-    match cookie {
-        Some(cookie) => {
+    if !state.console.key_matches(&key) {
+        metrics::counter!("zen_console_sign_ins_total", "outcome" => "wrong_key").increment(1);
+        tracing::warn!(client = %addr, "console sign-in with a wrong key");
+        if let Err(wait) = state.attempts.fail(addr) {
+            return limited(&state, wait);
+        }
+        return login_form(
+            &state,
+            next.as_deref(),
+            Some("That is not the admin key."),
+            StatusCode::UNAUTHORIZED,
+        );
+    }
+    match state.console.sign_in(&parts.headers).await {
+        Ok(Some(cookie)) => {
             metrics::counter!("zen_console_sign_ins_total", "outcome" => "success").increment(1);
             tracing::info!(client = %addr, "console sign-in");
             let mut resp = Redirect::to(next_path(next.as_deref())).into_response();
             resp.headers_mut().insert(header::SET_COOKIE, cookie);
             resp
         }
-        None => {
-            metrics::counter!("zen_console_sign_ins_total", "outcome" => "wrong_key").increment(1);
-            tracing::warn!(client = %addr, "console sign-in with a wrong key");
-            login_form(
-                &state,
-                next.as_deref(),
-                Some("That is not the admin key."),
-                StatusCode::UNAUTHORIZED,
-            )
-        }
+        Ok(None) => login_form(
+            &state,
+            next.as_deref(),
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        Err(e) => ConsoleError::from(e).into_response(),
     }
 }
 
@@ -314,11 +323,10 @@ async fn logout(
     body: Bytes,
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
+    let cookie = state.console.sign_out(&session, &headers).await?;
+    tracing::info!("console sign-out");
     let mut resp = Redirect::to("/console/login").into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        state.console.sign_out(&session, &headers),
-    );
+    resp.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(resp)
 }
 

@@ -13,7 +13,6 @@ use super::PageResult;
 use super::layout::{self, Section};
 use super::session::Operator;
 use crate::http::AppState;
-use crate::http::health::refresh_gauges;
 
 /// How often the page asks for the live part, in ms.
 const REFRESH_MS: u32 = 5000;
@@ -94,7 +93,7 @@ pub async fn live(Operator(_): Operator, State(state): State<AppState>) -> PageR
 }
 
 async fn live_part(state: &AppState) -> Markup {
-    let gauges = refresh_gauges(state).await;
+    let gauges = state.probes.latest();
     let now = sample(&crate::metrics::handle().render());
     let (rates, lag) = {
         let mut last = state
@@ -170,6 +169,19 @@ async fn live_part(state: &AppState) -> Markup {
                 p.big { (gauges.breakers_open) }
                 p.hint { a href="/console/webhooks" { "client webhooks" } }
             }
+            div.card #inbound {
+                h2 { "Webhook routes" }
+                @let trust = state.auth.report();
+                table { tbody {
+                    tr { th scope="row" { "Verified" } td { (names(&trust.verified)) } }
+                    tr {
+                        th scope="row" { "Open" }
+                        td { @if trust.open.is_empty() { "none" } @else { span.status.down title="no token or signature is checked: anyone who reaches these routes can write records" { (names(&trust.open)) } } }
+                    }
+                    tr { th scope="row" { "Refused" } td { (names(&trust.refused)) } }
+                } }
+                p.hint { "Open: no token or signature is checked (docs/SECURITY.md)." }
+            }
             div.card {
                 h2 { "Backends" }
                 table { tbody {
@@ -185,6 +197,17 @@ async fn live_part(state: &AppState) -> Markup {
         }
         p.hint { "As of " (layout::time(chrono::Utc::now())) }
     }
+}
+
+/// Providers as a list, or "none".
+fn names(bsps: &[crate::model::Bsp]) -> String {
+    if bsps.is_empty() {
+        return "none".into();
+    }
+    bsps.iter()
+        .map(|b| b.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -1,14 +1,14 @@
 //! Console sign-in: a session cookie signed with a key derived from the
-//! admin key (so it is valid on every replica, and changing the admin key
-//! ends every session), a CSRF token derived from the session, revocation on
-//! sign-out, and a per-address limit on sign-in attempts.
+//! admin key (changing the admin key ends every session), kept live in the
+//! store ([`crate::sessions`]) so that a sign-out or an expiry holds across
+//! restarts and on every replica, and a CSRF token derived from the session.
+//! Wrong keys count against the client's failed attempts, shared with the
+//! admin API ([`crate::http::attempts`]).
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -18,12 +18,11 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::http::AppState;
+use crate::sessions::{SessionStore, id_hash};
+use crate::store::StoreError;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "zen_console";
-/// Sign-in attempts one address may make per [`ATTEMPT_WINDOW`].
-pub const MAX_ATTEMPTS: u32 = 10;
-const ATTEMPT_WINDOW: Duration = Duration::from_secs(60);
 
 /// When the cookie gets `Secure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +42,8 @@ pub struct Console {
     admin_key: Option<Arc<str>>,
     ttl: Duration,
     secure: SecureCookie,
-    /// Nonces of sessions signed out before they expired.
-    revoked: moka::sync::Cache<String, ()>,
-    /// Sign-in attempts per address in the current window (bounded).
-    attempts: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
-    trust_forwarded: bool,
+    /// Which sessions are live (signed in, not signed out, not expired).
+    sessions: Arc<dyn SessionStore>,
     /// The previous overview sample, for rates.
     pub(super) last_sample: std::sync::Mutex<Option<super::overview::Sample>>,
 }
@@ -68,6 +64,7 @@ impl Console {
         ttl: Duration,
         public_base_url: Option<&str>,
         trust_forwarded: bool,
+        sessions: Arc<dyn SessionStore>,
     ) -> Console {
         let key = admin_key.as_deref().map(|k| {
             let mut mac = HmacSha256::new_from_slice(k.as_bytes()).expect("any key length");
@@ -84,15 +81,7 @@ impl Console {
             admin_key,
             ttl,
             secure,
-            revoked: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ttl)
-                .build(),
-            attempts: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(ATTEMPT_WINDOW)
-                .build(),
-            trust_forwarded,
+            sessions,
             last_sample: std::sync::Mutex::new(None),
         }
     }
@@ -106,15 +95,6 @@ impl Console {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Counts one sign-in attempt from `addr`; false past the limit.
-    pub fn allow_attempt(&self, addr: IpAddr) -> bool {
-        let n = self
-            .attempts
-            .get_with(addr, || Arc::new(AtomicU32::new(0)))
-            .fetch_add(1, Ordering::Relaxed);
-        n < MAX_ATTEMPTS
-    }
-
     /// Whether `given` is the admin key (in constant time).
     pub fn key_matches(&self, given: &str) -> bool {
         self.admin_key
@@ -122,12 +102,19 @@ impl Console {
             .is_some_and(|k| bool::from(given.trim().as_bytes().ct_eq(k.as_bytes())))
     }
 
-    /// A new session and its `Set-Cookie` value; `None` without an admin key.
-    pub fn sign_in(&self, headers: &HeaderMap) -> Option<HeaderValue> {
-        let key = self.key.as_ref()?;
-        let expires = Utc::now().timestamp() + self.ttl.as_secs() as i64;
+    /// Starts a session and gives its `Set-Cookie` value; `None` without an
+    /// admin key.
+    pub async fn sign_in(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, StoreError> {
+        let Some(key) = self.key.as_ref() else {
+            return Ok(None);
+        };
+        let expires_at =
+            Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::hours(8));
         let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let expires = expires.to_string();
+        self.sessions
+            .start_session(&id_hash(&nonce), expires_at)
+            .await?;
+        let expires = expires_at.timestamp().to_string();
         let mac = self.mac(key, &["session", &expires, &nonce]);
         let value = format!(
             "{COOKIE}={expires}.{nonce}.{mac}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -138,12 +125,17 @@ impl Console {
                 ""
             }
         );
-        HeaderValue::from_str(&value).ok()
+        Ok(HeaderValue::from_str(&value).ok())
     }
 
-    /// The `Set-Cookie` value that clears the cookie, after revoking it.
-    pub fn sign_out(&self, session: &Session, headers: &HeaderMap) -> HeaderValue {
-        self.revoked.insert(session.nonce.clone(), ());
+    /// Ends the session in the store, and gives the `Set-Cookie` value that
+    /// clears the cookie.
+    pub async fn sign_out(
+        &self,
+        session: &Session,
+        headers: &HeaderMap,
+    ) -> Result<HeaderValue, StoreError> {
+        self.sessions.end_session(&id_hash(&session.nonce)).await?;
         let value = format!(
             "{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0{}",
             if self.is_secure(headers) {
@@ -152,7 +144,7 @@ impl Console {
                 ""
             }
         );
-        HeaderValue::from_str(&value).expect("ASCII")
+        Ok(HeaderValue::from_str(&value).expect("ASCII"))
     }
 
     fn is_secure(&self, headers: &HeaderMap) -> bool {
@@ -166,9 +158,26 @@ impl Console {
         }
     }
 
-    /// The session a request's cookie proves, if it is valid, unexpired and
-    /// not signed out.
-    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
+    /// The session a request's cookie proves, if its signature holds, it
+    /// has not expired, and the store still has it live (not signed out,
+    /// on any replica, before or after a restart).
+    pub async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
+        let Some((nonce, csrf)) = self.signed_session(headers) else {
+            return Ok(None);
+        };
+        if !self
+            .sessions
+            .session_live(&id_hash(&nonce), Utc::now())
+            .await?
+        {
+            return Ok(None);
+        }
+        Ok(Some(Session { csrf, nonce }))
+    }
+
+    /// The nonce and CSRF token of a cookie whose signature holds and whose
+    /// expiry is ahead (no store read: a forged cookie costs nothing).
+    fn signed_session(&self, headers: &HeaderMap) -> Option<(String, String)> {
         let key = self.key.as_ref()?;
         let value = headers
             .get_all(header::COOKIE)
@@ -186,25 +195,10 @@ impl Console {
         if expires.parse::<i64>().ok()? <= Utc::now().timestamp() {
             return None;
         }
-        if self.revoked.contains_key(nonce) {
-            return None;
-        }
-        Some(Session {
-            csrf: self.mac(key, &["csrf", nonce])[..32].to_owned(),
-            nonce: nonce.to_owned(),
-        })
-    }
-
-    /// The client's address: the peer, or the first `X-Forwarded-For` hop
-    /// behind a trusted proxy.
-    pub fn client_addr(&self, parts_headers: &HeaderMap, peer: Option<SocketAddr>) -> IpAddr {
-        let forwarded = parts_headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-            .filter(|_| self.trust_forwarded);
-        forwarded.unwrap_or_else(|| peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip()))
+        Some((
+            nonce.to_owned(),
+            self.mac(key, &["csrf", nonce])[..32].to_owned(),
+        ))
     }
 }
 
@@ -223,7 +217,12 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        match state.console.session(&parts.headers) {
+        let session = state
+            .console
+            .session(&parts.headers)
+            .await
+            .map_err(|e| super::ConsoleError::from(e).into_response())?;
+        match session {
             Some(s) => Ok(Operator(s)),
             None if parts.method == axum::http::Method::GET
                 && !parts.uri.path().ends_with("/live") =>
@@ -241,12 +240,4 @@ impl FromRequestParts<AppState> for Operator {
             None => Err(super::ConsoleError::SignedOut.into_response()),
         }
     }
-}
-
-/// The peer's address, when the server recorded it.
-pub fn peer(parts: &Parts) -> Option<SocketAddr> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
 }
