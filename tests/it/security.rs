@@ -150,6 +150,21 @@ async fn a_route_named_open_accepts_and_is_reported() {
     assert_eq!(r.status(), 200);
     let (_, ready) = app.ready().await;
     assert_eq!(ready["inbound"]["open"], json!(["meta"]));
+    // The console's overview says so too.
+    let client = no_redirects();
+    let cookie = sign_in(&client, &app.url("")).await;
+    let page = client
+        .get(app.url("/console"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let card = &page[page.find("Webhook routes").expect("the routes card")..];
+    let open = &card[card.find(">Open<").unwrap()..card.find(">Refused<").unwrap()];
+    assert!(open.contains("meta"), "{open}");
     assert_eq!(
         app.post_webhook("/webhook/karix", fixture("karix_sent.json"))
             .await
