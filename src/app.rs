@@ -17,14 +17,11 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use crate::backends::{Backends, Mode, Opened};
 use crate::config::Settings;
-use crate::forwarding::WebhookStore;
-use crate::forwarding::cached::CachedWebhookStore;
-use crate::forwarding::worker::Forwarder;
+use crate::forwarding::Forwarding;
 use crate::http::{self, AppState};
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
 use crate::processor::Processor;
-use crate::processor::fanout::Fanout;
 use crate::providers::Providers;
 use crate::retention::Pruner;
 
@@ -38,7 +35,7 @@ pub struct Application {
     /// The backends to close at the end, and the data directory's lock
     /// (one `serve` per data file), held until then.
     opened: Opened,
-    forwarder: Arc<Forwarder>,
+    forwarding: Arc<Forwarding>,
 }
 
 impl Application {
@@ -68,23 +65,19 @@ impl Application {
         let forward_queue = backends.forward_queue().await?;
         let sessions = backends.sessions().await?;
         let opened = backends.into_opened();
-        let webhooks: Arc<dyn WebhookStore> =
-            Arc::new(CachedWebhookStore::new(webhooks, cache.clone()));
         // Install the metrics recorder before anything records.
         let _ = crate::metrics::handle();
         let providers = Providers::new();
-        let forwarder = Arc::new(
-            Forwarder::new(
-                forward_queue.clone(),
-                webhooks.clone(),
+        let forwarding = Arc::new(
+            Forwarding::new(
+                webhooks,
+                forward_queue,
+                cache.clone(),
                 settings.forwarder(),
+                roles.forwarder,
             )
             .context("cannot build the HTTP client of the forwarder")?,
         );
-        let mut fanout = Fanout::new(webhooks.clone(), forward_queue.clone(), cache.clone());
-        if roles.forwarder {
-            fanout = fanout.with_breakers(forwarder.breakers());
-        }
         let auth = InboundAuth::new(settings.inbound.clone(), providers.clone())
             .with_open_routes(&settings.access.inbound_open_routes)
             .with_public_url(
@@ -124,14 +117,12 @@ impl Application {
             body_limit: settings.http.body_limit_bytes,
             ingest_enabled: roles.ingest,
             auth,
-            webhooks: webhooks.clone(),
-            forward_queue: forward_queue.clone(),
-            forwarder: forwarder.clone(),
+            forwarding: forwarding.clone(),
         });
         let pruner = Pruner {
             store: store.clone(),
-            webhooks: webhooks.clone(),
-            forward_queue: forward_queue.clone(),
+            webhooks: forwarding.webhooks().clone(),
+            forward_queue: forwarding.queue().clone(),
             inbox: inbox.clone(),
             sessions,
             retention: settings.retention.policy(),
@@ -139,7 +130,7 @@ impl Application {
         let processor = Processor::new(inbox, store, providers, settings.processor.batch_size)
             .with_batch_bytes(settings.processor.batch_bytes)
             .with_max_attempts(settings.processor.max_attempts)
-            .with_fanout(fanout)
+            .with_fanout(forwarding.fanout())
             .with_dedup(cache.clone());
         Ok(Application {
             listener,
@@ -148,7 +139,7 @@ impl Application {
             processor,
             pruner,
             opened,
-            forwarder,
+            forwarding,
         })
     }
 
@@ -165,7 +156,7 @@ impl Application {
             processor,
             pruner,
             opened,
-            forwarder,
+            forwarding,
         } = self;
         let roles = settings.roles;
         let grace = settings.http.shutdown_timeout;
@@ -188,7 +179,7 @@ impl Application {
         let forwarder_task = background
             .as_ref()
             .filter(|_| roles.forwarder)
-            .map(|rt| rt.spawn(forwarder.run(workers.clone())));
+            .map(|rt| rt.spawn(forwarding.run(workers.clone())));
 
         // The probes read the backends in the background, never per request
         // (the first reading before the first request).

@@ -67,6 +67,17 @@ pub enum ApiError {
     Unavailable(&'static str),
 }
 
+impl From<crate::forwarding::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::forwarding::webhooks::WebhookError) -> Self {
+        use crate::forwarding::webhooks::WebhookError;
+        match e {
+            WebhookError::Invalid(m) => ApiError::Unprocessable(m),
+            WebhookError::NotFound => ApiError::NotFound("webhook"),
+            WebhookError::Store(e) => ApiError::Store(e),
+        }
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {

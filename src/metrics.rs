@@ -1,18 +1,27 @@
-//! Prometheus metrics (`GET /metrics`), through the `metrics` facade.
+//! Prometheus metrics (`GET /metrics`), through the `metrics` facade. The
+//! README's table is this one (a test checks both against the names the
+//! code registers).
 //!
-//! | metric | kind | labels |
-//! |---|---|---|
-//! | `zen_webhooks_received_total` | counter | `bsp`, `outcome` (accepted, invalid, unauthorized, too_large, unavailable) |
-//! | `zen_ingest_ack_seconds` | histogram | `bsp` |
-//! | `zen_events_total` | counter | `bsp`, `type` (unified event type) |
-//! | `zen_duplicates_total` | counter | |
-//! | `zen_unrecognized_total` | counter | `bsp` |
-//! | `zen_processing_lag_seconds` | histogram | (receive → applied) |
-//! | `zen_deliveries_total` | counter | `outcome` (success, retry, dead, parked) |
-//! | `zen_delivery_seconds` | histogram | |
-//! | `zen_inbox_depth`, `zen_forward_queue_depth`, `zen_forward_dlq_depth`, `zen_breakers_open` | gauge | (read at scrape) |
-//! | `zen_backend_up` | gauge | `role`, `backend` (read at scrape) |
-//! | `zen_sqlite_transaction_seconds` | histogram | `lane` (acked: holds webhook appends or API writes, synced to disk; background: bookkeeping only) |
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `zen_webhooks_received_total` | counter | `bsp`, `outcome` (accepted, invalid, unauthorized, too_large, unavailable) | webhooks answered, by how |
+//! | `zen_ingest_ack_seconds` | histogram | `bsp` | receipt → durable (the 200) |
+//! | `zen_events_total` | counter | `bsp`, `type` (unified event type) | events applied (duplicates not counted) |
+//! | `zen_duplicates_total` | counter | | events the store or the dedup cache took for duplicates |
+//! | `zen_unrecognized_total` | counter | `bsp` | bodies or elements no adapter understood (kept) |
+//! | `zen_processing_lag_seconds` | histogram | | receipt → applied |
+//! | `zen_quarantined_total` | counter | `bsp` | inbox entries set aside after their attempts |
+//! | `zen_deliveries_total` | counter | `outcome` (success, retry, dead, parked, duplicate) | delivery attempts and their ends |
+//! | `zen_delivery_seconds` | histogram | | one delivery attempt |
+//! | `zen_operational_events_total` | counter | `kind` (endpoint.disabled, endpoint.failing) | operational events raised |
+//! | `zen_inbox_depth`, `zen_forward_queue_depth`, `zen_forward_dlq_depth`, `zen_quarantine_depth`, `zen_breakers_open` | gauge | | backlogs and open circuits (background reading, every 2 s) |
+//! | `zen_backend_up` | gauge | `role`, `backend` | each backend up (1) or down (background reading) |
+//! | `zen_probe_refreshes_total` | counter | | background readings of the backends for `/ready` and `/metrics` |
+//! | `zen_sqlite_transaction_seconds` | histogram | `lane` (acked: holds webhook appends or API writes, synced to disk; background: bookkeeping only) | the embedded writer's time per transaction |
+//! | `zen_pruned_total` | counter | `kind` (messages, delivery_logs, unrecognized, notifications, dlq, quarantine, sessions) | rows retention removed |
+//! | `zen_console_sign_ins_total` | counter | `outcome` (success, wrong_key, limited) | console sign-ins |
+//! | `zen_admin_auth_failures_total` | counter | | admin API calls with a wrong key |
+//! | `zen_http_connection_limit_reached_total` | counter | | times `MAX_CONNECTIONS` held new connections back |
 
 use std::sync::OnceLock;
 

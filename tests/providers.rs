@@ -1,5 +1,5 @@
 //! Adapter tests: every shared fixture and the field paths and spellings of
-//! PROVIDERS.md, through the public `Providers::parse`.
+//! docs/PROVIDERS.md, through the public `Providers::parse`.
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;

@@ -1,22 +1,31 @@
 //! Forwarding: every tracked event goes to every client webhook that wants
-//! it, signed, retried, isolated per URL, and logged (DESIGN §5).
+//! it, signed, retried, isolated per URL, and logged (DESIGN §5). This room
+//! holds all of it; [`Forwarding`] is its front door, built once and handed
+//! to the processor (the fan-out) and the HTTP layer (the webhook rules).
 //!
-//! - [`fanout`] turns applied events into delivery logs and jobs (in the
-//!   processor, before the inbox entry is acked);
+//! - [`fanout`] turns applied events into delivery logs and jobs (the
+//!   processor runs it before the inbox entry is acked);
+//! - [`webhooks`] holds the rules of a webhook's configuration (create,
+//!   change, rotate, test), for the admin API and the console alike;
 //! - a [`ForwardQueue`] holds the jobs durably (SQLite embedded; RabbitMQ);
-//! - the [`worker::Forwarder`] delivers them: per-URL circuit breakers,
-//!   retries with delays, DLQ for permanent failures.
+//! - the [`worker::Forwarder`] delivers them: per-URL circuit breakers
+//!   ([`breaker`]), retries with delays, DLQ for permanent failures,
+//!   signing ([`signing`]), the SSRF guard ([`ssrf`]);
+//! - [`cached`] keeps webhook lookups off the store.
 //!
 //! Job and log ids are derived from (event id, webhook id), so re-running a
 //! fan-out after a crash creates nothing twice.
 
 pub mod breaker;
 pub mod cached;
+pub mod fanout;
 pub mod signing;
 pub mod ssrf;
+pub mod webhooks;
 pub mod worker;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -420,6 +429,78 @@ pub trait ForwardQueue: Send + Sync {
         limit: usize,
     ) -> Result<u64, ForwardQueueError>;
     async fn health(&self) -> BackendHealth;
+}
+
+/// The forwarding role, assembled: the webhook store (behind its cache),
+/// the forwarding queue, the forwarder with its breakers, and the fan-out.
+/// Built once; nothing outside this room builds or wires a fan-out or a
+/// breaker.
+pub struct Forwarding {
+    webhooks: Arc<dyn WebhookStore>,
+    queue: Arc<dyn ForwardQueue>,
+    forwarder: Arc<worker::Forwarder>,
+    fanout: fanout::Fanout,
+}
+
+impl Forwarding {
+    /// `in_process`: the forwarder runs in this process, so the fan-out
+    /// consults its breakers (a new job for an open circuit is queued
+    /// already parked).
+    pub fn new(
+        store: Arc<dyn WebhookStore>,
+        queue: Arc<dyn ForwardQueue>,
+        cache: Arc<dyn crate::cache::Cache>,
+        config: worker::ForwarderConfig,
+        in_process: bool,
+    ) -> Result<Forwarding, reqwest::Error> {
+        let webhooks: Arc<dyn WebhookStore> =
+            Arc::new(cached::CachedWebhookStore::new(store, cache.clone()));
+        let forwarder = Arc::new(worker::Forwarder::new(
+            queue.clone(),
+            webhooks.clone(),
+            config,
+        )?);
+        let mut fanout = fanout::Fanout::new(webhooks.clone(), queue.clone(), cache);
+        if in_process {
+            fanout = fanout.with_breakers(forwarder.breakers());
+        }
+        Ok(Forwarding {
+            webhooks,
+            queue,
+            forwarder,
+            fanout,
+        })
+    }
+
+    /// The client webhooks and delivery logs (through the cache).
+    pub fn webhooks(&self) -> &Arc<dyn WebhookStore> {
+        &self.webhooks
+    }
+
+    /// The forwarding queue (jobs, retries, the DLQ).
+    pub fn queue(&self) -> &Arc<dyn ForwardQueue> {
+        &self.queue
+    }
+
+    /// The fan-out the processor runs per batch.
+    pub fn fanout(&self) -> fanout::Fanout {
+        self.fanout.clone()
+    }
+
+    /// The circuit state of `url` in this process.
+    pub fn breakers(&self) -> Arc<breaker::Breakers> {
+        self.forwarder.breakers()
+    }
+
+    /// Circuits open in this process.
+    pub fn open_circuits(&self) -> usize {
+        self.forwarder.open_circuits()
+    }
+
+    /// Delivers jobs until `shutdown` (the forwarder role).
+    pub async fn run(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        self.forwarder.clone().run(shutdown).await
+    }
 }
 
 /// A project as the legacy lookup cache stores it (`project:lookup:<n>`).

@@ -529,6 +529,7 @@ impl Forwarder {
         reason: String,
         outcome: Option<&SendOutcome>,
     ) {
+        metrics::counter!("zen_deliveries_total", "outcome" => "dead").increment(1);
         tracing::info!(delivery.id = %job.delivery_log_id, webhook.id = %job.webhook_id, reason = %reason, "delivery dead-lettered");
         self.log_attempt(
             &job.delivery_log_id,

@@ -200,10 +200,10 @@ async fn refresh_gauges(state: &AppState) -> Gauges {
         state.inbox.health(),
         state.store.health(),
         state.cache.health(),
-        state.forward_queue.health(),
+        state.forwarding.queue().health(),
         state.inbox.depth(),
-        state.forward_queue.depth(),
-        state.forward_queue.dead_depth(),
+        state.forwarding.queue().depth(),
+        state.forwarding.queue().dead_depth(),
         state.inbox.quarantine_depth()
     );
     for (role, h) in [
@@ -230,7 +230,7 @@ async fn refresh_gauges(state: &AppState) -> Gauges {
     if let Ok(d) = dlq_depth {
         metrics::gauge!("zen_forward_dlq_depth").set(d as f64);
     }
-    let breakers_open = state.forwarder.open_circuits();
+    let breakers_open = state.forwarding.open_circuits();
     metrics::gauge!("zen_breakers_open").set(breakers_open as f64);
     Gauges {
         backends: [

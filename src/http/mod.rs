@@ -32,8 +32,7 @@ use utoipa_axum::routes;
 
 use crate::cache::Cache;
 use crate::error::json_status_body;
-use crate::forwarding::worker::Forwarder;
-use crate::forwarding::{ForwardQueue, WebhookStore};
+use crate::forwarding::Forwarding;
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
 use crate::queue::Inbox;
@@ -73,9 +72,8 @@ pub struct Services {
     pub ingest_enabled: bool,
     /// Optional inbound webhook authentication per provider.
     pub auth: InboundAuth,
-    pub webhooks: Arc<dyn WebhookStore>,
-    pub forward_queue: Arc<dyn ForwardQueue>,
-    pub forwarder: Arc<Forwarder>,
+    /// Client webhooks, their rules, the forwarding queue and the breakers.
+    pub forwarding: Arc<Forwarding>,
     /// The operator console's sign-in state.
     pub console: console::Console,
     /// Failed admin-key attempts per client (API and console).

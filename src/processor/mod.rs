@@ -13,19 +13,17 @@
 //! inbox's quarantine with its error, where an operator can replay it.
 //! Transient errors (a backend down) never quarantine: they wait.
 
-pub mod fanout;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
+use crate::forwarding::fanout::{Fanout, FanoutError};
 use crate::model::{Notification, UnifiedEvent};
 use crate::providers::{Providers, RawWebhook};
 use crate::queue::{Inbox, InboxDelivery, QueueError};
 use crate::store::{MessageStore, StoreError};
-use fanout::Fanout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -34,7 +32,7 @@ pub enum ProcessError {
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error(transparent)]
-    Forward(#[from] crate::forwarding::ForwardQueueError),
+    Fanout(#[from] FanoutError),
 }
 
 impl ProcessError {
@@ -43,7 +41,8 @@ impl ProcessError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProcessError::Store(e) => e.is_transient(),
-            ProcessError::Queue(_) | ProcessError::Forward(_) => true,
+            ProcessError::Fanout(FanoutError::Store(e)) => e.is_transient(),
+            ProcessError::Queue(_) | ProcessError::Fanout(FanoutError::Queue(_)) => true,
         }
     }
 }

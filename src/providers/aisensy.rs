@@ -1,6 +1,6 @@
 //! AiSensy project webhooks: an envelope `{id, topic, project_id, created_at,
 //! delivery_attempt, data}`; message topics carry `data.message.*` with
-//! UPPERCASE statuses and epoch-ms `*_at` times. PROVIDERS.md §5.
+//! UPPERCASE statuses and epoch-ms `*_at` times. docs/PROVIDERS.md, "AiSensy".
 //!
 //! Dedup is on the envelope `id` (AiSensy delivers at least once, retrying
 //! with the same id). Contact and template topics are kept and forwarded but

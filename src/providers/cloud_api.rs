@@ -1,7 +1,7 @@
 //! The WhatsApp Cloud API webhook shape, `entry[].changes[].value` with
 //! `statuses[]`, `messages[]` + `contacts[]`, `errors[]`, or another field's
 //! notification. Meta posts it, and BSPs relay it (with their own ids beside
-//! Meta's). Every array element is its own event. PROVIDERS.md §2.
+//! Meta's). Every array element is its own event. docs/PROVIDERS.md, "Meta Cloud API".
 
 use serde_json::Value;
 

@@ -1,5 +1,5 @@
 //! Datagen (a Karix reseller): the RCM shape with the wamid in `events.mid`,
-//! single events or JSON arrays of them. PROVIDERS.md §4.
+//! single events or JSON arrays of them. docs/PROVIDERS.md, "Datagen".
 
 use bytes::Bytes;
 

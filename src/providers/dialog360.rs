@@ -1,5 +1,5 @@
 //! 360dialog relays Meta's Cloud API webhooks unchanged ([`cloud_api`]), at
-//! its own route, with its own label and credential. PROVIDERS.md §2.
+//! its own route, with its own label and credential. docs/PROVIDERS.md, "360dialog".
 
 use super::cloud_api::{self, CloudApi};
 use super::{CredentialEnv, Parsed, Provider, RawWebhook};

@@ -1,4 +1,4 @@
-//! Gupshup webhooks, in the three shapes it posts (PROVIDERS.md §6):
+//! Gupshup webhooks, in the three shapes it posts (docs/PROVIDERS.md, "Gupshup"):
 //! - v2 `message-event`: `payload.type` is the status (`enqueued`, `failed`,
 //!   `sent`, `delivered`, `read`, `deleted`). On delivery reports
 //!   `payload.id` is the wamid and `payload.gsId` Gupshup's own id; on

@@ -1,5 +1,5 @@
 //! Karix (Tanla) RCM callbacks: `events.mid` is Karix's own message id, not a
-//! wamid. PROVIDERS.md §3.
+//! wamid. docs/PROVIDERS.md, "Karix".
 
 use super::rcm::{self, Flavor};
 use super::{CredentialEnv, Parsed, Provider, RawWebhook};

@@ -3,7 +3,7 @@
 //! fields (template status, account alerts and updates, quality updates) as
 //! notifications. Several Meta apps may post here: `META_APP_SECRET` takes a
 //! comma-separated list, and a signature by any of them is accepted.
-//! PROVIDERS.md §2.
+//! docs/PROVIDERS.md, "Meta Cloud API".
 
 use super::cloud_api::{self, CloudApi};
 use super::{CredentialEnv, Parsed, Provider, RawWebhook, SignatureHeader};

@@ -2,7 +2,7 @@
 //! reseller): `events{eventType, timestamp, mid}`,
 //! `notificationAttributes{status, reason, code}`, `recipient{to, reference}`,
 //! `sender{from}` for delivery events, `eventContent.message` for user
-//! messages. PROVIDERS.md §3–4.
+//! messages. docs/PROVIDERS.md, "Datagen" and "Karix".
 
 use serde_json::Value;
 

@@ -1,4 +1,4 @@
-//! Twilio's WhatsApp webhooks (PROVIDERS.md §7): status callbacks and
+//! Twilio's WhatsApp webhooks (docs/PROVIDERS.md, "Twilio"): status callbacks and
 //! inbound messages, both `application/x-www-form-urlencoded`.
 //! - `MessageSid` is Twilio's id (the record's provider id); there is no
 //!   wamid and no event time, so the receive time is the event's.

@@ -6,6 +6,7 @@ mod helpers;
 mod cache_conformance;
 mod console;
 mod crash_safety;
+mod docs;
 mod forward_queue_conformance;
 mod forwarding;
 mod full_disk;

@@ -1,5 +1,5 @@
 //! The inbox on RabbitMQ, compatible with the broker the legacy gateway
-//! shared (DESIGN §2, LEGACY.md §3).
+//! shared (DESIGN §2, docs/LEGACY.md, "RabbitMQ").
 //!
 //! Ingest publishes **once** per webhook, persistent and mandatory, to
 //! `zen_ingest_exchange` (direct, routing key = the BSP); its bindings put one

@@ -61,7 +61,8 @@ pub async fn dlq(
         until: parse_time("until", p.until.as_deref())?,
     };
     let dead: Vec<_> = state
-        .forward_queue
+        .forwarding
+        .queue()
         .list_dead(SCAN)
         .await
         .map_err(ApiError::from)?
@@ -69,7 +70,8 @@ pub async fn dlq(
         .filter(|d| filter.matches(&d.id, &d.job, Some(d.dead_at)))
         .collect();
     let total = state
-        .forward_queue
+        .forwarding
+        .queue()
         .dead_depth()
         .await
         .map_err(ApiError::from)?;
@@ -185,7 +187,8 @@ pub async fn replay_dlq(
     if !ask.confirmed {
         let what = if ask.matching {
             let n = state
-                .forward_queue
+                .forwarding
+                .queue()
                 .list_dead(SCAN)
                 .await
                 .map_err(ApiError::from)?
@@ -209,7 +212,8 @@ pub async fn replay_dlq(
         return confirm_page(&session, Section::Dlq, "/console/dlq/replay", &form, what);
     }
     let n = state
-        .forward_queue
+        .forwarding
+        .queue()
         .replay_dead(&filter)
         .await
         .map_err(ApiError::from)?;

@@ -198,7 +198,8 @@ pub async fn show(
     event_ids.sort();
     event_ids.dedup();
     let deliveries = state
-        .webhooks
+        .forwarding
+        .webhooks()
         .deliveries_of_events(&event_ids, DELIVERIES)
         .await?;
     // One raw event per gateway event: the payload its deliveries carry.

@@ -1,6 +1,6 @@
 //! Client webhooks: list, create, edit, deactivate, rotate, test; each
-//! one's delivery log and breaker. The rules are the admin API's
-//! ([`crate::http::webhook_admin`]).
+//! one's delivery log and breaker. The rules are the forwarding room's
+//! ([`crate::forwarding::webhooks`]), as for the admin API.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -10,10 +10,11 @@ use maud::{Markup, html};
 use super::layout::{self, Section};
 use super::session::{Operator, Session};
 use super::{ConsoleError, FormFields, PageResult};
+use crate::error::ApiError;
 use crate::forwarding::WebhookConfig;
 use crate::forwarding::signing::whsec;
+use crate::forwarding::webhooks::{Cleared, NewWebhook, WebhookChanges};
 use crate::http::AppState;
-use crate::http::webhook_admin::{self, CreateIn, UpdateIn};
 
 const DELIVERIES: usize = 100;
 
@@ -39,7 +40,7 @@ fn number_field(form: &FormFields, name: &str) -> Result<Option<u64>, ConsoleErr
 }
 
 fn breaker_state(state: &AppState, url: &str) -> String {
-    let breakers = state.forwarder.breakers();
+    let breakers = state.forwarding.breakers();
     match breakers.open_for(url) {
         Some(left) => format!("open (next probe in {}s)", left.as_secs()),
         None if breakers.failing(url) => "failing".into(),
@@ -53,7 +54,7 @@ pub async fn list(Operator(session): Operator, State(state): State<AppState>) ->
 }
 
 async fn list_page(state: &AppState, session: &Session, error: Option<String>) -> PageResult {
-    let hooks = state.webhooks.list_webhooks(None).await?;
+    let hooks = state.forwarding.webhooks().list_webhooks(None).await?;
     let content = html! {
         @if let Some(e) = error { p.error role="alert" { (e) } }
         @if hooks.is_empty() {
@@ -102,7 +103,7 @@ pub async fn create(
     body: Bytes,
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
-    let input = CreateIn {
+    let input = NewWebhook {
         project_owner_id: form.get("project_owner_id").unwrap_or_default(),
         webhook_url: form.get("webhook_url").unwrap_or_default(),
         topics: list_field(&form, "topics"),
@@ -110,7 +111,12 @@ pub async fn create(
         business_numbers: list_field(&form, "business_numbers"),
         ..Default::default()
     };
-    match webhook_admin::create_webhook(&state, input).await {
+    match state
+        .forwarding
+        .create_webhook(input)
+        .await
+        .map_err(ApiError::from)
+    {
         Ok(w) => {
             tracing::info!(webhook.id = %w.id, webhook.url = %w.webhook_url, "console: webhook registered");
             let notice = secret_notice(&w, "Registered.");
@@ -150,8 +156,12 @@ async fn show_page(
     id: &str,
     notice: Option<Markup>,
 ) -> PageResult {
-    let w = webhook_admin::find(state, id).await?;
-    let deliveries = state.webhooks.list_deliveries(&w.id, DELIVERIES).await?;
+    let w = state.forwarding.webhook(id).await.map_err(ApiError::from)?;
+    let deliveries = state
+        .forwarding
+        .webhooks()
+        .list_deliveries(&w.id, DELIVERIES)
+        .await?;
     let action = |what: &str| format!("/console/webhooks/{}/{what}", w.id);
     let content = html! {
         @if let Some(n) = notice { (n) }
@@ -238,37 +248,30 @@ pub async fn update(
     let timeout_ms = number_field(&form, "timeout_ms")?;
     let max_in_flight =
         number_field(&form, "max_in_flight")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
-    let input = UpdateIn {
+    let business_numbers = list_field(&form, "business_numbers").filter(|n| !n.is_empty());
+    // An emptied field goes back to the default.
+    let clear = Cleared {
+        business_numbers: business_numbers.is_none(),
+        timeout_ms: timeout_ms.is_none(),
+        max_in_flight: max_in_flight.is_none(),
+    };
+    let input = WebhookChanges {
         webhook_url: form.get("webhook_url"),
         topics: list_field(&form, "topics"),
-        business_numbers: Some(list_field(&form, "business_numbers").unwrap_or_default())
-            .filter(|n| !n.is_empty()),
+        business_numbers,
         timeout_ms,
         max_in_flight,
+        clear,
         ..Default::default()
     };
-    // An emptied field goes back to the default (the API leaves absent
-    // fields alone, so clear them here).
-    let clears = (
-        input.business_numbers.is_none(),
-        input.timeout_ms.is_none(),
-        input.max_in_flight.is_none(),
-    );
-    match webhook_admin::update_webhook(&state, &id, input).await {
-        Ok((mut w, _)) => {
+    match state
+        .forwarding
+        .update_webhook(&id, input)
+        .await
+        .map_err(ApiError::from)
+    {
+        Ok((w, _)) => {
             tracing::info!(webhook.id = %w.id, "console: webhook edited");
-            if clears != (false, false, false) {
-                if clears.0 {
-                    w.business_numbers = None;
-                }
-                if clears.1 {
-                    w.timeout_ms = None;
-                }
-                if clears.2 {
-                    w.max_in_flight = None;
-                }
-                state.webhooks.update_webhook(&w).await?;
-            }
             show_page(&state, &session, &id, Some(layout::notice("Saved."))).await
         }
         Err(e) if !e.status().is_server_error() => {
@@ -287,7 +290,11 @@ pub async fn rotate(
     body: Bytes,
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
-    let w = webhook_admin::rotate_secret(&state, &id).await?;
+    let w = state
+        .forwarding
+        .rotate_secret(&id)
+        .await
+        .map_err(ApiError::from)?;
     tracing::info!(webhook.id = %w.id, "console: webhook secret rotated");
     let notice = secret_notice(&w, "Rotated: the old secret no longer signs.");
     show_page(&state, &session, &id, Some(notice)).await
@@ -301,7 +308,11 @@ pub async fn test(
     body: Bytes,
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
-    let o = webhook_admin::send_test(&state, &id).await?;
+    let o = state
+        .forwarding
+        .send_test(&id)
+        .await
+        .map_err(ApiError::from)?;
     let text = match (o.success, o.status_code, &o.error) {
         (true, code, _) => format!(
             "Test event delivered: HTTP {} in {} ms.",
@@ -330,15 +341,11 @@ pub async fn set_active(
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
     let active = form.get("active").as_deref() == Some("true");
-    webhook_admin::update_webhook(
-        &state,
-        &id,
-        UpdateIn {
-            active: Some(active),
-            ..Default::default()
-        },
-    )
-    .await?;
+    state
+        .forwarding
+        .set_active(&id, active)
+        .await
+        .map_err(ApiError::from)?;
     tracing::info!(webhook.id = %id, active, "console: webhook activation changed");
     Ok(Redirect::to(&format!("/console/webhooks/{id}")).into_response())
 }

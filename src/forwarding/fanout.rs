@@ -1,4 +1,5 @@
-//! Fan-out, in the processor: applied events → delivery logs + jobs.
+//! Fan-out: applied events → delivery logs + jobs. The processor runs it
+//! for each batch, before the batch's inbox entries are acked.
 //!
 //! An event is forwarded when it was new, or when the same gateway event is
 //! being re-processed (a crash between apply and fan-out); a provider's
@@ -12,15 +13,25 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 
-use super::ProcessError;
-use crate::cache::Cache;
-use crate::forwarding::{
-    DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, ProjectRef, WebhookConfig, WebhookStore,
-    delivery_id, normalize_number,
+use super::breaker::Breakers;
+use super::{
+    DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, ForwardQueueError, ProjectRef,
+    WebhookConfig, WebhookStore, delivery_id, normalize_number,
 };
+use crate::cache::Cache;
 use crate::model::{MessageRecord, UnifiedEvent};
 use crate::providers::json_text;
-use crate::store::Applied;
+use crate::store::{Applied, StoreError};
+
+/// What a fan-out can fail with: the webhook store or the queue. Both are
+/// outages as the processor sees them (its batch waits and is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] ForwardQueueError),
+}
 
 const PROJECT_TTL: Duration = Duration::from_secs(4 * 3600);
 const NOT_FOUND_TTL: Duration = Duration::from_secs(600);
@@ -37,11 +48,11 @@ pub struct Fanout {
     /// The forwarder's breakers, when it runs in this process: a new job
     /// for a URL whose circuit is open is queued parked, so a dead
     /// endpoint's jobs cost one insert, not a lease and a park each.
-    breakers: Option<Arc<crate::forwarding::breaker::Breakers>>,
+    breakers: Option<Arc<Breakers>>,
 }
 
 impl Fanout {
-    pub fn new(
+    pub(super) fn new(
         webhooks: Arc<dyn WebhookStore>,
         queue: Arc<dyn ForwardQueue>,
         cache: Arc<dyn Cache>,
@@ -54,14 +65,14 @@ impl Fanout {
         }
     }
 
-    pub fn with_breakers(mut self, breakers: Arc<crate::forwarding::breaker::Breakers>) -> Self {
+    pub(super) fn with_breakers(mut self, breakers: Arc<Breakers>) -> Self {
         self.breakers = Some(breakers);
         self
     }
 
     /// The project behind a business number, through the cache (legacy key
     /// and TTLs); a cache outage only costs the lookup.
-    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, ProcessError> {
+    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, FanoutError> {
         let key = format!("project:lookup:{}", normalize_number(business_number));
         match self.cache.get(&key).await {
             Ok(Some(v)) if v == NOT_FOUND => return Ok(None),
@@ -87,7 +98,7 @@ impl Fanout {
         &self,
         events: &[UnifiedEvent],
         applied: &[Option<Applied>],
-    ) -> Result<usize, ProcessError> {
+    ) -> Result<usize, FanoutError> {
         let mut matches: HashMap<MatchKey, Vec<WebhookConfig>> = HashMap::new();
         // One snapshot per record, however many events of the batch it had.
         // (Keyed by the shared record's address, as a number: a pointer is

@@ -1,0 +1,292 @@
+//! The rules of a client webhook's configuration, once for every surface
+//! (the admin API and the console call them): what a new webhook must
+//! have, what a change may change, a secret's rotation, and a test
+//! delivery, signed as real ones are.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::signing::new_secret;
+use super::{ForwardJob, Forwarding, WebhookConfig};
+use crate::store::StoreError;
+
+/// Why a webhook could not be created, changed or found.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// A field is invalid; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("webhook not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A webhook's attempt budget, in ms.
+pub const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=120_000;
+/// A webhook's deliveries in flight.
+pub const MAX_IN_FLIGHT: std::ops::RangeInclusive<u32> = 1..=1000;
+
+/// A new webhook, from the API's JSON or the console's form.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct NewWebhook {
+    pub project_owner_id: String,
+    pub webhook_url: String,
+    #[serde(default)]
+    pub project_id: String,
+    /// Event types to deliver (legacy or unified names, or `*`); default
+    /// `["datagen.delivery"]`, the legacy subscription.
+    pub topics: Option<Vec<String>>,
+    /// Sign deliveries (default true).
+    pub enable_auth: Option<bool>,
+    pub business_numbers: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub active: Option<bool>,
+    /// This webhook's time for one attempt, 100 to 120000 ms (default
+    /// `FORWARD_TIMEOUT_MS`).
+    #[schema(minimum = 100, maximum = 120000)]
+    pub timeout_ms: Option<u64>,
+    /// This webhook's most deliveries in flight, 1 to 1000 (default a share
+    /// of `FORWARD_CONCURRENCY`).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<u32>,
+}
+
+/// Changes to a webhook: fields left out stay as they are (unlike the
+/// legacy API, a change never silently turns signing off).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct WebhookChanges {
+    pub webhook_url: Option<String>,
+    pub project_id: Option<String>,
+    pub topics: Option<Vec<String>>,
+    pub enable_auth: Option<bool>,
+    pub business_numbers: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub active: Option<bool>,
+    #[schema(minimum = 100, maximum = 120000)]
+    pub timeout_ms: Option<u64>,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<u32>,
+    /// Optional fields to remove (the console's emptied inputs).
+    #[serde(skip)]
+    pub clear: Cleared,
+}
+
+/// The optional fields a change removes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cleared {
+    pub business_numbers: bool,
+    pub timeout_ms: bool,
+    pub max_in_flight: bool,
+}
+
+/// What a webhook's endpoint answered to a test event.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    pub success: bool,
+    pub status_code: Option<u16>,
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+fn invalid(message: impl Into<String>) -> WebhookError {
+    WebhookError::Invalid(message.into())
+}
+
+fn validate_url(url: &str) -> Result<(), WebhookError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => Err(invalid("webhook_url: must be an http(s) URL with a host")),
+        Err(e) => Err(invalid(format!("webhook_url: {e}"))),
+    }
+}
+
+fn validate_topics(topics: &[String]) -> Result<(), WebhookError> {
+    if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+        return Err(invalid(
+            "topics: must be a non-empty list of event types (or \"*\")",
+        ));
+    }
+    Ok(())
+}
+
+/// A webhook's own limits, in range or refused naming the field.
+fn validate_limits(
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<u32>,
+) -> Result<(), WebhookError> {
+    if timeout_ms.is_some_and(|t| !TIMEOUT_MS.contains(&t)) {
+        return Err(invalid("timeout_ms: must be between 100 and 120000"));
+    }
+    if max_in_flight.is_some_and(|m| !MAX_IN_FLIGHT.contains(&m)) {
+        return Err(invalid("max_in_flight: must be between 1 and 1000"));
+    }
+    Ok(())
+}
+
+impl Forwarding {
+    /// One webhook.
+    pub async fn webhook(&self, id: &str) -> Result<WebhookConfig, WebhookError> {
+        self.webhooks
+            .get_webhook(id)
+            .await?
+            .ok_or(WebhookError::NotFound)
+    }
+
+    /// Checks and stores a new webhook with a fresh secret (unless signing
+    /// is off).
+    pub async fn create_webhook(&self, input: NewWebhook) -> Result<WebhookConfig, WebhookError> {
+        if input.project_owner_id.trim().is_empty() {
+            return Err(invalid("project_owner_id: required"));
+        }
+        validate_url(&input.webhook_url)?;
+        validate_limits(input.timeout_ms, input.max_in_flight)?;
+        // The legacy default subscription.
+        let topics = input
+            .topics
+            .unwrap_or_else(|| vec!["datagen.delivery".into()]);
+        validate_topics(&topics)?;
+        let now = Utc::now().timestamp_millis();
+        let config = WebhookConfig {
+            id: bson::oid::ObjectId::new().to_hex(),
+            project_owner_id: input.project_owner_id,
+            project_id: input.project_id,
+            webhook_url: input.webhook_url,
+            shared_secret: if input.enable_auth.unwrap_or(true) {
+                new_secret()
+            } else {
+                String::new()
+            },
+            topics,
+            created_at: now,
+            updated_at: now,
+            active: input.active,
+            business_numbers: input.business_numbers,
+            headers: input.headers,
+            timeout_ms: input.timeout_ms,
+            max_in_flight: input.max_in_flight,
+        };
+        self.webhooks.create_webhook(&config).await?;
+        Ok(config)
+    }
+
+    /// Changes the given fields of a webhook; true when signing was turned
+    /// on (its new secret is to be shown once).
+    pub async fn update_webhook(
+        &self,
+        id: &str,
+        input: WebhookChanges,
+    ) -> Result<(WebhookConfig, bool), WebhookError> {
+        let mut w = self.webhook(id).await?;
+        let mut reveal = false;
+        if let Some(url) = input.webhook_url {
+            validate_url(&url)?;
+            w.webhook_url = url;
+        }
+        if let Some(topics) = input.topics {
+            validate_topics(&topics)?;
+            w.topics = topics;
+        }
+        if let Some(p) = input.project_id {
+            w.project_id = p;
+        }
+        match input.enable_auth {
+            Some(true) if w.shared_secret.is_empty() => {
+                w.shared_secret = new_secret();
+                reveal = true;
+            }
+            Some(false) => w.shared_secret.clear(),
+            _ => {}
+        }
+        validate_limits(input.timeout_ms, input.max_in_flight)?;
+        // A value given replaces; a field cleared goes; the rest stays.
+        let keep = |given: bool, cleared: bool| given || cleared;
+        if keep(
+            input.business_numbers.is_some(),
+            input.clear.business_numbers,
+        ) {
+            w.business_numbers = input.business_numbers;
+        }
+        if input.headers.is_some() {
+            w.headers = input.headers;
+        }
+        if input.active.is_some() {
+            w.active = input.active;
+        }
+        if keep(input.timeout_ms.is_some(), input.clear.timeout_ms) {
+            w.timeout_ms = input.timeout_ms;
+        }
+        if keep(input.max_in_flight.is_some(), input.clear.max_in_flight) {
+            w.max_in_flight = input.max_in_flight;
+        }
+        self.save(w).await.map(|w| (w, reveal))
+    }
+
+    /// Turns a webhook on or off.
+    pub async fn set_active(&self, id: &str, active: bool) -> Result<WebhookConfig, WebhookError> {
+        let mut w = self.webhook(id).await?;
+        w.active = Some(active);
+        self.save(w).await
+    }
+
+    /// Gives a webhook a new secret; the old one stops signing at once.
+    pub async fn rotate_secret(&self, id: &str) -> Result<WebhookConfig, WebhookError> {
+        let mut w = self.webhook(id).await?;
+        w.shared_secret = new_secret();
+        self.save(w).await
+    }
+
+    /// Stores a changed webhook (stamped now).
+    async fn save(&self, mut w: WebhookConfig) -> Result<WebhookConfig, WebhookError> {
+        w.updated_at = Utc::now().timestamp_millis();
+        if !self.webhooks.update_webhook(&w).await? {
+            return Err(WebhookError::NotFound);
+        }
+        Ok(w)
+    }
+
+    /// Sends a `test.webhook` event to a webhook now, signed as deliveries
+    /// are, and says what its endpoint answered.
+    pub async fn send_test(&self, id: &str) -> Result<TestOutcome, WebhookError> {
+        let w = self.webhook(id).await?;
+        let now = Utc::now();
+        let job = ForwardJob {
+            delivery_log_id: String::new(),
+            project_owner_id: w.project_owner_id.clone(),
+            webhook_id: w.id.clone(),
+            webhook_url: w.webhook_url.clone(),
+            shared_secret: None,
+            event_type: "test.webhook".into(),
+            event_id: format!("test_{}", now.timestamp_millis()),
+            payload: json!({"test": true, "message": "This is a test webhook from zen-gateway", "timestamp": now.timestamp()}),
+            timestamp: now.timestamp_millis(),
+            attempt_count: 0,
+            message: None,
+            parked_since: None,
+            v: 1,
+        };
+        let o = self
+            .forwarder
+            .send(
+                &w.webhook_url,
+                &w.shared_secret,
+                w.headers.as_ref(),
+                w.timeout_ms.map(Duration::from_millis),
+                &job,
+            )
+            .await;
+        Ok(TestOutcome {
+            success: o.success(),
+            status_code: o.status,
+            response_body: o.body,
+            error: o.error,
+            duration_ms: o.duration.as_millis() as u64,
+        })
+    }
+}
