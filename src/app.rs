@@ -67,7 +67,7 @@ impl Application {
         let opened = backends.into_opened();
         // Install the metrics recorder before anything records.
         let _ = crate::metrics::handle();
-        let providers = Providers::new();
+        let providers = settings.providers.clone();
         let forwarding = Arc::new(
             Forwarding::new(
                 webhooks,

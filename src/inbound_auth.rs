@@ -36,7 +36,7 @@ pub enum AuthFailure {
     RouteRefused,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct InboundAuth {
     by_bsp: HashMap<Bsp, InboundCredentials>,
     /// Each provider's route trust, computed once.

@@ -241,7 +241,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Openapi => {
-            println!("{}", zen_gateway::http::openapi::document_json());
+            println!(
+                "{}",
+                zen_gateway::http::openapi::document_json(&settings.providers)
+            );
             ExitCode::SUCCESS
         }
     }

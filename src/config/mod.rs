@@ -192,6 +192,10 @@ pub struct Settings {
     /// providers with something configured are present.
     #[serde(skip_deserializing)]
     pub inbound: BTreeMap<Bsp, InboundCredentials>,
+    /// The providers this gateway serves: the registry, built once here
+    /// and handed on by the application.
+    #[serde(skip, default = "crate::providers::Providers::empty")]
+    pub providers: crate::providers::Providers,
 }
 
 /// The HTTP server.
@@ -450,7 +454,9 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(name_keys(&e.to_string())))?;
-        settings.inbound = inbound_from_env(&env);
+        let providers = crate::providers::Providers::new();
+        settings.inbound = inbound_from_env(&env, &providers);
+        settings.providers = providers;
         settings.validate()?;
         Ok(settings)
     }
@@ -558,9 +564,8 @@ impl Settings {
         }
         // Across keys.
         if self.http.public_base_url.is_none() && !self.http.trust_forwarded_headers {
-            let providers = crate::providers::Providers::new();
             for (bsp, creds) in &self.inbound {
-                let Some(p) = providers.get(*bsp) else {
+                let Some(p) = self.providers.get(*bsp) else {
                     continue;
                 };
                 if p.signs_public_url() && creds.secret.is_some() {
@@ -613,7 +618,7 @@ impl Settings {
     /// The inbound rules across keys: a route named open must have no
     /// credentials, and `INBOUND_REQUIRE_AUTH` refuses every open route.
     fn validate_inbound(&self) -> Result<(), ConfigError> {
-        let providers = crate::providers::Providers::new();
+        let providers = &self.providers;
         for bsp in &self.access.inbound_open_routes {
             if self
                 .inbound
@@ -711,14 +716,17 @@ impl Settings {
 
 /// Each provider's inbound credentials, from the variables it names; an
 /// empty value is the same as an unset one.
-fn inbound_from_env(env: &impl Fn(&str) -> Option<String>) -> BTreeMap<Bsp, InboundCredentials> {
+fn inbound_from_env(
+    env: &impl Fn(&str) -> Option<String>,
+    providers: &crate::providers::Providers,
+) -> BTreeMap<Bsp, InboundCredentials> {
     let read = |name: &str| {
         env(name)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
             .map(Secret::new)
     };
-    crate::providers::Providers::new()
+    providers
         .all()
         .filter_map(|p| {
             let names = p.credential_env();

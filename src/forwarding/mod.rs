@@ -80,11 +80,7 @@ pub struct WebhookConfig {
 
 /// What a secret shows in a Debug form.
 fn masked(secret: &str) -> &'static str {
-    if secret.is_empty() {
-        ""
-    } else {
-        crate::config::MASK
-    }
+    if secret.is_empty() { "" } else { "<redacted>" }
 }
 
 impl std::fmt::Debug for WebhookConfig {

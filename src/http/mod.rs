@@ -35,6 +35,7 @@ use crate::error::json_status_body;
 use crate::forwarding::Forwarding;
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
+use crate::providers::Providers;
 use crate::queue::Inbox;
 use crate::store::MessageStore;
 
@@ -101,7 +102,7 @@ impl Services {
 /// [`crate::app`]), since that must happen before routing.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     let body_limit = state.body_limit;
-    let (routes, _) = documented_routes().split_for_parts();
+    let (routes, _) = documented_routes(state.auth.providers()).split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -193,10 +194,11 @@ async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Nex
     resp
 }
 
-/// Every route, each with its OpenAPI operation.
-fn documented_routes() -> OpenApiRouter<AppState> {
+/// Every route, each with its OpenAPI operation (the webhook routes are
+/// the providers').
+fn documented_routes(providers: &Providers) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .merge(webhooks::router())
+        .merge(webhooks::router(providers))
         .merge(health::router().layer(compression()))
         .nest(
             "/api/v1",
@@ -215,9 +217,9 @@ fn compression() -> CompressionLayer {
     CompressionLayer::new().gzip(true)
 }
 
-/// The OpenAPI document of the served routes.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+/// The OpenAPI document of the routes served for `providers`.
+pub fn openapi(providers: &Providers) -> utoipa::openapi::OpenApi {
+    documented_routes(providers).split_for_parts().1
 }
 
 /// Gin's answer to an unknown route or method, kept for drop-in behaviour.

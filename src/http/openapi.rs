@@ -53,22 +53,24 @@ impl Modify for AdminAuth {
     }
 }
 
-/// The document as served (built once).
-pub fn document_json() -> &'static str {
-    static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| {
-        super::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serializes")
-    })
+/// The document of the routes served for `providers`.
+pub fn document_json(providers: &crate::providers::Providers) -> String {
+    super::openapi(providers)
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
 }
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object)))]
-pub async fn document() -> impl IntoResponse {
+pub async fn document(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+) -> impl IntoResponse {
+    // Built once per process, on the first request.
+    static DOC: OnceLock<String> = OnceLock::new();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        document_json(),
+        DOC.get_or_init(|| document_json(state.auth.providers()))
+            .as_str(),
     )
 }

@@ -20,8 +20,7 @@ use crate::providers::Providers;
 
 /// One route per provider path (and alias), each with its OpenAPI
 /// operation, from the provider list: a new provider needs nothing here.
-pub fn router() -> OpenApiRouter<AppState> {
-    let providers = Providers::new();
+pub fn router(providers: &Providers) -> OpenApiRouter<AppState> {
     let mut paths = serde_json::Map::new();
     let mut router = axum::Router::new();
     for provider in providers.all() {

@@ -253,19 +253,31 @@ pub struct Probe {
     pub batch_len: Option<usize>,
 }
 
-/// The registered adapters, by BSP.
+/// The registered adapters, by BSP: the registry. The gateway builds it
+/// once, when its settings load (`Settings::providers`), and hands it to
+/// what needs it; a clone shares it.
 #[derive(Clone)]
 pub struct Providers {
-    by_bsp: HashMap<Bsp, Arc<dyn Provider>>,
+    by_bsp: Arc<HashMap<Bsp, Arc<dyn Provider>>>,
 }
 
-impl Default for Providers {
-    fn default() -> Self {
-        Self::new()
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.all().map(|p| p.bsp())).finish()
     }
 }
 
 impl Providers {
+    /// A registry with no provider (before the settings fill it in).
+    pub fn empty() -> Self {
+        Providers {
+            by_bsp: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// Every provider the gateway serves. (No `Default`: the registry is
+    /// built in one place, on purpose, not wherever a default is asked for.)
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         let adapters: Vec<Arc<dyn Provider>> = vec![
             Arc::new(Datagen),
@@ -277,7 +289,7 @@ impl Providers {
             Arc::new(Dialog360),
         ];
         Providers {
-            by_bsp: adapters.into_iter().map(|a| (a.bsp(), a)).collect(),
+            by_bsp: Arc::new(adapters.into_iter().map(|a| (a.bsp(), a)).collect()),
         }
     }
 

@@ -45,6 +45,7 @@ impl Backend {
             retry_delays_ms: vec![300],
             forward_consume: true,
             forward_prefetch: 16,
+            providers: zen_gateway::providers::Providers::new(),
         });
         assert!(broker.wait_connected(Duration::from_secs(15)).await);
         Some(Backend {

@@ -77,6 +77,7 @@ impl Place {
                     retry_delays_ms: vec![300],
                     forward_consume: false,
                     forward_prefetch: 1,
+                    providers: zen_gateway::providers::Providers::new(),
                 });
                 assert!(broker.wait_connected(Duration::from_secs(15)).await);
                 Open {

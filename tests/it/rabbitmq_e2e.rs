@@ -37,6 +37,7 @@ fn options(url: &str, prefix: &str, consume: bool) -> RabbitOptions {
         retry_delays_ms: vec![300],
         forward_consume: false,
         forward_prefetch: 16,
+        providers: zen_gateway::providers::Providers::new(),
     }
 }
 

@@ -2,10 +2,13 @@
 //! (`unified_message_tracking`, `unrecognized_webhooks`) and the client
 //! webhooks with their delivery logs, in the legacy collections and types.
 
+pub mod collections;
+mod prune;
 pub mod sessions;
 pub mod store;
 pub mod webhooks;
 
+pub use collections::META;
 pub use sessions::MongoSessionStore;
-pub use store::{META, MongoStore, SCHEMA_VERSION, client};
+pub use store::{MongoStore, SCHEMA_VERSION, client};
 pub use webhooks::MongoWebhookStore;

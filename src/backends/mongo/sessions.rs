@@ -6,12 +6,10 @@ use bson::{Document, doc};
 use chrono::{DateTime, Utc};
 use mongodb::{Collection, Database};
 
-use super::store::prune_oldest;
+pub use super::collections::SESSIONS;
+use super::prune::prune_oldest;
 use crate::sessions::SessionStore;
 use crate::store::StoreError;
-
-/// The collection of operator sessions.
-pub const SESSIONS: &str = "zen_console_sessions";
 
 pub struct MongoSessionStore {
     sessions: Collection<Document>,

@@ -25,6 +25,11 @@ use futures::TryStreamExt;
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use super::collections::{
+    DELIVERY_LOGS, LEGACY_SECRETS, MESSAGE_KEYS, MESSAGES, META, NOTIFICATIONS, SESSIONS,
+    UNRECOGNIZED,
+};
+use super::prune::prune_oldest;
 use crate::model::{
     Bsp, Direction, MessageRecord, Notification, OutboundRegistration, StatusEntry, UnifiedEvent,
     UnrecognizedEvent,
@@ -42,24 +47,9 @@ pub struct Handle {
     rev: i64,
 }
 
-pub const MESSAGES: &str = "unified_message_tracking";
-pub const UNRECOGNIZED: &str = "unrecognized_webhooks";
-/// Our lookup keys of messages, one document per id string: `_id` =
-/// `k:<id>`, and the message document's `_id` under `w` (the id is its
-/// wamid), `m` (its `message_id`) or `p` (its provider id, any BSP). A lookup
-/// by id is then two `_id` queries, which every MongoDB-compatible server
-/// answers from its primary key (the test wire server scans for any other
-/// field, and for `$in`). The first message to take an id keeps it.
-pub const MESSAGE_KEYS: &str = "zen_message_keys";
-/// The gateway's own facts about the database: `{_id: "schema", version}`.
-pub const META: &str = "zen_meta";
 /// The layout of collections and indexes this gateway writes. A database
 /// marked with a higher one was written by a newer gateway: refused.
 pub const SCHEMA_VERSION: i64 = 1;
-
-/// Provider notifications that are not about one message, `_id` = the
-/// event id (a redelivery is not kept twice).
-pub const NOTIFICATIONS: &str = "zen_notifications";
 
 /// The message store on MongoDB (or a wire-compatible server).
 pub struct MongoStore {
@@ -195,7 +185,7 @@ impl MongoStore {
         }
         // The delivery log's lookups: a webhook's newest, and an event's
         // (a message's deliveries).
-        let logs = self.db.collection::<Document>("webhook_delivery_logs");
+        let logs = self.db.collection::<Document>(DELIVERY_LOGS);
         for (keys, name) in [
             (
                 doc! {"webhook_id": 1, "created_at": -1},
@@ -210,10 +200,7 @@ impl MongoStore {
             logs.create_index(model).await.map_err(classify)?;
         }
         // Retention's oldest-first deletes.
-        for (coll, field) in [
-            (super::sessions::SESSIONS, "expires_at"),
-            (super::webhooks::LEGACY_SECRETS, "created_at"),
-        ] {
+        for (coll, field) in [(SESSIONS, "expires_at"), (LEGACY_SECRETS, "created_at")] {
             let model = IndexModel::builder()
                 .keys(doc! {field: 1})
                 .options(IndexOptions::builder().name(field.to_owned()).build())
@@ -565,61 +552,6 @@ fn keys_of(id: ObjectId, r: &MessageRecord) -> Vec<Document> {
         keys.push(doc! {"_id": format!("k:{p}"), "p": id});
     }
     keys
-}
-
-/// Deletes up to `limit` of the oldest documents of `coll` whose date
-/// `field` is before `before`: app-side, in small batches, since the test
-/// wire server has no TTL indexes. Returns how many went.
-pub(crate) async fn prune_oldest(
-    coll: &Collection<Document>,
-    field: &str,
-    before: DateTime<Utc>,
-    limit: usize,
-) -> Result<u64, StoreError> {
-    prune_oldest_where(coll, field, before, limit, Document::new()).await
-}
-
-/// [`prune_oldest`] among the documents that also match `filter`.
-pub(crate) async fn prune_oldest_where(
-    coll: &Collection<Document>,
-    field: &str,
-    before: DateTime<Utc>,
-    limit: usize,
-    filter: Document,
-) -> Result<u64, StoreError> {
-    let ids: Vec<Bson> = oldest_ids(coll, field, before, limit, filter).await?;
-    if ids.is_empty() {
-        return Ok(0);
-    }
-    let r = coll
-        .delete_many(doc! {"_id": {"$in": ids}})
-        .await
-        .map_err(unavailable)?;
-    Ok(r.deleted_count)
-}
-
-async fn oldest_ids(
-    coll: &Collection<Document>,
-    field: &str,
-    before: DateTime<Utc>,
-    limit: usize,
-    mut filter: Document,
-) -> Result<Vec<Bson>, StoreError> {
-    filter.insert(field, doc! {"$lt": bson::DateTime::from_chrono(before)});
-    let docs: Vec<Document> = coll
-        .find(filter)
-        .sort(doc! {field: 1})
-        .limit(limit as i64)
-        .projection(doc! {"_id": 1})
-        .await
-        .map_err(unavailable)?
-        .try_collect()
-        .await
-        .map_err(unavailable)?;
-    Ok(docs
-        .into_iter()
-        .filter_map(|d| d.get("_id").cloned())
-        .collect())
 }
 
 impl MongoStore {

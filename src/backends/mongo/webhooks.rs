@@ -11,7 +11,10 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 
-use super::store::{only_duplicate_keys, prune_oldest, prune_oldest_where};
+pub use super::collections::LEGACY_SECRETS;
+use super::collections::{DELIVERY_LOGS, PROJECTS, WEBHOOKS};
+use super::prune::{prune_oldest, prune_oldest_where};
+use super::store::only_duplicate_keys;
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
 };
@@ -24,9 +27,6 @@ pub struct MongoWebhookStore {
     legacy_secrets: Collection<Document>,
 }
 
-/// Secrets of legacy jobs (see [`WebhookStore::keep_legacy_secret`]).
-pub const LEGACY_SECRETS: &str = "zen_legacy_job_secrets";
-
 fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -34,9 +34,9 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
 impl MongoWebhookStore {
     pub fn new(db: &Database) -> Self {
         MongoWebhookStore {
-            webhooks: db.collection("webhooks"),
-            logs: db.collection("webhook_delivery_logs"),
-            projects: db.collection("projects"),
+            webhooks: db.collection(WEBHOOKS),
+            logs: db.collection(DELIVERY_LOGS),
+            projects: db.collection(PROJECTS),
             legacy_secrets: db.collection(LEGACY_SECRETS),
         }
     }

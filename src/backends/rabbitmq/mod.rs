@@ -105,6 +105,8 @@ pub struct RabbitOptions {
     pub forward_consume: bool,
     /// Unacked forwarding jobs the broker may push to this replica.
     pub forward_prefetch: u16,
+    /// The providers, for their legacy queue bodies.
+    pub providers: crate::providers::Providers,
 }
 
 pub(crate) struct Live {
@@ -907,16 +909,12 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
 
 /// The body as the legacy BSP queue carries it: the provider says (a
 /// Datagen batch is wrapped as `{"batch_data":[…],"batch_size":n}`).
-pub fn legacy_body(entry: &InboxEntry) -> Bytes {
-    match PROVIDERS.get(entry.bsp) {
+pub fn legacy_body(providers: &crate::providers::Providers, entry: &InboxEntry) -> Bytes {
+    match providers.get(entry.bsp) {
         Some(p) => p.legacy_queue_body(&entry.body, entry.batch_len),
         None => entry.body.clone(),
     }
 }
-
-/// The providers, for their legacy queue bodies.
-static PROVIDERS: std::sync::LazyLock<crate::providers::Providers> =
-    std::sync::LazyLock::new(crate::providers::Providers::new);
 
 #[async_trait]
 impl Inbox for RabbitInbox {
@@ -926,7 +924,7 @@ impl Inbox for RabbitInbox {
             .publish(
                 INGEST_EXCHANGE,
                 entry.bsp.as_str(),
-                &legacy_body(&entry),
+                &legacy_body(&self.opts.providers, &entry),
                 props,
             )
             .await?)

@@ -8,6 +8,7 @@ mod failures;
 mod layout;
 mod messages;
 mod overview;
+mod rates;
 pub mod session;
 mod webhooks;
 

@@ -44,8 +44,8 @@ pub struct Console {
     secure: SecureCookie,
     /// Which sessions are live (signed in, not signed out, not expired).
     sessions: Arc<dyn SessionStore>,
-    /// The previous overview sample, for rates.
-    pub(super) last_sample: std::sync::Mutex<Option<super::overview::Sample>>,
+    /// The overview's last look at the metrics, for rates.
+    pub(super) rates: super::rates::Rates,
 }
 
 /// A signed-in operator's session.
@@ -82,7 +82,7 @@ impl Console {
             ttl,
             secure,
             sessions,
-            last_sample: std::sync::Mutex::new(None),
+            rates: super::rates::Rates::default(),
         }
     }
 

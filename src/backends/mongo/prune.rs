@@ -1,0 +1,69 @@
+//! Retention's deletes on MongoDB: app-side, oldest first, in small
+//! batches (the test wire server has no TTL indexes, and a TTL index would
+//! leave a message's lookup keys behind).
+
+use bson::{Bson, Document, doc};
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::Collection;
+
+use crate::store::StoreError;
+
+fn unavailable(e: mongodb::error::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Deletes up to `limit` of the oldest documents of `coll` whose date
+/// `field` is before `before`: app-side, in small batches, since the test
+/// wire server has no TTL indexes. Returns how many went.
+pub(crate) async fn prune_oldest(
+    coll: &Collection<Document>,
+    field: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    prune_oldest_where(coll, field, before, limit, Document::new()).await
+}
+
+/// [`prune_oldest`] among the documents that also match `filter`.
+pub(crate) async fn prune_oldest_where(
+    coll: &Collection<Document>,
+    field: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+    filter: Document,
+) -> Result<u64, StoreError> {
+    let ids: Vec<Bson> = oldest_ids(coll, field, before, limit, filter).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let r = coll
+        .delete_many(doc! {"_id": {"$in": ids}})
+        .await
+        .map_err(unavailable)?;
+    Ok(r.deleted_count)
+}
+
+async fn oldest_ids(
+    coll: &Collection<Document>,
+    field: &str,
+    before: DateTime<Utc>,
+    limit: usize,
+    mut filter: Document,
+) -> Result<Vec<Bson>, StoreError> {
+    filter.insert(field, doc! {"$lt": bson::DateTime::from_chrono(before)});
+    let docs: Vec<Document> = coll
+        .find(filter)
+        .sort(doc! {field: 1})
+        .limit(limit as i64)
+        .projection(doc! {"_id": 1})
+        .await
+        .map_err(unavailable)?
+        .try_collect()
+        .await
+        .map_err(unavailable)?;
+    Ok(docs
+        .into_iter()
+        .filter_map(|d| d.get("_id").cloned())
+        .collect())
+}
