@@ -50,8 +50,7 @@ impl Application {
 
     /// Builds the gateway on a listener the caller bound (tests bind port 0).
     pub async fn build_with_listener(
-        settings: Settings,
-        listener: TcpListener,
+        settings: Settings, listener: TcpListener,
     ) -> anyhow::Result<Application> {
         let roles = settings.roles;
         for warning in settings.warnings() {
@@ -149,15 +148,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains (see module docs).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Application {
-            listener,
-            settings,
-            state,
-            processor,
-            pruner,
-            opened,
-            forwarding,
-        } = self;
+        let settings = self.settings;
         let roles = settings.roles;
         let grace = settings.http.shutdown_timeout;
         let workers = CancellationToken::new();
@@ -169,20 +160,23 @@ impl Application {
         let processor_task = background
             .as_ref()
             .filter(|_| roles.processor)
-            .map(|rt| rt.spawn(processor.run(workers.clone())));
+            .map(|rt| rt.spawn(self.processor.run(workers.clone())));
         // Retention runs beside the processor (one per embedded file; on
         // shared backends every processor replica prunes, harmlessly).
-        let pruner_task = background
-            .as_ref()
-            .filter(|_| roles.processor)
-            .map(|rt| rt.spawn(pruner.run(settings.retention.prune_interval, workers.clone())));
+        let pruner_task = background.as_ref().filter(|_| roles.processor).map(|rt| {
+            rt.spawn(
+                self.pruner
+                    .run(settings.retention.prune_interval, workers.clone()),
+            )
+        });
         let forwarder_task = background
             .as_ref()
             .filter(|_| roles.forwarder)
-            .map(|rt| rt.spawn(forwarding.run(workers.clone())));
+            .map(|rt| rt.spawn(self.forwarding.run(workers.clone())));
 
         // The probes read the backends in the background, never per request
         // (the first reading before the first request).
+        let state = self.state;
         http::health::refresh_now(&state).await;
         let probes = tokio::spawn(http::health::refresh_probes(state.clone(), workers.clone()));
         let router = http::router(state, settings.http.request_timeout);
@@ -193,7 +187,7 @@ impl Application {
         tracing::info!(port = settings.http.port, "zen-gateway serving");
         // Stops accepting on `shutdown`, then drains connections (bounded).
         http::serve::serve(
-            listener,
+            self.listener,
             app,
             http::serve::ServeLimits {
                 header_read_timeout: settings.http.header_read_timeout,
@@ -225,7 +219,7 @@ impl Application {
         }
         // Whatever did not stop in time is abandoned here (see above).
         drop(background);
-        opened.close().await;
+        self.opened.close().await;
         tracing::info!("zen-gateway stopped");
         Ok(())
     }

@@ -122,8 +122,7 @@ impl InboundAuth {
     /// Credentials by provider; every route without any is open when none
     /// has credentials, refused otherwise (see [`InboundAuth::with_open_routes`]).
     pub fn new(
-        by_bsp: impl IntoIterator<Item = (Bsp, InboundCredentials)>,
-        providers: Providers,
+        by_bsp: impl IntoIterator<Item = (Bsp, InboundCredentials)>, providers: Providers,
     ) -> Self {
         let by_bsp: HashMap<Bsp, InboundCredentials> = by_bsp.into_iter().collect();
         let mut auth = InboundAuth {
@@ -209,11 +208,7 @@ impl InboundAuth {
     /// is the raw query string; its `token` is read only when a token is
     /// configured and the header does not carry it.
     pub fn verify(
-        &self,
-        bsp: Bsp,
-        headers: &HeaderMap,
-        path_and_query: &str,
-        query: Option<&str>,
+        &self, bsp: Bsp, headers: &HeaderMap, path_and_query: &str, query: Option<&str>,
         body: &[u8],
     ) -> Result<(), AuthFailure> {
         match self.trust(bsp) {

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use zen_gateway::app::{Application, cancel_on_signals};
 use zen_gateway::backends::{Backends, Mode};
 use zen_gateway::config::Settings;
-use zen_gateway::retention::Purge;
+use zen_gateway::retention::Awaiting;
 use zen_gateway::telemetry;
 
 // The request path allocates small, short-lived buffers on every webhook;
@@ -132,71 +132,11 @@ fn main() -> ExitCode {
         Command::Serve => serve(settings),
         Command::Migrate => migrate(settings),
         Command::Healthcheck => healthcheck(settings.http.port),
-        Command::Dlq { action } => command("dlq", settings, |settings| async move {
-            let queue = Backends::from_settings(&settings, Mode::Command)
-                .forward_queue()
-                .await?;
-            Ok(match action {
-                EntriesAction::List { limit } => {
-                    serde_json::to_value(queue.list_dead(limit.clamp(1, 10_000)).await?)?
-                }
-                EntriesAction::Replay {
-                    all,
-                    ids,
-                    webhook,
-                    since,
-                    until,
-                } => {
-                    let filter = zen_gateway::forwarding::ReplayFilter {
-                        ids: (!all && !ids.is_empty()).then_some(ids),
-                        webhook_id: webhook,
-                        since,
-                        until,
-                    };
-                    let n = queue.replay_dead(&filter).await?;
-                    serde_json::json!({ "replayed": n })
-                }
-                EntriesAction::Purge { older_than } => {
-                    let n = pruner(&settings)
-                        .await?
-                        .purge(Purge::Dlq, older_than)
-                        .await?;
-                    serde_json::json!({ "purged": n })
-                }
-            })
+        Command::Dlq { action } => command("dlq", settings, |settings| {
+            entries(Awaiting::Dlq, action, settings)
         }),
-        Command::Quarantine { action } => command("quarantine", settings, |settings| async move {
-            let inbox = Backends::from_settings(&settings, Mode::Command)
-                .inbox()
-                .await?;
-            Ok(match action {
-                EntriesAction::List { limit } => serde_json::to_value(
-                    inbox.list_quarantined(limit.clamp(1, 10_000), None).await?,
-                )?,
-                EntriesAction::Replay {
-                    all,
-                    ids,
-                    webhook,
-                    since,
-                    until,
-                } => {
-                    if webhook.is_some() || since.is_some() || until.is_some() {
-                        anyhow::bail!("--webhook, --since and --until are for `dlq replay`");
-                    }
-                    if !all && ids.is_empty() {
-                        anyhow::bail!("give event ids, or --all");
-                    }
-                    let n = inbox.replay_quarantined((!all).then_some(&ids[..])).await?;
-                    serde_json::json!({ "replayed": n })
-                }
-                EntriesAction::Purge { older_than } => {
-                    let n = pruner(&settings)
-                        .await?
-                        .purge(Purge::Quarantine, older_than)
-                        .await?;
-                    serde_json::json!({ "purged": n })
-                }
-            })
+        Command::Quarantine { action } => command("quarantine", settings, |settings| {
+            entries(Awaiting::Quarantine, action, settings)
         }),
         Command::Prune { older_than } => command("prune", settings, |settings| async move {
             let configured = settings.retention.policy();
@@ -248,6 +188,65 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `dlq` and `quarantine`: the entries that wait for an operator, listed,
+/// replayed or purged on the configured backend.
+async fn entries(
+    kind: Awaiting, action: EntriesAction, settings: Settings,
+) -> anyhow::Result<serde_json::Value> {
+    let mut backends = Backends::from_settings(&settings, Mode::Command);
+    Ok(match action {
+        EntriesAction::List { limit } => {
+            let limit = limit.clamp(1, 10_000);
+            match kind {
+                Awaiting::Dlq => {
+                    serde_json::to_value(backends.forward_queue().await?.list_dead(limit).await?)?
+                }
+                Awaiting::Quarantine => serde_json::to_value(
+                    backends
+                        .inbox()
+                        .await?
+                        .list_quarantined(limit, None)
+                        .await?,
+                )?,
+            }
+        }
+        EntriesAction::Replay {
+            all,
+            ids,
+            webhook,
+            since,
+            until,
+        } => {
+            let n = match kind {
+                Awaiting::Dlq => {
+                    let filter = zen_gateway::forwarding::ReplayFilter {
+                        ids: (!all && !ids.is_empty()).then_some(ids),
+                        webhook_id: webhook,
+                        since,
+                        until,
+                    };
+                    backends.forward_queue().await?.replay_dead(&filter).await? as u64
+                }
+                Awaiting::Quarantine => {
+                    if webhook.is_some() || since.is_some() || until.is_some() {
+                        anyhow::bail!("--webhook, --since and --until are for `dlq replay`");
+                    }
+                    if !all && ids.is_empty() {
+                        anyhow::bail!("give event ids, or --all");
+                    }
+                    let inbox = backends.inbox().await?;
+                    inbox.replay_quarantined((!all).then_some(&ids[..])).await?
+                }
+            };
+            serde_json::json!({ "replayed": n })
+        }
+        EntriesAction::Purge { older_than } => {
+            let n = pruner(&settings).await?.purge(kind, older_than).await?;
+            serde_json::json!({ "purged": n })
+        }
+    })
 }
 
 /// A pruner over the configured backends (the CLI's prune and purges).

@@ -441,11 +441,7 @@ impl MessageRecord {
     /// Applies one event by the rules of DESIGN §3. Idempotent: applying the
     /// same event again returns `Duplicate` and changes nothing.
     pub fn apply(
-        &mut self,
-        bsp: Bsp,
-        event_id: &str,
-        ev: &MessageEvent,
-        now: DateTime<Utc>,
+        &mut self, bsp: Bsp, event_id: &str, ev: &MessageEvent, now: DateTime<Utc>,
     ) -> ApplyOutcome {
         if !ev.dedup_key.is_empty() {
             if let Some(seen) = self

@@ -72,9 +72,10 @@ pub struct PruneReport {
     pub sessions: u64,
 }
 
-/// What an explicit purge removes.
+/// What waits for an operator (and goes only by its own retention or an
+/// explicit purge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purge {
+pub enum Awaiting {
     Dlq,
     Quarantine,
 }
@@ -95,18 +96,13 @@ impl Pruner {
     /// left or `max_batches` were removed. A backend that fails ends that
     /// kind's pass (the next one tries again); the error is returned.
     pub async fn pass(
-        &self,
-        now: DateTime<Utc>,
-        max_batches: usize,
+        &self, now: DateTime<Utc>, max_batches: usize,
     ) -> anyhow::Result<PruneReport> {
         self.pass_kinds(now, max_batches, true).await
     }
 
     async fn pass_kinds(
-        &self,
-        now: DateTime<Utc>,
-        max_batches: usize,
-        sessions: bool,
+        &self, now: DateTime<Utc>, max_batches: usize, sessions: bool,
     ) -> anyhow::Result<PruneReport> {
         let r = self.retention;
         let mut report = PruneReport::default();
@@ -182,11 +178,11 @@ impl Pruner {
     /// Removes DLQ (and held legacy secrets) or quarantine entries older
     /// than `age`, at an operator's explicit request (`dlq purge`,
     /// `quarantine purge`); nothing else.
-    pub async fn purge(&self, what: Purge, age: Duration) -> anyhow::Result<u64> {
+    pub async fn purge(&self, what: Awaiting, age: Duration) -> anyhow::Result<u64> {
         let mut only = Retention::default();
         match what {
-            Purge::Dlq => only.dlq = Some(age),
-            Purge::Quarantine => only.quarantine = Some(age),
+            Awaiting::Dlq => only.dlq = Some(age),
+            Awaiting::Quarantine => only.quarantine = Some(age),
         }
         let pruner = Pruner {
             retention: only,

@@ -9,24 +9,20 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::store::StoreError;
+use crate::store::StoreResult;
 
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Records a new session, live until `expires_at`.
-    async fn start_session(
-        &self,
-        id_hash: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    async fn start_session(&self, id_hash: &str, expires_at: DateTime<Utc>) -> StoreResult<()>;
     /// Whether the session was started, not ended, and `now` is before its
     /// expiry.
-    async fn session_live(&self, id_hash: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn session_live(&self, id_hash: &str, now: DateTime<Utc>) -> StoreResult<bool>;
     /// Ends a session (sign-out); unknown ones are a no-op.
-    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError>;
+    async fn end_session(&self, id_hash: &str) -> StoreResult<()>;
     /// Removes up to `limit` sessions that expired before `before`; returns
     /// how many went (an ended session is gone at once).
-    async fn prune_sessions(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError>;
+    async fn prune_sessions(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64>;
 }
 
 /// How a session id is stored.

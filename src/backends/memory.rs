@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use moka::Expiry;
 
-use crate::cache::{Cache, CacheError};
+use crate::cache::Cache;
+use crate::cache::CacheResult;
 use crate::health::BackendHealth;
 
 #[derive(Clone)]
@@ -22,11 +23,7 @@ impl Expiry<String, Entry> for PerEntryTtl {
     }
 
     fn expire_after_update(
-        &self,
-        _key: &String,
-        value: &Entry,
-        _now: Instant,
-        _current: Option<Duration>,
+        &self, _key: &String, value: &Entry, _now: Instant, _current: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.ttl)
     }
@@ -50,11 +47,11 @@ impl MemoryCache {
 
 #[async_trait]
 impl Cache for MemoryCache {
-    async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
+    async fn get(&self, key: &str) -> CacheResult<Option<String>> {
         Ok(self.entries.get(key).map(|e| e.value))
     }
 
-    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()> {
         self.entries.insert(
             key.to_owned(),
             Entry {
@@ -65,12 +62,7 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool> {
         let entry = self.entries.entry(key.to_owned()).or_insert_with(|| Entry {
             value: value.to_owned(),
             ttl,
@@ -78,7 +70,7 @@ impl Cache for MemoryCache {
         Ok(entry.is_fresh())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), CacheError> {
+    async fn delete(&self, key: &str) -> CacheResult<()> {
         self.entries.invalidate(key);
         Ok(())
     }

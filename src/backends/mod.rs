@@ -260,6 +260,7 @@ impl<'a> Backends<'a> {
             forward_consume: roles.is_some_and(|r| r.forwarder),
             forward_prefetch: s.forward.concurrency.clamp(1, u16::MAX as usize) as u16,
             providers: s.providers.clone(),
+            queue_type: s.rabbitmq.queue_type,
         });
         if roles.is_none() {
             // A command has one thing to do: say at once when it cannot.

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::RwLock;
 
+use crate::cache::CacheResult;
 use crate::cache::{Cache, CacheError};
 use crate::health::BackendHealth;
 
@@ -30,7 +31,7 @@ fn unavailable(e: impl std::fmt::Display) -> CacheError {
 impl RedisCache {
     /// Validates the URL now; connects in the background. Every key is
     /// written and read under `prefix`.
-    pub fn start(url: &str, prefix: &str) -> Result<RedisCache, CacheError> {
+    pub fn start(url: &str, prefix: &str) -> CacheResult<RedisCache> {
         let client =
             redis::Client::open(url).map_err(|e| unavailable(format!("REDIS_URL: {e}")))?;
         let conn = Arc::new(RwLock::new(None));
@@ -67,7 +68,7 @@ impl RedisCache {
         format!("{}{key}", self.prefix)
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, CacheError> {
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> CacheResult<T> {
         let Some(mut conn) = self.conn.read().await.clone() else {
             return Err(unavailable("redis not connected"));
         };
@@ -84,11 +85,11 @@ fn px(ttl: Duration) -> u64 {
 
 #[async_trait]
 impl Cache for RedisCache {
-    async fn get(&self, key: &str) -> Result<Option<String>, CacheError> {
+    async fn get(&self, key: &str) -> CacheResult<Option<String>> {
         self.run(redis::cmd("GET").arg(self.key(key)).clone()).await
     }
 
-    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()> {
         self.run::<()>(
             redis::cmd("SET")
                 .arg(self.key(key))
@@ -100,12 +101,7 @@ impl Cache for RedisCache {
         .await
     }
 
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, CacheError> {
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool> {
         let r: Option<String> = self
             .run(
                 redis::cmd("SET")
@@ -120,12 +116,12 @@ impl Cache for RedisCache {
         Ok(r.is_some())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), CacheError> {
+    async fn delete(&self, key: &str) -> CacheResult<()> {
         self.run::<()>(redis::cmd("DEL").arg(self.key(key)).clone())
             .await
     }
 
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, CacheError> {
+    async fn get_many(&self, keys: &[String]) -> CacheResult<Vec<Option<String>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -133,11 +129,7 @@ impl Cache for RedisCache {
         self.run(redis::cmd("MGET").arg(keys).clone()).await
     }
 
-    async fn set_many(
-        &self,
-        entries: &[(String, String)],
-        ttl: Duration,
-    ) -> Result<(), CacheError> {
+    async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> CacheResult<()> {
         if entries.is_empty() {
             return Ok(());
         }

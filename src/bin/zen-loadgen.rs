@@ -315,12 +315,7 @@ fn bodies(mix: Mix, messages: u64, n: usize) -> Vec<(&'static str, Bytes)> {
 }
 
 async fn post_load(
-    url: String,
-    rate: u64,
-    duration: u64,
-    connections: usize,
-    mix: Mix,
-    messages: u64,
+    url: String, rate: u64, duration: u64, connections: usize, mix: Mix, messages: u64,
 ) -> anyhow::Result<()> {
     let pool = Arc::new(match mix {
         Mix::Fresh => Vec::new(),
@@ -533,10 +528,7 @@ async fn receiver(port: u16, print: bool, secret: Option<String>) -> anyhow::Res
 }
 
 async fn amqp_ceiling(
-    url: String,
-    duration: u64,
-    in_flight: usize,
-    channels: usize,
+    url: String, duration: u64, in_flight: usize, channels: usize,
 ) -> anyhow::Result<()> {
     use lapin::options::*;
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};

@@ -17,22 +17,20 @@ pub enum CacheError {
     Unavailable(String),
 }
 
+/// The result of a cache operation.
+pub type CacheResult<T> = Result<T, CacheError>;
+
 #[async_trait]
 pub trait Cache: Send + Sync {
-    async fn get(&self, key: &str) -> Result<Option<String>, CacheError>;
-    async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError>;
+    async fn get(&self, key: &str) -> CacheResult<Option<String>>;
+    async fn set(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<()>;
     /// Sets `key` only when absent; `true` when this call set it.
-    async fn set_if_absent(
-        &self,
-        key: &str,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<bool, CacheError>;
-    async fn delete(&self, key: &str) -> Result<(), CacheError>;
+    async fn set_if_absent(&self, key: &str, value: &str, ttl: Duration) -> CacheResult<bool>;
+    async fn delete(&self, key: &str) -> CacheResult<()>;
     async fn health(&self) -> BackendHealth;
 
     /// Several gets; backends override it with one round trip.
-    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<String>>, CacheError> {
+    async fn get_many(&self, keys: &[String]) -> CacheResult<Vec<Option<String>>> {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             out.push(self.get(k).await?);
@@ -41,11 +39,7 @@ pub trait Cache: Send + Sync {
     }
 
     /// Several sets with one TTL; backends override it with one round trip.
-    async fn set_many(
-        &self,
-        entries: &[(String, String)],
-        ttl: Duration,
-    ) -> Result<(), CacheError> {
+    async fn set_many(&self, entries: &[(String, String)], ttl: Duration) -> CacheResult<()> {
         for (k, v) in entries {
             self.set(k, v, ttl).await?;
         }

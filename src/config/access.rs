@@ -52,9 +52,7 @@ pub enum RouteTrust {
 /// it is open while no route is verified (the legacy gateway's behaviour)
 /// or when the operator names it, and refused otherwise.
 pub fn route_trust(
-    credentials: &BTreeMap<Bsp, InboundCredentials>,
-    open_routes: &BTreeSet<Bsp>,
-    bsp: Bsp,
+    credentials: &BTreeMap<Bsp, InboundCredentials>, open_routes: &BTreeSet<Bsp>, bsp: Bsp,
 ) -> RouteTrust {
     if credentials
         .get(&bsp)
@@ -79,8 +77,7 @@ pub struct TrustReport {
 
 impl TrustReport {
     pub fn of(
-        credentials: &BTreeMap<Bsp, InboundCredentials>,
-        open_routes: &BTreeSet<Bsp>,
+        credentials: &BTreeMap<Bsp, InboundCredentials>, open_routes: &BTreeSet<Bsp>,
     ) -> TrustReport {
         let mut report = TrustReport::default();
         for bsp in Bsp::ALL {

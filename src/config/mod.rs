@@ -71,6 +71,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("RABBITMQ_QUEUE_PREFIX", "rabbitmq.queue_prefix"),
     ("RABBITMQ_PREFETCH", "rabbitmq.prefetch"),
     ("RABBITMQ_PUBLISH_CHANNELS", "rabbitmq.publish_channels"),
+    ("RABBITMQ_QUEUE_TYPE", "rabbitmq.queue_type"),
     ("FORWARD_RETRY_DELAYS_MS", "forward.retry_delays_ms"),
     ("FORWARD_RETRY_BACKOFF", "forward.retry_backoff"),
     ("FORWARD_CONCURRENCY", "forward.concurrency"),
@@ -133,6 +134,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("rabbitmq.queue_prefix", ""),
     ("rabbitmq.prefetch", "512"),
     ("rabbitmq.publish_channels", "4"),
+    ("rabbitmq.queue_type", "classic"),
     ("forward.retry_delays_ms", "3000,3000"),
     ("forward.retry_backoff", "fixed"),
     ("forward.concurrency", "100"),
@@ -308,6 +310,9 @@ pub struct RabbitSettings {
     pub prefetch: u16,
     /// Confirm-mode channels that ingest publishes are spread over.
     pub publish_channels: usize,
+    /// `classic` (the legacy arguments, drop-in) or `quorum` (replicated, for
+    /// a cluster; see DESIGN §2 for what changes and how to migrate).
+    pub queue_type: crate::backends::rabbitmq::QueueType,
 }
 
 /// Deliveries to client webhooks.
@@ -426,8 +431,7 @@ impl Settings {
     /// Loads with an explicit environment lookup (tests use this instead of
     /// mutating the process environment).
     pub fn load_from(
-        keys_json: &Path,
-        env: impl Fn(&str) -> Option<String>,
+        keys_json: &Path, env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
         let mut builder = config::Config::builder();
         for (key, value) in DEFAULTS {
@@ -717,8 +721,7 @@ impl Settings {
 /// Each provider's inbound credentials, from the variables it names; an
 /// empty value is the same as an unset one.
 fn inbound_from_env(
-    env: &impl Fn(&str) -> Option<String>,
-    providers: &crate::providers::Providers,
+    env: &impl Fn(&str) -> Option<String>, providers: &crate::providers::Providers,
 ) -> BTreeMap<Bsp, InboundCredentials> {
     let read = |name: &str| {
         env(name)

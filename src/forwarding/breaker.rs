@@ -80,10 +80,7 @@ impl Breakers {
     }
 
     pub fn with_limits(
-        threshold: u32,
-        cooldown: Duration,
-        probe_window: Duration,
-        per_url_limit: u32,
+        threshold: u32, cooldown: Duration, probe_window: Duration, per_url_limit: u32,
     ) -> Self {
         Breakers {
             states: moka::sync::Cache::builder()
@@ -125,9 +122,7 @@ impl Breakers {
     /// go back to the queue. A [stalled](Self::stalled) URL is not waited
     /// for: that wait would hold a forwarder slot other URLs could use.
     pub async fn enter_within(
-        &self,
-        url: &str,
-        max_wait: Duration,
+        &self, url: &str, max_wait: Duration,
     ) -> Result<InFlight<'_>, Duration> {
         let deadline = Instant::now() + max_wait;
         loop {

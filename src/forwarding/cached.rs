@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore};
 use crate::cache::Cache;
-use crate::store::StoreError;
+use crate::store::StoreResult;
 
 const GENERATION_KEY: &str = "zen:webhooks:generation";
 const MATCH_TTL: Duration = Duration::from_secs(30);
@@ -70,13 +70,13 @@ impl CachedWebhookStore {
 
 #[async_trait]
 impl WebhookStore for CachedWebhookStore {
-    async fn create_webhook(&self, w: &WebhookConfig) -> Result<(), StoreError> {
+    async fn create_webhook(&self, w: &WebhookConfig) -> StoreResult<()> {
         self.inner.create_webhook(w).await?;
         self.changed(&w.id).await;
         Ok(())
     }
 
-    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookConfig>> {
         if let Some(hit) = self.local.get(id) {
             return Ok(hit);
         }
@@ -85,28 +85,25 @@ impl WebhookStore for CachedWebhookStore {
         Ok(found)
     }
 
-    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError> {
+    async fn list_webhooks(&self, owner: Option<&str>) -> StoreResult<Vec<WebhookConfig>> {
         self.inner.list_webhooks(owner).await
     }
 
-    async fn update_webhook(&self, w: &WebhookConfig) -> Result<bool, StoreError> {
+    async fn update_webhook(&self, w: &WebhookConfig) -> StoreResult<bool> {
         let updated = self.inner.update_webhook(w).await?;
         self.changed(&w.id).await;
         Ok(updated)
     }
 
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
         let deleted = self.inner.delete_webhook(id).await?;
         self.changed(id).await;
         Ok(deleted)
     }
 
     async fn matching_webhooks(
-        &self,
-        owner: Option<&str>,
-        project_id: Option<&str>,
-        business_number: Option<&str>,
-    ) -> Result<Vec<WebhookConfig>, StoreError> {
+        &self, owner: Option<&str>, project_id: Option<&str>, business_number: Option<&str>,
+    ) -> StoreResult<Vec<WebhookConfig>> {
         let Some(generation) = self.generation().await else {
             // Cache down: straight to the store.
             return self
@@ -148,67 +145,55 @@ impl WebhookStore for CachedWebhookStore {
         Ok(found)
     }
 
-    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
+    async fn project_of(&self, business_number: &str) -> StoreResult<Option<ProjectRef>> {
         self.inner.project_of(business_number).await
     }
 
-    async fn prune_delivery_logs(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn prune_delivery_logs(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         self.inner.prune_delivery_logs(before, limit).await
     }
 
-    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> StoreResult<()> {
         self.inner.create_delivery_logs(logs).await
     }
 
-    async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+    async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> StoreResult<()> {
         self.inner.record_attempt(log_id, attempt).await
     }
 
-    async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+    async fn delivery_status(&self, log_id: &str) -> StoreResult<Option<DeliveryStatus>> {
         self.inner.delivery_status(log_id).await
     }
 
-    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError> {
+    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> StoreResult<()> {
         self.inner.keep_legacy_secret(log_id, secret).await
     }
 
-    async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError> {
+    async fn legacy_secret(&self, log_id: &str) -> StoreResult<Option<String>> {
         self.inner.legacy_secret(log_id).await
     }
 
     async fn hold_legacy_secret(
-        &self,
-        log_id: &str,
-        dead_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+        &self, log_id: &str, dead_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
         self.inner.hold_legacy_secret(log_id, dead_at).await
     }
 
     async fn prune_held_legacy_secrets(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+        &self, before: DateTime<Utc>, limit: usize,
+    ) -> StoreResult<u64> {
         self.inner.prune_held_legacy_secrets(before, limit).await
     }
 
     async fn list_deliveries(
-        &self,
-        webhook_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        &self, webhook_id: &str, limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>> {
         self.inner.list_deliveries(webhook_id, limit).await
     }
 
     async fn deliveries_of_events(
-        &self,
-        event_ids: &[String],
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        &self, event_ids: &[String], limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>> {
         self.inner.deliveries_of_events(event_ids, limit).await
     }
 }

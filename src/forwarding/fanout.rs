@@ -53,9 +53,7 @@ pub struct Fanout {
 
 impl Fanout {
     pub(super) fn new(
-        webhooks: Arc<dyn WebhookStore>,
-        queue: Arc<dyn ForwardQueue>,
-        cache: Arc<dyn Cache>,
+        webhooks: Arc<dyn WebhookStore>, queue: Arc<dyn ForwardQueue>, cache: Arc<dyn Cache>,
     ) -> Self {
         Fanout {
             webhooks,
@@ -95,9 +93,7 @@ impl Fanout {
 
     /// Creates the deliveries for a processed batch; returns how many.
     pub async fn run(
-        &self,
-        events: &[UnifiedEvent],
-        applied: &[Option<Applied>],
+        &self, events: &[UnifiedEvent], applied: &[Option<Applied>],
     ) -> Result<usize, FanoutError> {
         let mut matches: HashMap<MatchKey, Vec<WebhookConfig>> = HashMap::new();
         // One snapshot per record, however many events of the batch it had.

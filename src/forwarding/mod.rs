@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::health::BackendHealth;
-use crate::store::StoreError;
+use crate::store::StoreResult;
 
 /// Errors of a forwarding queue backend.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum ForwardQueueError {
     #[error("forwarding queue unavailable: {0}")]
     Unavailable(String),
 }
+
+/// The result of a forwardqueue operation.
+pub type ForwardResult<T> = Result<T, ForwardQueueError>;
 
 /// A client's webhook, in the legacy `webhooks` shape plus optional fields
 /// (absent = legacy behaviour). Its Debug form masks the secret.
@@ -304,68 +307,53 @@ impl ReplayFilter {
 /// Client webhooks and their delivery logs.
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
-    async fn create_webhook(&self, webhook: &WebhookConfig) -> Result<(), StoreError>;
-    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError>;
-    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError>;
+    async fn create_webhook(&self, webhook: &WebhookConfig) -> StoreResult<()>;
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookConfig>>;
+    async fn list_webhooks(&self, owner: Option<&str>) -> StoreResult<Vec<WebhookConfig>>;
     /// Replaces a webhook; false when it does not exist.
-    async fn update_webhook(&self, webhook: &WebhookConfig) -> Result<bool, StoreError>;
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+    async fn update_webhook(&self, webhook: &WebhookConfig) -> StoreResult<bool>;
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool>;
     /// Active webhooks whose owner, project or business numbers match.
     async fn matching_webhooks(
-        &self,
-        owner: Option<&str>,
-        project_id: Option<&str>,
-        business_number: Option<&str>,
-    ) -> Result<Vec<WebhookConfig>, StoreError>;
+        &self, owner: Option<&str>, project_id: Option<&str>, business_number: Option<&str>,
+    ) -> StoreResult<Vec<WebhookConfig>>;
     /// The project of a business number (`projects.wa_number`, raw or
     /// normalized), where the backend has that collection.
-    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError>;
+    async fn project_of(&self, business_number: &str) -> StoreResult<Option<ProjectRef>>;
     /// Creates logs, skipping ids that exist (fan-out is re-runnable).
-    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError>;
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> StoreResult<()>;
     /// Removes up to `limit` delivery logs created before `before` (and the
     /// legacy secrets kept for them, but those held for a dead-lettered
     /// delivery); returns how many logs went.
-    async fn prune_delivery_logs(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError>;
-    async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> Result<(), StoreError>;
+    async fn prune_delivery_logs(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64>;
+    async fn record_attempt(&self, log_id: &str, attempt: &Attempt) -> StoreResult<()>;
     /// The status of one delivery, `None` when it has no log.
-    async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError>;
+    async fn delivery_status(&self, log_id: &str) -> StoreResult<Option<DeliveryStatus>>;
     /// Keeps the secret a legacy job carried inline, by its delivery id, so
     /// that the job can be retried, dead-lettered and replayed without the
     /// secret ever being written into a queue message.
-    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError>;
+    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> StoreResult<()>;
     /// The secret kept for a legacy job, if any.
-    async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError>;
+    async fn legacy_secret(&self, log_id: &str) -> StoreResult<Option<String>>;
     /// Holds a legacy secret for as long as its delivery's DLQ entry
     /// (`dead_at`: when it died), or releases it to the delivery logs'
     /// retention (`None`: delivered after all). A no-op without a secret.
     async fn hold_legacy_secret(
-        &self,
-        log_id: &str,
-        dead_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError>;
+        &self, log_id: &str, dead_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()>;
     /// Removes up to `limit` held legacy secrets whose delivery died before
     /// `before` (its DLQ entry is gone by the same age); how many went.
     async fn prune_held_legacy_secrets(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError>;
+        &self, before: DateTime<Utc>, limit: usize,
+    ) -> StoreResult<u64>;
     async fn list_deliveries(
-        &self,
-        webhook_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError>;
+        &self, webhook_id: &str, limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>>;
     /// The deliveries of these events to every webhook, newest first, at
     /// most `limit` (a message's deliveries: the events of its history).
     async fn deliveries_of_events(
-        &self,
-        event_ids: &[String],
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError>;
+        &self, event_ids: &[String], limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>>;
 }
 
 /// Where forwarding jobs wait, durably, for the forwarder.
@@ -375,55 +363,36 @@ pub trait ForwardQueue: Send + Sync {
     /// a job queued already; a broker cannot, so the forwarder drops a fresh
     /// copy whose delivery log already says `success` (either way the
     /// client gets one delivery of a re-run fan-out).
-    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), ForwardQueueError>;
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> ForwardResult<()>;
     /// Adds jobs that are due only after `delay` (new jobs for a URL whose
     /// circuit is open).
-    async fn enqueue_after(
-        &self,
-        jobs: &[ForwardJob],
-        delay: Duration,
-    ) -> Result<(), ForwardQueueError>;
+    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> ForwardResult<()>;
     /// Up to `max` due jobs, waiting up to `wait` for the first.
-    async fn receive(
-        &self,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<(JobTag, ForwardJob)>, ForwardQueueError>;
+    async fn receive(&self, max: usize, wait: Duration)
+    -> ForwardResult<Vec<(JobTag, ForwardJob)>>;
     /// Done with the job (delivered).
-    async fn complete(&self, tag: &JobTag) -> Result<(), ForwardQueueError>;
+    async fn complete(&self, tag: &JobTag) -> ForwardResult<()>;
     /// Runs `job` (as updated) again after `delay`.
     async fn reschedule(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        delay: Duration,
-    ) -> Result<(), ForwardQueueError>;
+        &self, tag: &JobTag, job: &ForwardJob, delay: Duration,
+    ) -> ForwardResult<()>;
     /// Postpones every queued job for `url` by `delay` at once (its circuit
     /// is open), so they are not leased one by one just to be parked again.
     /// Backends without a cheap way to do that park jobs as they come.
-    async fn park_url(&self, _url: &str, _delay: Duration) -> Result<u64, ForwardQueueError> {
+    async fn park_url(&self, _url: &str, _delay: Duration) -> ForwardResult<u64> {
         Ok(0)
     }
     /// Moves the job to the dead-letter queue.
-    async fn dead_letter(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        reason: &str,
-    ) -> Result<(), ForwardQueueError>;
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError>;
+    async fn dead_letter(&self, tag: &JobTag, job: &ForwardJob, reason: &str) -> ForwardResult<()>;
+    async fn list_dead(&self, limit: usize) -> ForwardResult<Vec<DeadJob>>;
     /// Requeues dead jobs (all, or those ids) with fresh attempts.
-    async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError>;
-    async fn depth(&self) -> Result<u64, ForwardQueueError>;
+    async fn replay_dead(&self, filter: &ReplayFilter) -> ForwardResult<usize>;
+    async fn depth(&self) -> ForwardResult<u64>;
     /// Jobs in the dead-letter queue.
-    async fn dead_depth(&self) -> Result<u64, ForwardQueueError>;
+    async fn dead_depth(&self) -> ForwardResult<u64>;
     /// Removes up to `limit` dead-lettered jobs that died before `before`;
     /// returns how many went.
-    async fn prune_dead(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, ForwardQueueError>;
+    async fn prune_dead(&self, before: DateTime<Utc>, limit: usize) -> ForwardResult<u64>;
     async fn health(&self) -> BackendHealth;
 }
 
@@ -443,11 +412,8 @@ impl Forwarding {
     /// consults its breakers (a new job for an open circuit is queued
     /// already parked).
     pub fn new(
-        store: Arc<dyn WebhookStore>,
-        queue: Arc<dyn ForwardQueue>,
-        cache: Arc<dyn crate::cache::Cache>,
-        config: worker::ForwarderConfig,
-        in_process: bool,
+        store: Arc<dyn WebhookStore>, queue: Arc<dyn ForwardQueue>,
+        cache: Arc<dyn crate::cache::Cache>, config: worker::ForwarderConfig, in_process: bool,
     ) -> Result<Forwarding, reqwest::Error> {
         let webhooks: Arc<dyn WebhookStore> =
             Arc::new(cached::CachedWebhookStore::new(store, cache.clone()));

@@ -39,6 +39,26 @@ pub struct NewWebhook {
     pub webhook_url: String,
     #[serde(default)]
     pub project_id: String,
+    #[serde(flatten)]
+    pub options: WebhookOptions,
+}
+
+/// Changes to a webhook: fields left out stay as they are (unlike the
+/// legacy API, a change never silently turns signing off).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct WebhookChanges {
+    pub webhook_url: Option<String>,
+    pub project_id: Option<String>,
+    #[serde(flatten)]
+    pub options: WebhookOptions,
+    /// Optional fields to remove (the console's emptied inputs).
+    #[serde(skip)]
+    pub clear: Cleared,
+}
+
+/// What a webhook may set, when it is created or changed.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct WebhookOptions {
     /// Event types to deliver (legacy or unified names, or `*`); default
     /// `["datagen.delivery"]`, the legacy subscription.
     pub topics: Option<Vec<String>>,
@@ -55,26 +75,6 @@ pub struct NewWebhook {
     /// of `FORWARD_CONCURRENCY`).
     #[schema(minimum = 1, maximum = 1000)]
     pub max_in_flight: Option<u32>,
-}
-
-/// Changes to a webhook: fields left out stay as they are (unlike the
-/// legacy API, a change never silently turns signing off).
-#[derive(Debug, Default, Deserialize, ToSchema)]
-pub struct WebhookChanges {
-    pub webhook_url: Option<String>,
-    pub project_id: Option<String>,
-    pub topics: Option<Vec<String>>,
-    pub enable_auth: Option<bool>,
-    pub business_numbers: Option<Vec<String>>,
-    pub headers: Option<BTreeMap<String, String>>,
-    pub active: Option<bool>,
-    #[schema(minimum = 100, maximum = 120000)]
-    pub timeout_ms: Option<u64>,
-    #[schema(minimum = 1, maximum = 1000)]
-    pub max_in_flight: Option<u32>,
-    /// Optional fields to remove (the console's emptied inputs).
-    #[serde(skip)]
-    pub clear: Cleared,
 }
 
 /// The optional fields a change removes.
@@ -118,8 +118,7 @@ fn validate_topics(topics: &[String]) -> Result<(), WebhookError> {
 
 /// A webhook's own limits, in range or refused naming the field.
 fn validate_limits(
-    timeout_ms: Option<u64>,
-    max_in_flight: Option<u32>,
+    timeout_ms: Option<u64>, max_in_flight: Option<u32>,
 ) -> Result<(), WebhookError> {
     if timeout_ms.is_some_and(|t| !TIMEOUT_MS.contains(&t)) {
         return Err(invalid("timeout_ms: must be between 100 and 120000"));
@@ -146,11 +145,10 @@ impl Forwarding {
             return Err(invalid("project_owner_id: required"));
         }
         validate_url(&input.webhook_url)?;
-        validate_limits(input.timeout_ms, input.max_in_flight)?;
+        let o = input.options;
+        validate_limits(o.timeout_ms, o.max_in_flight)?;
         // The legacy default subscription.
-        let topics = input
-            .topics
-            .unwrap_or_else(|| vec!["datagen.delivery".into()]);
+        let topics = o.topics.unwrap_or_else(|| vec!["datagen.delivery".into()]);
         validate_topics(&topics)?;
         let now = Utc::now().timestamp_millis();
         let config = WebhookConfig {
@@ -158,7 +156,7 @@ impl Forwarding {
             project_owner_id: input.project_owner_id,
             project_id: input.project_id,
             webhook_url: input.webhook_url,
-            shared_secret: if input.enable_auth.unwrap_or(true) {
+            shared_secret: if o.enable_auth.unwrap_or(true) {
                 new_secret()
             } else {
                 String::new()
@@ -166,11 +164,11 @@ impl Forwarding {
             topics,
             created_at: now,
             updated_at: now,
-            active: input.active,
-            business_numbers: input.business_numbers,
-            headers: input.headers,
-            timeout_ms: input.timeout_ms,
-            max_in_flight: input.max_in_flight,
+            active: o.active,
+            business_numbers: o.business_numbers,
+            headers: o.headers,
+            timeout_ms: o.timeout_ms,
+            max_in_flight: o.max_in_flight,
         };
         self.webhooks.create_webhook(&config).await?;
         Ok(config)
@@ -179,24 +177,23 @@ impl Forwarding {
     /// Changes the given fields of a webhook; true when signing was turned
     /// on (its new secret is to be shown once).
     pub async fn update_webhook(
-        &self,
-        id: &str,
-        input: WebhookChanges,
+        &self, id: &str, input: WebhookChanges,
     ) -> Result<(WebhookConfig, bool), WebhookError> {
         let mut w = self.webhook(id).await?;
         let mut reveal = false;
+        let (o, clear) = (input.options, input.clear);
         if let Some(url) = input.webhook_url {
             validate_url(&url)?;
             w.webhook_url = url;
         }
-        if let Some(topics) = input.topics {
+        if let Some(topics) = o.topics {
             validate_topics(&topics)?;
             w.topics = topics;
         }
         if let Some(p) = input.project_id {
             w.project_id = p;
         }
-        match input.enable_auth {
+        match o.enable_auth {
             Some(true) if w.shared_secret.is_empty() => {
                 w.shared_secret = new_secret();
                 reveal = true;
@@ -204,26 +201,23 @@ impl Forwarding {
             Some(false) => w.shared_secret.clear(),
             _ => {}
         }
-        validate_limits(input.timeout_ms, input.max_in_flight)?;
+        validate_limits(o.timeout_ms, o.max_in_flight)?;
         // A value given replaces; a field cleared goes; the rest stays.
-        let keep = |given: bool, cleared: bool| given || cleared;
-        if keep(
-            input.business_numbers.is_some(),
-            input.clear.business_numbers,
-        ) {
-            w.business_numbers = input.business_numbers;
+        let replace = |given: bool, cleared: bool| given || cleared;
+        if replace(o.business_numbers.is_some(), clear.business_numbers) {
+            w.business_numbers = o.business_numbers;
         }
-        if input.headers.is_some() {
-            w.headers = input.headers;
+        if o.headers.is_some() {
+            w.headers = o.headers;
         }
-        if input.active.is_some() {
-            w.active = input.active;
+        if o.active.is_some() {
+            w.active = o.active;
         }
-        if keep(input.timeout_ms.is_some(), input.clear.timeout_ms) {
-            w.timeout_ms = input.timeout_ms;
+        if replace(o.timeout_ms.is_some(), clear.timeout_ms) {
+            w.timeout_ms = o.timeout_ms;
         }
-        if keep(input.max_in_flight.is_some(), input.clear.max_in_flight) {
-            w.max_in_flight = input.max_in_flight;
+        if replace(o.max_in_flight.is_some(), clear.max_in_flight) {
+            w.max_in_flight = o.max_in_flight;
         }
         self.save(w).await.map(|w| (w, reveal))
     }
@@ -288,5 +282,20 @@ impl Forwarding {
             error: o.error,
             duration_ms: o.duration.as_millis() as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_read_beside_the_identity() {
+        let n: NewWebhook = serde_json::from_str(
+            r#"{"project_owner_id":"o","webhook_url":"https://x","topics":["a"],"timeout_ms":500}"#,
+        )
+        .unwrap();
+        assert_eq!(n.options.topics, Some(vec!["a".to_owned()]));
+        assert_eq!(n.options.timeout_ms, Some(500));
     }
 }

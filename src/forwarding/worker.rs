@@ -140,6 +140,9 @@ pub struct Forwarder {
     cfg: ForwarderConfig,
 }
 
+/// How long a job waits when the webhook store cannot be read.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a URL's queued jobs wait when all its delivery slots are busy
 /// (a slow or hanging endpoint): long enough not to churn the queue, short
 /// next to the request timeout that frees a slot.
@@ -197,9 +200,7 @@ fn parse_retry_after(v: &HeaderValue) -> Option<Duration> {
 
 impl Forwarder {
     pub fn new(
-        queue: Arc<dyn ForwardQueue>,
-        webhooks: Arc<dyn WebhookStore>,
-        cfg: ForwarderConfig,
+        queue: Arc<dyn ForwardQueue>, webhooks: Arc<dyn WebhookStore>, cfg: ForwarderConfig,
     ) -> Result<Forwarder, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
@@ -353,12 +354,9 @@ impl Forwarder {
 
     /// One HTTP attempt of `job` to `url` (no queue or log side effects).
     pub async fn send(
-        &self,
-        url: &str,
-        secret: &str,
+        &self, url: &str, secret: &str,
         extra_headers: Option<&std::collections::BTreeMap<String, String>>,
-        timeout: Option<Duration>,
-        job: &ForwardJob,
+        timeout: Option<Duration>, job: &ForwardJob,
     ) -> SendOutcome {
         let started = Instant::now();
         let outcome = |e: String, refused: bool| SendOutcome {
@@ -523,11 +521,7 @@ impl Forwarder {
     }
 
     async fn dead(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        reason: String,
-        outcome: Option<&SendOutcome>,
+        &self, tag: &JobTag, job: &ForwardJob, reason: String, outcome: Option<&SendOutcome>,
     ) {
         metrics::counter!("zen_deliveries_total", "outcome" => "dead").increment(1);
         tracing::info!(delivery.id = %job.delivery_log_id, webhook.id = %job.webhook_id, reason = %reason, "delivery dead-lettered");
@@ -564,6 +558,17 @@ impl Forwarder {
         .await;
     }
 
+    /// The webhook store cannot say where a job goes now: it runs again in
+    /// a few seconds, no attempt spent.
+    async fn postpone(&self, tag: &JobTag, job: &ForwardJob, e: &crate::store::StoreError) {
+        tracing::warn!(error = %e, "webhook store unavailable; job postponed");
+        self.finish(
+            "reschedule",
+            self.queue.reschedule(tag, job, STORE_WAIT).await,
+        )
+        .await;
+    }
+
     /// Delivers one job and moves it on (done, retry, park or DLQ).
     pub async fn deliver(&self, tag: JobTag, job: ForwardJob) {
         // A fresh job queued twice (a fan-out re-run after a crash or a
@@ -583,17 +588,7 @@ impl Forwarder {
         let webhook: Option<WebhookConfig> = match self.webhooks.get_webhook(&job.webhook_id).await
         {
             Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook store unavailable; job postponed");
-                self.finish(
-                    "reschedule",
-                    self.queue
-                        .reschedule(&tag, &job, Duration::from_secs(5))
-                        .await,
-                )
-                .await;
-                return;
-            }
+            Err(e) => return self.postpone(&tag, &job, &e).await,
         };
         let (url, secret, headers, timeout, max_in_flight) = match &webhook {
             Some(w) if !w.is_active() => {
@@ -627,17 +622,7 @@ impl Forwarder {
                             .dead(&tag, &job, "webhook no longer exists".into(), None)
                             .await;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "webhook store unavailable; job postponed");
-                        self.finish(
-                            "reschedule",
-                            self.queue
-                                .reschedule(&tag, &job, Duration::from_secs(5))
-                                .await,
-                        )
-                        .await;
-                        return;
-                    }
+                    Err(e) => return self.postpone(&tag, &job, &e).await,
                 }
             }
             None => {

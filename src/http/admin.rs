@@ -62,9 +62,7 @@ fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, A
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn stats(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<StatsParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Json<MessageStats>, ApiError> {
     let bsp = given(p.bsp)
         .map(|b| {
@@ -96,9 +94,7 @@ struct ListParams {
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn unrecognized(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<ListParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<UnrecognizedEvent>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(state.store.list_unrecognized(limit).await?))
@@ -126,9 +122,7 @@ struct NotificationParams {
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn notifications(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<NotificationParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<NotificationParams>,
 ) -> Result<Json<Vec<crate::model::Notification>>, ApiError> {
     let bsp = given(p.bsp)
         .map(|b| {
@@ -171,9 +165,7 @@ struct MessagesParams {
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn list_messages(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<MessagesParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<MessagesParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
     let limit = match given(p.limit) {
         None => 50,
@@ -227,9 +219,7 @@ async fn list_messages(
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn get_message(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
 ) -> Result<Json<MessageRecord>, ApiError> {
     state
         .store
@@ -264,9 +254,7 @@ struct RegisterMessageIn {
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn register_message(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiJson(input): ApiJson<RegisterMessageIn>,
+    _: Admin, State(state): State<AppState>, ApiJson(input): ApiJson<RegisterMessageIn>,
 ) -> Result<impl IntoResponse, ApiError> {
     let bsp = Bsp::parse(&input.bsp).ok_or_else(|| {
         let known: Vec<&str> = Bsp::ALL.iter().map(|b| b.as_str()).collect();

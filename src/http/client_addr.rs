@@ -12,9 +12,7 @@ use crate::config::{TrustedProxies, canonical};
 
 /// The address a request's limits are keyed on.
 pub fn client_ip(
-    trusted: &TrustedProxies,
-    peer: Option<SocketAddr>,
-    headers: &HeaderMap,
+    trusted: &TrustedProxies, peer: Option<SocketAddr>, headers: &HeaderMap,
 ) -> IpAddr {
     let peer = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| canonical(p.ip()));
     if trusted.is_empty() || !trusted.contains(peer) {

@@ -90,9 +90,7 @@ pub struct Services {
 impl Services {
     /// The address a request's per-client limits are keyed on.
     pub fn client_ip(
-        &self,
-        peer: Option<std::net::SocketAddr>,
-        headers: &axum::http::HeaderMap,
+        &self, peer: Option<std::net::SocketAddr>, headers: &axum::http::HeaderMap,
     ) -> std::net::IpAddr {
         client_addr::client_ip(&self.trusted_proxies, peer, headers)
     }

@@ -43,9 +43,7 @@ fn unavailable(e: QueueError) -> ApiError {
     responses((status = 200, body = Vec<QuarantinedEntry>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The inbox is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn list_quarantine(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<ListParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<QuarantinedEntry>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     let after = p.after.filter(|a| !a.is_empty());
@@ -70,9 +68,7 @@ struct ReplayIn {
     responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The inbox is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay_quarantine(
-    _: Admin,
-    State(state): State<AppState>,
-    body: Option<Json<ReplayIn>>,
+    _: Admin, State(state): State<AppState>, body: Option<Json<ReplayIn>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let input = body.map(|Json(b)| b).unwrap_or_default();
     let n = state

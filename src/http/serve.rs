@@ -94,10 +94,7 @@ impl Drop for InFlight {
 /// Serves `app` on `listener` until `shutdown`, then drains connections for
 /// up to `grace`.
 pub async fn serve<S>(
-    listener: TcpListener,
-    app: S,
-    limits: ServeLimits,
-    shutdown: CancellationToken,
+    listener: TcpListener, app: S, limits: ServeLimits, shutdown: CancellationToken,
     grace: Duration,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,

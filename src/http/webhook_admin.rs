@@ -62,9 +62,7 @@ fn out(mut config: WebhookConfig, reveal: bool) -> WebhookOut {
     responses((status = 201, body = WebhookOut), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn create(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiJson(input): ApiJson<NewWebhook>,
+    _: Admin, State(state): State<AppState>, ApiJson(input): ApiJson<NewWebhook>,
 ) -> Result<impl IntoResponse, ApiError> {
     let config = state.forwarding.create_webhook(input).await?;
     Ok((StatusCode::CREATED, Json(out(config, true))))
@@ -82,9 +80,7 @@ struct ListParams {
     responses((status = 200, body = Vec<WebhookOut>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn list(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<ListParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<WebhookOut>>, ApiError> {
     let all = state
         .forwarding
@@ -100,9 +96,7 @@ async fn list(
     responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn show(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
 ) -> Result<Json<WebhookOut>, ApiError> {
     Ok(Json(out(state.forwarding.webhook(&id).await?, false)))
 }
@@ -113,9 +107,7 @@ async fn show(
     responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn update(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
     ApiJson(input): ApiJson<WebhookChanges>,
 ) -> Result<Json<WebhookOut>, ApiError> {
     let (w, reveal) = state.forwarding.update_webhook(&id, input).await?;
@@ -128,9 +120,7 @@ async fn update(
     responses((status = 200, description = "`{\"message\":\"webhook deleted successfully\"}`", body = Object), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn remove(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     if !state.forwarding.webhooks().delete_webhook(&id).await? {
         return Err(ApiError::NotFound("webhook"));
@@ -144,9 +134,7 @@ async fn remove(
     responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn rotate(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
 ) -> Result<Json<WebhookOut>, ApiError> {
     Ok(Json(out(state.forwarding.rotate_secret(&id).await?, true)))
 }
@@ -158,9 +146,7 @@ async fn rotate(
     responses((status = 200, description = "What the endpoint answered: `success`, `status_code`, `response_body`, `error`, `duration_ms`", body = Object), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn test(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let o = state.forwarding.send_test(&id).await?;
     Ok(Json(json!({
@@ -187,9 +173,7 @@ struct LimitParams {
     responses((status = 200, body = Vec<DeliveryLog>), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn deliveries(
-    _: Admin,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
     ApiQuery(p): ApiQuery<LimitParams>,
 ) -> Result<Json<Vec<DeliveryLog>>, ApiError> {
     state.forwarding.webhook(&id).await?;
@@ -209,9 +193,7 @@ async fn deliveries(
     responses((status = 200, body = Vec<DeadJob>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn dlq(
-    _: Admin,
-    State(state): State<AppState>,
-    ApiQuery(p): ApiQuery<LimitParams>,
+    _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<LimitParams>,
 ) -> Result<Json<Vec<DeadJob>>, ApiError> {
     let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(state.forwarding.queue().list_dead(limit).await?))
@@ -225,9 +207,7 @@ async fn dlq(
     responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay(
-    _: Admin,
-    State(state): State<AppState>,
-    body: Option<Json<crate::forwarding::ReplayFilter>>,
+    _: Admin, State(state): State<AppState>, body: Option<Json<crate::forwarding::ReplayFilter>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let filter = body.map(|Json(b)| b).unwrap_or_default();
     let n = state.forwarding.queue().replay_dead(&filter).await?;

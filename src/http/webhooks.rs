@@ -144,9 +144,7 @@ async fn accept(state: &AppState, bsp: Bsp, request: WebhookRequest) -> Result<R
 }
 
 async fn accept_inner(
-    state: &AppState,
-    bsp: Bsp,
-    request: WebhookRequest,
+    state: &AppState, bsp: Bsp, request: WebhookRequest,
 ) -> Result<Response, ApiError> {
     if !state.ingest_enabled {
         return Err(ApiError::IngestDisabled);
@@ -166,10 +164,7 @@ async fn accept_inner(
 /// A subscription handshake: echo `hub.challenge` when `hub.verify_token`
 /// matches the provider's configured token (`env` names it); 403 otherwise.
 fn verify_subscription(
-    state: &AppState,
-    bsp: Bsp,
-    env: &'static str,
-    query: &HashMap<String, String>,
+    state: &AppState, bsp: Bsp, env: &'static str, query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let expected = state
         .auth

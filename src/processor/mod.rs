@@ -121,9 +121,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Processor {
     pub fn new(
-        inbox: Arc<dyn Inbox>,
-        store: Arc<dyn MessageStore>,
-        providers: Providers,
+        inbox: Arc<dyn Inbox>, store: Arc<dyn MessageStore>, providers: Providers,
         batch_size: usize,
     ) -> Self {
         Processor {
@@ -305,10 +303,7 @@ impl Processor {
 
     /// Moves an entry that failed `attempts` times to the quarantine.
     async fn quarantine(
-        &self,
-        d: &InboxDelivery,
-        error: &ProcessError,
-        attempts: u32,
+        &self, d: &InboxDelivery, error: &ProcessError, attempts: u32,
     ) -> Result<(), ProcessError> {
         self.inbox
             .quarantine(d, &error.to_string(), attempts)
@@ -438,10 +433,7 @@ impl Processor {
     /// Sets an entry aside for a later attempt, or quarantines it when it has
     /// had its attempts.
     async fn defer(
-        &self,
-        deferred: &mut Vec<Deferred>,
-        delivery: InboxDelivery,
-        attempts: u32,
+        &self, deferred: &mut Vec<Deferred>, delivery: InboxDelivery, attempts: u32,
         error: &ProcessError,
     ) {
         if attempts >= self.max_attempts {

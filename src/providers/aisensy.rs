@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::json::{at, text, time};
 use super::{CredentialEnv, Parsed, Provider, RawWebhook, SignatureHeader};
-use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
+use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE};
 
 pub struct Aisensy;
 
@@ -191,27 +191,15 @@ impl Provider for Aisensy {
             None => topic.clone(),
         };
         Parsed {
-            events: vec![UnifiedEvent {
-                event_id: webhook.event_id_at(0),
-                bsp: Bsp::Aisensy,
-                legacy_type,
-                unified_type,
-                received_at: webhook.received_at,
-                raw: envelope,
-                message,
-            }],
+            events: vec![webhook.event(0, legacy_type, unified_type, envelope, message)],
             unrecognized: Vec::new(),
         }
     }
 }
 
 fn message_event(
-    topic: &str,
-    msg: &Value,
-    envelope: &Value,
-    envelope_id: Option<&str>,
-    created_at: Option<chrono::DateTime<chrono::Utc>>,
-    webhook: &RawWebhook<'_>,
+    topic: &str, msg: &Value, envelope: &Value, envelope_id: Option<&str>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>, webhook: &RawWebhook<'_>,
 ) -> Result<MessageEvent, String> {
     let wamid = text(msg, &["messageId"]);
     let bsp_message_id = text(msg, &["id"]);

@@ -5,18 +5,18 @@
 
 use serde_json::Value;
 
-use super::json::{at, raw_scalar, text, time};
+use super::json::{at, status_key, text, time};
 use super::{Parsed, RawWebhook};
-use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
+use crate::model::{Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE};
 
 /// The most bytes of `pricing` + `conversation` kept on a record.
 const BILLING_CAP: usize = 4096;
 
-/// One sender of the Cloud API shape: its BSP, the prefix of its legacy
-/// event types (`<prefix>.status`, `<prefix>.message`, `<prefix>.<field>`),
-/// and the key of the sender's own id beside each status, if it adds one.
+/// One sender of the Cloud API shape (the webhook says which BSP): the
+/// prefix of its legacy event types (`<prefix>.status`, `<prefix>.message`,
+/// `<prefix>.<field>`), and the key of the sender's own id beside each
+/// status, if it adds one.
 pub(super) struct CloudApi {
-    pub bsp: Bsp,
     pub prefix: &'static str,
     pub provider_id_key: Option<&'static str>,
 }
@@ -107,8 +107,7 @@ impl CloudApi {
                     } else {
                         "errors".to_owned()
                     };
-                    out.events.push(self.event(
-                        webhook,
+                    out.events.push(webhook.event(
                         next(),
                         format!("{}.{kind}", self.prefix),
                         kind,
@@ -120,9 +119,7 @@ impl CloudApi {
                 if !errors.is_empty() {
                     // Out-of-band errors beside statuses or messages: kept as
                     // their own notification.
-                    out.events.push(self.event(
-                        webhook,
-                        next(),
+                    out.events.push(webhook.event(next(),
                         format!("{}.errors", self.prefix),
                         "errors".into(),
                         serde_json::json!({"field": field, "value": {"errors": errors, "metadata": value.get("metadata")}}),
@@ -136,8 +133,7 @@ impl CloudApi {
                                 .status
                                 .map(Status::event_type)
                                 .unwrap_or(UNKNOWN_STATUS_EVENT_TYPE);
-                            out.events.push(self.event(
-                                webhook,
+                            out.events.push(webhook.event(
                                 next(),
                                 format!("{}.status", self.prefix),
                                 unified.into(),
@@ -152,8 +148,7 @@ impl CloudApi {
                 }
                 for message in messages {
                     match self.inbound_event(message, value, &business, webhook) {
-                        Ok(m) => out.events.push(self.event(
-                            webhook,
+                        Ok(m) => out.events.push(webhook.event(
                             next(),
                             format!("{}.message", self.prefix),
                             Status::Received.event_type().into(),
@@ -173,31 +168,8 @@ impl CloudApi {
         out
     }
 
-    fn event(
-        &self,
-        webhook: &RawWebhook<'_>,
-        index: usize,
-        legacy_type: String,
-        unified_type: String,
-        raw: Value,
-        message: Option<MessageEvent>,
-    ) -> UnifiedEvent {
-        UnifiedEvent {
-            event_id: webhook.event_id_at(index),
-            bsp: self.bsp,
-            legacy_type,
-            unified_type,
-            received_at: webhook.received_at,
-            raw,
-            message,
-        }
-    }
-
     fn status_event(
-        &self,
-        status: &Value,
-        business: &Option<String>,
-        webhook: &RawWebhook<'_>,
+        &self, status: &Value, business: &Option<String>, webhook: &RawWebhook<'_>,
     ) -> Result<MessageEvent, &'static str> {
         let wamid = text(status, &["id"]).ok_or("status without id")?;
         let raw_status = text(status, &["status"]);
@@ -211,11 +183,7 @@ impl CloudApi {
             direction: Direction::Outbound,
             phone_number: text(status, &["recipient_id"]),
             business_number: business.clone(),
-            dedup_key: format!(
-                "{}|{}",
-                raw_status.as_deref().unwrap_or("").to_ascii_lowercase(),
-                raw_scalar(ts)
-            ),
+            dedup_key: status_key(raw_status.as_deref(), ts),
             status: mapped,
             raw_status,
             occurred_at: ts.and_then(time).unwrap_or(webhook.received_at),
@@ -234,11 +202,7 @@ impl CloudApi {
     }
 
     fn inbound_event(
-        &self,
-        message: &Value,
-        value: &Value,
-        business: &Option<String>,
-        webhook: &RawWebhook<'_>,
+        &self, message: &Value, value: &Value, business: &Option<String>, webhook: &RawWebhook<'_>,
     ) -> Result<MessageEvent, &'static str> {
         let wamid = text(message, &["id"]).ok_or("message without id")?;
         let from = text(message, &["from"]);

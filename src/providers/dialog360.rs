@@ -42,7 +42,6 @@ impl Provider for Dialog360 {
 
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed {
         CloudApi {
-            bsp: Bsp::Dialog360,
             prefix: "360dialog",
             provider_id_key: None,
         }

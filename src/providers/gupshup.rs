@@ -21,14 +21,13 @@
 use serde_json::Value;
 
 use super::cloud_api::{self, CloudApi};
-use super::json::{at, raw_scalar, text, time};
+use super::json::{at, status_key, text, time};
 use super::{CredentialEnv, Parsed, Provider, RawWebhook};
-use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
+use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE};
 
 pub struct Gupshup;
 
 const V3: CloudApi = CloudApi {
-    bsp: Bsp::Gupshup,
     prefix: "gupshup",
     provider_id_key: Some("gs_id"),
 };
@@ -118,8 +117,7 @@ impl Provider for Gupshup {
             Some(other) => {
                 // user-event, billing-event, …: kept and forwarded.
                 return Parsed {
-                    events: vec![event(
-                        webhook,
+                    events: vec![webhook.event(
                         0,
                         format!("gupshup.{other}"),
                         other.to_owned(),
@@ -138,8 +136,7 @@ impl Provider for Gupshup {
                     .map(Status::event_type)
                     .unwrap_or(UNKNOWN_STATUS_EVENT_TYPE);
                 Parsed {
-                    events: vec![event(
-                        webhook,
+                    events: vec![webhook.event(
                         0,
                         legacy.to_owned(),
                         unified.to_owned(),
@@ -154,29 +151,8 @@ impl Provider for Gupshup {
     }
 }
 
-fn event(
-    webhook: &RawWebhook<'_>,
-    index: usize,
-    legacy_type: String,
-    unified_type: String,
-    raw: Value,
-    message: Option<MessageEvent>,
-) -> UnifiedEvent {
-    UnifiedEvent {
-        event_id: webhook.event_id_at(index),
-        bsp: Bsp::Gupshup,
-        legacy_type,
-        unified_type,
-        received_at: webhook.received_at,
-        raw,
-        message,
-    }
-}
-
 fn status_event(
-    payload: &Value,
-    envelope_time: Option<chrono::DateTime<chrono::Utc>>,
-    webhook: &RawWebhook<'_>,
+    payload: &Value, envelope_time: Option<chrono::DateTime<chrono::Utc>>, webhook: &RawWebhook<'_>,
 ) -> Result<MessageEvent, &'static str> {
     let raw_status = text(payload, &["type"]).ok_or("message-event without payload.type")?;
     let id = text(payload, &["id"]);
@@ -202,7 +178,7 @@ fn status_event(
         direction: Direction::Outbound,
         phone_number: text(payload, &["destination"]),
         business_number: None,
-        dedup_key: format!("{lower}|{}", raw_scalar(inner_ts)),
+        dedup_key: status_key(Some(&lower), inner_ts),
         status,
         raw_status: Some(raw_status),
         occurred_at: inner_ts
@@ -224,9 +200,7 @@ fn status_event(
 }
 
 fn inbound_event(
-    payload: &Value,
-    envelope_time: Option<chrono::DateTime<chrono::Utc>>,
-    webhook: &RawWebhook<'_>,
+    payload: &Value, envelope_time: Option<chrono::DateTime<chrono::Utc>>, webhook: &RawWebhook<'_>,
 ) -> Result<MessageEvent, &'static str> {
     let wamid = text(payload, &["id"]).ok_or("message without payload.id")?;
     Ok(MessageEvent {
@@ -277,11 +251,7 @@ fn enterprise(webhook: &RawWebhook<'_>, items: &[Value]) -> Parsed {
             direction: Direction::Outbound,
             phone_number: text(item, &["destAddr"]),
             business_number: text(item, &["srcAddr"]),
-            dedup_key: format!(
-                "{}|{}",
-                raw_status.as_deref().unwrap_or("").to_ascii_lowercase(),
-                raw_scalar(ts)
-            ),
+            dedup_key: status_key(raw_status.as_deref(), ts),
             status,
             raw_status,
             occurred_at: ts.and_then(time).unwrap_or(webhook.received_at),
@@ -299,8 +269,7 @@ fn enterprise(webhook: &RawWebhook<'_>, items: &[Value]) -> Parsed {
             .status
             .map(Status::event_type)
             .unwrap_or(UNKNOWN_STATUS_EVENT_TYPE);
-        out.events.push(event(
-            webhook,
+        out.events.push(webhook.event(
             index,
             "gupshup.enterprise".into(),
             unified.into(),

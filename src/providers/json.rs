@@ -59,6 +59,17 @@ pub fn raw_scalar(v: Option<&Value>) -> String {
     }
 }
 
+/// The dedup key of a status event within its message: its raw status
+/// (any case) and the provider's time as sent, so the same report twice is
+/// one event and the same status at another time is another.
+pub fn status_key(raw_status: Option<&str>, time: Option<&Value>) -> String {
+    format!(
+        "{}|{}",
+        raw_status.unwrap_or("").to_ascii_lowercase(),
+        raw_scalar(time)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

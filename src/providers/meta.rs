@@ -53,7 +53,6 @@ impl Provider for Meta {
 
     fn parse(&self, webhook: &RawWebhook<'_>) -> Parsed {
         CloudApi {
-            bsp: Bsp::Meta,
             prefix: "meta",
             provider_id_key: None,
         }

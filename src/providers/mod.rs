@@ -123,6 +123,22 @@ impl RawWebhook<'_> {
         format!("{}-{index}", self.event_id)
     }
 
+    /// Its `index`-th event.
+    pub fn event(
+        &self, index: usize, legacy_type: String, unified_type: String, raw: serde_json::Value,
+        message: Option<crate::model::MessageEvent>,
+    ) -> UnifiedEvent {
+        UnifiedEvent {
+            event_id: self.event_id_at(index),
+            bsp: self.bsp,
+            legacy_type,
+            unified_type,
+            received_at: self.received_at,
+            raw,
+            message,
+        }
+    }
+
     pub fn unrecognized(&self, reason: impl Into<String>, body: String) -> UnrecognizedEvent {
         UnrecognizedEvent {
             event_id: self.event_id.to_owned(),

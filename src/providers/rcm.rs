@@ -6,9 +6,9 @@
 
 use serde_json::Value;
 
-use super::json::{at, raw_scalar, text, time};
+use super::json::{at, status_key, text, time};
 use super::{Parsed, RawWebhook};
-use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
+use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE};
 
 /// How one member of the family differs.
 pub struct Flavor {
@@ -77,11 +77,7 @@ pub fn parse_body(flavor: &Flavor, webhook: &RawWebhook<'_>) -> Parsed {
 }
 
 fn parse_item(
-    flavor: &Flavor,
-    webhook: &RawWebhook<'_>,
-    index: usize,
-    item: Value,
-    out: &mut Parsed,
+    flavor: &Flavor, webhook: &RawWebhook<'_>, index: usize, item: Value, out: &mut Parsed,
 ) {
     let result = if !item.is_object() {
         Err("event is not a JSON object")
@@ -95,15 +91,8 @@ fn parse_item(
     match result {
         Ok(message) => {
             let (legacy_type, unified_type) = event_types(flavor.bsp, &message);
-            out.events.push(UnifiedEvent {
-                event_id: webhook.event_id_at(index),
-                bsp: flavor.bsp,
-                legacy_type,
-                unified_type,
-                received_at: webhook.received_at,
-                raw: item,
-                message: Some(message),
-            });
+            out.events
+                .push(webhook.event(index, legacy_type, unified_type, item, Some(message)));
         }
         Err(reason) => out
             .unrecognized
@@ -137,9 +126,7 @@ fn event_types(bsp: Bsp, m: &MessageEvent) -> (String, String) {
 }
 
 fn delivery(
-    flavor: &Flavor,
-    webhook: &RawWebhook<'_>,
-    item: &Value,
+    flavor: &Flavor, webhook: &RawWebhook<'_>, item: &Value,
 ) -> Result<MessageEvent, &'static str> {
     let mid = text(item, &["events", "mid"]).ok_or("delivery event without events.mid")?;
     let raw_status = text(item, &["notificationAttributes", "status"]);
@@ -162,11 +149,7 @@ fn delivery(
         direction: Direction::Outbound,
         phone_number: text(item, &["recipient", "to"]),
         business_number: text(item, &["sender", "from"]),
-        dedup_key: format!(
-            "{}|{}",
-            raw_status.as_deref().unwrap_or("").to_ascii_lowercase(),
-            raw_scalar(ts)
-        ),
+        dedup_key: status_key(raw_status.as_deref(), ts),
         status,
         raw_status,
         occurred_at,
@@ -187,9 +170,7 @@ fn delivery(
 }
 
 fn inbound(
-    flavor: &Flavor,
-    webhook: &RawWebhook<'_>,
-    item: &Value,
+    flavor: &Flavor, webhook: &RawWebhook<'_>, item: &Value,
 ) -> Result<MessageEvent, &'static str> {
     let message = at(item, &["eventContent", "message"]).ok_or("no eventContent.message")?;
     let msg_id = text(message, &["id"]);

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{BodyFormat, CredentialEnv, Parsed, Provider, RawWebhook, SignatureHeader};
-use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE, UnifiedEvent};
+use crate::model::{Bsp, Direction, MessageEvent, Status, UNKNOWN_STATUS_EVENT_TYPE};
 
 pub struct Twilio;
 
@@ -209,19 +209,17 @@ impl Provider for Twilio {
             .map(Status::event_type)
             .unwrap_or(UNKNOWN_STATUS_EVENT_TYPE);
         Parsed {
-            events: vec![UnifiedEvent {
-                event_id: webhook.event_id_at(0),
-                bsp: Bsp::Twilio,
-                legacy_type: if status_callback {
+            events: vec![webhook.event(
+                0,
+                if status_callback {
                     "twilio.status".into()
                 } else {
                     "twilio.message".into()
                 },
-                unified_type: unified.into(),
-                received_at: webhook.received_at,
+                unified.into(),
                 raw,
-                message: Some(message),
-            }],
+                Some(message),
+            )],
             unrecognized: Vec::new(),
         }
     }

@@ -28,6 +28,9 @@ pub enum QueueError {
     Timeout(Duration),
 }
 
+/// The result of a queue operation.
+pub type QueueResult<T> = Result<T, QueueError>;
+
 /// A raw webhook as accepted at the edge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxEntry {
@@ -76,48 +79,39 @@ pub struct InboxDelivery {
 pub trait Inbox: Send + Sync {
     /// Makes the entry durable. `Ok` means it will be processed even if the
     /// process dies right after.
-    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError>;
+    async fn append(&self, entry: InboxEntry) -> QueueResult<()>;
 
     /// Up to `max` entries not yet handed out, waiting up to `wait` for the
     /// first one. An empty result means nothing arrived in time.
-    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError>;
+    async fn receive(&self, max: usize, wait: Duration) -> QueueResult<Vec<InboxDelivery>>;
 
     /// Removes processed entries.
-    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError>;
+    async fn ack(&self, tags: &[DeliveryTag]) -> QueueResult<()>;
 
     /// Entries waiting (accepted, not yet acked).
-    async fn depth(&self) -> Result<u64, QueueError>;
+    async fn depth(&self) -> QueueResult<u64>;
 
     /// Moves a handed-out entry to the quarantine, atomically: it is no
     /// longer handed out, and kept with its error until replayed.
     async fn quarantine(
-        &self,
-        delivery: &InboxDelivery,
-        error: &str,
-        attempts: u32,
-    ) -> Result<(), QueueError>;
+        &self, delivery: &InboxDelivery, error: &str, attempts: u32,
+    ) -> QueueResult<()>;
 
     /// Quarantined entries, newest first: up to `limit`, after the entry
     /// `after` (an event id) when given.
     async fn list_quarantined(
-        &self,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Vec<QuarantinedEntry>, QueueError>;
+        &self, limit: usize, after: Option<&str>,
+    ) -> QueueResult<Vec<QuarantinedEntry>>;
 
     /// Puts quarantined entries (these event ids, or all) back into the
     /// inbox; returns how many.
-    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError>;
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> QueueResult<u64>;
 
     /// Entries in the quarantine.
-    async fn quarantine_depth(&self) -> Result<u64, QueueError>;
+    async fn quarantine_depth(&self) -> QueueResult<u64>;
     /// Removes up to `limit` quarantined entries set aside before `before`;
     /// returns how many went.
-    async fn prune_quarantined(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, QueueError>;
+    async fn prune_quarantined(&self, before: DateTime<Utc>, limit: usize) -> QueueResult<u64>;
 
     /// Backend health for `/ready`.
     async fn health(&self) -> BackendHealth;

@@ -31,6 +31,9 @@ pub enum StoreError {
     Invalid(String),
 }
 
+/// The result of a store operation.
+pub type StoreResult<T> = Result<T, StoreError>;
+
 impl StoreError {
     /// An outage or a race: the same write may succeed later.
     pub fn is_transient(&self) -> bool {
@@ -178,50 +181,42 @@ pub struct NotificationQuery {
 pub trait MessageStore: Send + Sync {
     /// Applies message events in order; idempotent. Events without a message
     /// part (contact, template notifications) are skipped and yield `None`.
-    async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError>;
+    async fn apply(&self, events: &[UnifiedEvent]) -> StoreResult<Vec<Option<Applied>>>;
 
     /// Registers (or completes) an outbound message; returns the record and
     /// whether it was created.
     async fn register(
-        &self,
-        registration: &OutboundRegistration,
-    ) -> Result<(MessageRecord, bool), StoreError>;
+        &self, registration: &OutboundRegistration,
+    ) -> StoreResult<(MessageRecord, bool)>;
 
     /// Finds a message by wamid, provider message id or `message_id`.
-    async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError>;
+    async fn find_message(&self, id: &str) -> StoreResult<Option<MessageRecord>>;
 
     /// Messages matching the filters, newest first, one page at a time.
-    async fn list_messages(&self, query: &MessageQuery) -> Result<MessagePage, StoreError>;
+    async fn list_messages(&self, query: &MessageQuery) -> StoreResult<MessagePage>;
 
     /// Keeps bodies no adapter understood.
-    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError>;
+    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> StoreResult<()>;
 
     /// The most recent unrecognized bodies, newest first.
-    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError>;
+    async fn list_unrecognized(&self, limit: usize) -> StoreResult<Vec<UnrecognizedEvent>>;
 
     /// Keeps provider notifications; a notification already kept (same
     /// `event_id`, a redelivery) is not kept twice.
-    async fn record_notifications(&self, notifications: &[Notification]) -> Result<(), StoreError>;
+    async fn record_notifications(&self, notifications: &[Notification]) -> StoreResult<()>;
 
     /// The most recent notifications, newest first, optionally of one BSP
     /// and one kind.
-    async fn list_notifications(
-        &self,
-        query: &NotificationQuery,
-    ) -> Result<Vec<Notification>, StoreError>;
+    async fn list_notifications(&self, query: &NotificationQuery)
+    -> StoreResult<Vec<Notification>>;
 
     /// Removes up to `limit` of the oldest `kind` kept from before `before`
     /// (messages: last updated before it); returns how many went. Retention
     /// calls it in small batches, so that it never holds up the writer.
-    async fn prune(
-        &self,
-        kind: Kept,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError>;
+    async fn prune(&self, kind: Kept, before: DateTime<Utc>, limit: usize) -> StoreResult<u64>;
 
     /// Counts by `current_status`.
-    async fn stats(&self, query: &StatsQuery) -> Result<MessageStats, StoreError>;
+    async fn stats(&self, query: &StatsQuery) -> StoreResult<MessageStats>;
 
     /// Backend health for `/ready`.
     async fn health(&self) -> BackendHealth;

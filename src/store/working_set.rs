@@ -24,6 +24,7 @@ use super::{Applied, StoreError};
 use crate::model::{
     ApplyOutcome, Bsp, MessageEvent, MessageRecord, OutboundRegistration, UnifiedEvent,
 };
+use crate::store::StoreResult;
 
 /// At most this many links are kept on one record.
 pub const MAX_LINKS: usize = 16;
@@ -57,7 +58,7 @@ impl Candidates {
     }
 
     /// The records a registration may touch; refused when it names no key.
-    pub fn of_registration(reg: &OutboundRegistration) -> Result<Candidates, StoreError> {
+    pub fn of_registration(reg: &OutboundRegistration) -> StoreResult<Candidates> {
         if reg.key().is_none() {
             return Err(StoreError::Invalid(
                 "a message needs a wamid or a bsp_message_id".into(),
@@ -164,10 +165,7 @@ impl<H> WorkingSet<H> {
     /// matches; the ids it may not take are removed from `wamid` /
     /// `provider_id` and returned as links to record.
     fn locate(
-        &mut self,
-        bsp: Bsp,
-        wamid: &mut Option<String>,
-        provider_id: &mut Option<String>,
+        &mut self, bsp: Bsp, wamid: &mut Option<String>, provider_id: &mut Option<String>,
         now: DateTime<Utc>,
     ) -> (usize, Vec<Value>) {
         let by_w = non_empty(wamid).and_then(|w| self.by_wamid.get(w)).copied();
@@ -267,9 +265,7 @@ impl<H> WorkingSet<H> {
     /// Registers an outbound message; returns the record and whether it is
     /// new.
     pub fn register(
-        &mut self,
-        reg: &OutboundRegistration,
-        now: DateTime<Utc>,
+        &mut self, reg: &OutboundRegistration, now: DateTime<Utc>,
     ) -> (MessageRecord, bool) {
         let mut reg = reg.clone();
         let (i, links) = self.locate(reg.bsp, &mut reg.wamid, &mut reg.bsp_message_id, now);

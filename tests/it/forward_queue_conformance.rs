@@ -46,6 +46,7 @@ impl Backend {
             forward_consume: true,
             forward_prefetch: 16,
             providers: zen_gateway::providers::Providers::new(),
+            queue_type: Default::default(),
         });
         assert!(broker.wait_connected(Duration::from_secs(15)).await);
         Some(Backend {

@@ -682,9 +682,16 @@ async fn webhook_changes_take_effect_at_once_despite_the_cache() {
         datagen_status("wamid.cache-2", "read", 2),
     )
     .await;
-    let got = rx.wait_for("c", 1, Duration::from_secs(10)).await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].json()["message"]["wamid"], "wamid.cache-2");
+    // The new topic applies at once: the read of cache-2 is delivered. (The
+    // record of cache-1 is visible before its fan-out ran, so under load
+    // cache-1 may be matched after the change too: not asserted.)
+    let delivered = eventually_within(Duration::from_secs(10), async || {
+        rx.received("c")
+            .iter()
+            .any(|r| r.json()["message"]["wamid"] == "wamid.cache-2")
+    })
+    .await;
+    assert!(delivered);
     app.stop().await;
 }
 

@@ -231,11 +231,7 @@ impl BackgroundLoad {
     /// The same against the gateway at `base` (a child process), posting
     /// events of `status`.
     pub fn start_at(
-        client: &reqwest::Client,
-        base: &str,
-        tag: &str,
-        senders: usize,
-        pause: Duration,
+        client: &reqwest::Client, base: &str, tag: &str, senders: usize, pause: Duration,
         status: &'static str,
     ) -> BackgroundLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -298,10 +294,7 @@ impl BackgroundLoad {
 /// admin key and no Keys.json, plus `extra` variables. Its output goes to
 /// `log` when given (stdout null and stderr inherited otherwise).
 pub fn spawn_gateway_process(
-    data_dir: &Path,
-    port: u16,
-    extra: &[(&str, &str)],
-    log: Option<&Path>,
+    data_dir: &Path, port: u16, extra: &[(&str, &str)], log: Option<&Path>,
 ) -> std::process::Child {
     use std::process::{Command, Stdio};
     let (stdout, stderr) = match log {

@@ -78,6 +78,7 @@ impl Place {
                     forward_consume: false,
                     forward_prefetch: 1,
                     providers: zen_gateway::providers::Providers::new(),
+                    queue_type: Default::default(),
                 });
                 assert!(broker.wait_connected(Duration::from_secs(15)).await);
                 Open {

@@ -38,6 +38,7 @@ fn options(url: &str, prefix: &str, consume: bool) -> RabbitOptions {
         forward_consume: false,
         forward_prefetch: 16,
         providers: zen_gateway::providers::Providers::new(),
+        queue_type: Default::default(),
     }
 }
 

@@ -58,9 +58,7 @@ pub struct Receiver {
 }
 
 async fn handle(
-    State(shared): State<Arc<Mutex<Shared>>>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
+    State(shared): State<Arc<Mutex<Shared>>>, Path(path): Path<String>, headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let behavior = {

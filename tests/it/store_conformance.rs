@@ -103,11 +103,7 @@ suite!(
 );
 
 pub fn status(
-    bsp: Bsp,
-    wamid: Option<&str>,
-    provider_id: Option<&str>,
-    s: &str,
-    secs: i64,
+    bsp: Bsp, wamid: Option<&str>, provider_id: Option<&str>, s: &str, secs: i64,
 ) -> UnifiedEvent {
     let mapped = Status::parse(&s.to_lowercase());
     UnifiedEvent {

@@ -4,6 +4,7 @@
 
 pub mod collections;
 mod prune;
+mod read;
 pub mod sessions;
 pub mod store;
 pub mod webhooks;

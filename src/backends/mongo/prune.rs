@@ -4,10 +4,11 @@
 
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::Collection;
 
+use super::read::documents;
 use crate::store::StoreError;
+use crate::store::StoreResult;
 
 fn unavailable(e: mongodb::error::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -17,22 +18,15 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
 /// `field` is before `before`: app-side, in small batches, since the test
 /// wire server has no TTL indexes. Returns how many went.
 pub(crate) async fn prune_oldest(
-    coll: &Collection<Document>,
-    field: &str,
-    before: DateTime<Utc>,
-    limit: usize,
-) -> Result<u64, StoreError> {
+    coll: &Collection<Document>, field: &str, before: DateTime<Utc>, limit: usize,
+) -> StoreResult<u64> {
     prune_oldest_where(coll, field, before, limit, Document::new()).await
 }
 
 /// [`prune_oldest`] among the documents that also match `filter`.
 pub(crate) async fn prune_oldest_where(
-    coll: &Collection<Document>,
-    field: &str,
-    before: DateTime<Utc>,
-    limit: usize,
-    filter: Document,
-) -> Result<u64, StoreError> {
+    coll: &Collection<Document>, field: &str, before: DateTime<Utc>, limit: usize, filter: Document,
+) -> StoreResult<u64> {
     let ids: Vec<Bson> = oldest_ids(coll, field, before, limit, filter).await?;
     if ids.is_empty() {
         return Ok(0);
@@ -45,23 +39,17 @@ pub(crate) async fn prune_oldest_where(
 }
 
 async fn oldest_ids(
-    coll: &Collection<Document>,
-    field: &str,
-    before: DateTime<Utc>,
-    limit: usize,
+    coll: &Collection<Document>, field: &str, before: DateTime<Utc>, limit: usize,
     mut filter: Document,
-) -> Result<Vec<Bson>, StoreError> {
+) -> StoreResult<Vec<Bson>> {
     filter.insert(field, doc! {"$lt": bson::DateTime::from_chrono(before)});
-    let docs: Vec<Document> = coll
-        .find(filter)
-        .sort(doc! {field: 1})
-        .limit(limit as i64)
-        .projection(doc! {"_id": 1})
-        .await
-        .map_err(unavailable)?
-        .try_collect()
-        .await
-        .map_err(unavailable)?;
+    let docs: Vec<Document> = documents(
+        coll.find(filter)
+            .sort(doc! {field: 1})
+            .limit(limit as i64)
+            .projection(doc! {"_id": 1}),
+    )
+    .await?;
     Ok(docs
         .into_iter()
         .filter_map(|d| d.get("_id").cloned())

@@ -10,6 +10,7 @@ pub use super::collections::SESSIONS;
 use super::prune::prune_oldest;
 use crate::sessions::SessionStore;
 use crate::store::StoreError;
+use crate::store::StoreResult;
 
 pub struct MongoSessionStore {
     sessions: Collection<Document>,
@@ -29,11 +30,7 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
 
 #[async_trait]
 impl SessionStore for MongoSessionStore {
-    async fn start_session(
-        &self,
-        id_hash: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn start_session(&self, id_hash: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         // An upsert keyed by `_id`: a driver retry writes the same document.
         self.sessions
             .update_one(
@@ -46,7 +43,7 @@ impl SessionStore for MongoSessionStore {
             .map_err(unavailable)
     }
 
-    async fn session_live(&self, id_hash: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn session_live(&self, id_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
         let found = self
             .sessions
             .find_one(doc! {"_id": id_hash})
@@ -57,7 +54,7 @@ impl SessionStore for MongoSessionStore {
             .is_some_and(|at| at.to_chrono() > now))
     }
 
-    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
+    async fn end_session(&self, id_hash: &str) -> StoreResult<()> {
         self.sessions
             .delete_one(doc! {"_id": id_hash})
             .await
@@ -65,7 +62,7 @@ impl SessionStore for MongoSessionStore {
             .map_err(unavailable)
     }
 
-    async fn prune_sessions(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+    async fn prune_sessions(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         prune_oldest(&self.sessions, "expires_at", before, limit).await
     }
 }

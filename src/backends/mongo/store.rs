@@ -30,10 +30,12 @@ use super::collections::{
     UNRECOGNIZED,
 };
 use super::prune::prune_oldest;
+use super::read::{bsp_of, documents};
 use crate::model::{
     Bsp, Direction, MessageRecord, Notification, OutboundRegistration, StatusEntry, UnifiedEvent,
     UnrecognizedEvent,
 };
+use crate::store::StoreResult;
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
     Applied, BackendHealth, Kept, MessagePage, MessageQuery, MessageStats, MessageStore,
@@ -68,7 +70,7 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
 
 /// Options as the legacy gateway set them (pool 10/2, connect 10 s, server
 /// selection 5 s), where the URI does not say otherwise.
-pub async fn client(uri: &str) -> Result<Client, StoreError> {
+pub async fn client(uri: &str) -> StoreResult<Client> {
     let mut opts = ClientOptions::parse(uri)
         .await
         .map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))?;
@@ -84,7 +86,7 @@ pub async fn client(uri: &str) -> Result<Client, StoreError> {
 impl MongoStore {
     /// Connects lazily: a server that is down now is retried by each
     /// operation, so start-up never fails on it.
-    pub async fn connect(uri: &str, database: &str) -> Result<MongoStore, StoreError> {
+    pub async fn connect(uri: &str, database: &str) -> StoreResult<MongoStore> {
         let client = client(uri).await?;
         Ok(Self::new(client.database(database)))
     }
@@ -105,7 +107,7 @@ impl MongoStore {
         &self.db
     }
 
-    fn note<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+    fn note<T>(&self, r: StoreResult<T>) -> StoreResult<T> {
         match &r {
             Ok(_) => self.up.store(true, Ordering::Relaxed),
             Err(StoreError::Unavailable(e)) => {
@@ -123,7 +125,7 @@ impl MongoStore {
     /// `bsp_message_id`) where present and non-empty (the legacy gateway
     /// wrote `bsp_message_id: ""` everywhere), and the lookup indexes.
     /// Run `migrate` first on a collection the legacy gateway wrote.
-    pub async fn ensure_indexes(&self) -> Result<IndexReport, StoreError> {
+    pub async fn ensure_indexes(&self) -> StoreResult<IndexReport> {
         let mut report = IndexReport::default();
         for (keys, name, partial) in [
             (
@@ -214,14 +216,12 @@ impl MongoStore {
         Ok(report)
     }
 
-    async fn create_index(&self, keys: Document, options: IndexOptions) -> Result<(), StoreError> {
+    async fn create_index(&self, keys: Document, options: IndexOptions) -> StoreResult<()> {
         self.create_index_raw(keys, options).await.map_err(classify)
     }
 
     async fn create_index_raw(
-        &self,
-        keys: Document,
-        options: IndexOptions,
+        &self, keys: Document, options: IndexOptions,
     ) -> mongodb::error::Result<()> {
         let model = IndexModel::builder().keys(keys).options(options).build();
         self.messages.create_index(model).await.map(|_| ())
@@ -232,11 +232,8 @@ impl MongoStore {
     /// FerretDB used in tests — a plain index, said loudly: uniqueness then
     /// rests on the processor applying one message's events in one place.
     async fn create_unique(
-        &self,
-        keys: Document,
-        name: &str,
-        partial: Document,
-    ) -> Result<UniqueIndexKind, StoreError> {
+        &self, keys: Document, name: &str, partial: Document,
+    ) -> StoreResult<UniqueIndexKind> {
         let attempts = [
             (
                 UniqueIndexKind::Partial,
@@ -284,7 +281,7 @@ impl MongoStore {
 
     /// Refuses a database a newer gateway wrote (its `zen_meta` schema is
     /// above [`SCHEMA_VERSION`]); marks an older or new one as ours.
-    pub async fn check_schema(&self) -> Result<i64, StoreError> {
+    pub async fn check_schema(&self) -> StoreResult<i64> {
         let meta = self.db.collection::<Document>(META);
         let found = meta
             .find_one(doc! {"_id": "schema"})
@@ -320,7 +317,7 @@ impl MongoStore {
     /// wrote (every `sent` inserted one more), then builds the indexes.
     /// Histories are merged, the status recomputed by the order rules; the
     /// oldest document survives. Idempotent.
-    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+    pub async fn migrate(&self) -> StoreResult<MigrationReport> {
         let mut report = MigrationReport::default();
         // The legacy gateway wrote "" for absent ids; absent is what it meant,
         // and what the unique indexes skip.
@@ -346,14 +343,10 @@ impl MongoStore {
             }
         }
         for (wamid, ids) in groups.into_iter().filter(|(_, ids)| ids.len() > 1) {
-            let docs: Vec<Document> = self
-                .messages
-                .find(doc! {"_id": {"$in": ids.iter().map(|i| Bson::ObjectId(*i)).collect::<Vec<_>>()}})
-                .await
-                .map_err(unavailable)?
-                .try_collect()
-                .await
-                .map_err(unavailable)?;
+            let docs: Vec<Document> = documents(self.messages.find(
+                doc! {"_id": {"$in": ids.iter().map(|i| Bson::ObjectId(*i)).collect::<Vec<_>>()}},
+            ))
+            .await?;
             let mut docs: Vec<(ObjectId, Document)> = docs
                 .into_iter()
                 .filter_map(|d| d.get_object_id("_id").ok().map(|id| (id, d)))
@@ -390,7 +383,7 @@ impl MongoStore {
     /// The candidate records of a batch, oldest first: one single-field
     /// `$in` query per key (an `$or` over both is far slower on some
     /// wire-compatible servers).
-    async fn load(&self, c: &Candidates) -> Result<WorkingSet<Handle>, StoreError> {
+    async fn load(&self, c: &Candidates) -> StoreResult<WorkingSet<Handle>> {
         let mut found: BTreeMap<ObjectId, Document> = BTreeMap::new();
         for (field, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
             for chunk in ids.chunks(1000) {
@@ -417,7 +410,7 @@ impl MongoStore {
 
     /// Writes the lookup keys of every document (after a merge a key may
     /// name a removed duplicate: it is pointed at the survivor).
-    async fn rebuild_keys(&self) -> Result<u64, StoreError> {
+    async fn rebuild_keys(&self) -> StoreResult<u64> {
         let mut cursor = self
             .messages
             .find(doc! {})
@@ -447,7 +440,7 @@ impl MongoStore {
     }
 
     /// Writes what a batch changed: inserts, then compare-and-set updates.
-    async fn write_back(&self, set: &WorkingSet<Handle>) -> Result<(), StoreError> {
+    async fn write_back(&self, set: &WorkingSet<Handle>) -> StoreResult<()> {
         let mut keys = Vec::new();
         let inserts: Vec<Document> = set
             .changed()
@@ -500,7 +493,7 @@ impl MongoStore {
 
     /// Adds lookup keys; a key that exists already keeps the document it
     /// names (the oldest wins, as for the unique indexes).
-    async fn write_keys(&self, keys: Vec<Document>) -> Result<(), StoreError> {
+    async fn write_keys(&self, keys: Vec<Document>) -> StoreResult<()> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -511,7 +504,7 @@ impl MongoStore {
         }
     }
 
-    async fn update_chunk(&self, updates: Vec<Document>) -> Result<(), StoreError> {
+    async fn update_chunk(&self, updates: Vec<Document>) -> StoreResult<()> {
         let expected = updates.len() as i64;
         let reply = self
             .db
@@ -558,18 +551,15 @@ impl MongoStore {
     /// Messages last updated before `before`, with the lookup keys that
     /// point at them (keys first: a key without its message is harmless,
     /// the reverse would hide a message from lookups).
-    async fn prune_messages(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
-        let docs: Vec<Document> = self
-            .messages
-            .find(doc! {"updated_at": {"$lt": bson::DateTime::from_chrono(before)}})
-            .sort(doc! {"updated_at": 1})
-            .limit(limit as i64)
-            .projection(doc! {"_id": 1, "wamid": 1, "message_id": 1, "bsp_message_id": 1})
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
+    async fn prune_messages(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
+        let docs: Vec<Document> = documents(
+            self.messages
+                .find(doc! {"updated_at": {"$lt": bson::DateTime::from_chrono(before)}})
+                .sort(doc! {"updated_at": 1})
+                .limit(limit as i64)
+                .projection(doc! {"_id": 1, "wamid": 1, "message_id": 1, "bsp_message_id": 1}),
+        )
+        .await?;
         if docs.is_empty() {
             return Ok(0);
         }
@@ -769,7 +759,7 @@ fn created_between(filter: &mut Document, from: Option<DateTime<Utc>>, to: Optio
 
 #[async_trait]
 impl MessageStore for MongoStore {
-    async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
+    async fn apply(&self, events: &[UnifiedEvent]) -> StoreResult<Vec<Option<Applied>>> {
         let result = async {
             let mut set = self.load(&Candidates::of_events(events)).await?;
             let applied = set.apply(events, Utc::now());
@@ -780,10 +770,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn register(
-        &self,
-        reg: &OutboundRegistration,
-    ) -> Result<(MessageRecord, bool), StoreError> {
+    async fn register(&self, reg: &OutboundRegistration) -> StoreResult<(MessageRecord, bool)> {
         let candidates = Candidates::of_registration(reg)?;
         // Compare-and-set may lose to a concurrent writer: retry a few times.
         let mut last = None;
@@ -805,7 +792,7 @@ impl MessageStore for MongoStore {
         })))
     }
 
-    async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+    async fn find_message(&self, id: &str) -> StoreResult<Option<MessageRecord>> {
         let result = async {
             // Same precedence as every backend: wamid, message_id, provider
             // id. By key first: two `_id` queries.
@@ -846,7 +833,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
+    async fn list_messages(&self, q: &MessageQuery) -> StoreResult<MessagePage> {
         let mut filter = equal_filter([
             ("phone_number", q.phone_number.as_deref()),
             ("campaign_id", q.campaign_id.as_deref()),
@@ -865,16 +852,13 @@ impl MessageStore for MongoStore {
             );
         }
         let result = async {
-            let docs: Vec<Document> = self
-                .messages
-                .find(filter)
-                .sort(doc! {"created_at": -1, "message_id": -1})
-                .limit(q.limit as i64 + 1)
-                .await
-                .map_err(unavailable)?
-                .try_collect()
-                .await
-                .map_err(unavailable)?;
+            let docs: Vec<Document> = documents(
+                self.messages
+                    .find(filter)
+                    .sort(doc! {"created_at": -1, "message_id": -1})
+                    .limit(q.limit as i64 + 1),
+            )
+            .await?;
             Ok(MessagePage::from_probe(
                 docs.iter().map(from_doc).collect(),
                 q.limit,
@@ -884,7 +868,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError> {
+    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -906,7 +890,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn record_notifications(&self, notifications: &[Notification]) -> Result<(), StoreError> {
+    async fn record_notifications(&self, notifications: &[Notification]) -> StoreResult<()> {
         if notifications.is_empty() {
             return Ok(());
         }
@@ -929,10 +913,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn list_notifications(
-        &self,
-        q: &NotificationQuery,
-    ) -> Result<Vec<Notification>, StoreError> {
+    async fn list_notifications(&self, q: &NotificationQuery) -> StoreResult<Vec<Notification>> {
         let mut filter = doc! {};
         if let Some(kind) = &q.kind {
             filter.insert("kind", kind);
@@ -941,25 +922,18 @@ impl MessageStore for MongoStore {
             filter.insert("bsp", bsp.as_str());
         }
         let result = async {
-            let docs: Vec<Document> = self
-                .notifications
-                .find(filter)
-                .sort(doc! {"received_at": -1, "_id": -1})
-                .limit(q.limit as i64)
-                .await
-                .map_err(unavailable)?
-                .try_collect()
-                .await
-                .map_err(unavailable)?;
+            let docs: Vec<Document> = documents(
+                self.notifications
+                    .find(filter)
+                    .sort(doc! {"received_at": -1, "_id": -1})
+                    .limit(q.limit as i64),
+            )
+            .await?;
             Ok(docs
                 .iter()
                 .map(|d| Notification {
                     event_id: d.get_str("_id").unwrap_or_default().to_owned(),
-                    bsp: d
-                        .get_str("bsp")
-                        .ok()
-                        .and_then(Bsp::parse)
-                        .unwrap_or_default(),
+                    bsp: bsp_of(d),
                     kind: d.get_str("kind").unwrap_or_default().to_owned(),
                     received_at: date(d, "received_at").unwrap_or_else(Utc::now),
                     body: d
@@ -974,12 +948,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn prune(
-        &self,
-        kind: Kept,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn prune(&self, kind: Kept, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         let result = async {
             match kind {
                 Kept::Unrecognized => {
@@ -995,27 +964,20 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError> {
+    async fn list_unrecognized(&self, limit: usize) -> StoreResult<Vec<UnrecognizedEvent>> {
         let result = async {
-            let docs: Vec<Document> = self
-                .unrecognized
-                .find(doc! {})
-                .sort(doc! {"_id": -1})
-                .limit(limit as i64)
-                .await
-                .map_err(unavailable)?
-                .try_collect()
-                .await
-                .map_err(unavailable)?;
+            let docs: Vec<Document> = documents(
+                self.unrecognized
+                    .find(doc! {})
+                    .sort(doc! {"_id": -1})
+                    .limit(limit as i64),
+            )
+            .await?;
             Ok(docs
                 .iter()
                 .map(|d| UnrecognizedEvent {
                     event_id: d.get_str("event_id").unwrap_or_default().to_owned(),
-                    bsp: d
-                        .get_str("bsp")
-                        .ok()
-                        .and_then(Bsp::parse)
-                        .unwrap_or_default(),
+                    bsp: bsp_of(d),
                     received_at: date(d, "received_at").unwrap_or_else(Utc::now),
                     reason: d.get_str("reason").unwrap_or_default().to_owned(),
                     body: d.get_str("body").unwrap_or_default().to_owned(),
@@ -1026,7 +988,7 @@ impl MessageStore for MongoStore {
         self.note(result)
     }
 
-    async fn stats(&self, q: &StatsQuery) -> Result<MessageStats, StoreError> {
+    async fn stats(&self, q: &StatsQuery) -> StoreResult<MessageStats> {
         let mut filter = equal_filter([
             ("project_owner_id", q.project_owner_id.as_deref()),
             ("campaign_id", q.campaign_id.as_deref()),
@@ -1038,14 +1000,7 @@ impl MessageStore for MongoStore {
             doc! {"$group": {"_id": "$current_status", "count": {"$sum": 1}}},
         ];
         let result = async {
-            let rows: Vec<Document> = self
-                .messages
-                .aggregate(pipeline)
-                .await
-                .map_err(unavailable)?
-                .try_collect()
-                .await
-                .map_err(unavailable)?;
+            let rows: Vec<Document> = documents(self.messages.aggregate(pipeline)).await?;
             let mut by_status = BTreeMap::new();
             for row in rows {
                 let status = row.get_str("_id").unwrap_or("").to_owned();

@@ -8,17 +8,18 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use bson::{Bson, Document, doc};
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::{Collection, Database};
 
 pub use super::collections::LEGACY_SECRETS;
 use super::collections::{DELIVERY_LOGS, PROJECTS, WEBHOOKS};
 use super::prune::{prune_oldest, prune_oldest_where};
+use super::read::documents;
 use super::store::only_duplicate_keys;
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
 };
 use crate::store::StoreError;
+use crate::store::StoreResult;
 
 pub struct MongoWebhookStore {
     webhooks: Collection<Document>,
@@ -44,18 +45,12 @@ impl MongoWebhookStore {
 
 impl MongoWebhookStore {
     /// Delivery logs matching `filter`, newest first, at most `limit`.
-    async fn newest_logs(
-        &self,
-        filter: Document,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
-        let docs = collect(
+    async fn newest_logs(&self, filter: Document, limit: usize) -> StoreResult<Vec<DeliveryLog>> {
+        let docs = documents(
             self.logs
                 .find(filter)
                 .sort(doc! {"created_at": -1, "_id": 1})
-                .limit(limit as i64)
-                .await
-                .map_err(unavailable)?,
+                .limit(limit as i64),
         )
         .await?;
         Ok(docs.iter().map(log_from).collect())
@@ -201,13 +196,9 @@ fn log_from(d: &Document) -> DeliveryLog {
     }
 }
 
-async fn collect(cursor: mongodb::Cursor<Document>) -> Result<Vec<Document>, StoreError> {
-    cursor.try_collect().await.map_err(unavailable)
-}
-
 #[async_trait]
 impl WebhookStore for MongoWebhookStore {
-    async fn create_webhook(&self, w: &WebhookConfig) -> Result<(), StoreError> {
+    async fn create_webhook(&self, w: &WebhookConfig) -> StoreResult<()> {
         self.webhooks
             .insert_one(webhook_doc(w))
             .await
@@ -215,7 +206,7 @@ impl WebhookStore for MongoWebhookStore {
             .map_err(unavailable)
     }
 
-    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookConfig>> {
         let found = self
             .webhooks
             .find_one(doc! {"_id": id})
@@ -224,23 +215,16 @@ impl WebhookStore for MongoWebhookStore {
         Ok(found.as_ref().map(webhook_from))
     }
 
-    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError> {
+    async fn list_webhooks(&self, owner: Option<&str>) -> StoreResult<Vec<WebhookConfig>> {
         let filter = match owner {
             Some(o) => doc! {"project_owner_id": o},
             None => doc! {},
         };
-        let docs = collect(
-            self.webhooks
-                .find(filter)
-                .sort(doc! {"_id": 1})
-                .await
-                .map_err(unavailable)?,
-        )
-        .await?;
+        let docs = documents(self.webhooks.find(filter).sort(doc! {"_id": 1})).await?;
         Ok(docs.iter().map(webhook_from).collect())
     }
 
-    async fn update_webhook(&self, w: &WebhookConfig) -> Result<bool, StoreError> {
+    async fn update_webhook(&self, w: &WebhookConfig) -> StoreResult<bool> {
         // `$set` of our fields: fields other services keep (app_id,
         // partner_id…) survive.
         let mut set = webhook_doc(w);
@@ -263,7 +247,7 @@ impl WebhookStore for MongoWebhookStore {
         Ok(r.matched_count > 0)
     }
 
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
         let r = self
             .webhooks
             .delete_one(doc! {"_id": id})
@@ -273,11 +257,8 @@ impl WebhookStore for MongoWebhookStore {
     }
 
     async fn matching_webhooks(
-        &self,
-        owner: Option<&str>,
-        project_id: Option<&str>,
-        business_number: Option<&str>,
-    ) -> Result<Vec<WebhookConfig>, StoreError> {
+        &self, owner: Option<&str>, project_id: Option<&str>, business_number: Option<&str>,
+    ) -> StoreResult<Vec<WebhookConfig>> {
         let mut or = Vec::new();
         if let Some(o) = owner {
             or.push(doc! {"project_owner_id": o});
@@ -292,13 +273,7 @@ impl WebhookStore for MongoWebhookStore {
         if or.is_empty() {
             return Ok(Vec::new());
         }
-        let docs = collect(
-            self.webhooks
-                .find(doc! {"$or": or})
-                .await
-                .map_err(unavailable)?,
-        )
-        .await?;
+        let docs = documents(self.webhooks.find(doc! {"$or": or})).await?;
         Ok(docs
             .iter()
             .map(webhook_from)
@@ -306,7 +281,7 @@ impl WebhookStore for MongoWebhookStore {
             .collect())
     }
 
-    async fn project_of(&self, business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
+    async fn project_of(&self, business_number: &str) -> StoreResult<Option<ProjectRef>> {
         let n = normalize_number(business_number);
         let found = self
             .projects
@@ -324,11 +299,7 @@ impl WebhookStore for MongoWebhookStore {
         }))
     }
 
-    async fn prune_delivery_logs(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn prune_delivery_logs(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         // Secrets held for a dead-lettered delivery stay (see
         // `prune_held_legacy_secrets`).
         prune_oldest_where(
@@ -342,7 +313,7 @@ impl WebhookStore for MongoWebhookStore {
         prune_oldest(&self.logs, "created_at", before, limit).await
     }
 
-    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> StoreResult<()> {
         if logs.is_empty() {
             return Ok(());
         }
@@ -369,7 +340,7 @@ impl WebhookStore for MongoWebhookStore {
         }
     }
 
-    async fn record_attempt(&self, id: &str, a: &Attempt) -> Result<(), StoreError> {
+    async fn record_attempt(&self, id: &str, a: &Attempt) -> StoreResult<()> {
         let mut set = doc! {
             "status": status_name(a.status),
             "last_attempt_at": bson::DateTime::from_chrono(a.at),
@@ -415,7 +386,7 @@ impl WebhookStore for MongoWebhookStore {
             .map_err(unavailable)
     }
 
-    async fn delivery_status(&self, id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+    async fn delivery_status(&self, id: &str) -> StoreResult<Option<DeliveryStatus>> {
         let found = self
             .logs
             .find_one(doc! {"_id": log_id(id)})
@@ -430,7 +401,7 @@ impl WebhookStore for MongoWebhookStore {
         }))
     }
 
-    async fn keep_legacy_secret(&self, id: &str, secret: &str) -> Result<(), StoreError> {
+    async fn keep_legacy_secret(&self, id: &str, secret: &str) -> StoreResult<()> {
         self.legacy_secrets
             .update_one(
                 doc! {"_id": id},
@@ -442,7 +413,7 @@ impl WebhookStore for MongoWebhookStore {
             .map_err(unavailable)
     }
 
-    async fn legacy_secret(&self, id: &str) -> Result<Option<String>, StoreError> {
+    async fn legacy_secret(&self, id: &str) -> StoreResult<Option<String>> {
         let found = self
             .legacy_secrets
             .find_one(doc! {"_id": id})
@@ -452,10 +423,8 @@ impl WebhookStore for MongoWebhookStore {
     }
 
     async fn hold_legacy_secret(
-        &self,
-        id: &str,
-        dead_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+        &self, id: &str, dead_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
         let update = match dead_at {
             Some(t) => doc! {"$set": {"dead_at": bson::DateTime::from_chrono(t)}},
             None => doc! {"$unset": {"dead_at": ""}},
@@ -468,27 +437,21 @@ impl WebhookStore for MongoWebhookStore {
     }
 
     async fn prune_held_legacy_secrets(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+        &self, before: DateTime<Utc>, limit: usize,
+    ) -> StoreResult<u64> {
         prune_oldest(&self.legacy_secrets, "dead_at", before, limit).await
     }
 
     async fn list_deliveries(
-        &self,
-        webhook_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        &self, webhook_id: &str, limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>> {
         self.newest_logs(doc! {"webhook_id": webhook_id}, limit)
             .await
     }
 
     async fn deliveries_of_events(
-        &self,
-        event_ids: &[String],
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        &self, event_ids: &[String], limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>> {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -16,13 +16,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 use super::{
     FORWARDING_DLQ, FORWARDING_DLX, FORWARDING_EXCHANGE, FORWARDING_QUEUE, FORWARDING_ROUTING_KEY,
-    RabbitInbox, Stream, retry_queue, wire_tag,
+    RabbitInbox, Stream, remove, retry_queue, take_head, wire_tag,
 };
+use crate::forwarding::ForwardResult;
 use crate::forwarding::{
     DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag, ReplayFilter,
 };
@@ -94,7 +94,7 @@ fn dead_at(delivery: &lapin::message::Delivery) -> Option<DateTime<Utc>> {
     }
 }
 
-fn parse_tag(tag: &JobTag) -> Result<u64, ForwardQueueError> {
+fn parse_tag(tag: &JobTag) -> ForwardResult<u64> {
     tag.0
         .parse()
         .map_err(|_| ForwardQueueError::Unavailable(format!("not a broker tag: {}", tag.0)))
@@ -132,11 +132,7 @@ impl RabbitForwardQueue {
 impl ForwardQueue for RabbitForwardQueue {
     /// New jobs that wait in the retry queue for `delay` first (a URL whose
     /// circuit is open), dead-lettered back to the forwarding queue after.
-    async fn enqueue_after(
-        &self,
-        jobs: &[ForwardJob],
-        delay: Duration,
-    ) -> Result<(), ForwardQueueError> {
+    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> ForwardResult<()> {
         let queue = retry_queue(self.ladder_step(delay));
         let bodies: Vec<Vec<u8>> = jobs.iter().map(body).collect();
         let publishes = jobs
@@ -149,7 +145,7 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(())
     }
 
-    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), ForwardQueueError> {
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> ForwardResult<()> {
         // Confirms are pipelined: all publishes go out, then all are awaited.
         let bodies: Vec<Vec<u8>> = jobs.iter().map(body).collect();
         let publishes = jobs.iter().zip(&bodies).map(|(job, b)| {
@@ -167,10 +163,8 @@ impl ForwardQueue for RabbitForwardQueue {
     }
 
     async fn receive(
-        &self,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<(JobTag, ForwardJob)>, ForwardQueueError> {
+        &self, max: usize, wait: Duration,
+    ) -> ForwardResult<Vec<(JobTag, ForwardJob)>> {
         let (generation, deliveries) = self.broker.take(Stream::Forwarding, max, wait).await?;
         let mut out = Vec::with_capacity(deliveries.len());
         for d in deliveries {
@@ -187,16 +181,13 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(out)
     }
 
-    async fn complete(&self, tag: &JobTag) -> Result<(), ForwardQueueError> {
+    async fn complete(&self, tag: &JobTag) -> ForwardResult<()> {
         Ok(self.broker.ack_forwarding(parse_tag(tag)?).await?)
     }
 
     async fn reschedule(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        delay: Duration,
-    ) -> Result<(), ForwardQueueError> {
+        &self, tag: &JobTag, job: &ForwardJob, delay: Duration,
+    ) -> ForwardResult<()> {
         let ms = self.ladder_step(delay);
         let mut job = job.clone();
         job.timestamp = Utc::now().timestamp_millis();
@@ -206,12 +197,7 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(self.broker.ack_forwarding(parse_tag(tag)?).await?)
     }
 
-    async fn dead_letter(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        reason: &str,
-    ) -> Result<(), ForwardQueueError> {
+    async fn dead_letter(&self, tag: &JobTag, job: &ForwardJob, reason: &str) -> ForwardResult<()> {
         let extra = [
             (DEAD_REASON, AMQPValue::LongString(LongString::from(reason))),
             (
@@ -225,16 +211,13 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(self.broker.ack_forwarding(parse_tag(tag)?).await?)
     }
 
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError> {
+    async fn list_dead(&self, limit: usize) -> ForwardResult<Vec<DeadJob>> {
         // Peek: get without ack on a side channel; closing it puts them back.
         let ch = self.broker.side_channel().await?;
         let queue = self.broker.queue_name(FORWARDING_DLQ);
         let mut out = Vec::new();
         while out.len() < limit {
-            let got = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(|e| ForwardQueueError::Unavailable(e.to_string()))?;
+            let got = take_head(&ch, &queue).await?;
             let Some(m) = got else { break };
             let props = &m.delivery.properties;
             let Ok(job) = serde_json::from_slice::<ForwardJob>(&m.delivery.data) else {
@@ -252,16 +235,13 @@ impl ForwardQueue for RabbitForwardQueue {
         Ok(out)
     }
 
-    async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError> {
+    async fn replay_dead(&self, filter: &ReplayFilter) -> ForwardResult<usize> {
         let ch = self.broker.side_channel().await?;
         let queue = self.broker.queue_name(FORWARDING_DLQ);
         let waiting = self.broker.queue_depth(FORWARDING_DLQ).await?;
         let mut replayed = 0;
         for _ in 0..waiting {
-            let got = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(|e| ForwardQueueError::Unavailable(e.to_string()))?;
+            let got = take_head(&ch, &queue).await?;
             let Some(m) = got else { break };
             let Ok(mut job) = serde_json::from_slice::<ForwardJob>(&m.delivery.data) else {
                 continue; // left unacked: back in the DLQ when the channel closes
@@ -281,32 +261,25 @@ impl ForwardQueue for RabbitForwardQueue {
                     props(&job, &[]),
                 )
                 .await?;
-            m.delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(|e| ForwardQueueError::Unavailable(e.to_string()))?;
+            remove(&m.delivery).await?;
             replayed += 1;
         }
         let _ = ch.close(200, "replayed".into()).await;
         Ok(replayed)
     }
 
-    async fn prune_dead(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, ForwardQueueError> {
+    async fn prune_dead(&self, before: DateTime<Utc>, limit: usize) -> ForwardResult<u64> {
         Ok(self
             .broker
             .prune_head(FORWARDING_DLQ, before, limit, dead_at)
             .await?)
     }
 
-    async fn depth(&self) -> Result<u64, ForwardQueueError> {
+    async fn depth(&self) -> ForwardResult<u64> {
         Ok(self.broker.queue_depth(FORWARDING_QUEUE).await?)
     }
 
-    async fn dead_depth(&self) -> Result<u64, ForwardQueueError> {
+    async fn dead_depth(&self) -> ForwardResult<u64> {
         Ok(self.broker.queue_depth(FORWARDING_DLQ).await?)
     }
 

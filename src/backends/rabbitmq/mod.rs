@@ -26,21 +26,23 @@ use chrono::{DateTime, TimeZone, Utc};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::{Mutex, Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
 pub mod forward_queue;
+pub mod topology;
 
 pub use forward_queue::RabbitForwardQueue;
+pub use topology::{QueueType, declare_topology};
 
 use crate::forwarding::ForwardQueueError;
 use crate::health::BackendHealth;
 use crate::model::Bsp;
+use crate::queue::QueueResult;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 
 pub const INGEST_EXCHANGE: &str = "zen_ingest_exchange";
@@ -105,6 +107,8 @@ pub struct RabbitOptions {
     pub forward_consume: bool,
     /// Unacked forwarding jobs the broker may push to this replica.
     pub forward_prefetch: u16,
+    /// How the queues are declared (`RABBITMQ_QUEUE_TYPE`).
+    pub queue_type: QueueType,
     /// The providers, for their legacy queue bodies.
     pub providers: crate::providers::Providers,
 }
@@ -180,130 +184,44 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
 
-/// A fanout dead-letter exchange and its lazy queue (the legacy DLQ shape).
-async fn declare_dead_letters(ch: &Channel, dlx: &str, dlq: &str) -> Result<(), lapin::Error> {
-    ch.exchange_declare(
-        dlx.into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        dlq.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        table(&[("x-queue-mode", long("lazy"))]),
-    )
-    .await?;
-    ch.queue_bind(
-        dlq.into(),
-        dlx.into(),
-        "".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
+/// Takes the message at the head of `queue` without acking it (the
+/// channel's close puts back what is not acked); `None` when it is empty.
+pub(crate) async fn take_head(
+    ch: &Channel, queue: &str,
+) -> Result<Option<lapin::message::BasicGetMessage>, BrokerError> {
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .map_err(unavailable)
 }
 
-/// Declares everything, idempotently, with the legacy arguments.
-pub async fn declare_topology(ch: &Channel, opts: &RabbitOptions) -> Result<(), lapin::Error> {
-    let p = &opts.prefix;
-    let name = |n: &str| format!("{p}{n}");
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let durable_exchange = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    let lazy_priority = table(&[
-        ("x-queue-mode", long("lazy")),
-        ("x-max-priority", AMQPValue::LongInt(10)),
-    ]);
+/// Acks one message taken with [`take_head`]: it leaves its queue.
+pub(crate) async fn remove(delivery: &lapin::message::Delivery) -> Result<(), BrokerError> {
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map(drop)
+        .map_err(unavailable)
+}
 
-    // Ingest: one publish, two copies (BSP queue + processor inbox).
-    ch.exchange_declare(
-        name(INGEST_EXCHANGE).into(),
-        ExchangeKind::Direct,
-        durable_exchange,
-        FieldTable::default(),
-    )
-    .await?;
-    declare_dead_letters(ch, &name(INGEST_DLX), &name(INGEST_DLQ)).await?;
-    ch.queue_declare(
-        name(INGEST_QUEUE).into(),
-        durable_queue,
-        table(&[
-            ("x-queue-mode", long("lazy")),
-            ("x-max-priority", AMQPValue::LongInt(10)),
-            ("x-dead-letter-exchange", long(&name(INGEST_DLX))),
-        ]),
-    )
-    .await?;
-    for bsp in Bsp::ALL {
-        let queue = name(&bsp_queue(bsp));
-        ch.queue_declare(queue.as_str().into(), durable_queue, lazy_priority.clone())
-            .await?;
-        for target in [queue.clone(), name(INGEST_QUEUE)] {
-            ch.queue_bind(
-                target.into(),
-                name(INGEST_EXCHANGE).into(),
-                bsp.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        }
+/// A channel consuming `queue` (at most `prefetch` unacked), when `wanted`.
+async fn consumer_of(
+    connection: &Connection, wanted: bool, queue: &str, tag: &str, prefetch: u16,
+) -> Result<(Option<Channel>, Option<Mutex<Consumer>>), lapin::Error> {
+    if !wanted {
+        return Ok((None, None));
     }
-
-    // Forwarding: the legacy queue, exchange, DLX and DLQ.
-    ch.exchange_declare(
-        name(FORWARDING_EXCHANGE).into(),
-        ExchangeKind::Direct,
-        durable_exchange,
-        FieldTable::default(),
-    )
-    .await?;
-    declare_dead_letters(ch, &name(FORWARDING_DLX), &name(FORWARDING_DLQ)).await?;
-    ch.queue_declare(
-        name(FORWARDING_QUEUE).into(),
-        durable_queue,
-        table(&[
-            ("x-dead-letter-exchange", long(&name(FORWARDING_DLX))),
-            ("x-queue-mode", long("lazy")),
-            ("x-max-priority", AMQPValue::LongInt(10)),
-        ]),
-    )
-    .await?;
-    ch.queue_bind(
-        name(FORWARDING_QUEUE).into(),
-        name(FORWARDING_EXCHANGE).into(),
-        FORWARDING_ROUTING_KEY.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    for ms in retry_ladder(&opts.retry_delays_ms) {
-        ch.queue_declare(
-            name(&retry_queue(ms)).into(),
-            durable_queue,
-            table(&[
-                ("x-message-ttl", AMQPValue::LongInt(ms as i32)),
-                ("x-dead-letter-exchange", long(&name(FORWARDING_EXCHANGE))),
-                ("x-dead-letter-routing-key", long(FORWARDING_ROUTING_KEY)),
-                ("x-queue-mode", long("lazy")),
-            ]),
+    let ch = connection.create_channel().await?;
+    ch.basic_qos(prefetch.max(1), BasicQosOptions::default())
+        .await?;
+    let consumer = ch
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
         )
         .await?;
-    }
-    Ok(())
+    Ok((Some(ch), Some(Mutex::new(consumer))))
 }
 
 impl RabbitInbox {
@@ -396,41 +314,29 @@ impl RabbitInbox {
             ch.confirm_select(ConfirmSelectOptions::default()).await?;
             publishers.push(ch);
         }
-        let (consumer_channel, consumer) = if self.opts.consume {
-            let ch = connection.create_channel().await?;
-            ch.basic_qos(self.opts.prefetch.max(1), BasicQosOptions::default())
-                .await?;
-            let consumer = ch
-                .basic_consume(
-                    format!("{}{INGEST_QUEUE}", self.opts.prefix).into(),
-                    "zen-gateway-processor".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            (Some(ch), Some(Mutex::new(consumer)))
-        } else {
-            (None, None)
-        };
-        let (forward_channel, forward_consumer) = if self.opts.forward_consume {
-            let ch = connection.create_channel().await?;
-            ch.basic_qos(
-                self.opts.forward_prefetch.max(1),
-                BasicQosOptions::default(),
-            )
-            .await?;
-            let consumer = ch
-                .basic_consume(
-                    format!("{}{FORWARDING_QUEUE}", self.opts.prefix).into(),
-                    "webhook-forwarder".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            (Some(ch), Some(Mutex::new(consumer)))
-        } else {
-            (None, None)
-        };
+        // The processor's inbox and the forwarder's queue, each consumed
+        // only on a replica that runs the role.
+        let [inbox, forwarding] = [
+            (
+                self.opts.consume,
+                INGEST_QUEUE,
+                "zen-gateway-processor",
+                self.opts.prefetch,
+            ),
+            (
+                self.opts.forward_consume,
+                FORWARDING_QUEUE,
+                "webhook-forwarder",
+                self.opts.forward_prefetch,
+            ),
+        ];
+        let mut consumers = Vec::with_capacity(2);
+        for (wanted, queue, tag, prefetch) in [inbox, forwarding] {
+            let queue = format!("{}{queue}", self.opts.prefix);
+            consumers.push(consumer_of(&connection, wanted, &queue, tag, prefetch).await?);
+        }
+        let (forward_channel, forward_consumer) = consumers.pop().unwrap_or((None, None));
+        let (consumer_channel, consumer) = consumers.pop().unwrap_or((None, None));
         Ok(Live {
             generation: self.generation.fetch_add(1, Ordering::Relaxed) + 1,
             connection,
@@ -446,11 +352,7 @@ impl RabbitInbox {
 
     /// One persistent, mandatory publish, confirmed by the broker.
     async fn publish_confirmed(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: BasicProperties,
+        &self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties,
     ) -> Result<(), BrokerError> {
         let live = self.live().await?;
         let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
@@ -597,10 +499,7 @@ pub(crate) fn wire_tag(generation: u64, tag: u64) -> u64 {
 impl RabbitInbox {
     /// Up to `max` deliveries, waiting up to `wait` for the first.
     pub(crate) async fn take(
-        &self,
-        stream: Stream,
-        max: usize,
-        wait: Duration,
+        &self, stream: Stream, max: usize, wait: Duration,
     ) -> Result<(u64, Vec<lapin::message::Delivery>), BrokerError> {
         let live = match self.live().await {
             Ok(l) => l,
@@ -655,11 +554,7 @@ impl RabbitInbox {
     /// Acks a wire tag on `channel`; a tag of a dead connection is skipped
     /// (the broker redelivers that message).
     pub(crate) async fn ack_on(
-        &self,
-        live: &Live,
-        channel: &Channel,
-        tag: u64,
-        options: BasicAckOptions,
+        &self, live: &Live, channel: &Channel, tag: u64, options: BasicAckOptions,
     ) -> Result<(), BrokerError> {
         let Some(tag) = live.broker_tag(tag) else {
             return Ok(());
@@ -727,11 +622,7 @@ impl RabbitInbox {
 
     /// Publishes with confirm (see [`publish_confirmed`](Self::publish_confirmed)).
     pub(crate) async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        props: BasicProperties,
+        &self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties,
     ) -> Result<(), BrokerError> {
         self.publish_confirmed(&self.name(exchange), routing_key, body, props)
             .await
@@ -739,10 +630,7 @@ impl RabbitInbox {
 
     /// Publishes to the default exchange, straight to a (prefixed) queue.
     pub(crate) async fn publish_to_queue(
-        &self,
-        queue: &str,
-        body: &[u8],
-        props: BasicProperties,
+        &self, queue: &str, body: &[u8], props: BasicProperties,
     ) -> Result<(), BrokerError> {
         self.publish_confirmed("", &self.name(queue), body, props)
             .await
@@ -756,34 +644,24 @@ impl RabbitInbox {
         retry_ladder(&self.opts.retry_delays_ms)
     }
 
-    /// Messages ready in a (prefixed) queue.
     /// Removes from the head of `queue` (a dead-letter queue, in the order
     /// its messages died) up to `limit` whose time (`time_of`) is before
     /// `before`, stopping at the first that is not; the rest stay, in order.
     pub(crate) async fn prune_head(
-        &self,
-        queue: &str,
-        before: DateTime<Utc>,
-        limit: usize,
+        &self, queue: &str, before: DateTime<Utc>, limit: usize,
         time_of: impl Fn(&lapin::message::Delivery) -> Option<DateTime<Utc>>,
     ) -> Result<u64, BrokerError> {
         let ch = self.side_channel().await?;
         let name = self.name(queue);
         let mut pruned = 0;
         while (pruned as usize) < limit {
-            let got = ch
-                .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
+            let got = take_head(&ch, &name).await?;
             let Some(m) = got else { break };
             // Unknown or recent: it and the rest stay (the close requeues).
             if time_of(&m.delivery).is_none_or(|t| t >= before) {
                 break;
             }
-            m.delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(unavailable)?;
+            remove(&m.delivery).await?;
             pruned += 1;
         }
         let _ = ch.close(200, "pruned".into()).await;
@@ -918,7 +796,7 @@ pub fn legacy_body(providers: &crate::providers::Providers, entry: &InboxEntry) 
 
 #[async_trait]
 impl Inbox for RabbitInbox {
-    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
+    async fn append(&self, entry: InboxEntry) -> QueueResult<()> {
         let props = entry_headers(&entry, &[]).with_priority(entry.priority);
         Ok(self
             .publish(
@@ -930,7 +808,7 @@ impl Inbox for RabbitInbox {
             .await?)
     }
 
-    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
+    async fn receive(&self, max: usize, wait: Duration) -> QueueResult<Vec<InboxDelivery>> {
         let (generation, deliveries) = self.take(Stream::Inbox, max, wait).await?;
         let mut out = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -950,7 +828,7 @@ impl Inbox for RabbitInbox {
         Ok(out)
     }
 
-    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+    async fn ack(&self, tags: &[DeliveryTag]) -> QueueResult<()> {
         let live = self.live().await?;
         let Some(channel) = &live.consumer_channel else {
             return Ok(());
@@ -990,16 +868,13 @@ impl Inbox for RabbitInbox {
         }
     }
 
-    async fn depth(&self) -> Result<u64, QueueError> {
+    async fn depth(&self) -> QueueResult<u64> {
         Ok(bounded(self.queue_depth_now(INGEST_QUEUE)).await?)
     }
 
     async fn quarantine(
-        &self,
-        delivery: &InboxDelivery,
-        error: &str,
-        attempts: u32,
-    ) -> Result<(), QueueError> {
+        &self, delivery: &InboxDelivery, error: &str, attempts: u32,
+    ) -> QueueResult<()> {
         let e = &delivery.entry;
         let props = entry_headers(
             e,
@@ -1026,19 +901,14 @@ impl Inbox for RabbitInbox {
     }
 
     async fn list_quarantined(
-        &self,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Vec<QuarantinedEntry>, QueueError> {
+        &self, limit: usize, after: Option<&str>,
+    ) -> QueueResult<Vec<QuarantinedEntry>> {
         let ch = self.side_channel().await?;
         let queue = self.name(INGEST_DLQ);
         let waiting = self.queue_depth(INGEST_DLQ).await?.min(QUARANTINE_SCAN);
         let mut all = Vec::new();
         for _ in 0..waiting {
-            let got = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
+            let got = take_head(&ch, &queue).await?;
             let Some(m) = got else { break };
             all.push(quarantined_from(&m.delivery));
         }
@@ -1055,16 +925,13 @@ impl Inbox for RabbitInbox {
         Ok(all.into_iter().skip(start).take(limit).collect())
     }
 
-    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> QueueResult<u64> {
         let ch = self.side_channel().await?;
         let queue = self.name(INGEST_DLQ);
         let waiting = self.queue_depth(INGEST_DLQ).await?.min(QUARANTINE_SCAN);
         let mut replayed = 0;
         for _ in 0..waiting {
-            let got = ch
-                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-                .await
-                .map_err(unavailable)?;
+            let got = take_head(&ch, &queue).await?;
             let Some(m) = got else { break };
             let Ok(entry) = Self::entry_from(&m.delivery) else {
                 continue; // not ours: left for the channel close to requeue
@@ -1077,10 +944,7 @@ impl Inbox for RabbitInbox {
             // its copy when the webhook arrived.
             self.publish_to_queue(INGEST_QUEUE, &m.delivery.data, props)
                 .await?;
-            m.delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(unavailable)?;
+            remove(&m.delivery).await?;
             replayed += 1;
         }
         let _ = ch.close(200, "replayed".into()).await;
@@ -1089,11 +953,7 @@ impl Inbox for RabbitInbox {
 
     /// The DLQ is in the order entries were set aside: the oldest are taken
     /// from its head until one is recent enough; that one and the rest stay.
-    async fn prune_quarantined(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, QueueError> {
+    async fn prune_quarantined(&self, before: DateTime<Utc>, limit: usize) -> QueueResult<u64> {
         Ok(self
             .prune_head(INGEST_DLQ, before, limit, |d| {
                 Some(quarantined_from(d).quarantined_at)
@@ -1101,7 +961,7 @@ impl Inbox for RabbitInbox {
             .await?)
     }
 
-    async fn quarantine_depth(&self) -> Result<u64, QueueError> {
+    async fn quarantine_depth(&self) -> QueueResult<u64> {
         Ok(self.queue_depth(INGEST_DLQ).await?)
     }
 

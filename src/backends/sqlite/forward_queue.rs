@@ -12,9 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{SqliteDb, from_json, json_err};
-use crate::forwarding::{
-    DeadJob, ForwardJob, ForwardQueue, ForwardQueueError, JobTag, ReplayFilter,
-};
+use crate::forwarding::ForwardResult;
+use crate::forwarding::{DeadJob, ForwardJob, ForwardQueue, JobTag, ReplayFilter};
 use crate::health::BackendHealth;
 
 /// How long a received job is reserved for its delivery.
@@ -38,7 +37,7 @@ impl SqliteForwardQueue {
     /// database has one gateway process), so the jobs it was delivering are
     /// due now rather than when their lease would have run out. Returns how
     /// many jobs were freed.
-    pub async fn release_stale_leases(&self) -> Result<usize, ForwardQueueError> {
+    pub async fn release_stale_leases(&self) -> ForwardResult<usize> {
         let freed = self
             .db
             .write_background(|c| {
@@ -113,15 +112,11 @@ fn priority(job: &ForwardJob) -> i64 {
 
 #[async_trait]
 impl ForwardQueue for SqliteForwardQueue {
-    async fn enqueue(&self, jobs: &[ForwardJob]) -> Result<(), ForwardQueueError> {
+    async fn enqueue(&self, jobs: &[ForwardJob]) -> ForwardResult<()> {
         self.enqueue_after(jobs, Duration::ZERO).await
     }
 
-    async fn enqueue_after(
-        &self,
-        jobs: &[ForwardJob],
-        delay: Duration,
-    ) -> Result<(), ForwardQueueError> {
+    async fn enqueue_after(&self, jobs: &[ForwardJob], delay: Duration) -> ForwardResult<()> {
         let jobs = jobs.to_vec();
         let delay_ms = delay.as_millis() as i64;
         self.db
@@ -138,10 +133,8 @@ impl ForwardQueue for SqliteForwardQueue {
     }
 
     async fn receive(
-        &self,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<(JobTag, ForwardJob)>, ForwardQueueError> {
+        &self, max: usize, wait: Duration,
+    ) -> ForwardResult<Vec<(JobTag, ForwardJob)>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let limit = max.max(1) as i64;
@@ -188,7 +181,7 @@ impl ForwardQueue for SqliteForwardQueue {
         }
     }
 
-    async fn complete(&self, tag: &JobTag) -> Result<(), ForwardQueueError> {
+    async fn complete(&self, tag: &JobTag) -> ForwardResult<()> {
         let id = tag.0.clone();
         self.db
             .write_background(move |c| delete_job(c, &id))
@@ -197,11 +190,8 @@ impl ForwardQueue for SqliteForwardQueue {
     }
 
     async fn reschedule(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        delay: Duration,
-    ) -> Result<(), ForwardQueueError> {
+        &self, tag: &JobTag, job: &ForwardJob, delay: Duration,
+    ) -> ForwardResult<()> {
         let (id, job) = (tag.0.clone(), job.clone());
         self.db
             .write_background(move |c| {
@@ -226,7 +216,7 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(())
     }
 
-    async fn park_url(&self, url: &str, delay: Duration) -> Result<u64, ForwardQueueError> {
+    async fn park_url(&self, url: &str, delay: Duration) -> ForwardResult<u64> {
         // In chunks, each its own write: a dead URL's backlog (tens of
         // thousands of rows) in one statement holds the writer, and every
         // ingest ack and delivery behind it, for tens of ms.
@@ -262,12 +252,7 @@ impl ForwardQueue for SqliteForwardQueue {
         }
     }
 
-    async fn dead_letter(
-        &self,
-        tag: &JobTag,
-        job: &ForwardJob,
-        reason: &str,
-    ) -> Result<(), ForwardQueueError> {
+    async fn dead_letter(&self, tag: &JobTag, job: &ForwardJob, reason: &str) -> ForwardResult<()> {
         let (id, job, reason) = (tag.0.clone(), job.clone(), reason.to_owned());
         self.db
             .write_background(move |c| {
@@ -282,7 +267,7 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(())
     }
 
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadJob>, ForwardQueueError> {
+    async fn list_dead(&self, limit: usize) -> ForwardResult<Vec<DeadJob>> {
         Ok(self
             .db
             .read(move |c| {
@@ -302,7 +287,7 @@ impl ForwardQueue for SqliteForwardQueue {
             .await?)
     }
 
-    async fn replay_dead(&self, filter: &ReplayFilter) -> Result<usize, ForwardQueueError> {
+    async fn replay_dead(&self, filter: &ReplayFilter) -> ForwardResult<usize> {
         // In batches, each its own short transaction, so that a replay of a
         // large DLQ neither holds the writer nor reads the DLQ into memory.
         let mut total = 0;
@@ -369,19 +354,15 @@ impl ForwardQueue for SqliteForwardQueue {
         Ok(total)
     }
 
-    async fn depth(&self) -> Result<u64, ForwardQueueError> {
+    async fn depth(&self) -> ForwardResult<u64> {
         Ok(self.db.count_rows("forward_jobs").await?)
     }
 
-    async fn dead_depth(&self) -> Result<u64, ForwardQueueError> {
+    async fn dead_depth(&self) -> ForwardResult<u64> {
         Ok(self.db.count_rows("forward_dlq").await?)
     }
 
-    async fn prune_dead(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, ForwardQueueError> {
+    async fn prune_dead(&self, before: DateTime<Utc>, limit: usize) -> ForwardResult<u64> {
         Ok(self
             .db
             .prune_rows(
@@ -406,10 +387,7 @@ const REPLAY_BATCH: usize = 500;
 /// same id still queued. Returns how many, and the last rowid read (`None`
 /// when the query read nothing: the scan is done).
 fn replay_rows(
-    c: &Connection,
-    sql: &str,
-    args: Vec<rusqlite::types::Value>,
-    filter: &ReplayFilter,
+    c: &Connection, sql: &str, args: Vec<rusqlite::types::Value>, filter: &ReplayFilter,
 ) -> rusqlite::Result<(usize, Option<i64>)> {
     let rows: Vec<(i64, String, String, i64)> = {
         let mut stmt = c.prepare(sql)?;

@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, Notify};
 use super::SqliteDb;
 use crate::health::BackendHealth;
 use crate::model::Bsp;
+use crate::queue::QueueResult;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
 
 /// The inbox on the embedded database.
@@ -75,7 +76,7 @@ fn bsp_from_sql(s: String) -> rusqlite::Result<Bsp> {
 
 #[async_trait]
 impl Inbox for SqliteInbox {
-    async fn append(&self, entry: InboxEntry) -> Result<(), QueueError> {
+    async fn append(&self, entry: InboxEntry) -> QueueResult<()> {
         let size = entry.body.len();
         let before = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
         let _reserved = Reserved(self.queued_bytes.clone(), size);
@@ -102,7 +103,7 @@ impl Inbox for SqliteInbox {
         Ok(())
     }
 
-    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<InboxDelivery>, QueueError> {
+    async fn receive(&self, max: usize, wait: Duration) -> QueueResult<Vec<InboxDelivery>> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             {
@@ -154,7 +155,7 @@ impl Inbox for SqliteInbox {
         }
     }
 
-    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), QueueError> {
+    async fn ack(&self, tags: &[DeliveryTag]) -> QueueResult<()> {
         if tags.is_empty() {
             return Ok(());
         }
@@ -171,16 +172,13 @@ impl Inbox for SqliteInbox {
         Ok(())
     }
 
-    async fn depth(&self) -> Result<u64, QueueError> {
+    async fn depth(&self) -> QueueResult<u64> {
         Ok(self.db.count_rows("inbox").await?)
     }
 
     async fn quarantine(
-        &self,
-        delivery: &InboxDelivery,
-        error: &str,
-        attempts: u32,
-    ) -> Result<(), QueueError> {
+        &self, delivery: &InboxDelivery, error: &str, attempts: u32,
+    ) -> QueueResult<()> {
         let seq = delivery.tag.0 as i64;
         let e = &delivery.entry;
         let (event_id, bsp, received_ms) = (
@@ -221,10 +219,8 @@ impl Inbox for SqliteInbox {
     }
 
     async fn list_quarantined(
-        &self,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Vec<QuarantinedEntry>, QueueError> {
+        &self, limit: usize, after: Option<&str>,
+    ) -> QueueResult<Vec<QuarantinedEntry>> {
         let after = after.map(str::to_owned);
         Ok(self
             .db
@@ -253,7 +249,7 @@ impl Inbox for SqliteInbox {
             .await?)
     }
 
-    async fn replay_quarantined(&self, ids: Option<&[String]>) -> Result<u64, QueueError> {
+    async fn replay_quarantined(&self, ids: Option<&[String]>) -> QueueResult<u64> {
         let ids: Option<Vec<String>> = ids.map(<[String]>::to_vec);
         let moved = self
             .db
@@ -283,15 +279,11 @@ impl Inbox for SqliteInbox {
         Ok(moved)
     }
 
-    async fn quarantine_depth(&self) -> Result<u64, QueueError> {
+    async fn quarantine_depth(&self) -> QueueResult<u64> {
         Ok(self.db.count_rows("quarantine").await?)
     }
 
-    async fn prune_quarantined(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, QueueError> {
+    async fn prune_quarantined(&self, before: DateTime<Utc>, limit: usize) -> QueueResult<u64> {
         Ok(self
             .db
             .prune_rows(

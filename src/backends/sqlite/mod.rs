@@ -198,8 +198,7 @@ where
 }
 
 fn in_savepoint<R>(
-    conn: &Connection,
-    work: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    conn: &Connection, work: impl FnOnce(&Connection) -> rusqlite::Result<R>,
 ) -> rusqlite::Result<R> {
     conn.execute_batch("SAVEPOINT job")?;
     match work(conn) {
@@ -440,11 +439,7 @@ impl SqliteDb {
     /// the freed pages back to the file system; returns how many went. The
     /// one delete every retention kind of the embedded file uses.
     pub async fn prune_rows(
-        &self,
-        table: &'static str,
-        column: &'static str,
-        before_ms: i64,
-        limit: usize,
+        &self, table: &'static str, column: &'static str, before_ms: i64, limit: usize,
     ) -> Result<u64, DbError> {
         self.write_background(move |c| {
             let n = c.execute(
@@ -692,12 +687,8 @@ impl Queued {
 /// commit: it waits for at most the write in progress. Returns whether the
 /// transaction holds acked writes (then it needs the WAL synced).
 fn run_transaction(
-    conn: &Connection,
-    queued: &mut Queued,
-    receiver: &mut mpsc::Receiver<WriterMsg>,
-    batch: &mut Vec<Box<dyn WriteJob>>,
-    lane: Lane,
-    max_batch: usize,
+    conn: &Connection, queued: &mut Queued, receiver: &mut mpsc::Receiver<WriterMsg>,
+    batch: &mut Vec<Box<dyn WriteJob>>, lane: Lane, max_batch: usize,
 ) -> Result<bool, String> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         // Nothing can commit: fail everything taken so far.

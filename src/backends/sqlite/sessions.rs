@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::SqliteDb;
 use crate::sessions::SessionStore;
-use crate::store::StoreError;
+use crate::store::StoreResult;
 
 #[derive(Clone)]
 pub struct SqliteSessionStore {
@@ -21,11 +21,7 @@ impl SqliteSessionStore {
 
 #[async_trait]
 impl SessionStore for SqliteSessionStore {
-    async fn start_session(
-        &self,
-        id_hash: &str,
-        expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    async fn start_session(&self, id_hash: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         let (id, expires) = (id_hash.to_owned(), expires_at.timestamp_millis());
         // An acked write: the operator is told they are signed in.
         self.db
@@ -40,7 +36,7 @@ impl SessionStore for SqliteSessionStore {
         Ok(())
     }
 
-    async fn session_live(&self, id_hash: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    async fn session_live(&self, id_hash: &str, now: DateTime<Utc>) -> StoreResult<bool> {
         let (id, now) = (id_hash.to_owned(), now.timestamp_millis());
         Ok(self
             .db
@@ -53,7 +49,7 @@ impl SessionStore for SqliteSessionStore {
             .await?)
     }
 
-    async fn end_session(&self, id_hash: &str) -> Result<(), StoreError> {
+    async fn end_session(&self, id_hash: &str) -> StoreResult<()> {
         let id = id_hash.to_owned();
         self.db
             .write(move |c| {
@@ -64,7 +60,7 @@ impl SessionStore for SqliteSessionStore {
         Ok(())
     }
 
-    async fn prune_sessions(&self, before: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+    async fn prune_sessions(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         Ok(self
             .db
             .prune_rows(

@@ -15,10 +15,11 @@ use super::SqliteDb;
 use crate::model::{
     Bsp, MessageRecord, Notification, OutboundRegistration, UnifiedEvent, UnrecognizedEvent,
 };
+use crate::store::StoreResult;
 use crate::store::working_set::{Candidates, WorkingSet};
 use crate::store::{
     Applied, BackendHealth, Kept, MessagePage, MessageQuery, MessageStats, MessageStore,
-    NotificationQuery, StatsQuery, StoreError,
+    NotificationQuery, StatsQuery,
 };
 
 /// The message store on the embedded database.
@@ -46,16 +47,34 @@ impl SqliteStore {
         self
     }
 
-    async fn write_applied<R, F>(&self, work: F) -> Result<R, super::DbError>
+    async fn write_applied<R, F>(&self, work: F) -> StoreResult<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
-        if self.synced {
-            self.db.write(work).await
+        Ok(if self.synced {
+            self.db.write(work).await?
         } else {
-            self.db.write_background(work).await
-        }
+            self.db.write_background(work).await?
+        })
+    }
+
+    /// An acked write (an API call someone is told is stored).
+    async fn write<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        Ok(self.db.write(work).await?)
+    }
+
+    /// A read on one of the readers.
+    async fn read<R, F>(&self, work: F) -> StoreResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        Ok(self.db.read(work).await?)
     }
 }
 
@@ -70,9 +89,7 @@ fn decode(doc: String) -> rusqlite::Result<MessageRecord> {
 /// Appends ` AND <column> = ?` for each given filter (columns are ours,
 /// values are bound).
 fn and_equal<const N: usize>(
-    sql: &mut String,
-    args: &mut Vec<rusqlite::types::Value>,
-    filters: [(&str, Option<String>); N],
+    sql: &mut String, args: &mut Vec<rusqlite::types::Value>, filters: [(&str, Option<String>); N],
 ) {
     for (column, value) in filters {
         if let Some(v) = value {
@@ -84,9 +101,7 @@ fn and_equal<const N: usize>(
 
 /// `created_at` in [`from`, `to`), each bound optional.
 fn and_created_between(
-    sql: &mut String,
-    args: &mut Vec<rusqlite::types::Value>,
-    from: Option<DateTime<Utc>>,
+    sql: &mut String, args: &mut Vec<rusqlite::types::Value>, from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 ) {
     if let Some(from) = from {
@@ -100,9 +115,7 @@ fn and_created_between(
 }
 
 fn find_by(
-    conn: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
+    conn: &Connection, sql: &str, p: impl rusqlite::Params,
 ) -> rusqlite::Result<Option<Row>> {
     let found: Option<(i64, String)> = conn
         .prepare_cached(sql)?
@@ -143,108 +156,82 @@ fn save_changed(conn: &Connection, set: &WorkingSet<i64>) -> rusqlite::Result<()
     Ok(())
 }
 
+/// Writes one record: a new row when it has no `pk` yet (SQLite gives it
+/// one), else the row's changing columns; one statement either way.
 fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Result<()> {
     let doc = serde_json::to_string(rec)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    match pk {
-        Some(pk) => {
-            conn.prepare_cached(
-                "UPDATE messages SET wamid = ?2, bsp_message_id = ?3, phone_number = ?4,
-                 business_number = ?5, campaign_id = ?6, project_id = ?7, project_owner_id = ?8,
-                 current_status = ?9, updated_at_ms = ?10, doc = ?11 WHERE pk = ?1",
-            )?
-            .execute(params![
-                pk,
-                rec.wamid,
-                rec.bsp_message_id,
-                rec.phone_number,
-                rec.business_number,
-                rec.campaign_id,
-                rec.project_id,
-                rec.project_owner_id,
-                rec.current_status,
-                rec.updated_at.timestamp_millis(),
-                doc
-            ])?;
-        }
-        None => {
-            conn.prepare_cached(
-                "INSERT INTO messages (message_id, wamid, bsp, bsp_message_id, phone_number,
-                 business_number, campaign_id, project_id, project_owner_id, current_status,
-                 created_at_ms, updated_at_ms, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?
-            .execute(params![
-                rec.message_id,
-                rec.wamid,
-                rec.bsp,
-                rec.bsp_message_id,
-                rec.phone_number,
-                rec.business_number,
-                rec.campaign_id,
-                rec.project_id,
-                rec.project_owner_id,
-                rec.current_status,
-                rec.created_at.timestamp_millis(),
-                rec.updated_at.timestamp_millis(),
-                doc
-            ])?;
-        }
-    }
+    conn.prepare_cached(
+        "INSERT INTO messages (pk, message_id, wamid, bsp, bsp_message_id, phone_number,
+         business_number, campaign_id, project_id, project_owner_id, current_status,
+         created_at_ms, updated_at_ms, doc)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         ON CONFLICT (pk) DO UPDATE SET wamid = ?3, bsp_message_id = ?5, phone_number = ?6,
+         business_number = ?7, campaign_id = ?8, project_id = ?9, project_owner_id = ?10,
+         current_status = ?11, updated_at_ms = ?13, doc = ?14",
+    )?
+    .execute(params![
+        pk,
+        rec.message_id,
+        rec.wamid,
+        rec.bsp,
+        rec.bsp_message_id,
+        rec.phone_number,
+        rec.business_number,
+        rec.campaign_id,
+        rec.project_id,
+        rec.project_owner_id,
+        rec.current_status,
+        rec.created_at.timestamp_millis(),
+        rec.updated_at.timestamp_millis(),
+        doc
+    ])?;
     Ok(())
 }
 
 #[async_trait]
 impl MessageStore for SqliteStore {
-    async fn apply(&self, events: &[UnifiedEvent]) -> Result<Vec<Option<Applied>>, StoreError> {
+    async fn apply(&self, events: &[UnifiedEvent]) -> StoreResult<Vec<Option<Applied>>> {
         let events = events.to_vec();
-        Ok(self
-            .write_applied(move |conn| {
-                let mut set = load(conn, &Candidates::of_events(&events))?;
-                let applied = set.apply(&events, Utc::now());
-                save_changed(conn, &set)?;
-                Ok(applied)
-            })
-            .await?)
+        self.write_applied(move |conn| {
+            let mut set = load(conn, &Candidates::of_events(&events))?;
+            let applied = set.apply(&events, Utc::now());
+            save_changed(conn, &set)?;
+            Ok(applied)
+        })
+        .await
     }
 
-    async fn register(
-        &self,
-        reg: &OutboundRegistration,
-    ) -> Result<(MessageRecord, bool), StoreError> {
+    async fn register(&self, reg: &OutboundRegistration) -> StoreResult<(MessageRecord, bool)> {
         let candidates = Candidates::of_registration(reg)?;
         let reg = reg.clone();
-        Ok(self
-            .db
-            .write(move |conn| {
-                let mut set = load(conn, &candidates)?;
-                let registered = set.register(&reg, Utc::now());
-                save_changed(conn, &set)?;
-                Ok(registered)
-            })
-            .await?)
+        self.write(move |conn| {
+            let mut set = load(conn, &candidates)?;
+            let registered = set.register(&reg, Utc::now());
+            save_changed(conn, &set)?;
+            Ok(registered)
+        })
+        .await
     }
 
-    async fn find_message(&self, id: &str) -> Result<Option<MessageRecord>, StoreError> {
+    async fn find_message(&self, id: &str) -> StoreResult<Option<MessageRecord>> {
         let id = id.to_owned();
-        Ok(self
-            .db
-            .read(move |conn| {
-                for sql in [
-                    "SELECT pk, doc FROM messages WHERE wamid = ?1",
-                    "SELECT pk, doc FROM messages WHERE message_id = ?1",
-                    "SELECT pk, doc FROM messages WHERE bsp_message_id = ?1 ORDER BY pk LIMIT 1",
-                ] {
-                    if let Some((_, rec)) = find_by(conn, sql, [&id])? {
-                        return Ok(Some(rec));
-                    }
+        self.read(move |conn| {
+            for sql in [
+                "SELECT pk, doc FROM messages WHERE wamid = ?1",
+                "SELECT pk, doc FROM messages WHERE message_id = ?1",
+                "SELECT pk, doc FROM messages WHERE bsp_message_id = ?1 ORDER BY pk LIMIT 1",
+            ] {
+                if let Some((_, rec)) = find_by(conn, sql, [&id])? {
+                    return Ok(Some(rec));
                 }
-                Ok(None)
-            })
-            .await?)
+            }
+            Ok(None)
+        })
+        .await
     }
 
-    async fn list_messages(&self, q: &MessageQuery) -> Result<MessagePage, StoreError> {
+    async fn list_messages(&self, q: &MessageQuery) -> StoreResult<MessagePage> {
         let q = q.clone();
         let limit = q.limit;
         let items = self
@@ -282,119 +269,105 @@ impl MessageStore for SqliteStore {
         Ok(MessagePage::from_probe(items, limit))
     }
 
-    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> Result<(), StoreError> {
+    async fn record_unrecognized(&self, events: &[UnrecognizedEvent]) -> StoreResult<()> {
         if events.is_empty() {
             return Ok(());
         }
         let events = events.to_vec();
-        Ok(self
-            .write_applied(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "INSERT INTO unrecognized (event_id, bsp, received_at_ms, reason, body)
+        self.write_applied(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "INSERT INTO unrecognized (event_id, bsp, received_at_ms, reason, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for u in &events {
-                    stmt.execute(params![
-                        u.event_id,
-                        u.bsp.as_str(),
-                        u.received_at.timestamp_millis(),
-                        u.reason,
-                        u.body
-                    ])?;
-                }
-                Ok(())
-            })
-            .await?)
+            )?;
+            for u in &events {
+                stmt.execute(params![
+                    u.event_id,
+                    u.bsp.as_str(),
+                    u.received_at.timestamp_millis(),
+                    u.reason,
+                    u.body
+                ])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    async fn list_unrecognized(&self, limit: usize) -> Result<Vec<UnrecognizedEvent>, StoreError> {
-        Ok(self
-            .db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT event_id, bsp, received_at_ms, reason, body FROM unrecognized
+    async fn list_unrecognized(&self, limit: usize) -> StoreResult<Vec<UnrecognizedEvent>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT event_id, bsp, received_at_ms, reason, body FROM unrecognized
                      ORDER BY id DESC LIMIT ?1",
-                )?;
-                let rows = stmt.query_map([limit as i64], |r| {
-                    let bsp: String = r.get(1)?;
-                    let ms: i64 = r.get(2)?;
-                    Ok(UnrecognizedEvent {
-                        event_id: r.get(0)?,
-                        bsp: Bsp::parse(&bsp).unwrap_or_default(),
-                        received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
-                        reason: r.get(3)?,
-                        body: r.get(4)?,
-                    })
-                })?;
-                rows.collect()
-            })
-            .await?)
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                let bsp: String = r.get(1)?;
+                let ms: i64 = r.get(2)?;
+                Ok(UnrecognizedEvent {
+                    event_id: r.get(0)?,
+                    bsp: Bsp::parse(&bsp).unwrap_or_default(),
+                    received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
+                    reason: r.get(3)?,
+                    body: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
     }
 
-    async fn record_notifications(&self, notifications: &[Notification]) -> Result<(), StoreError> {
+    async fn record_notifications(&self, notifications: &[Notification]) -> StoreResult<()> {
         if notifications.is_empty() {
             return Ok(());
         }
         let notifications = notifications.to_vec();
-        Ok(self
-            .write_applied(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "INSERT OR IGNORE INTO notifications (event_id, bsp, kind, received_at_ms, body)
+        self.write_applied(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "INSERT OR IGNORE INTO notifications (event_id, bsp, kind, received_at_ms, body)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for n in &notifications {
-                    stmt.execute(params![
-                        n.event_id,
-                        n.bsp.as_str(),
-                        n.kind,
-                        n.received_at.timestamp_millis(),
-                        n.body.to_string()
-                    ])?;
-                }
-                Ok(())
-            })
-            .await?)
+            )?;
+            for n in &notifications {
+                stmt.execute(params![
+                    n.event_id,
+                    n.bsp.as_str(),
+                    n.kind,
+                    n.received_at.timestamp_millis(),
+                    n.body.to_string()
+                ])?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    async fn list_notifications(
-        &self,
-        q: &NotificationQuery,
-    ) -> Result<Vec<Notification>, StoreError> {
+    async fn list_notifications(&self, q: &NotificationQuery) -> StoreResult<Vec<Notification>> {
         let q = q.clone();
-        Ok(self
-            .db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT event_id, bsp, kind, received_at_ms, body FROM notifications
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT event_id, bsp, kind, received_at_ms, body FROM notifications
                      WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR bsp = ?2)
                      ORDER BY id DESC LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(
-                    params![q.kind, q.bsp.map(Bsp::as_str), q.limit as i64],
-                    |r| {
-                        let bsp: String = r.get(1)?;
-                        let ms: i64 = r.get(3)?;
-                        let body: String = r.get(4)?;
-                        Ok(Notification {
-                            event_id: r.get(0)?,
-                            bsp: Bsp::parse(&bsp).unwrap_or_default(),
-                            kind: r.get(2)?,
-                            received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
-                            body: serde_json::from_str(&body).unwrap_or_default(),
-                        })
-                    },
-                )?;
-                rows.collect()
-            })
-            .await?)
+            )?;
+            let rows = stmt.query_map(
+                params![q.kind, q.bsp.map(Bsp::as_str), q.limit as i64],
+                |r| {
+                    let bsp: String = r.get(1)?;
+                    let ms: i64 = r.get(3)?;
+                    let body: String = r.get(4)?;
+                    Ok(Notification {
+                        event_id: r.get(0)?,
+                        bsp: Bsp::parse(&bsp).unwrap_or_default(),
+                        kind: r.get(2)?,
+                        received_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
+                        body: serde_json::from_str(&body).unwrap_or_default(),
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
     }
 
-    async fn prune(
-        &self,
-        kind: Kept,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn prune(&self, kind: Kept, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         let (table, column) = match kind {
             Kept::Messages => ("messages", "updated_at_ms"),
             Kept::Unrecognized => ("unrecognized", "received_at_ms"),
@@ -406,7 +379,7 @@ impl MessageStore for SqliteStore {
             .await?)
     }
 
-    async fn stats(&self, q: &StatsQuery) -> Result<MessageStats, StoreError> {
+    async fn stats(&self, q: &StatsQuery) -> StoreResult<MessageStats> {
         let q = q.clone();
         let counts = self
             .db

@@ -10,7 +10,7 @@ use super::{SqliteDb, from_json, json_err};
 use crate::forwarding::{
     Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, apply_attempt,
 };
-use crate::store::StoreError;
+use crate::store::StoreResult;
 
 #[derive(Clone)]
 pub struct SqliteWebhookStore {
@@ -35,13 +35,13 @@ fn upsert_webhook(conn: &rusqlite::Connection, w: &WebhookConfig) -> rusqlite::R
 
 #[async_trait]
 impl WebhookStore for SqliteWebhookStore {
-    async fn create_webhook(&self, w: &WebhookConfig) -> Result<(), StoreError> {
+    async fn create_webhook(&self, w: &WebhookConfig) -> StoreResult<()> {
         let w = w.clone();
         self.db.write(move |c| upsert_webhook(c, &w)).await?;
         Ok(())
     }
 
-    async fn get_webhook(&self, id: &str) -> Result<Option<WebhookConfig>, StoreError> {
+    async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookConfig>> {
         let id = id.to_owned();
         Ok(self
             .db
@@ -55,7 +55,7 @@ impl WebhookStore for SqliteWebhookStore {
             .await?)
     }
 
-    async fn list_webhooks(&self, owner: Option<&str>) -> Result<Vec<WebhookConfig>, StoreError> {
+    async fn list_webhooks(&self, owner: Option<&str>) -> StoreResult<Vec<WebhookConfig>> {
         let owner = owner.map(str::to_owned);
         Ok(self
             .db
@@ -69,7 +69,7 @@ impl WebhookStore for SqliteWebhookStore {
             .await?)
     }
 
-    async fn update_webhook(&self, w: &WebhookConfig) -> Result<bool, StoreError> {
+    async fn update_webhook(&self, w: &WebhookConfig) -> StoreResult<bool> {
         let w = w.clone();
         Ok(self
             .db
@@ -85,7 +85,7 @@ impl WebhookStore for SqliteWebhookStore {
             .await?)
     }
 
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_owned();
         Ok(self
             .db
@@ -97,11 +97,8 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn matching_webhooks(
-        &self,
-        owner: Option<&str>,
-        project_id: Option<&str>,
-        business_number: Option<&str>,
-    ) -> Result<Vec<WebhookConfig>, StoreError> {
+        &self, owner: Option<&str>, project_id: Option<&str>, business_number: Option<&str>,
+    ) -> StoreResult<Vec<WebhookConfig>> {
         let (o, p, b) = (
             owner.map(str::to_owned),
             project_id.map(str::to_owned),
@@ -125,17 +122,13 @@ impl WebhookStore for SqliteWebhookStore {
         Ok(all.into_iter().filter(WebhookConfig::is_active).collect())
     }
 
-    async fn project_of(&self, _business_number: &str) -> Result<Option<ProjectRef>, StoreError> {
+    async fn project_of(&self, _business_number: &str) -> StoreResult<Option<ProjectRef>> {
         // The embedded backend has no `projects` collection: owners come from
         // registered messages, and webhooks can match by business number.
         Ok(None)
     }
 
-    async fn prune_delivery_logs(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+    async fn prune_delivery_logs(&self, before: DateTime<Utc>, limit: usize) -> StoreResult<u64> {
         let before_ms = before.timestamp_millis();
         // Secrets held for a dead-lettered delivery stay (see
         // `prune_held_legacy_secrets`).
@@ -156,7 +149,7 @@ impl WebhookStore for SqliteWebhookStore {
             .await?)
     }
 
-    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> Result<(), StoreError> {
+    async fn create_delivery_logs(&self, logs: &[DeliveryLog]) -> StoreResult<()> {
         let logs = logs.to_vec();
         self.db
             .write_background(move |c| {
@@ -179,7 +172,7 @@ impl WebhookStore for SqliteWebhookStore {
         Ok(())
     }
 
-    async fn record_attempt(&self, log_id: &str, a: &Attempt) -> Result<(), StoreError> {
+    async fn record_attempt(&self, log_id: &str, a: &Attempt) -> StoreResult<()> {
         let (id, a) = (log_id.to_owned(), a.clone());
         self.db
             .write_background(move |c| {
@@ -201,7 +194,7 @@ impl WebhookStore for SqliteWebhookStore {
         Ok(())
     }
 
-    async fn delivery_status(&self, log_id: &str) -> Result<Option<DeliveryStatus>, StoreError> {
+    async fn delivery_status(&self, log_id: &str) -> StoreResult<Option<DeliveryStatus>> {
         let id = log_id.to_owned();
         Ok(self
             .db
@@ -216,7 +209,7 @@ impl WebhookStore for SqliteWebhookStore {
             .and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
     }
 
-    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> Result<(), StoreError> {
+    async fn keep_legacy_secret(&self, log_id: &str, secret: &str) -> StoreResult<()> {
         let (id, secret) = (log_id.to_owned(), secret.to_owned());
         self.db
             .write_background(move |c| {
@@ -231,7 +224,7 @@ impl WebhookStore for SqliteWebhookStore {
         Ok(())
     }
 
-    async fn legacy_secret(&self, log_id: &str) -> Result<Option<String>, StoreError> {
+    async fn legacy_secret(&self, log_id: &str) -> StoreResult<Option<String>> {
         let id = log_id.to_owned();
         Ok(self
             .db
@@ -246,10 +239,8 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn hold_legacy_secret(
-        &self,
-        log_id: &str,
-        dead_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+        &self, log_id: &str, dead_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<()> {
         let (id, dead_at) = (log_id.to_owned(), dead_at.map(|t| t.timestamp_millis()));
         self.db
             .write_background(move |c| {
@@ -263,10 +254,8 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn prune_held_legacy_secrets(
-        &self,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64, StoreError> {
+        &self, before: DateTime<Utc>, limit: usize,
+    ) -> StoreResult<u64> {
         Ok(self
             .db
             .prune_rows(
@@ -279,10 +268,8 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn list_deliveries(
-        &self,
-        webhook_id: &str,
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        &self, webhook_id: &str, limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>> {
         let id = webhook_id.to_owned();
         Ok(self
             .db
@@ -298,10 +285,8 @@ impl WebhookStore for SqliteWebhookStore {
     }
 
     async fn deliveries_of_events(
-        &self,
-        event_ids: &[String],
-        limit: usize,
-    ) -> Result<Vec<DeliveryLog>, StoreError> {
+        &self, event_ids: &[String], limit: usize,
+    ) -> StoreResult<Vec<DeliveryLog>> {
         if event_ids.is_empty() {
             return Ok(Vec::new());
         }

@@ -50,9 +50,7 @@ fn in_range(t: DateTime<Utc>, since: Option<DateTime<Utc>>, until: Option<DateTi
 
 /// `GET /console/dlq`.
 pub async fn dlq(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Query(p): Query<FailureQuery>,
+    Operator(session): Operator, State(state): State<AppState>, Query(p): Query<FailureQuery>,
 ) -> PageResult {
     let filter = ReplayFilter {
         ids: None,
@@ -141,11 +139,7 @@ fn replay_ask(form: &FormFields) -> ReplayAsk {
 
 /// The confirmation step: the same form again, with what it will do.
 fn confirm_page(
-    session: &Session,
-    section: Section,
-    action: &str,
-    form: &FormFields,
-    what: String,
+    session: &Session, section: Section, action: &str, form: &FormFields, what: String,
 ) -> PageResult {
     let content = html! {
         p { (what) }
@@ -166,9 +160,7 @@ fn confirm_page(
 
 /// `POST /console/dlq/replay`: confirm, then replay.
 pub async fn replay_dlq(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, body: Bytes,
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
     let ask = replay_ask(&form);
@@ -223,9 +215,7 @@ pub async fn replay_dlq(
 
 /// `GET /console/quarantine`.
 pub async fn quarantine(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Query(p): Query<FailureQuery>,
+    Operator(session): Operator, State(state): State<AppState>, Query(p): Query<FailureQuery>,
 ) -> PageResult {
     let bsp = given(p.bsp.as_deref())
         .map(|b| {
@@ -301,9 +291,7 @@ pub async fn quarantine(
 
 /// `POST /console/quarantine/replay`: confirm, then replay.
 pub async fn replay_quarantine(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, body: Bytes,
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
     let ask = replay_ask(&form);

@@ -40,9 +40,7 @@ fn given(v: &Option<String>) -> Option<String> {
 /// `GET /console/messages`: by wamid, provider id or phone number, with
 /// filters; newest first, paged.
 pub async fn search(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Query(p): Query<SearchQuery>,
+    Operator(session): Operator, State(state): State<AppState>, Query(p): Query<SearchQuery>,
 ) -> PageResult {
     let status = given(&p.status)
         .map(|s| {
@@ -181,9 +179,7 @@ fn received_at(event_id: &str) -> Option<DateTime<Utc>> {
 /// `GET /console/messages/{id}`: the record, its timeline, the raw events
 /// as forwarded, and their deliveries.
 pub async fn show(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>,
 ) -> PageResult {
     let Some(m) = state.store.find_message(&id).await? else {
         return Err(ConsoleError::Api(ApiError::NotFound("message")));

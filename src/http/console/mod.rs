@@ -225,10 +225,7 @@ async fn login_page(State(state): State<AppState>, Query(q): Query<LoginQuery>) 
 }
 
 fn login_form(
-    state: &AppState,
-    next: Option<&str>,
-    error: Option<&str>,
-    status: StatusCode,
+    state: &AppState, next: Option<&str>, error: Option<&str>, status: StatusCode,
 ) -> Response {
     let configured = state.admin_key.is_some();
     let body = layout::bare(
@@ -318,10 +315,7 @@ async fn login(State(state): State<AppState>, parts: Parts, body: Bytes) -> Resp
 }
 
 async fn logout(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, headers: HeaderMap, body: Bytes,
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
     let cookie = state.console.sign_out(&session, &headers).await?;

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 use crate::http::AppState;
 use crate::sessions::{SessionStore, id_hash};
-use crate::store::StoreError;
+use crate::store::StoreResult;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "zen_console";
@@ -60,11 +60,8 @@ type HmacSha256 = Hmac<Sha256>;
 
 impl Console {
     pub fn new(
-        admin_key: Option<Arc<str>>,
-        ttl: Duration,
-        public_base_url: Option<&str>,
-        trust_forwarded: bool,
-        sessions: Arc<dyn SessionStore>,
+        admin_key: Option<Arc<str>>, ttl: Duration, public_base_url: Option<&str>,
+        trust_forwarded: bool, sessions: Arc<dyn SessionStore>,
     ) -> Console {
         let key = admin_key.as_deref().map(|k| {
             let mut mac = HmacSha256::new_from_slice(k.as_bytes()).expect("any key length");
@@ -104,7 +101,7 @@ impl Console {
 
     /// Starts a session and gives its `Set-Cookie` value; `None` without an
     /// admin key.
-    pub async fn sign_in(&self, headers: &HeaderMap) -> Result<Option<HeaderValue>, StoreError> {
+    pub async fn sign_in(&self, headers: &HeaderMap) -> StoreResult<Option<HeaderValue>> {
         let Some(key) = self.key.as_ref() else {
             return Ok(None);
         };
@@ -131,10 +128,8 @@ impl Console {
     /// Ends the session in the store, and gives the `Set-Cookie` value that
     /// clears the cookie.
     pub async fn sign_out(
-        &self,
-        session: &Session,
-        headers: &HeaderMap,
-    ) -> Result<HeaderValue, StoreError> {
+        &self, session: &Session, headers: &HeaderMap,
+    ) -> StoreResult<HeaderValue> {
         self.sessions.end_session(&id_hash(&session.nonce)).await?;
         let value = format!(
             "{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0{}",
@@ -161,7 +156,7 @@ impl Console {
     /// The session a request's cookie proves, if its signature holds, it
     /// has not expired, and the store still has it live (not signed out,
     /// on any replica, before or after a restart).
-    pub async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, StoreError> {
+    pub async fn session(&self, headers: &HeaderMap) -> StoreResult<Option<Session>> {
         let Some((nonce, csrf)) = self.signed_session(headers) else {
             return Ok(None);
         };

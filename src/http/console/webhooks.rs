@@ -13,7 +13,7 @@ use super::{ConsoleError, FormFields, PageResult};
 use crate::error::ApiError;
 use crate::forwarding::WebhookConfig;
 use crate::forwarding::signing::whsec;
-use crate::forwarding::webhooks::{Cleared, NewWebhook, WebhookChanges};
+use crate::forwarding::webhooks::{Cleared, NewWebhook, WebhookChanges, WebhookOptions};
 use crate::http::AppState;
 
 const DELIVERIES: usize = 100;
@@ -98,17 +98,18 @@ async fn list_page(state: &AppState, session: &Session, error: Option<String>) -
 
 /// `POST /console/webhooks`: registers one and shows its secret once.
 pub async fn create(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, body: Bytes,
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
     let input = NewWebhook {
         project_owner_id: form.get("project_owner_id").unwrap_or_default(),
         webhook_url: form.get("webhook_url").unwrap_or_default(),
-        topics: list_field(&form, "topics"),
-        enable_auth: Some(form.checked("enable_auth")),
-        business_numbers: list_field(&form, "business_numbers"),
+        options: WebhookOptions {
+            topics: list_field(&form, "topics"),
+            enable_auth: Some(form.checked("enable_auth")),
+            business_numbers: list_field(&form, "business_numbers"),
+            ..Default::default()
+        },
         ..Default::default()
     };
     match state
@@ -143,18 +144,13 @@ fn secret_notice(w: &WebhookConfig, what: &str) -> Markup {
 
 /// `GET /console/webhooks/{id}`.
 pub async fn show(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
+    Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>,
 ) -> PageResult {
     show_page(&state, &session, &id, None).await
 }
 
 async fn show_page(
-    state: &AppState,
-    session: &Session,
-    id: &str,
-    notice: Option<Markup>,
+    state: &AppState, session: &Session, id: &str, notice: Option<Markup>,
 ) -> PageResult {
     let w = state.forwarding.webhook(id).await.map_err(ApiError::from)?;
     let deliveries = state
@@ -239,10 +235,7 @@ async fn show_page(
 
 /// `POST /console/webhooks/{id}`: the edit form.
 pub async fn update(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>, body: Bytes,
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
     let timeout_ms = number_field(&form, "timeout_ms")?;
@@ -257,10 +250,13 @@ pub async fn update(
     };
     let input = WebhookChanges {
         webhook_url: form.get("webhook_url"),
-        topics: list_field(&form, "topics"),
-        business_numbers,
-        timeout_ms,
-        max_in_flight,
+        options: WebhookOptions {
+            topics: list_field(&form, "topics"),
+            business_numbers,
+            timeout_ms,
+            max_in_flight,
+            ..Default::default()
+        },
         clear,
         ..Default::default()
     };
@@ -284,10 +280,7 @@ pub async fn update(
 
 /// `POST /console/webhooks/{id}/rotate`.
 pub async fn rotate(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>, body: Bytes,
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
     let w = state
@@ -302,10 +295,7 @@ pub async fn rotate(
 
 /// `POST /console/webhooks/{id}/test`.
 pub async fn test(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>, body: Bytes,
 ) -> PageResult {
     FormFields::checked_for(&session, &body)?;
     let o = state
@@ -334,10 +324,7 @@ pub async fn test(
 
 /// `POST /console/webhooks/{id}/active`: deactivate or activate.
 pub async fn set_active(
-    Operator(session): Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Bytes,
+    Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>, body: Bytes,
 ) -> PageResult {
     let form = FormFields::checked_for(&session, &body)?;
     let active = form.get("active").as_deref() == Some("true");
