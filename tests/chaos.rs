@@ -4,7 +4,7 @@
 //!
 //! | env | default | what |
 //! |---|---|---|
-//! | `ZEN_CHAOS_LOAD_MS` | 700 | load before the kill -9 |
+//! | `ZEN_CHAOS_ACKS` | 200 | webhooks acked under load before the kill -9 |
 //! | `ZEN_CHAOS_EVENTS` | 200 | distinct events in the storm / endpoint scenarios |
 //! | `ZEN_CHAOS_COPIES` | 5 | copies of each event in the duplicate storm |
 //!
@@ -35,6 +35,46 @@ use tokio::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const BUSINESS: &str = "918071234567";
+
+/// How many of `acked` are stored as delivered on the gateway at `base`
+/// (each polled until it is, or a minute is up).
+async fn stored_delivered(client: &reqwest::Client, base: &str, acked: &[String]) -> usize {
+    let mut stored = 0;
+    for wamid in acked {
+        let found = eventually_within(Duration::from_secs(60), async || {
+            let r = client
+                .get(format!("{base}/api/v1/messages/{wamid}"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
+            r.status() == 200 && r.json::<Value>().await.unwrap()["current_status"] == "delivered"
+        })
+        .await;
+        stored += usize::from(found);
+    }
+    stored
+}
+
+/// The wamids `rx` got on `path` (and how often), once every one of
+/// `wanted` arrived or a minute is up.
+async fn all_forwarded(
+    rx: &Receiver, path: &str, wanted: &HashSet<&String>,
+) -> BTreeMap<String, usize> {
+    eventually_within(Duration::from_secs(60), async || {
+        let got = delivered_wamids(rx, path);
+        wanted.iter().all(|w| got.contains_key(w.as_str()))
+    })
+    .await;
+    delivered_wamids(rx, path)
+}
+
+/// Keeps the load going before the kill: `ZEN_CHAOS_ACKS` acks (200;
+/// `scripts/chaos` asks for more).
+async fn keep_loading(load: &BackgroundLoad) {
+    let acks = env_num("ZEN_CHAOS_ACKS", 200) as usize;
+    load.until_more_acked(acks, Duration::from_secs(600)).await;
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -119,8 +159,9 @@ async fn kill9(backend: &str, extra: Vec<(&str, &str)>) {
 
     let senders =
         BackgroundLoad::start_at(&client, &base, "chaos-kill", 8, Duration::ZERO, "delivered");
-    let load = Duration::from_millis(env_num("ZEN_CHAOS_LOAD_MS", 700));
-    tokio::time::sleep(load).await;
+    let loading = Instant::now();
+    keep_loading(&senders).await;
+    let load = loading.elapsed();
     child.kill().expect("SIGKILL"); // kill -9: no shutdown path runs
     child.wait().unwrap();
     let acked = senders.finish().await.acked;
@@ -131,38 +172,9 @@ async fn kill9(backend: &str, extra: Vec<(&str, &str)>) {
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&client, &base).await;
     let started = Instant::now();
-    let mut stored = 0;
-    for wamid in &acked {
-        for _ in 0..1500 {
-            let r = client
-                .get(format!("{base}/api/v1/messages/{wamid}"))
-                .bearer_auth(ADMIN_KEY)
-                .send()
-                .await
-                .unwrap();
-            if r.status() == 200 {
-                let rec: Value = r.json().await.unwrap();
-                if rec["current_status"] == "delivered" {
-                    stored += 1;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let stored = stored_delivered(&client, &base, &acked).await;
     let wanted: HashSet<&String> = acked.iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let forwarded = loop {
-        let got = delivered_wamids(&rx, "kill");
-        let n = wanted
-            .iter()
-            .filter(|w| got.contains_key(w.as_str()))
-            .count();
-        if n == wanted.len() || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let forwarded = all_forwarded(&rx, "kill", &wanted).await;
     let forwarded_acked = wanted
         .iter()
         .filter(|w| forwarded.contains_key(w.as_str()))
@@ -273,49 +285,22 @@ async fn kill9_one_of_two_replicas() {
         Duration::ZERO,
         "delivered",
     );
-    let load = Duration::from_millis(env_num("ZEN_CHAOS_LOAD_MS", 700));
-    tokio::time::sleep(load).await;
+    let loading = Instant::now();
+    keep_loading(&load_a).await;
+    let load = loading.elapsed();
     a.kill().expect("SIGKILL");
     a.wait().unwrap();
     let acked_a = load_a.finish().await.acked;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The surviving replica goes on taking webhooks.
+    load_b.until_more_acked(20, Duration::from_secs(20)).await;
     let acked_b = load_b.finish().await.acked;
     let acked: Vec<String> = acked_a.iter().chain(&acked_b).cloned().collect();
     assert!(acked.len() > 50, "too little load: {}", acked.len());
 
     let started = Instant::now();
-    let mut stored = 0;
-    for wamid in &acked {
-        for _ in 0..1500 {
-            let r = client
-                .get(format!("{base_b}/api/v1/messages/{wamid}"))
-                .bearer_auth(ADMIN_KEY)
-                .send()
-                .await
-                .unwrap();
-            if r.status() == 200 {
-                let rec: Value = r.json().await.unwrap();
-                if rec["current_status"] == "delivered" {
-                    stored += 1;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let stored = stored_delivered(&client, &base_b, &acked).await;
     let wanted: HashSet<&String> = acked.iter().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = delivered_wamids(&rx, "replicas");
-        let n = wanted
-            .iter()
-            .filter(|w| got.contains_key(w.as_str()))
-            .count();
-        if n == wanted.len() || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_forwarded(&rx, "replicas", &wanted).await;
     // One stable webhook-id per (event, webhook).
     let mut ids: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for r in rx.received("replicas") {
@@ -399,11 +384,12 @@ async fn duplicate_storm() {
     for t in tasks {
         posted += t.await.unwrap();
     }
-    // Quiescence: both endpoints have everything and nothing more arrives.
+    // Quiescence: both endpoints have everything, every post is processed
+    // and the forwarding queue is empty: nothing more can arrive.
     let distinct = events;
     rx.wait_for("a", distinct, Duration::from_secs(60)).await;
     rx.wait_for("b", distinct, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    app.quiesce().await;
     let took = started.elapsed();
     let mut history_ok = 0;
     for m in 0..events / 2 {
@@ -487,15 +473,13 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
             // The 410 has deactivated its webhook before the others are
             // sent: deliveries in flight together with the first could still
             // reach it, and "nothing after a 410" is what is checked below.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while app
-                .admin_get(&format!("/api/v1/webhooks/{}", ids["gone"]))
-                .await["active"]
-                != false
-            {
-                assert!(Instant::now() < deadline, "the 410 never deactivated");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let deactivated = eventually_within(Duration::from_secs(30), async || {
+                app.admin_get(&format!("/api/v1/webhooks/{}", ids["gone"]))
+                    .await["active"]
+                    == false
+            })
+            .await;
+            assert!(deactivated, "the 410 never deactivated");
         }
     }
     let healthy = rx
@@ -504,36 +488,46 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
     let healthy_done = started.elapsed();
     // At least once each: a delivery that runs past the timeout on a loaded
     // machine is retried, under the same event id.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let slow = loop {
-        let got = rx.received("slow");
-        let distinct: HashSet<String> = got.iter().map(|r| r.header("x-event-id")).collect();
-        if distinct.len() >= events || Instant::now() > deadline {
-            break distinct;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let distinct_slow = || -> HashSet<String> {
+        rx.received("slow")
+            .iter()
+            .map(|r| r.header("x-event-id"))
+            .collect()
     };
+    eventually_within(Duration::from_secs(120), async || {
+        distinct_slow().len() >= events
+    })
+    .await;
+    let slow = distinct_slow();
     let slow_requests = rx.received("slow").len();
     let slow_done = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+
     let gone = app
         .admin_get(&format!("/api/v1/webhooks/{}", ids["gone"]))
         .await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let open_breakers = metrics
-        .lines()
-        .find(|l| l.starts_with("zen_breakers_open"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    // The dead ones' breakers are open, as the probes read them.
+    let open_breakers = async || {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find(|l| l.starts_with("zen_breakers_open"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually_within(Duration::from_secs(10), async || {
+        open_breakers().await >= 2.0
+    })
+    .await;
+    let open_breakers = open_breakers().await;
     println!(
         "chaos: bad endpoints: {events} events to 5 endpoints; healthy got {} in {:.2} s, \
          slow (300 ms) {} in {:.2} s ({slow_requests} requests); hanging got {} requests, \

@@ -56,12 +56,7 @@ async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
         s.ingest.ack_timeout = std::time::Duration::from_millis(2000);
     })
     .await;
-    for _ in 0..200 {
-        if ready(&app).await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within(Duration::from_secs(10), async || ready(&app).await.0 == 200).await;
     let mut acked = Vec::new();
     for i in 0..10 {
         let w = format!("wamid.mq-before-{i}");
@@ -79,7 +74,7 @@ async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
         4,
         Duration::from_millis(5),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.until_more_acked(50, Duration::from_secs(10)).await;
     let _guard = RestartOnDrop;
     let outage = std::time::Instant::now();
     rabbitmqctl("stop_app");
@@ -102,36 +97,30 @@ async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
 
     rabbitmqctl("start_app");
     let mut healed = false;
-    for _ in 0..300 {
-        if ready(&app).await.0 == 200 {
-            healed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    healed |= eventually_within(Duration::from_secs(30), async || ready(&app).await.0 == 200).await;
     assert!(
         healed,
         "the gateway did not reconnect by itself: {}",
         ready(&app).await.1
     );
     let outage = outage.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load goes on against the healed broker for a while.
+    load.until_more_acked(50, Duration::from_secs(10)).await;
     let load = load.finish().await;
     // Every acked event must be applied; the time it takes is reported.
     let applying = std::time::Instant::now();
     let mut missing: Vec<&String> = load.acked.iter().collect();
-    while !missing.is_empty() && applying.elapsed() < Duration::from_secs(90) {
+    eventually_within(Duration::from_secs(90), async || {
         let mut still = Vec::new();
-        for w in missing {
+        for w in std::mem::take(&mut missing) {
             if app.get_message(w).await.status() != 200 {
                 still.push(w);
             }
         }
         missing = still;
-        if !missing.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+        missing.is_empty()
+    })
+    .await;
     assert!(
         missing.is_empty(),
         "acked but not applied after 90 s: {} of {}, e.g. {:?}; ready: {}",
@@ -191,7 +180,7 @@ async fn a_redis_outage_degrades_and_loses_nothing() {
         .status()
         .unwrap();
     let _ = status; // the connection drops as the server stops
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.wait_ready(|r| r["cache"]["up"] == false).await;
     let tag = uuid::Uuid::new_v4().simple().to_string();
     for i in 0..20 {
         let w = format!("wamid.redis-down-{tag}-{i}");
@@ -217,14 +206,10 @@ async fn a_redis_outage_degrades_and_loses_nothing() {
         assert_eq!(rec["status_history"].as_array().unwrap().len(), 1);
     }
     drop(_guard); // Redis back
-    let mut back = false;
-    for _ in 0..200 {
-        if ready(&app).await.1["status"] == "ready" {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back = eventually_within(Duration::from_secs(10), async || {
+        ready(&app).await.1["status"] == "ready"
+    })
+    .await;
     assert!(back, "the cache did not come back by itself");
     println!(
         "chaos: redis outage: 40 posts (20 events twice) acked while down, 20 records with one entry each, 0 lost; ready said degraded, then ready again"

@@ -102,8 +102,12 @@ impl Fanout {
         let mut snapshots: HashMap<usize, Option<Value>> = HashMap::new();
         let mut logs = Vec::new();
         let mut jobs = Vec::new();
+        let mut n = 0;
         let now = Utc::now();
         for (ev, applied) in events.iter().zip(applied) {
+            if jobs.len() >= FLUSH_AT {
+                n += self.flush(&mut logs, &mut jobs, now).await?;
+            }
             let (mut owner, mut project, business, message) = match applied {
                 Some(a) if a.duplicate && !a.redelivery => continue,
                 Some(a) => (
@@ -183,10 +187,22 @@ impl Fanout {
                 });
             }
         }
+        n += self.flush(&mut logs, &mut jobs, now).await?;
+        Ok(n)
+    }
+
+    /// Writes the delivery logs gathered so far, then queues their jobs
+    /// (those for an open circuit already parked); returns how many.
+    async fn flush(
+        &self, logs: &mut Vec<DeliveryLog>, jobs: &mut Vec<ForwardJob>, now: chrono::DateTime<Utc>,
+    ) -> Result<usize, FanoutError> {
         if jobs.is_empty() {
             return Ok(0);
         }
-        self.webhooks.create_delivery_logs(&logs).await?;
+        self.webhooks
+            .create_delivery_logs(&std::mem::take(logs))
+            .await?;
+        let mut jobs = std::mem::take(jobs);
         let n = jobs.len();
         // Jobs for an open circuit, by URL, with the rest of its cool-down
         // (read once per URL).
@@ -218,6 +234,11 @@ impl Fanout {
         Ok(n)
     }
 }
+
+/// Deliveries gathered before they are written: a body of thousands of
+/// events for many webhooks is fanned out a slice at a time, so its jobs
+/// never all sit in memory at once.
+const FLUSH_AT: usize = 512;
 
 /// History entries a forwarded `message` carries: the latest ones (the
 /// whole history is on the record, `GET /api/v1/messages/{id}`). Keeps every

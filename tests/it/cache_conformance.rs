@@ -7,17 +7,14 @@ use zen_gateway::backends::memory::MemoryCache;
 use zen_gateway::backends::redis::RedisCache;
 use zen_gateway::cache::Cache;
 
+use crate::helpers::eventually_within;
 use crate::services;
 
 async fn redis(prefix: &str) -> Option<RedisCache> {
     let cache = RedisCache::start(&services::redis_url()?, prefix).unwrap();
-    for _ in 0..200 {
-        if cache.health().await.up {
-            return Some(cache);
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("redis did not connect");
+    let up = eventually_within(Duration::from_secs(5), async || cache.health().await.up).await;
+    assert!(up, "redis did not connect");
+    Some(cache)
 }
 
 mod cases {
@@ -35,8 +32,12 @@ mod cases {
         c.set("short", "x", Duration::from_millis(150))
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(c.get("short").await.unwrap(), None);
+        // Gone once its time is up (a TTL is a clock: polled, not slept).
+        let expired = eventually_within(Duration::from_secs(2), async || {
+            c.get("short").await.unwrap().is_none()
+        })
+        .await;
+        assert!(expired);
     }
 
     pub async fn set_if_absent_sets_once(c: &dyn Cache) {

@@ -43,7 +43,7 @@ async fn every_acked_event_survives_kill_9() {
 
     // Eight senders post distinct events until the process dies under them.
     let load = BackgroundLoad::start_at(&client, &gw.base, "kill", 8, Duration::ZERO, "delivered");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    load.until_more_acked(200, Duration::from_secs(20)).await;
     gw.child.kill().expect("SIGKILL"); // kill -9: no shutdown path runs
     gw.child.wait().unwrap();
     let acked = load.finish().await.acked;
@@ -57,23 +57,17 @@ async fn every_acked_event_survives_kill_9() {
     wait_healthy(&client, &gw.base).await;
     let mut missing = Vec::new();
     for wamid in &acked {
-        let mut found = false;
-        for _ in 0..300 {
+        let found = eventually_within(Duration::from_secs(6), async || {
             let r = client
                 .get(format!("{}/api/v1/messages/{wamid}", gw.base))
                 .bearer_auth(ADMIN_KEY)
                 .send()
                 .await
                 .unwrap();
-            if r.status() == 200 {
-                let rec: serde_json::Value = r.json().await.unwrap();
-                if rec["current_status"] == "delivered" {
-                    found = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            r.status() == 200
+                && r.json::<serde_json::Value>().await.unwrap()["current_status"] == "delivered"
+        })
+        .await;
         if !found {
             missing.push(wamid.clone());
         }

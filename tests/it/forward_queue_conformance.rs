@@ -99,14 +99,8 @@ async fn receive_n(q: &dyn ForwardQueue, n: usize, within: Duration) -> Vec<(Job
     got
 }
 
-async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+async fn eventually(f: impl AsyncFnMut() -> bool) -> bool {
+    crate::helpers::eventually_within(Duration::from_secs(5), f).await
 }
 
 mod cases {
@@ -216,7 +210,7 @@ mod cases {
         q.dead_letter(&first.0, &first.1, "gave up").await.unwrap();
         assert!(eventually(async || q.dead_depth().await.unwrap() == 1).await);
         let between = chrono::Utc::now() + chrono::Duration::milliseconds(5);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::helpers::wait_past(between).await;
         q.dead_letter(&second.0, &second.1, "gave up")
             .await
             .unwrap();
@@ -308,7 +302,7 @@ mod cases {
         q.dead_letter(&got[0].0, &got[0].1, "old").await.unwrap();
         assert!(eventually(async || q.dead_depth().await.unwrap() == 1).await);
         let cutoff = chrono::Utc::now() + chrono::Duration::milliseconds(5);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::helpers::wait_past(cutoff).await;
         q.dead_letter(&got[1].0, &got[1].1, "new").await.unwrap();
         assert!(eventually(async || q.dead_depth().await.unwrap() == 2).await);
         assert_eq!(q.prune_dead(cutoff, 100).await.unwrap(), 1);

@@ -76,14 +76,8 @@ async fn admin_get(app: &TestApp, path: &str) -> Value {
     app.admin_get(path).await
 }
 
-async fn wait_until(mut check: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..300 {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+async fn wait_until(check: impl AsyncFnMut() -> bool) -> bool {
+    eventually_within(Duration::from_secs(8), check).await
 }
 
 async fn a_delivery_reaches_the_client_signed_both_ways(q: Queue) {
@@ -192,7 +186,7 @@ async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay
         dlq[0]["job"].get("shared_secret").is_none(),
         "secrets never travel in jobs"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Dead after its third attempt, and logged so: nothing is left to run.
     assert_eq!(rx.received("down").len(), 3, "no attempt after the DLQ");
 
     // Replay: fresh attempts.
@@ -248,7 +242,8 @@ async fn permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook(q
             .is_some_and(|d| d.len() == 2))
         .await
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is left to run: each got its one attempt.
+    app.quiesce().await;
     assert_eq!(rx.received("bad").len(), 1);
     assert_eq!(rx.received("gone").len(), 1);
     let id = gone["id"].as_str().unwrap();
@@ -325,7 +320,6 @@ async fn a_dead_endpoint_opens_its_circuit_without_slowing_a_healthy_one(q: Queu
     assert_eq!(healthy.len(), 20);
     let healthy_took = started.elapsed();
     // The dead URL's circuit opened: far fewer than 20 × 3 attempts reached it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let dead_calls = rx.received("dead").len();
     assert!(dead_calls < 20, "breaker did not open: {dead_calls} calls");
     // The slot cap alone would also keep that count low: check the circuit
@@ -440,7 +434,17 @@ async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_onc
     for path in ["a", "b", "c"] {
         rx.wait_for(path, 1, Duration::from_secs(10)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every post processed: the duplicates made no delivery of their own
+    // (fan-out writes a delivery log per delivery before the inbox entry
+    // is acked).
+    app.barrier().await;
+    let hooks = admin_get(&app, "/api/v1/webhooks?project_owner_id=owner-F").await;
+    for hook in hooks.as_array().unwrap() {
+        let id = hook["id"].as_str().unwrap();
+        let logs = admin_get(&app, &format!("/api/v1/webhooks/{id}/deliveries")).await;
+        let expected = usize::from(hook["topics"] != json!(["message.failed"]));
+        assert_eq!(logs.as_array().unwrap().len(), expected, "{hook}");
+    }
     assert_eq!(rx.received("a").len(), 1);
     assert_eq!(rx.received("a")[0].header("x-event-type"), "message.read");
     assert_eq!(rx.received("b").len(), 1);
@@ -604,19 +608,17 @@ async fn on_mongodb_the_owner_comes_from_projects_and_logs_are_legacy_documents(
         .unwrap();
     assert_eq!(stored.get_str("project_owner_id").unwrap(), "owner-M");
     let logs = db.collection::<bson::Document>("webhook_delivery_logs");
-    let mut ok = false;
-    for _ in 0..200 {
-        if let Some(l) = logs.find_one(bson::doc! {"webhook_id": id}).await.unwrap() {
-            if l.get_str("status").unwrap() == "success" {
-                assert_eq!(l.get_i32("attempt_count").unwrap(), 1);
-                assert_eq!(l.get_i32("status_code").unwrap(), 200);
-                ok = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mut log = None;
+    let ok = wait_until(async || {
+        log = logs.find_one(bson::doc! {"webhook_id": id}).await.unwrap();
+        log.as_ref()
+            .is_some_and(|l| l.get_str("status").unwrap() == "success")
+    })
+    .await;
     assert!(ok, "delivery log not updated to success");
+    let log = log.unwrap();
+    assert_eq!(log.get_i32("attempt_count").unwrap(), 1);
+    assert_eq!(log.get_i32("status_code").unwrap(), 200);
     app.stop().await;
     db.drop().await.unwrap();
 }
@@ -1161,9 +1163,21 @@ async fn a_failing_endpoint_is_reported_to_operations(q: Queue) {
     let payload = got[0].json();
     assert_eq!(payload["data"]["webhook_id"], hook["id"]);
     assert_eq!(payload["data"]["project_owner_id"], "owner-down");
-    // Once per run of failures.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rx.received("ops").len(), 1);
+    // Once per run of failures: every delivery to the failing endpoint has
+    // run into its open circuit since, and none raised another report.
+    let id = hook["id"].as_str().unwrap();
+    let settled = wait_until(async || {
+        admin_get(&app, &format!("/api/v1/webhooks/{id}/deliveries"))
+            .await
+            .as_array()
+            .is_some_and(|l| l.len() == 3 && l.iter().all(|d| d["status"] != "pending"))
+    })
+    .await;
+    assert!(settled);
+    // A second report, were one raised by then, would be on its way: give
+    // it the time one delivery takes here, and none may come.
+    let reports = rx.wait_for("ops", 2, Duration::from_millis(500)).await;
+    assert_eq!(reports.len(), 1);
     app.stop().await;
 }
 

@@ -109,15 +109,13 @@ async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers_by_itself() {
 
     // Space comes back: accepted again without a restart.
     disk.resize("64m");
-    let mut back = false;
-    for _ in 0..200 {
-        let resp = app.post_webhook("/webhook/datagen", body(10_000)).await;
-        if resp.status() == 200 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let back = eventually_within(Duration::from_secs(10), async || {
+        app.post_webhook("/webhook/datagen", body(10_000))
+            .await
+            .status()
+            == 200
+    })
+    .await;
     assert!(back, "ingest did not recover once space was back");
     app.stop().await;
     // Every acknowledged webhook reaches its record, processed by a gateway

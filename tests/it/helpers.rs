@@ -104,17 +104,52 @@ impl TestApp {
     /// Polls the message until `done` holds (processing is asynchronous).
     pub async fn wait_for_message(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
-        for _ in 0..600 {
+        let reached = eventually_within(Duration::from_secs(15), async || {
             let resp = self.get_message(id).await;
             if resp.status() == 200 {
                 last = resp.json().await.expect("json");
-                if done(&last) {
-                    return last;
-                }
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("message {id} never reached the expected state; last seen: {last}");
+            done(&last)
+        })
+        .await;
+        assert!(
+            reached,
+            "message {id} never reached the expected state; last seen: {last}"
+        );
+        last
+    }
+
+    /// Waits until everything posted so far has been processed: posts a
+    /// status report of its own and waits for its record. The inbox hands
+    /// reports out in the order they came, so when this one is stored the
+    /// ones before it were applied (or found duplicates): the way to assert
+    /// that something did *not* happen without waiting on a clock.
+    pub async fn barrier(&self) {
+        let wamid = format!("wamid.barrier-{}", uuid::Uuid::new_v4().simple());
+        // From a business number no webhook matches: nothing to forward.
+        let body = datagen_status(&wamid, "sent", 1).replace("918071234567", "910000000000");
+        let r = self.post_webhook("/webhook/datagen", body).await;
+        assert_eq!(r.status(), 200, "the barrier was not accepted");
+        self.wait_for_message(&wamid, |m| m["current_status"] == "sent")
+            .await;
+    }
+
+    /// Waits until everything posted so far is processed and forwarded:
+    /// [`TestApp::barrier`], then a reading of the backlogs taken after it
+    /// with an empty inbox and forwarding queue.
+    pub async fn quiesce(&self) {
+        self.barrier().await;
+        let after = chrono::Utc::now();
+        let ready = self
+            .wait_ready(|r| {
+                let fresh = r["as_of"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t > after);
+                fresh && r["inbox_depth"] == 0 && r["forward_depth"] == 0
+            })
+            .await;
+        assert_eq!(ready["forward_depth"], 0, "never quiet: {ready}");
     }
 
     /// `GET /ready`: status code and body.
@@ -129,16 +164,15 @@ impl TestApp {
     }
 
     /// Polls `/ready` until `done` holds (backends connect in the
-    /// background); returns the last body either way.
+    /// background; the probes read them every 2 s); returns the last body
+    /// either way.
     pub async fn wait_ready(&self, done: impl Fn(&Value) -> bool) -> Value {
         let mut last = Value::Null;
-        for _ in 0..200 {
+        eventually_within(Duration::from_secs(10), async || {
             last = self.ready().await.1;
-            if done(&last) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            done(&last)
+        })
+        .await;
         last
     }
 
@@ -210,6 +244,7 @@ pub fn datagen_status(wamid: &str, status: &str, ts_ms: i64) -> String {
 /// under them.
 pub struct BackgroundLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tasks: Vec<JoinHandle<(Vec<String>, usize, usize)>>,
 }
 
@@ -235,13 +270,15 @@ impl BackgroundLoad {
         status: &'static str,
     ) -> BackgroundLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks = (0..senders)
             .map(|s| {
-                let (client, url, stop, tag) = (
+                let (client, url, stop, tag, acked_so_far) = (
                     client.clone(),
                     format!("{base}/webhook/datagen"),
                     stop.clone(),
                     tag.to_owned(),
+                    acked.clone(),
                 );
                 tokio::spawn(async move {
                     let (mut acked, mut refused, mut other) = (Vec::new(), 0, 0);
@@ -254,23 +291,45 @@ impl BackgroundLoad {
                             .body(datagen_status(&wamid, status, 1_700_000_000_000 + i))
                             .send()
                             .await;
-                        match r.map(|r| r.status().as_u16()) {
+                        // Paces the load: `pause` after an ack, a short
+                        // back-off after a 503 (as a BSP would retry).
+                        let wait = match r.map(|r| r.status().as_u16()) {
                             Ok(200) => {
                                 acked.push(wamid);
-                                tokio::time::sleep(pause).await;
+                                acked_so_far.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                pause
                             }
                             Ok(503) => {
                                 refused += 1;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Duration::from_millis(20)
                             }
-                            _ => other += 1,
+                            _ => {
+                                other += 1;
+                                Duration::ZERO
+                            }
+                        };
+                        if !wait.is_zero() {
+                            tokio::time::sleep(wait).await;
                         }
                     }
                     (acked, refused, other)
                 })
             })
             .collect();
-        BackgroundLoad { stop, tasks }
+        BackgroundLoad { stop, acked, tasks }
+    }
+
+    /// Webhooks acked so far.
+    pub fn acked(&self) -> usize {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the load has had `n` more acks than now (at most
+    /// `within`): a load that ran, measured by what it did, not by a clock.
+    pub async fn until_more_acked(&self, n: usize, within: Duration) {
+        let target = self.acked() + n;
+        let reached = eventually_within(within, async || self.acked() >= target).await;
+        assert!(reached, "the load got fewer than {n} acks in {within:?}");
     }
 
     pub async fn finish(self) -> LoadOutcome {
@@ -328,15 +387,15 @@ pub fn spawn_gateway_process(
 
 /// Waits until `url` answers 200 (a child gateway coming up).
 pub async fn wait_until_ok(client: &reqwest::Client, url: &str) {
-    for _ in 0..500 {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{url} never answered 200");
+    let up = eventually_within(Duration::from_secs(10), async || {
+        client
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(up, "{url} never answered 200");
 }
 
 /// Polls `check` until it holds or `within` has passed; whether it held.
@@ -352,6 +411,12 @@ pub async fn eventually_within(within: Duration, mut check: impl AsyncFnMut() ->
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the clock is past `t` (a cutoff between two writes).
+pub async fn wait_past(t: chrono::DateTime<chrono::Utc>) {
+    let past = eventually_within(Duration::from_secs(1), async || chrono::Utc::now() > t).await;
+    assert!(past);
 }
 
 /// Runs the real binary's subcommand on `data_dir` (no Keys.json, the

@@ -121,14 +121,8 @@ async fn receive_n(inbox: &dyn Inbox, n: usize) -> Vec<InboxDelivery> {
 }
 
 /// Polls `f` until it holds (broker counts settle asynchronously).
-async fn eventually(mut f: impl AsyncFnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+async fn eventually(f: impl AsyncFnMut() -> bool) -> bool {
+    crate::helpers::eventually_within(Duration::from_secs(5), f).await
 }
 
 mod cases {
@@ -266,7 +260,7 @@ mod cases {
         inbox.quarantine(&got[0], "old", 5).await.unwrap();
         assert!(eventually(async || inbox.quarantine_depth().await.unwrap() == 1).await);
         let cutoff = chrono::Utc::now() + chrono::Duration::milliseconds(5);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::helpers::wait_past(cutoff).await;
         inbox.quarantine(&got[1], "new", 5).await.unwrap();
         assert!(eventually(async || inbox.quarantine_depth().await.unwrap() == 2).await);
         assert_eq!(inbox.prune_quarantined(cutoff, 100).await.unwrap(), 1);

@@ -212,17 +212,13 @@ async fn a_database_that_cannot_be_written_gives_503_then_recovers() {
     );
     drop(blocker);
     // The writer recovers without a restart.
-    let mut ok = false;
-    for _ in 0..100 {
-        let resp = app
-            .post_webhook("/webhook/datagen", datagen_status("wamid.after", "sent", 2))
-            .await;
-        if resp.status() == 200 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ok = eventually_within(Duration::from_secs(10), async || {
+        app.post_webhook("/webhook/datagen", datagen_status("wamid.after", "sent", 2))
+            .await
+            .status()
+            == 200
+    })
+    .await;
     assert!(ok, "ingest did not recover after the lock was released");
     app.wait_for_message("wamid.after", |m| m["current_status"] == "sent")
         .await;

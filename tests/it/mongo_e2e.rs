@@ -31,7 +31,7 @@ async fn the_gateway_on_mongodb_writes_legacy_shaped_documents() {
         .wait_for_message(wamid, |m| m["current_status"] == "delivered")
         .await;
     assert_eq!(rec["delivered_at"], "2025-06-10T07:20:07Z");
-    let ready = app.ready().await.1;
+    let ready = app.wait_ready(|r| r["store"]["up"] == true).await;
     assert_eq!(ready["store"]["backend"], "mongodb");
     assert_eq!(ready["store"]["up"], true);
 
@@ -214,7 +214,7 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
 
     // Down again under steady load, more traffic, back up.
     let load = BackgroundLoad::start(&app, "mongo-load", 4, Duration::from_millis(20));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.until_more_acked(20, Duration::from_secs(10)).await;
     ferret.stop();
     let outage = std::time::Instant::now();
     for i in 20..40 {
@@ -226,11 +226,16 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
             .await;
         assert_eq!(resp.status(), 200);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let backlog = app.ready().await.1["inbox_depth"].as_u64().unwrap_or(0);
+    // The load goes on while the store is down: the backlog grows.
+    load.until_more_acked(20, Duration::from_secs(10)).await;
+    let backlog = app
+        .wait_ready(|r| r["inbox_depth"].as_u64() > Some(0))
+        .await["inbox_depth"]
+        .as_u64()
+        .unwrap_or(0);
     ferret.start().await;
     let outage = outage.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    load.until_more_acked(20, Duration::from_secs(10)).await;
     let load = load.finish().await;
     assert_eq!(
         load.refused_503 + load.other,
@@ -253,7 +258,8 @@ async fn a_database_outage_pauses_processing_and_loses_nothing() {
         })
         .await;
     }
-    let ready = app.ready().await.1;
+    // The probes' next reading says so too.
+    let ready = app.wait_ready(|r| r["store"]["up"] == true).await;
     assert_eq!(ready["store"]["up"], true);
     app.stop().await;
 }

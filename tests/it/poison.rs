@@ -178,13 +178,11 @@ async fn quarantined_then_replayed(app: TestApp) {
     pipeline_flows(&app).await;
 
     let mut listed = Value::Null;
-    for _ in 0..400 {
+    eventually_within(std::time::Duration::from_secs(10), async || {
         listed = app.admin_get("/api/v1/quarantine").await;
-        if listed.as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+        listed.as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
     let entry = &listed[0];
     assert_eq!(entry["attempts"], 2, "{listed}");
     assert!(
@@ -310,24 +308,25 @@ fn meta_inbound(wamid: &str, message_extra: Value) -> String {
 /// The entry holding `needle` was applied (its message exists) or sits in
 /// the quarantine with an error; waits for one or the other.
 async fn applied_or_quarantined(app: &TestApp, wamid: &str) {
-    for _ in 0..600 {
+    let settled = eventually_within(std::time::Duration::from_secs(15), async || {
         if app.get_message(wamid).await.status() == 200 {
             eprintln!("{wamid}: applied");
-            return;
+            return true;
         }
         let q = app.admin_get("/api/v1/quarantine?limit=500").await;
-        if q.as_array().is_some_and(|a| {
+        let quarantined = q.as_array().is_some_and(|a| {
             a.iter().any(|e| {
                 e["body"].as_str().is_some_and(|b| b.contains(wamid))
                     && e["error"].as_str().is_some_and(|x| !x.is_empty())
             })
-        }) {
+        });
+        if quarantined {
             eprintln!("{wamid}: quarantined");
-            return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("{wamid}: neither applied nor quarantined");
+        quarantined
+    })
+    .await;
+    assert!(settled, "{wamid}: neither applied nor quarantined");
 }
 
 /// Each poison input, then a normal webhook: the normal one is stored, the

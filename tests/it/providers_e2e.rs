@@ -147,7 +147,7 @@ async fn aisensy_retries_of_one_notification_are_applied_once() {
     let id = "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSM0VCMEE4QzdGNEQyRTlBMUIwAA==";
     app.wait_for_message(id, |m| m["current_status"] == "read")
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    app.barrier().await;
     let rec = app.get_message(id).await.json::<Value>().await.unwrap();
     assert_eq!(rec["status_history"].as_array().unwrap().len(), 1);
     app.stop().await;
@@ -387,13 +387,11 @@ async fn meta_notifications_are_kept_and_listed() {
         );
     }
     let mut listed = Value::Null;
-    for _ in 0..200 {
+    eventually_within(std::time::Duration::from_secs(5), async || {
         listed = app.admin_get("/api/v1/notifications?bsp=meta").await;
-        if listed.as_array().is_some_and(|a| a.len() == 4) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+        listed.as_array().is_some_and(|a| a.len() == 4)
+    })
+    .await;
     assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
     let template = app
         .admin_get("/api/v1/notifications?kind=message_template_status_update")

@@ -384,17 +384,14 @@ async fn retry_queues_dead_letter_back_after_their_delay_and_rejects_reach_the_d
     .unwrap();
     let fwd = format!("{prefix}webhook_forwarding_queue");
     let mut arrived = None;
-    for _ in 0..100 {
-        if let Some(m) = ch
+    crate::helpers::eventually_within(Duration::from_secs(5), async || {
+        arrived = ch
             .basic_get(fwd.as_str().into(), BasicGetOptions::default())
             .await
-            .unwrap()
-        {
-            arrived = Some(m);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .unwrap();
+        arrived.is_some()
+    })
+    .await;
     let m = arrived.expect("the retry queue never dead-lettered back");
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(m.delivery.data, b"{\"job\":1}");
@@ -404,14 +401,10 @@ async fn retry_queues_dead_letter_back_after_their_delay_and_rejects_reach_the_d
         .await
         .unwrap();
     let dlq = format!("{prefix}webhook_forwarding_dlq");
-    let mut in_dlq = false;
-    for _ in 0..100 {
-        if get(&ch, &dlq).await.is_some() {
-            in_dlq = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let in_dlq = crate::helpers::eventually_within(Duration::from_secs(5), async || {
+        get(&ch, &dlq).await.is_some()
+    })
+    .await;
     assert!(in_dlq);
     inbox.close().await;
     cleanup(&ch, &prefix).await;

@@ -74,13 +74,11 @@ async fn jobs_flow_through_the_broker_with_retries_dlq_and_replay() {
     );
 
     let mut dead = Value::Null;
-    for _ in 0..200 {
+    eventually_within(Duration::from_secs(5), async || {
         dead = admin(&app, reqwest::Method::GET, "/api/v1/dlq", None).await;
-        if dead.as_array().is_some_and(|d| d.len() == 1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        dead.as_array().is_some_and(|d| d.len() == 1)
+    })
+    .await;
     assert!(
         dead[0]["reason"]
             .as_str()
@@ -228,7 +226,7 @@ async fn a_job_queued_twice_is_delivered_once() {
         1
     );
     let mut logs = Value::Null;
-    for _ in 0..200 {
+    eventually_within(Duration::from_secs(5), async || {
         logs = admin(
             &app,
             reqwest::Method::GET,
@@ -236,11 +234,9 @@ async fn a_job_queued_twice_is_delivered_once() {
             None,
         )
         .await;
-        if logs[0]["status"] == "success" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        logs[0]["status"] == "success"
+    })
+    .await;
     assert_eq!(logs[0]["status"], "success", "{logs}");
     // The same job again, as a re-run fan-out publishes it.
     let again = json!({
@@ -265,8 +261,7 @@ async fn a_job_queued_twice_is_delivered_once() {
     .unwrap()
     .await
     .unwrap();
-    let mut dropped = false;
-    for _ in 0..400 {
+    let dropped = eventually_within(Duration::from_secs(10), async || {
         let metrics = app
             .client
             .get(app.url("/metrics"))
@@ -276,15 +271,11 @@ async fn a_job_queued_twice_is_delivered_once() {
             .text()
             .await
             .unwrap();
-        if metrics
+        metrics
             .lines()
             .any(|l| l.starts_with("zen_deliveries_total{outcome=\"duplicate\"}"))
-        {
-            dropped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await;
     assert!(dropped, "the second copy was not consumed");
     assert_eq!(rx.received("once").len(), 1);
     app.stop().await;

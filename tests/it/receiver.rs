@@ -137,13 +137,7 @@ impl Receiver {
 
     /// Waits until `path` got at least `n` requests.
     pub async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.received(path);
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::helpers::eventually_within(within, async || self.received(path).len() >= n).await;
+        self.received(path)
     }
 }

@@ -28,7 +28,7 @@ async fn with_redis_the_gateway_is_ready_and_shares_lookups_and_dedup_keys() {
     app.wait_for_message(&wamid, |m| m["current_status"] == "delivered")
         .await;
     app.post_webhook("/webhook/datagen", body).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.barrier().await;
     let rec: Value = app.get_message(&wamid).await.json().await.unwrap();
     assert_eq!(rec["status_history"].as_array().unwrap().len(), 1);
 
@@ -133,17 +133,15 @@ async fn secrets_and_custom_headers_are_not_cached_in_redis() {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     // The fan-out runs after the record is stored: wait for its entry.
     let mut keys: Vec<String> = Vec::new();
-    for _ in 0..400 {
+    eventually_within(Duration::from_secs(10), async || {
         keys = redis::cmd("KEYS")
             .arg(format!("{prefix}*"))
             .query_async(&mut conn)
             .await
             .unwrap();
-        if keys.iter().any(|k| k.contains("webhooks:match")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        keys.iter().any(|k| k.contains("webhooks:match"))
+    })
+    .await;
     assert!(
         keys.iter().any(|k| k.contains("webhooks:match")),
         "the match was never cached: {keys:?}"

@@ -67,13 +67,12 @@ impl PrivateFerret {
             .spawn()
             .expect("start ferretdb");
         self.child = Some(child);
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-        }
-        panic!("private ferretdb did not start");
+        let port = self.port;
+        let up = crate::helpers::eventually_within(std::time::Duration::from_secs(5), async || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "private ferretdb did not start");
     }
 
     pub fn stop(&mut self) {

@@ -442,7 +442,7 @@ mod cases {
             .await
             .unwrap();
         let cutoff = Utc::now() + chrono::Duration::milliseconds(5);
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        crate::helpers::wait_past(cutoff).await;
         store
             .apply(&[status(Bsp::Meta, Some("wamid.new"), None, "sent", 2)])
             .await
@@ -565,7 +565,7 @@ mod cases {
                 })
                 .collect();
             store.apply(&events).await.unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            crate::helpers::wait_past(Utc::now() + chrono::Duration::milliseconds(5)).await;
         }
         let mut seen = Vec::new();
         let mut after = None;
