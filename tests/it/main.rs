@@ -17,6 +17,7 @@ mod memory;
 mod messages;
 mod mongo_e2e;
 mod openapi;
+mod pipeline;
 mod poison;
 mod providers_e2e;
 mod rabbitmq_e2e;
