@@ -34,6 +34,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("Webhook body is not valid JSON: {0}")]
     InvalidJson(String),
+    /// Well-formed, but no event of the route's provider.
+    #[error("Webhook body is not an event of this provider: {0}")]
+    NotAnEvent(&'static str),
     #[error("Missing or invalid credentials")]
     Unauthorized,
     /// Too many failed key attempts from this client: wait, then retry.
@@ -81,9 +84,10 @@ impl From<crate::forwarding::webhooks::WebhookError> for ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BodyRead | ApiError::InvalidJson(_) | ApiError::BadRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BodyRead
+            | ApiError::InvalidJson(_)
+            | ApiError::NotAnEvent(_)
+            | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized | ApiError::WebhookAuth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::NotConfigured(_) => StatusCode::FORBIDDEN,

@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use crate::error::ApiError;
 use crate::model::Bsp;
-use crate::providers::Providers;
+use crate::providers::{ProbeError, Providers};
 use crate::queue::{Inbox, InboxEntry, QueueError};
 
 /// Accepts webhooks into the inbox.
@@ -30,7 +30,7 @@ impl Ingest {
     }
 
     /// Returns the event id once the body is durable. Errors map to 400 (not
-    /// JSON) or 503 (the inbox could not take it in time: the BSP retries;
+    /// JSON, or not one of the route's events) or 503 (the inbox could not take it in time: the BSP retries;
     /// a body that was committed anyway is deduplicated downstream).
     pub async fn accept(&self, bsp: Bsp, body: Bytes) -> Result<String, ApiError> {
         // Only checks well-formedness: the adapters parse for real in the
@@ -38,10 +38,10 @@ impl Ingest {
         // JSON is UTF-8 (RFC 8259); skipping a string does not check that.
         let text = std::str::from_utf8(&body)
             .map_err(|e| ApiError::InvalidJson(format!("not UTF-8: {e}")))?;
-        let probe = self
-            .providers
-            .probe(bsp, text)
-            .map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+        let probe = self.providers.probe(bsp, text).map_err(|e| match e {
+            ProbeError::NotJson(e) => ApiError::InvalidJson(e.to_string()),
+            ProbeError::NotAnEvent(reason) => ApiError::NotAnEvent(reason),
+        })?;
         let event_id = uuid::Uuid::now_v7().to_string();
         let entry = InboxEntry {
             event_id: event_id.clone(),

@@ -18,9 +18,29 @@ use serde_json::Value;
 
 pub use crate::providers::Bsp;
 
+/// Whether an identifier or name is blank: nothing above U+0020 in it.
+/// The API document states the same rule as the pattern `[^\x00-\x20]`,
+/// which every regex dialect reads alike (`\s` and `trim` do not agree on
+/// what white space is).
+pub fn is_blank(s: &str) -> bool {
+    !s.chars().any(|c| c > ' ')
+}
+
 /// A unified message status. The declaration order is the precedence order:
 /// a status only replaces `current_status` when it ranks higher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Accepted,

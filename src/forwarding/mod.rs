@@ -270,12 +270,27 @@ pub struct ReplayFilter {
     /// Only this webhook's deliveries.
     #[serde(default)]
     pub webhook_id: Option<String>,
-    /// Only deliveries that died at or after this time (RFC 3339).
-    #[serde(default)]
+    /// Only deliveries that died at or after this time (RFC 3339; empty is
+    /// absent).
+    #[serde(default, deserialize_with = "time_or_blank")]
     pub since: Option<DateTime<Utc>>,
-    /// Only deliveries that died before this time (RFC 3339).
-    #[serde(default)]
+    /// Only deliveries that died before this time (RFC 3339; empty is
+    /// absent).
+    #[serde(default, deserialize_with = "time_or_blank")]
     pub until: Option<DateTime<Utc>>,
+}
+
+/// An RFC 3339 time, or `null` or `""` for none.
+fn time_or_blank<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    use serde::de::Error;
+    match Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => DateTime::parse_from_rfc3339(&s)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| D::Error::custom(format!("not an RFC 3339 time: {e}"))),
+    }
 }
 
 impl ReplayFilter {

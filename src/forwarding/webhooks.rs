@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::signing::new_secret;
 use super::{ForwardJob, Forwarding, WebhookConfig};
+use crate::model::is_blank;
 use crate::store::StoreError;
 
 /// Why a webhook could not be created, changed or found.
@@ -35,7 +36,9 @@ pub const MAX_IN_FLIGHT: std::ops::RangeInclusive<u32> = 1..=1000;
 /// A new webhook, from the API's JSON or the console's form.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct NewWebhook {
+    #[schema(min_length = 1, pattern = "[^\\x00-\\x20]")]
     pub project_owner_id: String,
+    #[schema(schema_with = url_schema)]
     pub webhook_url: String,
     #[serde(default)]
     pub project_id: String,
@@ -47,6 +50,7 @@ pub struct NewWebhook {
 /// legacy API, a change never silently turns signing off).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 pub struct WebhookChanges {
+    #[schema(schema_with = url_schema)]
     pub webhook_url: Option<String>,
     pub project_id: Option<String>,
     #[serde(flatten)]
@@ -61,20 +65,86 @@ pub struct WebhookChanges {
 pub struct WebhookOptions {
     /// Event types to deliver (legacy or unified names, or `*`); default
     /// `["datagen.delivery"]`, the legacy subscription.
+    #[schema(min_items = 1, inline, value_type = Option<Vec<Topic>>)]
     pub topics: Option<Vec<String>>,
     /// Sign deliveries (default true).
     pub enable_auth: Option<bool>,
     pub business_numbers: Option<Vec<String>>,
+    /// Headers sent with every delivery (at most 32; the gateway's own
+    /// signing and event headers win over a header of the same name).
     pub headers: Option<BTreeMap<String, String>>,
     pub active: Option<bool>,
     /// This webhook's time for one attempt, 100 to 120000 ms (default
     /// `FORWARD_TIMEOUT_MS`).
     #[schema(minimum = 100, maximum = 120000)]
+    #[serde(default, deserialize_with = "whole_u64")]
     pub timeout_ms: Option<u64>,
     /// This webhook's most deliveries in flight, 1 to 1000 (default a share
     /// of `FORWARD_CONCURRENCY`).
     #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "whole_u32")]
     pub max_in_flight: Option<u32>,
+}
+
+/// An event type to deliver: any non-blank text.
+#[derive(ToSchema)]
+#[schema(pattern = "[^\\x00-\\x20]")]
+#[allow(dead_code)]
+struct Topic(String);
+
+/// What a webhook URL looks like, as the API document states it: http(s),
+/// a host name (its last label not a number) or an IPv4 address, an
+/// optional port from 0 to 65535, then anything without a space or a
+/// control character.
+pub const URL_PATTERN: &str = concat!(
+    "^https?://",
+    "(([A-Za-z0-9-]+\\.)*[A-Za-z][A-Za-z0-9-]*",
+    "|((25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9]))",
+    "(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
+    "([/?#][^\\x00-\\x20]*)?$"
+);
+
+/// The document's schema of a webhook URL.
+fn url_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some("An http(s) URL with a host"))
+        .pattern(Some(URL_PATTERN))
+        .build()
+}
+
+/// Most custom headers on one webhook.
+pub const MAX_HEADERS: usize = 32;
+
+/// A whole number, also when written `5.0` (JSON Schema counts integer-
+/// valued numbers as integers). Any other number reads as `out_of_range`,
+/// which the limit's own check then refuses, naming the field.
+fn whole_number<'de, D, T>(d: D, out_of_range: T) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+            .map(|f| f as u64)
+    });
+    Ok(Some(
+        whole
+            .and_then(|v| T::try_from(v).ok())
+            .unwrap_or(out_of_range),
+    ))
+}
+
+fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    whole_number(d, u64::MAX)
+}
+
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    whole_number(d, u32::MAX)
 }
 
 /// The optional fields a change removes.
@@ -99,7 +169,16 @@ fn invalid(message: impl Into<String>) -> WebhookError {
     WebhookError::Invalid(message.into())
 }
 
+/// The URL rule: [`URL_PATTERN`] (what the API document says), and a URL
+/// the HTTP client can call.
 fn validate_url(url: &str) -> Result<(), WebhookError> {
+    static PATTERN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(URL_PATTERN).expect("URL_PATTERN compiles"));
+    if !PATTERN.is_match(url) {
+        return Err(invalid(
+            "webhook_url: must be http(s)://, a host name or IPv4 address, an optional port (0-65535), then no white space",
+        ));
+    }
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
         Ok(_) => Err(invalid("webhook_url: must be an http(s) URL with a host")),
@@ -108,10 +187,30 @@ fn validate_url(url: &str) -> Result<(), WebhookError> {
 }
 
 fn validate_topics(topics: &[String]) -> Result<(), WebhookError> {
-    if topics.is_empty() || topics.iter().any(|t| t.trim().is_empty()) {
+    if topics.is_empty() || topics.iter().any(|t| is_blank(t)) {
         return Err(invalid(
             "topics: must be a non-empty list of event types (or \"*\")",
         ));
+    }
+    Ok(())
+}
+
+/// Custom headers that can be sent as they are: names are HTTP tokens and
+/// values hold no control character, checked here rather than dropped at
+/// delivery.
+fn validate_headers(headers: &BTreeMap<String, String>) -> Result<(), WebhookError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(invalid(format!("headers: at most {MAX_HEADERS}")));
+    }
+    for (name, value) in headers {
+        if reqwest::header::HeaderName::try_from(name.as_str()).is_err() {
+            return Err(invalid(format!("headers: {name:?} is not a header name")));
+        }
+        if reqwest::header::HeaderValue::from_str(value).is_err() {
+            return Err(invalid(format!(
+                "headers: the value of {name:?} holds a control character"
+            )));
+        }
     }
     Ok(())
 }
@@ -121,10 +220,14 @@ fn validate_limits(
     timeout_ms: Option<u64>, max_in_flight: Option<u32>,
 ) -> Result<(), WebhookError> {
     if timeout_ms.is_some_and(|t| !TIMEOUT_MS.contains(&t)) {
-        return Err(invalid("timeout_ms: must be between 100 and 120000"));
+        return Err(invalid(
+            "timeout_ms: must be a whole number from 100 to 120000",
+        ));
     }
     if max_in_flight.is_some_and(|m| !MAX_IN_FLIGHT.contains(&m)) {
-        return Err(invalid("max_in_flight: must be between 1 and 1000"));
+        return Err(invalid(
+            "max_in_flight: must be a whole number from 1 to 1000",
+        ));
     }
     Ok(())
 }
@@ -141,12 +244,15 @@ impl Forwarding {
     /// Checks and stores a new webhook with a fresh secret (unless signing
     /// is off).
     pub async fn create_webhook(&self, input: NewWebhook) -> Result<WebhookConfig, WebhookError> {
-        if input.project_owner_id.trim().is_empty() {
+        if is_blank(&input.project_owner_id) {
             return Err(invalid("project_owner_id: required"));
         }
         validate_url(&input.webhook_url)?;
         let o = input.options;
         validate_limits(o.timeout_ms, o.max_in_flight)?;
+        if let Some(headers) = &o.headers {
+            validate_headers(headers)?;
+        }
         // The legacy default subscription.
         let topics = o.topics.unwrap_or_else(|| vec!["datagen.delivery".into()]);
         validate_topics(&topics)?;
@@ -207,7 +313,8 @@ impl Forwarding {
         if replace(o.business_numbers.is_some(), clear.business_numbers) {
             w.business_numbers = o.business_numbers;
         }
-        if o.headers.is_some() {
+        if let Some(headers) = &o.headers {
+            validate_headers(headers)?;
             w.headers = o.headers;
         }
         if o.active.is_some() {

@@ -4,7 +4,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -13,6 +12,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::extract::{Admin, ApiJson, ApiQuery};
+use super::params::{self, given};
 use crate::error::ApiError;
 use crate::model::Status;
 use crate::model::{Bsp, MessageRecord, OutboundRegistration, UnrecognizedEvent};
@@ -33,26 +33,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct StatsParams {
     project_owner_id: Option<String>,
     campaign_id: Option<String>,
+    /// The provider, as in its route.
+    #[param(value_type = Option<Bsp>)]
     bsp: Option<String>,
     /// `created_at >= from` (RFC 3339)
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     from: Option<String>,
     /// `created_at < to` (RFC 3339)
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     to: Option<String>,
-}
-
-/// An empty parameter is the same as an absent one.
-fn given(v: Option<String>) -> Option<String> {
-    v.filter(|s| !s.is_empty())
-}
-
-fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    given(v)
-        .map(|s| {
-            DateTime::parse_from_rfc3339(&s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| ApiError::BadRequest(format!("{field}: not an RFC 3339 time: {e}")))
-        })
-        .transpose()
 }
 
 /// Message counts by current status.
@@ -64,18 +53,12 @@ fn parse_time(field: &str, v: Option<String>) -> Result<Option<DateTime<Utc>>, A
 async fn stats(
     _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<StatsParams>,
 ) -> Result<Json<MessageStats>, ApiError> {
-    let bsp = given(p.bsp)
-        .map(|b| {
-            Bsp::parse(&b)
-                .ok_or_else(|| ApiError::BadRequest(format!("bsp: unknown provider {b:?}")))
-        })
-        .transpose()?;
     let query = StatsQuery {
         project_owner_id: given(p.project_owner_id),
         campaign_id: given(p.campaign_id),
-        bsp,
-        from: parse_time("from", p.from)?,
-        to: parse_time("to", p.to)?,
+        bsp: params::provider("bsp", p.bsp)?,
+        from: params::time("from", p.from)?,
+        to: params::time("to", p.to)?,
     };
     Ok(Json(state.store.stats(&query).await?))
 }
@@ -84,7 +67,8 @@ async fn stats(
 #[into_params(parameter_in = Query)]
 struct ListParams {
     /// 1 to 500, default 50.
-    limit: Option<usize>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
 }
 
 /// Bodies no provider adapter understood, newest first.
@@ -96,7 +80,7 @@ struct ListParams {
 async fn unrecognized(
     _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<UnrecognizedEvent>>, ApiError> {
-    let limit = p.limit.unwrap_or(50).clamp(1, 500);
+    let limit = params::page_limit(p.limit)?;
     Ok(Json(state.store.list_unrecognized(limit).await?))
 }
 
@@ -105,12 +89,14 @@ async fn unrecognized(
 #[into_params(parameter_in = Query)]
 struct NotificationParams {
     /// The provider, as in its route (`meta`, `gupshup`, …).
+    #[param(value_type = Option<Bsp>)]
     bsp: Option<String>,
     /// `message_template_status_update`, `account_alerts`, `account_update`,
     /// `phone_number_quality_update`, `errors`, or a provider's own type.
     kind: Option<String>,
     /// 1 to 500, default 50.
-    limit: Option<usize>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
 }
 
 /// Provider notifications that are not about one message (template status,
@@ -124,16 +110,10 @@ struct NotificationParams {
 async fn notifications(
     _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<NotificationParams>,
 ) -> Result<Json<Vec<crate::model::Notification>>, ApiError> {
-    let bsp = given(p.bsp)
-        .map(|b| {
-            Bsp::parse(&b)
-                .ok_or_else(|| ApiError::BadRequest(format!("bsp: unknown provider {b:?}")))
-        })
-        .transpose()?;
     let query = crate::store::NotificationQuery {
-        bsp,
+        bsp: params::provider("bsp", p.bsp)?,
         kind: given(p.kind),
-        limit: p.limit.unwrap_or(50).clamp(1, 500),
+        limit: params::page_limit(p.limit)?,
     };
     Ok(Json(state.store.list_notifications(&query).await?))
 }
@@ -146,15 +126,19 @@ struct MessagesParams {
     campaign_id: Option<String>,
     project_owner_id: Option<String>,
     /// `sent`, `delivered`, `read`, `failed`, `accepted` or `received`.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
     /// `created_at >= from` (RFC 3339)
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     from: Option<String>,
     /// `created_at < to` (RFC 3339)
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
     to: Option<String>,
     /// 1 to 500, default 50.
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// `next_cursor` of the previous page, unchanged.
+    #[param(pattern = "^[0-9]{1,15}-[0-9A-Za-z]{1,64}$")]
     cursor: Option<String>,
 }
 
@@ -167,27 +151,8 @@ struct MessagesParams {
 async fn list_messages(
     _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<MessagesParams>,
 ) -> Result<Json<MessagePage>, ApiError> {
-    let limit = match given(p.limit) {
-        None => 50,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=500).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit: must be a whole number from 1 to 500, got {l:?}"
-                )));
-            }
-        },
-    };
-    let status = given(p.status)
-        .map(|s| {
-            Status::parse(&s).map(|st| st.as_str().to_owned()).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "status: unknown status {s:?} (expected sent, delivered, read, failed, accepted or received)"
-                ))
-            })
-        })
-        .transpose()?;
-    let after = given(p.cursor)
+    let after = p
+        .cursor
         .map(|c| {
             MessageCursor::decode(&c).ok_or_else(|| {
                 ApiError::BadRequest(
@@ -201,10 +166,10 @@ async fn list_messages(
         phone_number: given(p.phone_number),
         campaign_id: given(p.campaign_id),
         project_owner_id: given(p.project_owner_id),
-        status,
-        from: parse_time("from", p.from)?,
-        to: parse_time("to", p.to)?,
-        limit,
+        status: params::status(p.status)?.map(|s| s.as_str().to_owned()),
+        from: params::time("from", p.from)?,
+        to: params::time("to", p.to)?,
+        limit: params::page_limit(p.limit)?,
         after,
     };
     Ok(Json(state.store.list_messages(&query).await?))
@@ -233,14 +198,21 @@ async fn get_message(
 #[derive(Debug, Deserialize, ToSchema)]
 struct RegisterMessageIn {
     /// The provider's name, as in its route (`datagen`, `meta`, …).
+    #[schema(value_type = Bsp)]
     bsp: String,
+    /// The wamid; this or `bsp_message_id` is required.
+    #[schema(min_length = 1, pattern = "[^\\x00-\\x20]")]
     wamid: Option<String>,
+    /// The provider's own message id.
+    #[schema(min_length = 1, pattern = "[^\\x00-\\x20]")]
     bsp_message_id: Option<String>,
     phone_number: Option<String>,
     business_number: Option<String>,
     campaign_id: Option<String>,
     project_id: Option<String>,
     project_owner_id: Option<String>,
+    /// The provider's own fields, kept on the record.
+    #[schema(value_type = Option<Object>)]
     bsp_data: Option<Value>,
 }
 
@@ -264,6 +236,16 @@ async fn register_message(
             known.join(", ")
         ))
     })?;
+    for (field, id) in [
+        ("wamid", &input.wamid),
+        ("bsp_message_id", &input.bsp_message_id),
+    ] {
+        if id.as_deref().is_some_and(crate::model::is_blank) {
+            return Err(ApiError::Unprocessable(format!(
+                "{field}: must not be blank (leave it out instead)"
+            )));
+        }
+    }
     if input.bsp_data.as_ref().is_some_and(|d| !d.is_object()) {
         return Err(ApiError::Unprocessable(
             "bsp_data: must be an object".into(),

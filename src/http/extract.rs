@@ -117,7 +117,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
+                "expected Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        // Every body of this API is an object; serde would also read a
+        // struct from an array.
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Err(e) => Err(ApiError::BadRequest(format!("not JSON: {e}"))),
+                Ok(_) => Err(ApiError::Unprocessable("expected a JSON object".into())),
+            };
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rejection) if rejection.status() == StatusCode::UNPROCESSABLE_ENTITY => {
                 Err(ApiError::Unprocessable(rejection.body_text()))
@@ -127,6 +143,42 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             }
             Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
         }
+    }
+}
+
+/// Whether the request says its body is JSON (`application/json`, or a
+/// `+json` type).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .and_then(|v| v.strip_prefix("application/").map(str::to_owned))
+        .is_some_and(|sub| sub == "json" || sub.ends_with("+json"))
+}
+
+/// An optional JSON request body: none, an empty one or `null` is `None`;
+/// anything else is read as [`ApiJson`] reads it.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let has_type = req.headers().contains_key(header::CONTENT_TYPE);
+        let (parts, body) = req.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let text = bytes.trim_ascii();
+        if text.is_empty() || (has_type && text == b"null") {
+            return Ok(OptionalJson(None));
+        }
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
+        ApiJson::<T>::from_request(req, state)
+            .await
+            .map(|ApiJson(v)| OptionalJson(Some(v)))
     }
 }
 

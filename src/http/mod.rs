@@ -9,6 +9,7 @@ pub mod console;
 mod extract;
 pub mod health;
 pub mod openapi;
+mod params;
 mod quarantine;
 pub mod serve;
 mod webhook_admin;

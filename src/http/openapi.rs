@@ -24,7 +24,7 @@ pub struct ErrorBody {
         description = "WhatsApp BSP webhook gateway: durable ingest, one record per message, signed forwarding to client webhooks. The `/webhook/*` routes and `/`, `/health` keep the legacy gateway's contract byte for byte."
     ),
     modifiers(&AdminAuth),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, crate::model::Status)),
     tags(
         (name = "webhooks (BSP)", description = "Where providers post; 200 means durably accepted"),
         (name = "messages", description = "Tracked messages (admin key)"),
@@ -55,9 +55,38 @@ impl Modify for AdminAuth {
 
 /// The document of the routes served for `providers`.
 pub fn document_json(providers: &crate::providers::Providers) -> String {
-    super::openapi(providers)
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
+    let mut doc =
+        serde_json::to_value(super::openapi(providers)).expect("the OpenAPI document serializes");
+    refine(&mut doc);
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
+}
+
+/// The rules the derive macros cannot state: which of two fields is
+/// required, and what a header name and value may hold.
+fn refine(doc: &mut serde_json::Value) {
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["RegisterMessageIn"]["anyOf"] = serde_json::json!([
+        {"required": ["wamid"], "properties": {"wamid": {"type": "string"}}},
+        {"required": ["bsp_message_id"], "properties": {"bsp_message_id": {"type": "string"}}}
+    ]);
+    // Empty is the same as absent.
+    for field in ["since", "until"] {
+        let time = &mut schemas["ReplayFilter"]["properties"][field];
+        if let Some(description) = time.get("description").cloned() {
+            *time = serde_json::json!({"description": description, "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "maxLength": 0},
+                {"type": "null"}]});
+        }
+    }
+    let headers = &mut schemas["WebhookOptions"]["properties"]["headers"];
+    if headers.is_object() {
+        headers["maxProperties"] = crate::forwarding::webhooks::MAX_HEADERS.into();
+        // An HTTP token; a value without control characters (tab allowed).
+        headers["propertyNames"] = serde_json::json!({"pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"});
+        headers["additionalProperties"] =
+            serde_json::json!({"type": "string", "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"});
+    }
 }
 
 /// This document.

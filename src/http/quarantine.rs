@@ -11,7 +11,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Admin, ApiQuery};
+use super::extract::{Admin, ApiQuery, OptionalJson};
+use super::params;
 use crate::error::ApiError;
 use crate::queue::{QuarantinedEntry, QueueError};
 
@@ -26,7 +27,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 struct ListParams {
     /// 1 to 500, default 50.
-    limit: Option<usize>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
     /// The `event_id` of the last entry of the previous page.
     after: Option<String>,
 }
@@ -40,13 +42,13 @@ fn unavailable(e: QueueError) -> ApiError {
 /// Quarantined inbox entries, newest first, with their error and body.
 #[utoipa::path(get, path = "/quarantine", tag = "messages", params(ListParams),
     security(("admin" = [])),
-    responses((status = 200, body = Vec<QuarantinedEntry>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+    responses((status = 200, body = Vec<QuarantinedEntry>), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The inbox is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn list_quarantine(
     _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<Vec<QuarantinedEntry>>, ApiError> {
-    let limit = p.limit.unwrap_or(50).clamp(1, 500);
-    let after = p.after.filter(|a| !a.is_empty());
+    let limit = params::page_limit(p.limit)?;
+    let after = params::given(p.after);
     let entries = state
         .inbox
         .list_quarantined(limit, after.as_deref())
@@ -62,15 +64,16 @@ struct ReplayIn {
 }
 
 /// Puts quarantined entries back into the inbox, to be processed again
-/// (with fresh attempts): the given event ids, or all without a body.
+/// (with fresh attempts): the given event ids, or all without a body (or
+/// with `null`, or with no `ids`).
 #[utoipa::path(post, path = "/quarantine/replay", tag = "messages", request_body(content = Option<ReplayIn>),
     security(("admin" = [])),
-    responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+    responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The inbox is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay_quarantine(
-    _: Admin, State(state): State<AppState>, body: Option<Json<ReplayIn>>,
+    _: Admin, State(state): State<AppState>, OptionalJson(body): OptionalJson<ReplayIn>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let input = body.map(|Json(b)| b).unwrap_or_default();
+    let input = body.unwrap_or_default();
     let n = state
         .inbox
         .replay_quarantined(input.ids.as_deref())

@@ -14,7 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::extract::{Admin, ApiJson, ApiQuery};
+use super::extract::{Admin, ApiJson, ApiQuery, OptionalJson};
+use super::params;
 use crate::error::ApiError;
 use crate::forwarding::signing::whsec;
 use crate::forwarding::webhooks::{NewWebhook, WebhookChanges};
@@ -163,21 +164,22 @@ async fn test(
 #[into_params(parameter_in = Query)]
 struct LimitParams {
     /// 1 to 500, default 50.
-    limit: Option<usize>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
+    limit: Option<String>,
 }
 
 /// The delivery log of one webhook, newest first: one entry per event,
 /// updated on every attempt.
 #[utoipa::path(get, path = "/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = String, Path, description = "webhook id"), LimitParams),
     security(("admin" = [])),
-    responses((status = 200, body = Vec<DeliveryLog>), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+    responses((status = 200, body = Vec<DeliveryLog>), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn deliveries(
     _: Admin, State(state): State<AppState>, Path(id): Path<String>,
     ApiQuery(p): ApiQuery<LimitParams>,
 ) -> Result<Json<Vec<DeliveryLog>>, ApiError> {
+    let limit = params::page_limit(p.limit)?;
     state.forwarding.webhook(&id).await?;
-    let limit = p.limit.unwrap_or(50).clamp(1, 500);
     Ok(Json(
         state
             .forwarding
@@ -190,26 +192,28 @@ async fn deliveries(
 /// Dead-lettered deliveries, newest first.
 #[utoipa::path(get, path = "/dlq", tag = "webhooks", params(LimitParams),
     security(("admin" = [])),
-    responses((status = 200, body = Vec<DeadJob>), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+    responses((status = 200, body = Vec<DeadJob>), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn dlq(
     _: Admin, State(state): State<AppState>, ApiQuery(p): ApiQuery<LimitParams>,
 ) -> Result<Json<Vec<DeadJob>>, ApiError> {
-    let limit = p.limit.unwrap_or(50).clamp(1, 500);
+    let limit = params::page_limit(p.limit)?;
     Ok(Json(state.forwarding.queue().list_dead(limit).await?))
 }
 
 /// Puts dead-lettered deliveries back on the forwarding queue with fresh
 /// attempts: all of them without a body, else those matching every part
-/// given (`ids`, `webhook_id`, died `since` / `until`).
+/// given (`ids`, `webhook_id`, died `since` / `until`). An empty body or
+/// `null` is all of them.
 #[utoipa::path(post, path = "/dlq/replay", tag = "webhooks", request_body(content = Option<crate::forwarding::ReplayFilter>),
     security(("admin" = [])),
-    responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+    responses((status = 200, description = "`{\"replayed\":N}`", body = Object), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The forwarding queue is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn replay(
-    _: Admin, State(state): State<AppState>, body: Option<Json<crate::forwarding::ReplayFilter>>,
+    _: Admin, State(state): State<AppState>,
+    OptionalJson(filter): OptionalJson<crate::forwarding::ReplayFilter>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let filter = body.map(|Json(b)| b).unwrap_or_default();
+    let filter = filter.unwrap_or_default();
     let n = state.forwarding.queue().replay_dead(&filter).await?;
     Ok(Json(json!({"replayed": n})))
 }

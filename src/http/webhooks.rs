@@ -16,7 +16,7 @@ use super::AppState;
 use super::extract::WebhookRequest;
 use crate::error::ApiError;
 use crate::model::Bsp;
-use crate::providers::Providers;
+use crate::providers::{BodyFormat, Provider, Providers};
 
 /// One route per provider path (and alias), each with its OpenAPI
 /// operation, from the provider list: a new provider needs nothing here.
@@ -39,11 +39,8 @@ pub fn router(providers: &Providers) -> OpenApiRouter<AppState> {
                     provider.routes()[0]
                 ),
             };
-            let media = match provider.body_format() {
-                crate::providers::BodyFormat::Json => "application/json",
-                crate::providers::BodyFormat::Form => "application/x-www-form-urlencoded",
-            };
-            let mut item = json!({"post": post_operation(&operation_id, &summary, provider.ack_body(), media)});
+            let mut item =
+                json!({"post": post_operation(&operation_id, &summary, provider.as_ref())});
             let mut method = post(
                 move |State(state): State<AppState>, request: WebhookRequest| async move {
                     accept(&state, bsp, request).await
@@ -73,11 +70,37 @@ pub fn router(providers: &Providers) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(doc).merge(OpenApiRouter::from(router))
 }
 
-/// The operation of a provider's webhook route.
-fn post_operation(operation_id: &str, summary: &str, ack: &str, media: &str) -> Value {
+/// The operation of a provider's webhook route: the bodies it takes (a
+/// JSON object, an array of them where the provider batches, or Twilio's
+/// form naming its message) and its answers, the legacy 200 body included.
+fn post_operation(operation_id: &str, summary: &str, provider: &dyn Provider) -> Value {
     let error = |description: &str| {
         json!({"description": description, "content": {"application/json": {"schema":
             {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    let (media, schema) = match provider.body_format() {
+        BodyFormat::Json if provider.takes_batches() => (
+            "application/json",
+            json!({"oneOf": [{"type": "object"}, {"type": "array", "description": "A batch of events"}]}),
+        ),
+        BodyFormat::Json => ("application/json", json!({"type": "object"})),
+        BodyFormat::Form => (
+            "application/x-www-form-urlencoded",
+            json!({"type": "object", "required": ["MessageSid"],
+                "properties": {"MessageSid": {"type": "string", "minLength": 1, "pattern": "[^\\x00-\\x20]"}}}),
+        ),
+    };
+    let ack = provider.ack_body();
+    let ack_media = provider
+        .ack_content_type()
+        .split(';')
+        .next()
+        .unwrap_or("application/json");
+    let accepted = format!("Durably accepted (the legacy body: `{ack}`)");
+    let ok = if ack_media == "application/json" {
+        error(&accepted)
+    } else {
+        json!({"description": accepted, "content": {ack_media: {"schema": {"type": "string"}}}})
     };
     json!({
         "tags": ["webhooks (BSP)"],
@@ -86,12 +109,12 @@ fn post_operation(operation_id: &str, summary: &str, ack: &str, media: &str) -> 
         "parameters": [{"name": "token", "in": "query", "required": false,
             "description": "Shared token, when inbound authentication by query token is configured",
             "schema": {"type": "string"}}],
-        "requestBody": {"description": "The provider's webhook body, as it sends it (one event or a batch)",
-            "content": {media: {"schema": {"type": "object"}}}, "required": true},
+        "requestBody": {"description": "The provider's webhook body, as it sends it",
+            "content": {media: {"schema": schema}}, "required": true},
         "responses": {
-            "200": error(&format!("Durably accepted (the legacy body: `{ack}`)")),
-            "400": error("Not JSON / not UTF-8 / unreadable"),
-            "401": error("Inbound authentication failed"),
+            "200": ok,
+            "400": error("Not one of the provider's events: not JSON (or not UTF-8, or unreadable), a JSON value that is not an object (nor, for a provider that batches, an array), or a form without its message id"),
+            "401": error("Inbound authentication failed, or the route is refused (`INBOUND_REQUIRE_AUTH` with no credential configured for it)"),
             "413": error("Body over BODY_LIMIT_BYTES"),
             "503": error("Not accepted, retry (inbox unavailable or saturated; `Retry-After`)"),
         }
@@ -132,7 +155,7 @@ async fn accept(state: &AppState, bsp: Bsp, request: WebhookRequest) -> Result<R
     let result = accept_inner(state, bsp, request).await;
     let outcome = match &result {
         Ok(_) => "accepted",
-        Err(ApiError::InvalidJson(_)) => "invalid",
+        Err(ApiError::InvalidJson(_) | ApiError::NotAnEvent(_)) => "invalid",
         Err(ApiError::WebhookAuth(_)) => "unauthorized",
         Err(_) => "unavailable",
     };

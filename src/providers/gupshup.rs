@@ -77,6 +77,11 @@ impl Provider for Gupshup {
     }
 
     /// v2 `type: "message"`, or v3 `messages`.
+    /// Its enterprise API posts batches as JSON arrays.
+    fn takes_batches(&self) -> bool {
+        true
+    }
+
     fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
         #[derive(serde::Deserialize)]
         struct Envelope<'a> {

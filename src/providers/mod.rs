@@ -252,6 +252,16 @@ pub trait Provider: Send + Sync {
     fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
         serde_json::from_str::<serde::de::IgnoredAny>(object).map(|_| false)
     }
+    /// Whether a JSON array of its events (a batch) is one of its bodies;
+    /// otherwise only a JSON object is.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+    /// Why a well-formed body is still not one of its events (a form
+    /// without the field every callback carries), or `None`.
+    fn refuse(&self, _text: &str) -> Option<&'static str> {
+        None
+    }
     /// The body as the legacy BSP queue carries it (`batch_len`: the number
     /// of events of a JSON array body).
     fn legacy_queue_body(&self, body: &bytes::Bytes, _batch_len: Option<usize>) -> bytes::Bytes {
@@ -267,6 +277,16 @@ pub const INBOUND_PRIORITY: u8 = 5;
 pub struct Probe {
     pub priority: u8,
     pub batch_len: Option<usize>,
+}
+
+/// Why ingest refused a body.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{0}")]
+    NotJson(#[from] serde_json::Error),
+    /// Well-formed, but not one of the route's events.
+    #[error("{0}")]
+    NotAnEvent(&'static str),
 }
 
 /// The registered adapters, by BSP: the registry. The gateway builds it
@@ -318,25 +338,28 @@ impl Providers {
         Bsp::ALL.iter().filter_map(|b| self.by_bsp.get(b))
     }
 
-    /// Validates `text` as JSON and finds its queue priority and batch size:
-    /// an object is [`INBOUND_PRIORITY`] when its provider says it is an
-    /// inbound user message; an array (a batch, mostly status reports, as
-    /// the legacy queues have always carried it) is 0.
-    pub fn probe(&self, bsp: Bsp, text: &str) -> Result<Probe, serde_json::Error> {
+    /// Validates `text` as one of `bsp`'s bodies and finds its queue
+    /// priority and batch size: an object is [`INBOUND_PRIORITY`] when its
+    /// provider says it is an inbound user message; an array (a batch,
+    /// mostly status reports, as the legacy queues have always carried it,
+    /// for providers that send them) is 0. Anything else is refused: a
+    /// JSON string or number is no provider's event.
+    pub fn probe(&self, bsp: Bsp, text: &str) -> Result<Probe, ProbeError> {
         use serde::de::IgnoredAny;
         let priority = |inbound: bool| if inbound { INBOUND_PRIORITY } else { 0 };
-        if let Some(p) = self
-            .get(bsp)
-            .filter(|p| p.body_format() == BodyFormat::Form)
-        {
-            // Any text is a form; the adapter keeps what it cannot read.
+        let provider = self.get(bsp);
+        if let Some(p) = provider.filter(|p| p.body_format() == BodyFormat::Form) {
+            if let Some(reason) = p.refuse(text) {
+                return Err(ProbeError::NotAnEvent(reason));
+            }
             return Ok(Probe {
                 priority: priority(p.is_inbound(text).unwrap_or(false)),
                 batch_len: None,
             });
         }
+        let takes_batches = provider.is_some_and(|p| p.takes_batches());
         match text.trim_start().as_bytes().first() {
-            Some(b'[') => {
+            Some(b'[') if takes_batches => {
                 let items: Vec<IgnoredAny> = serde_json::from_str(text)?;
                 Ok(Probe {
                     priority: 0,
@@ -346,14 +369,22 @@ impl Providers {
             // The provider's probe validates as it reads; valid JSON it
             // cannot read (say, a duplicate key) gets no priority, but is
             // still accepted.
-            Some(b'{') => match self.get(bsp).map(|p| p.is_inbound(text)) {
+            Some(b'{') => match provider.map(|p| p.is_inbound(text)) {
                 Some(Ok(inbound)) => Ok(Probe {
                     priority: priority(inbound),
                     batch_len: None,
                 }),
-                _ => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe::default()),
+                _ => Ok(serde_json::from_str::<IgnoredAny>(text).map(|_| Probe::default())?),
             },
-            _ => serde_json::from_str::<IgnoredAny>(text).map(|_| Probe::default()),
+            // Well-formed or not? The answer names the right fault.
+            _ => {
+                serde_json::from_str::<IgnoredAny>(text)?;
+                Err(ProbeError::NotAnEvent(if takes_batches {
+                    "expected a JSON object, or an array of them"
+                } else {
+                    "expected a JSON object"
+                }))
+            }
         }
     }
 
@@ -446,5 +477,49 @@ mod tests {
         assert!(Providers::new().probe(Bsp::Datagen, "{").is_err());
         assert!(Providers::new().probe(Bsp::Datagen, "[1,").is_err());
         assert!(Providers::new().probe(Bsp::Datagen, "").is_err());
+    }
+
+    #[test]
+    fn a_body_that_is_no_event_of_its_route_is_refused() {
+        let not_an_event = |bsp, text| {
+            matches!(
+                Providers::new().probe(bsp, text),
+                Err(ProbeError::NotAnEvent(_))
+            )
+        };
+        // Well-formed JSON, but no provider's event.
+        for text in ["\"text\"", "42", "null", "true"] {
+            assert!(not_an_event(Bsp::Datagen, text), "{text}");
+            assert!(not_an_event(Bsp::Meta, text), "{text}");
+        }
+        // A batch only where the provider sends batches.
+        assert!(not_an_event(Bsp::Meta, "[{}]"));
+        assert!(not_an_event(Bsp::Aisensy, "[]"));
+        for bsp in [Bsp::Datagen, Bsp::Karix, Bsp::Gupshup] {
+            assert!(Providers::new().probe(bsp, "[{}]").is_ok(), "{bsp}");
+        }
+        // Malformed stays "not JSON".
+        assert!(matches!(
+            Providers::new().probe(Bsp::Meta, "\"open"),
+            Err(ProbeError::NotJson(_))
+        ));
+        // A Twilio callback names its message.
+        assert!(not_an_event(Bsp::Twilio, ""));
+        assert!(not_an_event(Bsp::Twilio, "MessageSid=&Body=hi"));
+        assert!(
+            Providers::new()
+                .probe(Bsp::Twilio, "MessageSid=SM1&MessageStatus=sent")
+                .is_ok()
+        );
+        assert!(
+            Providers::new()
+                .probe(Bsp::Twilio, "SmsSid=SM1&Body=hi")
+                .is_ok()
+        );
+        assert!(
+            Providers::new()
+                .probe(Bsp::Twilio, r#"{"MessageSid":"SM1"}"#)
+                .is_ok()
+        );
     }
 }

@@ -125,6 +125,16 @@ impl Provider for Twilio {
         true
     }
 
+    /// Every Twilio callback names its message.
+    fn refuse(&self, text: &str) -> Option<&'static str> {
+        let named = params(text.as_bytes()).is_some_and(|p| {
+            ["MessageSid", "SmsSid"]
+                .iter()
+                .any(|k| p.get(*k).is_some_and(|v| !crate::model::is_blank(v)))
+        });
+        (!named).then_some("a Twilio callback carries a MessageSid")
+    }
+
     fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
         Ok(params(object.as_bytes()).is_some_and(|p| !is_status_callback(&p)))
     }

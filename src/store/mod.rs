@@ -99,23 +99,40 @@ impl MessageCursor {
         }
     }
 
-    /// Opaque to clients: URL-safe base64 of `<ms>:<message_id>`.
+    /// Opaque to clients: `<created_at ms>-<message_id>`, which the API
+    /// document states as the pattern `^[0-9]{1,15}-[0-9A-Za-z]{1,64}$`.
     pub fn encode(&self) -> String {
-        use base64::Engine;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(format!("{}:{}", self.created_at_ms, self.message_id))
+        format!("{}-{}", self.created_at_ms, self.message_id)
     }
 
+    /// A cursor this API handed out: the current form, or the URL-safe
+    /// base64 of `<ms>:<message_id>` that earlier versions returned.
     pub fn decode(s: &str) -> Option<Self> {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (ms, id) = text.split_once(':')?;
-        Some(MessageCursor {
-            created_at_ms: ms.parse().ok()?,
-            message_id: id.to_owned(),
+        let current = s
+            .split_once('-')
+            .filter(|(ms, id)| {
+                (1..=15).contains(&ms.len())
+                    && ms.bytes().all(|b| b.is_ascii_digit())
+                    && (1..=64).contains(&id.len())
+                    && id.bytes().all(|b| b.is_ascii_alphanumeric())
+            })
+            .and_then(|(ms, id)| {
+                Some(MessageCursor {
+                    created_at_ms: ms.parse().ok()?,
+                    message_id: id.to_owned(),
+                })
+            });
+        current.or_else(|| {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(s)
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            let (ms, id) = text.split_once(':')?;
+            Some(MessageCursor {
+                created_at_ms: ms.parse().ok()?,
+                message_id: id.to_owned(),
+            })
         })
     }
 }
@@ -220,4 +237,35 @@ pub trait MessageStore: Send + Sync {
 
     /// Backend health for `/ready`.
     async fn health(&self) -> BackendHealth;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageCursor;
+
+    #[test]
+    fn a_cursor_reads_back_in_both_forms_and_nothing_else() {
+        let cursor = MessageCursor {
+            created_at_ms: 1_749_540_007_000,
+            message_id: "6650f0c2a1b2c3d4e5f60718".into(),
+        };
+        let encoded = cursor.encode();
+        assert_eq!(encoded, "1749540007000-6650f0c2a1b2c3d4e5f60718");
+        let back = MessageCursor::decode(&encoded).expect("decodes");
+        assert_eq!(
+            (back.created_at_ms, back.message_id.as_str()),
+            (cursor.created_at_ms, cursor.message_id.as_str())
+        );
+        // The form earlier versions handed out.
+        use base64::Engine;
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode("1749540007000:6650f0c2a1b2c3d4e5f60718");
+        assert_eq!(
+            MessageCursor::decode(&old).map(|c| c.created_at_ms),
+            Some(cursor.created_at_ms)
+        );
+        for refused in ["", "-", "12-", "-ab", "1a-b", "1-a b", "9999999999999999-a"] {
+            assert!(MessageCursor::decode(refused).is_none(), "{refused}");
+        }
+    }
 }

@@ -43,6 +43,8 @@ fn cited_paths(text: &str) -> Vec<String> {
             let candidate = candidate.split('#').next().unwrap_or("");
             let looks_like_path = !candidate.contains(char::is_whitespace)
                 && !candidate.contains("://")
+                // `/api/v1/openapi.json` is a route, not a file.
+                && !candidate.starts_with('/')
                 && !candidate.contains(['*', '<', '{', '$'])
                 && ENDINGS.iter().any(|e| candidate.ends_with(e))
                 && (candidate.contains('/') || candidate.ends_with(".md"));

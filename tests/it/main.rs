@@ -5,6 +5,7 @@ mod helpers;
 
 mod cache_conformance;
 mod console;
+mod contract;
 mod crash_safety;
 mod docs;
 mod forward_queue_conformance;
