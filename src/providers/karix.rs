@@ -45,11 +45,6 @@ impl Provider for Karix {
         rcm::parse_body(&FLAVOR, webhook)
     }
 
-    /// It posts batches as JSON arrays.
-    fn takes_batches(&self) -> bool {
-        true
-    }
-
     fn is_inbound(&self, object: &str) -> Result<bool, serde_json::Error> {
         rcm::is_inbound(object)
     }
