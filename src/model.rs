@@ -143,6 +143,22 @@ pub struct UnifiedEvent {
     pub message: Option<MessageEvent>,
 }
 
+impl UnifiedEvent {
+    /// A copy with what a message record is built from (ids, types, the
+    /// message part), without the raw body.
+    pub fn for_record(&self) -> UnifiedEvent {
+        UnifiedEvent {
+            event_id: self.event_id.clone(),
+            bsp: self.bsp,
+            legacy_type: self.legacy_type.clone(),
+            unified_type: self.unified_type.clone(),
+            received_at: self.received_at,
+            raw: Value::Null,
+            message: self.message.clone(),
+        }
+    }
+}
+
 /// A provider notification that is not about one message: a template's
 /// status, an account alert or update, a number's quality, out-of-band
 /// errors, a contact event. Kept (listed by the admin API) and forwarded.

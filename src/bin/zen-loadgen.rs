@@ -64,6 +64,9 @@ enum Command {
         /// Distinct messages the events are about.
         #[arg(long, default_value_t = 50_000)]
         messages: u64,
+        /// Stop after this many requests (0: run for `--duration`).
+        #[arg(long, default_value_t = 0)]
+        requests: u64,
     },
     /// The baseline: an axum server whose handler only parses the JSON.
     ParseServer {
@@ -121,7 +124,8 @@ fn main() -> anyhow::Result<()> {
                 connections,
                 mix,
                 messages,
-            } => post_load(url, rate, duration, connections, mix, messages).await,
+                requests,
+            } => post_load(url, rate, duration, connections, mix, messages, requests).await,
             Command::ParseServer { port } => parse_server(port).await,
             Command::Lookups {
                 url,
@@ -316,6 +320,7 @@ fn bodies(mix: Mix, messages: u64, n: usize) -> Vec<(&'static str, Bytes)> {
 
 async fn post_load(
     url: String, rate: u64, duration: u64, connections: usize, mix: Mix, messages: u64,
+    requests: u64,
 ) -> anyhow::Result<()> {
     let pool = Arc::new(match mix {
         Mix::Fresh => Vec::new(),
@@ -338,6 +343,9 @@ async fn post_load(
             let mut errors = 0u64;
             loop {
                 let k = issued.fetch_add(1, Ordering::Relaxed);
+                if requests > 0 && k >= requests {
+                    break;
+                }
                 let scheduled = if rate > 0 {
                     let at = started + Duration::from_secs_f64(k as f64 / rate as f64);
                     if at >= deadline {

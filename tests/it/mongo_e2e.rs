@@ -300,3 +300,66 @@ async fn a_database_from_a_newer_gateway_is_refused() {
     );
     db.drop().await.unwrap();
 }
+
+/// What a batch of statuses for stored messages costs the server: the
+/// lookups and one update command, and no lookup keys written again (each was written when its message was; the server had to refuse
+/// every one of them as a duplicate).
+#[tokio::test]
+async fn statuses_for_stored_messages_cost_a_lookup_and_an_update() {
+    let Some(uri) = services::mongo_uri() else {
+        return;
+    };
+    let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut opts = mongodb::options::ClientOptions::parse(&uri).await.unwrap();
+    let log = commands.clone();
+    opts.command_event_handler = Some(mongodb::event::EventHandler::callback(
+        move |event: mongodb::event::command::CommandEvent| {
+            if let mongodb::event::command::CommandEvent::Started(s) = event {
+                let target = s.command.get_str(&s.command_name).unwrap_or("").to_owned();
+                log.lock()
+                    .unwrap()
+                    .push(format!("{} {target}", s.command_name));
+            }
+        },
+    ));
+    let client = mongodb::Client::with_options(opts).unwrap();
+    let db_name = services::unique_db_name();
+    let store = zen_gateway::backends::mongo::MongoStore::new(client.database(&db_name));
+    store.ensure_indexes().await.unwrap();
+    use zen_gateway::store::MessageStore;
+    let wamids: Vec<String> = (0..20).map(|n| format!("wamid.cost-{n}")).collect();
+    let batch = |s: &str, secs: i64| -> Vec<_> {
+        wamids
+            .iter()
+            .map(|w| {
+                let mut ev = crate::store_conformance::status(
+                    zen_gateway::model::Bsp::Datagen,
+                    Some(w),
+                    None,
+                    s,
+                    secs,
+                );
+                ev.event_id = format!("{w}-{s}");
+                ev
+            })
+            .collect()
+    };
+    store.apply(&batch("sent", 1)).await.unwrap();
+    commands.lock().unwrap().clear();
+    let applied = store.apply(&batch("delivered", 2)).await.unwrap();
+    assert!(applied.iter().flatten().all(|a| !a.duplicate));
+    let sent = commands.lock().unwrap().clone();
+    assert!(
+        !sent.iter().any(|c| c.starts_with("insert")),
+        "no key is written again: {sent:?}"
+    );
+    assert_eq!(
+        sent,
+        [
+            "find unified_message_tracking",
+            "update unified_message_tracking"
+        ],
+        "one lookup of the 20 wamids, one update of the 20 records"
+    );
+    client.database(&db_name).drop().await.unwrap();
+}

@@ -42,11 +42,15 @@ use crate::store::{
     NotificationQuery, StatsQuery, StoreError,
 };
 
-/// A stored document's identity and revision (for compare-and-set).
-#[derive(Debug, Clone, Copy)]
+/// A stored document's identity and revision (for compare-and-set), and
+/// the ids it was loaded with (its lookup keys are rewritten only when they
+/// change).
+#[derive(Debug, Clone)]
 pub struct Handle {
     id: ObjectId,
     rev: i64,
+    wamid: Option<String>,
+    bsp_message_id: Option<String>,
 }
 
 /// The layout of collections and indexes this gateway writes. A database
@@ -80,6 +84,15 @@ pub async fn client(uri: &str) -> StoreResult<Client> {
     opts.connect_timeout.get_or_insert(Duration::from_secs(10));
     opts.server_selection_timeout
         .get_or_insert(Duration::from_secs(5));
+    // Every command sent, by name: what the gateway costs the server.
+    opts.command_event_handler = Some(mongodb::event::EventHandler::callback(
+        |event: mongodb::event::command::CommandEvent| {
+            if let mongodb::event::command::CommandEvent::Started(started) = event {
+                metrics::counter!("zen_store_commands_total", "op" => started.command_name)
+                    .increment(1);
+            }
+        },
+    ));
     Client::with_options(opts).map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))
 }
 
@@ -382,14 +395,17 @@ impl MongoStore {
 
     /// The candidate records of a batch, oldest first: one single-field
     /// `$in` query per key (an `$or` over both is far slower on some
-    /// wire-compatible servers).
+    /// wire-compatible servers). A server that serves `$in` by a scan
+    /// (FerretDB on SQLite) still scans once per batch, not once per id.
     async fn load(&self, c: &Candidates) -> StoreResult<WorkingSet<Handle>> {
         let mut found: BTreeMap<ObjectId, Document> = BTreeMap::new();
         for (field, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
             for chunk in ids.chunks(1000) {
+                // One reply for the whole chunk (no `getMore`).
                 let mut cursor = self
                     .messages
                     .find(doc! {field: {"$in": chunk}})
+                    .batch_size(chunk.len() as u32 + 1)
                     .await
                     .map_err(unavailable)?;
                 while let Some(d) = cursor.try_next().await.map_err(unavailable)? {
@@ -400,11 +416,14 @@ impl MongoStore {
             }
         }
         Ok(WorkingSet::new(found.into_iter().map(|(id, d)| {
+            let record = from_doc(&d);
             let handle = Handle {
                 id,
                 rev: rev_of(&d),
+                wamid: record.wamid.clone(),
+                bsp_message_id: record.bsp_message_id.clone(),
             };
-            (handle, from_doc(&d))
+            (handle, record)
         })))
     }
 
@@ -454,9 +473,12 @@ impl MongoStore {
                 d
             })
             .collect();
+        // A stored record's keys exist; only an id it learned needs one.
         for s in set.changed() {
-            if let Some(h) = s.handle {
-                keys.extend(keys_of(h.id, &s.record));
+            if let Some(h) = &s.handle {
+                if h.wamid != s.record.wamid || h.bsp_message_id != s.record.bsp_message_id {
+                    keys.extend(keys_of(h.id, &s.record));
+                }
             }
         }
         if !inserts.is_empty() {
@@ -472,7 +494,7 @@ impl MongoStore {
         let updates: Vec<Document> = set
             .changed()
             .filter_map(|s| {
-                let Handle { id, rev } = s.handle?;
+                let Handle { id, rev, .. } = *s.handle.as_ref()?;
                 let condition = if rev == 0 {
                     doc! {"_id": id, "rev": {"$exists": false}}
                 } else {

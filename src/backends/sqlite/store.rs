@@ -192,7 +192,9 @@ fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Re
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn apply(&self, events: &[UnifiedEvent]) -> StoreResult<Vec<Option<Applied>>> {
-        let events = events.to_vec();
+        // The writer thread needs its own copy; the raw bodies (the bulk of
+        // an event, and unused by a record) stay behind.
+        let events: Vec<UnifiedEvent> = events.iter().map(UnifiedEvent::for_record).collect();
         self.write_applied(move |conn| {
             let mut set = load(conn, &Candidates::of_events(&events))?;
             let applied = set.apply(&events, Utc::now());
