@@ -63,6 +63,7 @@ impl Application {
         let cache = backends.cache().await?;
         let forward_queue = backends.forward_queue().await?;
         let sessions = backends.sessions().await?;
+        let contacts = backends.contacts().await?;
         let opened = backends.into_opened();
         // Install the metrics recorder before anything records.
         let _ = crate::metrics::handle();
@@ -97,6 +98,7 @@ impl Application {
             ),
             inbox: inbox.clone(),
             store: store.clone(),
+            contacts: contacts.clone(),
             cache: cache.clone(),
             admin_key: admin_key.clone(),
             console: http::console::Console::new(
@@ -124,12 +126,14 @@ impl Application {
             forward_queue: forwarding.queue().clone(),
             inbox: inbox.clone(),
             sessions,
+            contacts: contacts.clone(),
             retention: settings.retention.policy(),
         };
         let processor = Processor::new(inbox, store, providers, settings.processor.batch_size)
             .with_batch_bytes(settings.processor.batch_bytes)
             .with_max_attempts(settings.processor.max_attempts)
             .with_fanout(forwarding.fanout())
+            .with_contacts(contacts.clone())
             .with_dedup(cache.clone());
         Ok(Application {
             listener,

@@ -11,6 +11,7 @@ pub mod backends;
 pub mod background;
 pub mod cache;
 pub mod config;
+pub mod contacts;
 pub mod error;
 pub mod forwarding;
 pub mod health;

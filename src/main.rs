@@ -258,6 +258,7 @@ async fn pruner(settings: &Settings) -> anyhow::Result<zen_gateway::retention::P
         forward_queue: b.forward_queue().await?,
         inbox: b.inbox().await?,
         sessions: b.sessions().await?,
+        contacts: b.contacts().await?,
         retention: settings.retention.policy(),
     })
 }

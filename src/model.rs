@@ -52,6 +52,9 @@ pub enum Status {
     Failed,
     Delivered,
     Read,
+    /// A voice message was played: it was read before, so it ranks above
+    /// `read` (a late `read` never takes its place).
+    Played,
 }
 
 impl Status {
@@ -63,6 +66,7 @@ impl Status {
             Status::Failed => "failed",
             Status::Delivered => "delivered",
             Status::Read => "read",
+            Status::Played => "played",
         }
     }
 
@@ -75,6 +79,7 @@ impl Status {
             "failed" => Status::Failed,
             "delivered" => Status::Delivered,
             "read" => Status::Read,
+            "played" => Status::Played,
             _ => return None,
         })
     }
@@ -88,6 +93,7 @@ impl Status {
             Status::Failed => "message.failed",
             Status::Delivered => "message.delivered",
             Status::Read => "message.read",
+            Status::Played => "message.played",
         }
     }
 }
@@ -141,6 +147,37 @@ pub struct UnifiedEvent {
     /// absent for contact / template notifications, which are kept and
     /// forwarded but not tracked as messages.
     pub message: Option<MessageEvent>,
+    /// What the event says about a WhatsApp user beyond a message: a
+    /// changed number or BSUID, a marketing preference.
+    pub contact: Option<ContactEvent>,
+}
+
+/// What an event says about a WhatsApp user of one business number: the
+/// identifiers seen together now, those it had before a change, and a
+/// marketing preference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactEvent {
+    pub business_number: Option<String>,
+    pub user: UserIdentity,
+    /// The identifiers before a change (empty when nothing changed).
+    pub previous: UserIdentity,
+    pub preference: Option<MarketingPreference>,
+    /// When it happened (the provider's time).
+    pub at: DateTime<Utc>,
+}
+
+/// A user's choice about marketing messages (`user_preferences`): `stop`
+/// must be honoured until a later `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MarketingPreference {
+    /// `stop` or `resume`.
+    pub value: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// `marketing_messages`, as Meta sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 impl UnifiedEvent {
@@ -155,6 +192,7 @@ impl UnifiedEvent {
             received_at: self.received_at,
             raw: Value::Null,
             message: self.message.clone(),
+            contact: None,
         }
     }
 }
@@ -215,8 +253,12 @@ pub struct MessageEvent {
     /// AiSensy campaign name), kept under `bsp_data.tags`.
     pub tags: BTreeMap<String, String>,
     /// What the provider says the message costs (Cloud API `pricing` and
-    /// `conversation`), kept under `bsp_data.pricing` / `.conversation`.
+    /// `conversation`), kept under `bsp_data.pricing` / `.conversation`, and
+    /// a group send's recipient (`group`).
     pub billing: Option<Value>,
+    /// The WhatsApp user, as the provider identifies them (Meta's phone,
+    /// BSUID, parent BSUID and username).
+    pub user: Option<UserIdentity>,
     /// Identifies the event within its message: two events with the same key
     /// are the same event delivered twice.
     pub dedup_key: String,
@@ -396,6 +438,8 @@ pub struct MessageRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub played_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -403,6 +447,49 @@ pub struct MessageRecord {
     pub direction: Direction,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Value>,
+    /// The WhatsApp user of the conversation (the recipient of an outbound
+    /// message, the sender of an inbound one) as Meta names them since
+    /// 2026: a phone number when it is shared, a business-scoped user id,
+    /// its parent, a username. `phone_number` keeps the legacy field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<UserIdentity>,
+}
+
+/// How Meta identifies a WhatsApp user: any part may be missing (a user
+/// with a username may share no phone number; older providers send only
+/// the phone).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UserIdentity {
+    /// The phone number (`wa_id`), when shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// The business-scoped user id (BSUID), e.g. `IN.1502576394655843`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The parent BSUID shared across a group of business portfolios, e.g.
+    /// `US.ENT.11815799212886844830`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
+    /// The user's WhatsApp username, when they have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+impl UserIdentity {
+    pub fn is_empty(&self) -> bool {
+        self.phone.is_none()
+            && self.user_id.is_none()
+            && self.parent_user_id.is_none()
+            && self.username.is_none()
+    }
+
+    /// Fills the parts not known yet (a part once known stays).
+    pub fn fill_from(&mut self, other: &UserIdentity) {
+        fill_opt(&mut self.phone, &other.phone);
+        fill_opt(&mut self.user_id, &other.user_id);
+        fill_opt(&mut self.parent_user_id, &other.parent_user_id);
+        fill_opt(&mut self.username, &other.username);
+    }
 }
 
 /// What applying one event did to its record.
@@ -459,11 +546,13 @@ impl MessageRecord {
             sent_at: None,
             delivered_at: None,
             read_at: None,
+            played_at: None,
             failed_at: None,
             created_at: now,
             updated_at: now,
             direction: ev.direction,
             content: None,
+            recipient: None,
         }
     }
 
@@ -514,6 +603,7 @@ impl MessageRecord {
                 Status::Sent => earliest(&mut self.sent_at, ev.occurred_at),
                 Status::Delivered => earliest(&mut self.delivered_at, ev.occurred_at),
                 Status::Read => earliest(&mut self.read_at, ev.occurred_at),
+                Status::Played => earliest(&mut self.played_at, ev.occurred_at),
                 Status::Failed => earliest(&mut self.failed_at, ev.occurred_at),
                 Status::Accepted | Status::Received => {}
             }
@@ -529,6 +619,11 @@ impl MessageRecord {
         fill(&mut self.business_number, &ev.business_number);
         fill_opt(&mut self.campaign_id, &ev.campaign_id);
         fill_opt(&mut self.project_id, &ev.project_id);
+        if let Some(user) = ev.user.as_ref().filter(|u| !u.is_empty()) {
+            self.recipient
+                .get_or_insert_with(UserIdentity::default)
+                .fill_from(user);
+        }
         self.merge_tags(&ev.tags);
         self.merge_billing(ev.billing.as_ref());
         if ev.direction == Direction::Inbound {

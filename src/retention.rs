@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::contacts::ContactStore;
 use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::queue::Inbox;
 use crate::sessions::SessionStore;
@@ -63,6 +64,8 @@ impl Retention {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
     pub messages: u64,
+    /// Contacts not seen for as long as messages are kept.
+    pub contacts: u64,
     pub delivery_logs: u64,
     pub unrecognized: u64,
     pub notifications: u64,
@@ -88,6 +91,7 @@ pub struct Pruner {
     pub forward_queue: Arc<dyn ForwardQueue>,
     pub inbox: Arc<dyn Inbox>,
     pub sessions: Arc<dyn SessionStore>,
+    pub contacts: Arc<dyn ContactStore>,
     pub retention: Retention,
 }
 
@@ -132,6 +136,11 @@ impl Pruner {
             b,
             PRUNE_BATCH
         ));
+        // A contact goes with the messages' age: when no event showed the
+        // user for that long.
+        kind!(contacts, r.messages, |b| self
+            .contacts
+            .prune_contacts(b, PRUNE_BATCH));
         kind!(unrecognized, r.unrecognized, |b| self.store.prune(
             Kept::Unrecognized,
             b,

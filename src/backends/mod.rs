@@ -19,14 +19,16 @@ use anyhow::Context;
 
 use crate::cache::Cache;
 use crate::config::{Roles, Settings};
+use crate::contacts::ContactStore;
 use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::queue::Inbox;
 use crate::sessions::SessionStore;
 use crate::store::{MessageStore, StoreError};
 use memory::MemoryCache;
-use mongo::{MongoSessionStore, MongoStore, MongoWebhookStore};
+use mongo::{MongoContactStore, MongoSessionStore, MongoStore, MongoWebhookStore};
 use rabbitmq::{RabbitForwardQueue, RabbitInbox, RabbitOptions};
 use redis::RedisCache;
+use sqlite::contacts::SqliteContactStore;
 use sqlite::{
     SqliteDb, SqliteForwardQueue, SqliteInbox, SqliteOptions, SqliteSessionStore, SqliteStore,
     SqliteWebhookStore,
@@ -128,6 +130,14 @@ impl<'a> Backends<'a> {
             return Ok(Arc::new(MongoWebhookStore::new(mongo.database())));
         }
         Ok(Arc::new(SqliteWebhookStore::new(self.sqlite()?)))
+    }
+
+    /// Contacts, beside the message store.
+    pub async fn contacts(&mut self) -> anyhow::Result<Arc<dyn ContactStore>> {
+        if let Some(mongo) = self.mongo().await? {
+            return Ok(Arc::new(MongoContactStore::new(mongo.database())));
+        }
+        Ok(Arc::new(SqliteContactStore::new(self.sqlite()?)))
     }
 
     /// Operator sessions, beside the message store.

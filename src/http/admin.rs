@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(register_message, list_messages))
         .routes(routes!(get_message))
+        .routes(routes!(get_contact))
         .routes(routes!(stats))
         .routes(routes!(unrecognized))
         .routes(routes!(notifications))
@@ -123,9 +124,12 @@ async fn notifications(
 #[into_params(parameter_in = Query)]
 struct MessagesParams {
     phone_number: Option<String>,
+    /// A business-scoped user id (`IN.1502576394655843`): that user's
+    /// messages, under every user id their contact had.
+    user_id: Option<String>,
     campaign_id: Option<String>,
     project_owner_id: Option<String>,
-    /// `sent`, `delivered`, `read`, `failed`, `accepted` or `received`.
+    /// `sent`, `delivered`, `read`, `played`, `failed`, `accepted` or `received`.
     #[param(value_type = Option<Status>)]
     status: Option<String>,
     /// `created_at >= from` (RFC 3339)
@@ -171,6 +175,10 @@ async fn list_messages(
         to: params::time("to", p.to)?,
         limit: params::page_limit(p.limit)?,
         after,
+        user_ids: match given(p.user_id) {
+            Some(id) => state.contacts.user_ids_of(&id).await?,
+            None => Vec::new(),
+        },
     };
     Ok(Json(state.store.list_messages(&query).await?))
 }
@@ -192,6 +200,38 @@ async fn get_message(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("message"))
+}
+
+/// Which business number's contact, when a user talks to several.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ContactParams {
+    /// The business's number (as the provider sends it); without it, the
+    /// contact updated last.
+    business_number: Option<String>,
+}
+
+/// A WhatsApp user's contact, by any identifier they ever had here: phone
+/// number, business-scoped user id, parent user id or username. Their
+/// messages: `GET /messages?user_id=` (or `?phone_number=`).
+#[utoipa::path(get, path = "/contacts/{id}", tag = "contacts",
+    params(("id" = String, Path, description = "phone, BSUID (`IN.1502576394655843`), parent BSUID or username"), ContactParams),
+    security(("admin" = [])),
+    responses((status = 200, body = crate::contacts::Contact),
+        (status = 404, description = "No such contact", body = crate::http::openapi::ErrorBody), (status = 400, description = "Invalid input; the message names the field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
+async fn get_contact(
+    _: Admin, State(state): State<AppState>, Path(id): Path<String>,
+    ApiQuery(p): ApiQuery<ContactParams>,
+) -> Result<Json<crate::contacts::Contact>, ApiError> {
+    let business = given(p.business_number);
+    state
+        .contacts
+        .find_contact(&id, business.as_deref())
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("contact"))
 }
 
 /// An outbound message as the sending side registers it.

@@ -66,6 +66,8 @@ pub struct Services {
     pub ingest: Ingest,
     pub inbox: Arc<dyn Inbox>,
     pub store: Arc<dyn MessageStore>,
+    /// One contact per WhatsApp user per business number.
+    pub contacts: Arc<dyn crate::contacts::ContactStore>,
     pub cache: Arc<dyn Cache>,
     /// `None`: the admin API refuses every call.
     pub admin_key: Option<Arc<str>>,

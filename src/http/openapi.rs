@@ -28,6 +28,7 @@ pub struct ErrorBody {
     tags(
         (name = "webhooks (BSP)", description = "Where providers post; 200 means durably accepted"),
         (name = "messages", description = "Tracked messages (admin key)"),
+        (name = "contacts", description = "One contact per WhatsApp user per business number, found by any identifier (admin key)"),
         (name = "webhooks", description = "Client webhooks, deliveries and the DLQ (admin key)"),
         (name = "operations", description = "Liveness, readiness, metrics, this document")
     )

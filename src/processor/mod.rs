@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
+use crate::contacts::{ContactStore, Sighting};
 use crate::forwarding::fanout::{Fanout, FanoutError};
 use crate::model::{Notification, UnifiedEvent};
 use crate::providers::{Providers, RawWebhook};
@@ -102,6 +103,7 @@ pub struct Processor {
     max_attempts: u32,
     fanout: Option<Fanout>,
     dedup: Option<Arc<dyn Cache>>,
+    contacts: Option<Arc<dyn ContactStore>>,
 }
 
 /// How long a processed event's dedup key is remembered.
@@ -133,6 +135,7 @@ impl Processor {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             fanout: None,
             dedup: None,
+            contacts: None,
         }
     }
 
@@ -156,6 +159,13 @@ impl Processor {
     /// outage just bypasses it.
     pub fn with_dedup(mut self, cache: Arc<dyn Cache>) -> Self {
         self.dedup = Some(cache);
+        self
+    }
+
+    /// Also keeps the contacts of the users the events show (identifiers
+    /// seen together, changes of number or user id, opt-outs).
+    pub fn with_contacts(mut self, contacts: Arc<dyn ContactStore>) -> Self {
+        self.contacts = Some(contacts);
         self
     }
 
@@ -189,6 +199,12 @@ impl Processor {
         self.store.record_notifications(&notifications).await?;
         // The store decides what is a duplicate (its apply is idempotent).
         let mut applied = self.store.apply(&events).await?;
+        // Every event's sighting, duplicates too: merging is idempotent and
+        // order-free, so a replay changes nothing and misses nothing.
+        if let Some(contacts) = &self.contacts {
+            let sightings: Vec<Sighting> = events.iter().filter_map(Sighting::of).collect();
+            contacts.record_sightings(&sightings).await?;
+        }
         // The cache may only spare a second forward of an event the store
         // took for new (its history folds repeats, see `HISTORY_CAP`).
         let keys: Vec<Option<String>> = events.iter().map(dedup_key).collect();

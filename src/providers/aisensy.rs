@@ -78,7 +78,7 @@ fn at_field(status: Status) -> Option<&'static str> {
         Status::Delivered => Some("delivered_at"),
         Status::Read => Some("read_at"),
         Status::Failed => Some("failed_at"),
-        Status::Accepted | Status::Received => None,
+        Status::Accepted | Status::Received | Status::Played => None,
     }
 }
 
@@ -242,6 +242,7 @@ fn message_event(
     });
     Ok(MessageEvent {
         billing: None,
+        user: None,
         wamid,
         bsp_message_id,
         direction: if inbound {

@@ -201,6 +201,7 @@ fn status_event(
         content: None,
         tags: Default::default(),
         billing: None,
+        user: None,
     })
 }
 
@@ -225,6 +226,7 @@ fn inbound_event(
         content: Some(payload.clone()),
         tags: Default::default(),
         billing: None,
+        user: None,
         dedup_key: "received".into(),
     })
 }
@@ -269,6 +271,7 @@ fn enterprise(webhook: &RawWebhook<'_>, items: &[Value]) -> Parsed {
             content: None,
             tags: Default::default(),
             billing: None,
+            user: None,
         };
         let unified = m
             .status

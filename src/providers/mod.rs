@@ -136,6 +136,7 @@ impl RawWebhook<'_> {
             received_at: self.received_at,
             raw,
             message,
+            contact: None,
         }
     }
 

@@ -144,6 +144,7 @@ fn delivery(
     };
     Ok(MessageEvent {
         billing: None,
+        user: None,
         wamid,
         bsp_message_id,
         direction: Direction::Outbound,
@@ -194,6 +195,7 @@ fn inbound(
     let ts = at(item, &["events", "timestamp"]);
     Ok(MessageEvent {
         billing: None,
+        user: None,
         wamid,
         bsp_message_id,
         direction: Direction::Inbound,

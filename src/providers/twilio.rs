@@ -193,6 +193,7 @@ impl Provider for Twilio {
                 content: None,
                 tags: Default::default(),
                 billing: None,
+                user: None,
             }
         } else {
             MessageEvent {
@@ -211,6 +212,7 @@ impl Provider for Twilio {
                 content: Some(raw.clone()),
                 tags: Default::default(),
                 billing: None,
+                user: None,
                 dedup_key: "received".into(),
             }
         };

@@ -82,6 +82,9 @@ pub struct MessageQuery {
     pub limit: usize,
     /// Where the previous page ended.
     pub after: Option<MessageCursor>,
+    /// Only records whose user (`recipient.user_id`) is one of these
+    /// business-scoped user ids (a contact's, old and new).
+    pub user_ids: Vec<String>,
 }
 
 /// The position of the last record of a page.

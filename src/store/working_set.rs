@@ -318,6 +318,7 @@ mod tests {
             unified_type: String::new(),
             received_at: at,
             raw: Value::Null,
+            contact: None,
             message: Some(MessageEvent {
                 wamid: wamid.map(str::to_owned),
                 bsp_message_id: id.map(str::to_owned),

@@ -16,6 +16,7 @@ mod inbox_conformance;
 mod ingest;
 mod memory;
 mod messages;
+mod meta_users;
 mod mongo_e2e;
 mod openapi;
 mod pipeline;

@@ -36,6 +36,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("post", "/api/v1/webhooks/{id}/rotate-secret"),
     ("post", "/api/v1/webhooks/{id}/test"),
     ("get", "/api/v1/webhooks/{id}/deliveries"),
+    ("get", "/api/v1/contacts/{id}"),
     ("get", "/api/v1/dlq"),
     ("post", "/api/v1/dlq/replay"),
     ("get", "/api/v1/quarantine"),

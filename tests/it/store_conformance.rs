@@ -116,6 +116,7 @@ pub fn status(
             .into(),
         received_at: Utc::now(),
         raw: serde_json::json!({"status": s}),
+        contact: None,
         message: Some(MessageEvent {
             wamid: wamid.map(Into::into),
             bsp_message_id: provider_id.map(Into::into),

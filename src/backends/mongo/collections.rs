@@ -28,3 +28,9 @@ pub const PROJECTS: &str = "projects";
 pub const LEGACY_SECRETS: &str = "zen_legacy_job_secrets";
 /// Operator sessions, by the hash of their id.
 pub const SESSIONS: &str = "zen_console_sessions";
+/// Contacts, one per WhatsApp user per business number (`_id` the
+/// contact id).
+pub const CONTACTS: &str = "zen_contacts";
+/// A contact's identifiers, `_id` `<business number>|<kind>:<value>`, `c`
+/// the contact id: any identifier finds its contact by `_id`.
+pub const CONTACT_KEYS: &str = "zen_contact_keys";

@@ -3,6 +3,7 @@
 //! webhooks with their delivery logs, in the legacy collections and types.
 
 pub mod collections;
+pub mod contacts;
 mod prune;
 mod read;
 pub mod sessions;
@@ -10,6 +11,7 @@ pub mod store;
 pub mod webhooks;
 
 pub use collections::META;
+pub use contacts::MongoContactStore;
 pub use sessions::MongoSessionStore;
 pub use store::{MongoStore, SCHEMA_VERSION, client};
 pub use webhooks::MongoWebhookStore;

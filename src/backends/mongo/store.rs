@@ -33,7 +33,7 @@ use super::prune::prune_oldest;
 use super::read::{bsp_of, documents};
 use crate::model::{
     Bsp, Direction, MessageRecord, Notification, OutboundRegistration, StatusEntry, UnifiedEvent,
-    UnrecognizedEvent,
+    UnrecognizedEvent, UserIdentity,
 };
 use crate::store::StoreResult;
 use crate::store::working_set::{Candidates, WorkingSet};
@@ -170,6 +170,10 @@ impl MongoStore {
                 doc! {"phone_number": 1, "created_at": -1},
                 "phone_number_created_at",
             ),
+            (
+                doc! {"recipient.user_id": 1, "created_at": -1},
+                "recipient_user_id_created_at",
+            ),
             // Keyset pages sort on (created_at, message_id): with both in
             // the index a page is a range scan, not a sort of the matches.
             (
@@ -226,6 +230,9 @@ impl MongoStore {
                 .await
                 .map_err(classify)?;
         }
+        super::MongoContactStore::new(&self.db)
+            .ensure_indexes()
+            .await?;
         Ok(report)
     }
 
@@ -863,6 +870,9 @@ impl MessageStore for MongoStore {
             ("current_status", q.status.as_deref()),
         ]);
         created_between(&mut filter, q.from, q.to);
+        if !q.user_ids.is_empty() {
+            filter.insert("recipient.user_id", doc! {"$in": &q.user_ids});
+        }
         if let Some(after) = &q.after {
             let at = bson::DateTime::from_millis(after.created_at_ms);
             filter.insert(
@@ -1139,7 +1149,13 @@ pub fn from_doc(d: &Document) -> MessageRecord {
         sent_at: date(d, "sent_at"),
         delivered_at: date(d, "delivered_at"),
         read_at: date(d, "read_at"),
+        played_at: date(d, "played_at"),
         failed_at: date(d, "failed_at"),
+        recipient: d
+            .get_document("recipient")
+            .ok()
+            .and_then(|r| bson::from_document::<UserIdentity>(r.clone()).ok())
+            .filter(|r| !r.is_empty()),
         created_at: date(d, "created_at").unwrap_or(now),
         updated_at: date(d, "updated_at").unwrap_or(now),
         direction: match d.get_str("direction") {
@@ -1200,6 +1216,7 @@ pub fn to_doc(r: &MessageRecord) -> Document {
         ("sent_at", r.sent_at),
         ("delivered_at", r.delivered_at),
         ("read_at", r.read_at),
+        ("played_at", r.played_at),
         ("failed_at", r.failed_at),
     ] {
         if let Some(t) = value {
@@ -1208,6 +1225,13 @@ pub fn to_doc(r: &MessageRecord) -> Document {
     }
     if let Some(v) = &r.content {
         d.insert("content", bson_of(v));
+    }
+    // New beside the legacy fields: the user as Meta names them
+    // (`recipient.user_id` is indexed).
+    if let Some(v) = r.recipient.as_ref().filter(|v| !v.is_empty()) {
+        if let Ok(v) = bson::to_document(v) {
+            d.insert("recipient", v);
+        }
     }
     d
 }

@@ -29,6 +29,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+pub mod contacts;
 pub mod forward_queue;
 pub mod inbox;
 pub mod schema;

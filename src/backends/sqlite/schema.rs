@@ -184,6 +184,30 @@ CREATE INDEX legacy_job_secrets_created ON legacy_job_secrets (created_at_ms);
 CREATE INDEX legacy_job_secrets_dead ON legacy_job_secrets (dead_at_ms) WHERE dead_at_ms IS NOT NULL;
 "#;
 
+/// Version 7: the WhatsApp user of a record (its BSUID, to list a user's
+/// messages) and contacts, one per user per business number, found by any
+/// identifier they ever had (`contact_keys`).
+const V7_CONTACTS: &str = r#"
+ALTER TABLE messages ADD COLUMN user_id TEXT;
+CREATE INDEX messages_user_created ON messages (user_id, created_at_ms, message_id)
+    WHERE user_id IS NOT NULL;
+CREATE TABLE contacts (
+    contact_id      TEXT    PRIMARY KEY,
+    business_number TEXT    NOT NULL,
+    updated_at_ms   INTEGER NOT NULL,
+    doc             TEXT    NOT NULL
+);
+CREATE INDEX contacts_updated ON contacts (updated_at_ms);
+CREATE TABLE contact_keys (
+    business_number TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    contact_id      TEXT NOT NULL,
+    PRIMARY KEY (business_number, key)
+) WITHOUT ROWID;
+CREATE INDEX contact_keys_key ON contact_keys (key);
+CREATE INDEX contact_keys_contact ON contact_keys (contact_id);
+"#;
+
 /// One step of the schema.
 enum Step {
     Sql(&'static str),
@@ -205,6 +229,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
         "console sessions, held legacy secrets",
         Step::Sql(V6_SESSIONS_HELD_SECRETS),
     ),
+    ("record users, contacts", Step::Sql(V7_CONTACTS)),
 ];
 
 /// The schema version this gateway writes.

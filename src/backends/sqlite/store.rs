@@ -164,11 +164,11 @@ fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Re
     conn.prepare_cached(
         "INSERT INTO messages (pk, message_id, wamid, bsp, bsp_message_id, phone_number,
          business_number, campaign_id, project_id, project_owner_id, current_status,
-         created_at_ms, updated_at_ms, doc)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+         created_at_ms, updated_at_ms, doc, user_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
          ON CONFLICT (pk) DO UPDATE SET wamid = ?3, bsp_message_id = ?5, phone_number = ?6,
          business_number = ?7, campaign_id = ?8, project_id = ?9, project_owner_id = ?10,
-         current_status = ?11, updated_at_ms = ?13, doc = ?14",
+         current_status = ?11, updated_at_ms = ?13, doc = ?14, user_id = ?15",
     )?
     .execute(params![
         pk,
@@ -184,7 +184,8 @@ fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Re
         rec.current_status,
         rec.created_at.timestamp_millis(),
         rec.updated_at.timestamp_millis(),
-        doc
+        doc,
+        rec.recipient.as_ref().and_then(|r| r.user_id.as_deref())
     ])?;
     Ok(())
 }
@@ -252,6 +253,11 @@ impl MessageStore for SqliteStore {
                     ],
                 );
                 and_created_between(&mut sql, &mut args, q.from, q.to);
+                if !q.user_ids.is_empty() {
+                    let marks = vec!["?"; q.user_ids.len()].join(", ");
+                    sql.push_str(&format!(" AND user_id IN ({marks})"));
+                    args.extend(q.user_ids.into_iter().map(Into::into));
+                }
                 if let Some(after) = q.after {
                     // A row value: the planner reads it as a range of the
                     // (created_at_ms, message_id) index.
@@ -429,6 +435,7 @@ mod tests {
             unified_type: String::new(),
             received_at: Utc::now(),
             raw: serde_json::Value::Null,
+            contact: None,
             message: Some(MessageEvent {
                 wamid: Some(wamid.into()),
                 status: Some(Status::Sent),

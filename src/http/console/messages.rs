@@ -77,6 +77,7 @@ pub async fn search(
                     to,
                     limit: PAGE,
                     after,
+                    user_ids: Vec::new(),
                 })
                 .await?;
             (page.items, page.next_cursor)
@@ -107,6 +108,7 @@ pub async fn search(
         "sent",
         "delivered",
         "read",
+        "played",
         "failed",
         "accepted",
         "received",
