@@ -15,7 +15,7 @@ fn client() -> reqwest::Client {
 }
 
 /// Signs in; returns the `Set-Cookie` header and the cookie to send.
-async fn sign_in(app: &TestApp) -> (String, String) {
+pub(crate) async fn sign_in(app: &TestApp) -> (String, String) {
     let resp = client()
         .post(app.url("/console/login"))
         .form(&[("key", ADMIN_KEY), ("next", "/console/messages")])
@@ -29,7 +29,7 @@ async fn sign_in(app: &TestApp) -> (String, String) {
     (set, cookie)
 }
 
-async fn get(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
+pub(crate) async fn get(app: &TestApp, cookie: &str, path: &str) -> (StatusCode, String) {
     let resp = client()
         .get(app.url(path))
         .header(COOKIE, cookie)

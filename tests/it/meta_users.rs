@@ -165,6 +165,33 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+
+    // The console shows the contact with their opt-out and their messages,
+    // and a message links to its user's contact.
+    let (_, cookie) = crate::console::sign_in(&app).await;
+    let (status, page) =
+        crate::console::get(&app, &cookie, &format!("/console/contacts/{USER}")).await;
+    assert_eq!(status, 200);
+    for text in [
+        NEW_USER,
+        USERNAME,
+        "stop",
+        "wamid.bsuid-1",
+        "wamid.bsuid-2",
+        "wamid.bsuid-in-1",
+    ] {
+        assert!(page.contains(text), "{text} on the contact page");
+    }
+    assert!(!page.contains("wamid.other-1"));
+    let (status, page) =
+        crate::console::get(&app, &cookie, "/console/messages/wamid.bsuid-1").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!(
+            "/console/contacts/{USER}?business_number={BUSINESS}"
+        )),
+        "a link to the contact"
+    );
     app.stop().await;
 }
 

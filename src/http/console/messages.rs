@@ -186,6 +186,16 @@ pub async fn show(
     let Some(m) = state.store.find_message(&id).await? else {
         return Err(ConsoleError::Api(ApiError::NotFound("message")));
     };
+    // The user's contact: by the id Meta gave, else the phone number.
+    let user_link = m
+        .recipient
+        .as_ref()
+        .and_then(|r| r.user_id.clone().or_else(|| r.username.clone()))
+        .or_else(|| Some(m.phone_number.clone()).filter(|p| !p.is_empty()))
+        .map(|id| {
+            let href = super::contacts::href(&id, &m.business_number);
+            (id, href)
+        });
     let mut history = m.status_history.clone();
     history.sort_by_key(|e| e.timestamp);
     let mut event_ids: Vec<String> = history
@@ -219,6 +229,9 @@ pub async fn show(
             dt { "Provider message id" } dd { (m.bsp_message_id.as_deref().unwrap_or("—")) }
             dt { "message_id" } dd { (m.message_id) }
             dt { "Phone" } dd { (m.phone_number) }
+            @if let Some(user) = user_link {
+                dt { "User" } dd { a href=(user.1) { (user.0) } }
+            }
             dt { "Business number" } dd { (m.business_number) }
             dt { "Campaign" } dd { (m.campaign_id.as_deref().unwrap_or("—")) }
             dt { "Owner" } dd { (m.project_owner_id) }

@@ -4,6 +4,7 @@
 //! every form carries the session's CSRF token. Handlers call the same
 //! services and rules as the admin API.
 
+mod contacts;
 mod failures;
 mod layout;
 mod messages;
@@ -38,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .route("/console/logout", post(logout))
         .route("/console/messages", get(messages::search))
         .route("/console/messages/{id}", get(messages::show))
+        .route("/console/contacts/{id}", get(contacts::show))
         .route(
             "/console/webhooks",
             get(webhooks::list).post(webhooks::create),
