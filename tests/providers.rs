@@ -694,3 +694,98 @@ fn meta_notifications_errors_warnings_and_pricing() {
     // Only `sent` carries the expiry; later statuses keep it.
     assert_eq!(data["conversation"]["expiration_timestamp"], "1749626470");
 }
+
+// ---------- Meta, 2026: users by business-scoped id, echoes, preferences ----------
+
+const BSUID: &str = "IN.1502576394655843";
+
+#[test]
+fn meta_status_of_a_user_known_only_by_bsuid() {
+    let e = one(Bsp::Meta, &fixture("meta_status_bsuid_only.json"));
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(m.status, Some(Status::Delivered));
+    assert_eq!(m.phone_number, None, "no phone was shared");
+    let user = m.user.as_ref().expect("the user");
+    assert_eq!(user.user_id.as_deref(), Some(BSUID));
+    assert_eq!(
+        user.parent_user_id.as_deref(),
+        Some("IN.ENT.11815799212886844830")
+    );
+    assert_eq!(user.username.as_deref(), Some("asha.k"));
+    let billing = m.billing.as_ref().expect("pricing kept");
+    assert_eq!(billing["pricing"]["pricing_model"], "PMP");
+    assert_eq!(billing["pricing"]["type"], "regular");
+    assert_eq!(billing["pricing"]["category"], "marketing_lite");
+}
+
+#[test]
+fn meta_played_is_a_status_after_read() {
+    let e = one(Bsp::Meta, &fixture("meta_status_played.json"));
+    assert_eq!(e.message.as_ref().unwrap().status, Some(Status::Played));
+    assert_eq!(e.unified_type, Status::Played.event_type());
+    assert!(Status::Played > Status::Read);
+}
+
+#[test]
+fn meta_group_send_keeps_the_group_and_typed_pricing() {
+    let e = one(Bsp::Meta, &fixture("meta_status_group.json"));
+    let m = e.message.as_ref().unwrap();
+    assert!(m.user.is_none(), "a group is no user");
+    let billing = m.billing.as_ref().unwrap();
+    assert_eq!(billing["group"]["id"], "120363025246125486");
+    assert_eq!(billing["group"]["participant_id"], "919876543210");
+    assert_eq!(billing["pricing"]["type"], "free_customer_service");
+    assert_eq!(
+        billing["pricing"]["category"],
+        "authentication-international"
+    );
+}
+
+#[test]
+fn meta_inbound_from_a_bsuid_only_user() {
+    let e = one(Bsp::Meta, &fixture("meta_inbound_bsuid.json"));
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(m.direction, Direction::Inbound);
+    let user = m.user.as_ref().unwrap();
+    assert_eq!(user.user_id.as_deref(), Some(BSUID));
+    assert_eq!(user.username.as_deref(), Some("asha.k"));
+}
+
+#[test]
+fn meta_identifier_changes_are_contact_events() {
+    let e = one(Bsp::Meta, &fixture("meta_user_changed_number.json"));
+    assert!(e.message.is_none());
+    assert_eq!(e.unified_type, "contact.user_changed_number");
+    let c = e.contact.as_ref().unwrap();
+    assert_eq!(c.previous.phone.as_deref(), Some("919876543210"));
+    assert_eq!(c.user.phone.as_deref(), Some("919812345678"));
+
+    let e = one(Bsp::Meta, &fixture("meta_user_changed_user_id.json"));
+    assert_eq!(e.unified_type, "contact.user_changed_user_id");
+    let c = e.contact.as_ref().unwrap();
+    assert_eq!(c.previous.user_id.as_deref(), Some(BSUID));
+    assert_eq!(c.user.user_id.as_deref(), Some("IN.2602576394655999"));
+}
+
+#[test]
+fn meta_user_preferences_are_a_marketing_preference_event() {
+    let e = one(Bsp::Meta, &fixture("meta_user_preferences.json"));
+    assert_eq!(e.unified_type, "contact.marketing_preference");
+    assert_eq!(e.legacy_type, "meta.user_preferences");
+    let c = e.contact.as_ref().unwrap();
+    let p = c.preference.as_ref().unwrap();
+    assert_eq!(p.value, "stop");
+    assert_eq!(c.user.user_id.as_deref(), Some(BSUID));
+    assert_eq!(c.user.phone.as_deref(), Some("919876543210"));
+}
+
+#[test]
+fn meta_echoes_are_outbound_sent_records() {
+    let e = one(Bsp::Meta, &fixture("meta_message_echoes.json"));
+    assert_eq!(e.legacy_type, "meta.message_echo");
+    let m = e.message.as_ref().unwrap();
+    assert_eq!(m.direction, Direction::Outbound);
+    assert_eq!(m.status, Some(Status::Sent));
+    assert_eq!(m.wamid.as_deref(), Some("wamid.HBgMOTE5OEVDSE8wMDAx"));
+    assert_eq!(m.phone_number.as_deref(), Some("919800000002"));
+}

@@ -192,6 +192,58 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
         )),
         "a link to the contact"
     );
+
+    // The other shapes, through the pipeline to the store.
+    for f in [
+        "meta_status_played.json",
+        "meta_status_group.json",
+        "meta_message_echoes.json",
+        "meta_user_changed_number.json",
+    ] {
+        assert_eq!(
+            app.post_webhook("/webhook/meta", fixture(f)).await.status(),
+            200
+        );
+    }
+    // A status of the echoed message, later: it lands on the echo's record.
+    let echo = "wamid.HBgMOTE5OEVDSE8wMDAx";
+    let echo_delivered = json!({"object": "whatsapp_business_account", "entry": [{"id": "102345678901234",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "918071234567", "phone_number_id": "109876543210987"},
+            "statuses": [{"id": echo, "status": "delivered", "timestamp": "1767226310", "recipient_id": "919800000002"}]}}]}]});
+    app.post_webhook("/webhook/meta", echo_delivered.to_string())
+        .await;
+    app.barrier().await;
+    let rec = app
+        .wait_for_message(echo, |m| m["current_status"] == "delivered")
+        .await;
+    assert_eq!(rec["direction"], "outbound");
+    assert_eq!(
+        rec["bsp_data"]["origin"]["sent_from"], "whatsapp_business_app",
+        "{rec}"
+    );
+    assert_eq!(rec["status_history"].as_array().unwrap().len(), 2, "{rec}");
+    let played = app
+        .wait_for_message("wamid.HBgMOTE5OFZPSUNFMDAwMQ==", |m| {
+            m["current_status"] == "played"
+        })
+        .await;
+    assert_eq!(played["played_at"], "2026-01-01T00:01:40Z", "{played}");
+    let group = app
+        .wait_for_message("wamid.HBgMOTE5OEdST1VQMDAwMQ==", |m| {
+            m["current_status"] == "delivered"
+        })
+        .await;
+    assert_eq!(
+        group["bsp_data"]["group"]["id"], "120363025246125486",
+        "{group}"
+    );
+    // The new number finds the contact that had the old one.
+    let moved = app
+        .admin_get("/api/v1/contacts/919812345678?business_number=918071234567")
+        .await;
+    assert_eq!(moved["current"]["phone"], "919812345678", "{moved}");
+    assert_eq!(moved["changes"][0]["from"], "919876543210", "{moved}");
     app.stop().await;
 }
 
