@@ -1,6 +1,7 @@
 //! The `zen-gateway` binary: parse the command line, load the configuration,
 //! run.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -309,7 +310,7 @@ fn healthcheck(port: u16) -> ExitCode {
 }
 
 fn migrate(settings: Settings) -> ExitCode {
-    telemetry::init(settings.log_format);
+    let _log = telemetry::init(settings.log_format);
     if settings.backends.mongo_uri.is_none() {
         eprintln!("zen-gateway migrate: MONGO_URI (Keys.json `mongo_uri`) is not set");
         return ExitCode::from(2);
@@ -324,7 +325,7 @@ fn migrate(settings: Settings) -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
-    telemetry::init(settings.log_format);
+    let _log = telemetry::init(settings.log_format);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -338,7 +339,8 @@ fn serve(settings: Settings) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "zen-gateway failed");
-            eprintln!("zen-gateway: {e:#}");
+            // Not `eprintln!`: it panics when stderr's disk is full.
+            let _ = writeln!(std::io::stderr(), "zen-gateway: {e:#}");
             ExitCode::FAILURE
         }
     }

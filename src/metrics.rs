@@ -17,6 +17,8 @@
 //! | `zen_inbox_depth`, `zen_forward_queue_depth`, `zen_forward_dlq_depth`, `zen_quarantine_depth`, `zen_breakers_open` | gauge | | backlogs and open circuits (background reading, every 2 s) |
 //! | `zen_backend_up` | gauge | `role`, `backend` | each backend up (1) or down (background reading) |
 //! | `zen_probe_refreshes_total` | counter | | background readings of the backends for `/ready` and `/metrics` |
+//! | `zen_forward_filtered_total` | counter | `webhook_id` | events a webhook's payload filter kept from it |
+//! | `zen_log_lines_dropped_total` | counter | | log lines dropped: the log buffer full (stdout not drained) or stdout refusing writes (its disk full); never a request held up (background reading, every 2 s) |
 //! | `zen_store_commands_total` | counter | `op` (the command: find, insert, update, …) | commands sent to MongoDB, from the driver's command monitoring |
 //! | `zen_sqlite_transaction_seconds` | histogram | `lane` (acked: holds webhook appends or API writes, synced to disk; background: bookkeeping only) | the embedded writer's time per transaction |
 //! | `zen_pruned_total` | counter | `kind` (messages, delivery_logs, unrecognized, notifications, dlq, quarantine, sessions) | rows retention removed |

@@ -73,6 +73,8 @@ pub struct PruneReport {
     pub quarantine: u64,
     /// Console sessions past their expiry (always removed).
     pub sessions: u64,
+    /// Rotated-out webhook secrets past their grace window (always).
+    pub retired_secrets: u64,
 }
 
 /// What waits for an operator (and goes only by its own retention or an
@@ -169,6 +171,11 @@ impl Pruner {
                     break;
                 }
             }
+        }
+        // Rotated-out secrets past their grace window, always.
+        if sessions {
+            report.retired_secrets +=
+                crate::forwarding::webhooks::forget_expired_secrets(self.webhooks.as_ref()).await?;
         }
         kind!(quarantine, r.quarantine, |b| self
             .inbox

@@ -14,6 +14,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::breaker::Breakers;
+use super::filter::Filter;
 use super::{
     DeliveryLog, DeliveryStatus, ForwardJob, ForwardQueue, ForwardQueueError, ProjectRef,
     WebhookConfig, WebhookStore, delivery_id, normalize_number,
@@ -40,6 +41,9 @@ const NOT_FOUND: &str = "NOT_FOUND";
 /// Who an event belongs to: (owner, project, business number).
 type MatchKey = (Option<String>, Option<String>, Option<String>);
 
+/// Compiled filters by webhook id, with the `updated_at` compiled at.
+type CompiledFilters = HashMap<String, (i64, Arc<Filter>)>;
+
 #[derive(Clone)]
 pub struct Fanout {
     webhooks: Arc<dyn WebhookStore>,
@@ -49,6 +53,9 @@ pub struct Fanout {
     /// for a URL whose circuit is open is queued parked, so a dead
     /// endpoint's jobs cost one insert, not a lease and a park each.
     breakers: Option<Arc<Breakers>>,
+    /// Compiled payload filters by webhook id, with the `updated_at` they
+    /// were compiled at (a change recompiles).
+    filters: Arc<std::sync::Mutex<CompiledFilters>>,
 }
 
 impl Fanout {
@@ -60,7 +67,44 @@ impl Fanout {
             queue,
             cache,
             breakers: None,
+            filters: Arc::default(),
         }
+    }
+
+    /// Whether `webhook`'s payload filter (if any) lets the body through. A
+    /// stored filter that no longer compiles lets everything through (and
+    /// says so): a filter never loses an event silently.
+    fn passes(&self, webhook: &WebhookConfig, body: impl FnOnce() -> Value) -> bool {
+        let Some(doc) = &webhook.filter else {
+            return true;
+        };
+        let cached = self.filters.lock().ok().and_then(|m| {
+            m.get(&webhook.id)
+                .filter(|(at, _)| *at == webhook.updated_at)
+                .map(|(_, f)| f.clone())
+        });
+        let filter = match cached {
+            Some(f) => f,
+            None => match Filter::compile(doc) {
+                Ok(f) => {
+                    let f = Arc::new(f);
+                    if let Ok(mut m) = self.filters.lock() {
+                        m.insert(webhook.id.clone(), (webhook.updated_at, f.clone()));
+                    }
+                    f
+                }
+                Err(e) => {
+                    tracing::warn!(webhook.id = %webhook.id, error = %e, "stored filter not usable; delivering");
+                    return true;
+                }
+            },
+        };
+        let pass = filter.matches(&body());
+        if !pass {
+            metrics::counter!("zen_forward_filtered_total", "webhook_id" => webhook.id.clone())
+                .increment(1);
+        }
+        pass
     }
 
     pub(super) fn with_breakers(mut self, breakers: Arc<Breakers>) -> Self {
@@ -119,8 +163,17 @@ impl Fanout {
                         .or_insert_with(|| job_snapshot(&a.record))
                         .clone(),
                 ),
-                // Not a message (contact, template…): matched by project.
-                None => (None, json_text(&ev.raw, &["project_id"]), None, None),
+                // Not a message (contact, template…): matched by project,
+                // or by the business number a contact event names.
+                None => (
+                    None,
+                    json_text(&ev.raw, &["project_id"]),
+                    ev.contact
+                        .as_ref()
+                        .and_then(|c| c.business_number.clone())
+                        .filter(|s| !s.is_empty()),
+                    None,
+                ),
             };
             if owner.is_none() {
                 if let Some(b) = &business {
@@ -151,6 +204,14 @@ impl Fanout {
                 } else {
                     ev.unified_type.clone()
                 };
+                // Matched against the body it would get.
+                let body = || {
+                    serde_json::json!({"event_type": event_type, "event_id": ev.event_id,
+                        "data": ev.raw, "message": message})
+                };
+                if !self.passes(webhook, body) {
+                    continue;
+                }
                 let id = delivery_id(&ev.event_id, &webhook.id);
                 logs.push(DeliveryLog {
                     id: id.clone(),

@@ -19,6 +19,7 @@
 pub mod breaker;
 pub mod cached;
 pub mod fanout;
+pub mod filter;
 pub mod signing;
 pub mod ssrf;
 pub mod webhooks;
@@ -79,6 +80,34 @@ pub struct WebhookConfig {
     /// shared per-URL share of `FORWARD_CONCURRENCY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// Only events whose delivery body matches are delivered (see
+    /// `forwarding::filter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    /// The secret before the last rotation, still signing beside the new
+    /// one until `previous_secret_expires_at` (never shown by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub previous_secret: Option<String>,
+    /// Unix ms: when the previous secret stops signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<i64>,
+}
+
+impl WebhookConfig {
+    /// The previous secret while its grace window is open at `now_ms`.
+    pub fn previous_secret_at(&self, now_ms: i64) -> Option<&str> {
+        match (&self.previous_secret, self.previous_secret_expires_at) {
+            (Some(s), Some(until)) if now_ms < until && !s.is_empty() => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Whether it still keeps a previous secret whose window closed.
+    pub fn holds_expired_secret(&self, now_ms: i64) -> bool {
+        self.previous_secret.is_some() && self.previous_secret_at(now_ms).is_none()
+    }
 }
 
 /// What a secret shows in a Debug form.
@@ -94,6 +123,10 @@ impl std::fmt::Debug for WebhookConfig {
             .field("project_id", &self.project_id)
             .field("webhook_url", &self.webhook_url)
             .field("shared_secret", &masked(&self.shared_secret))
+            .field(
+                "previous_secret",
+                &masked(self.previous_secret.as_deref().unwrap_or_default()),
+            )
             .field("topics", &self.topics)
             .field("active", &self.active)
             .field("business_numbers", &self.business_numbers)

@@ -12,9 +12,9 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::signing::new_secret;
-use super::{ForwardJob, Forwarding, WebhookConfig};
+use super::{ForwardJob, Forwarding, WebhookConfig, WebhookStore};
 use crate::model::is_blank;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreResult};
 
 /// Why a webhook could not be created, changed or found.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,22 @@ pub struct WebhookOptions {
     #[schema(minimum = 1, maximum = 1000)]
     #[serde(default, deserialize_with = "whole_u32")]
     pub max_in_flight: Option<u32>,
+    /// Deliver only events whose delivery body (`event_type`, `event_id`,
+    /// `data`, `message`) matches this document: fields by value, nested
+    /// objects or dotted paths, operators `$eq $neq $in $nin $gt $gte $lt
+    /// $lte $exist $regex $startsWith $endsWith $not`, logic `$and $or
+    /// $not`; at most 8 KB and 8 levels deep. `{}` removes the filter.
+    #[schema(value_type = Option<Object>, example = json!({"event_type": "message.failed", "data.errors.0.code": {"$in": [131026, 131047]}}))]
+    pub filter: Option<serde_json::Value>,
+}
+
+/// A filter as given: checked, and `{}` (match everything) kept as none.
+fn checked_filter(
+    filter: Option<serde_json::Value>,
+) -> Result<Option<serde_json::Value>, WebhookError> {
+    let Some(f) = filter else { return Ok(None) };
+    crate::forwarding::filter::Filter::compile(&f).map_err(|e| invalid(e.to_string()))?;
+    Ok(Some(f).filter(|f| f.as_object().is_none_or(|o| !o.is_empty())))
 }
 
 /// An event type to deliver: any non-blank text.
@@ -113,6 +129,11 @@ fn url_schema() -> utoipa::openapi::Object {
         .build()
 }
 
+/// The longest a rotated-out secret keeps signing.
+pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long it does when the rotation does not say.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// Most custom headers on one webhook.
 pub const MAX_HEADERS: usize = 32;
 
@@ -139,7 +160,7 @@ where
     ))
 }
 
-fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+pub(crate) fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     whole_number(d, u64::MAX)
 }
 
@@ -256,6 +277,7 @@ impl Forwarding {
         // The legacy default subscription.
         let topics = o.topics.unwrap_or_else(|| vec!["datagen.delivery".into()]);
         validate_topics(&topics)?;
+        let filter = checked_filter(o.filter)?;
         let now = Utc::now().timestamp_millis();
         let config = WebhookConfig {
             id: bson::oid::ObjectId::new().to_hex(),
@@ -275,6 +297,9 @@ impl Forwarding {
             headers: o.headers,
             timeout_ms: o.timeout_ms,
             max_in_flight: o.max_in_flight,
+            filter,
+            previous_secret: None,
+            previous_secret_expires_at: None,
         };
         self.webhooks.create_webhook(&config).await?;
         Ok(config)
@@ -326,6 +351,9 @@ impl Forwarding {
         if replace(o.max_in_flight.is_some(), clear.max_in_flight) {
             w.max_in_flight = o.max_in_flight;
         }
+        if o.filter.is_some() {
+            w.filter = checked_filter(o.filter)?;
+        }
         self.save(w).await.map(|w| (w, reveal))
     }
 
@@ -336,10 +364,27 @@ impl Forwarding {
         self.save(w).await
     }
 
-    /// Gives a webhook a new secret; the old one stops signing at once.
-    pub async fn rotate_secret(&self, id: &str) -> Result<WebhookConfig, WebhookError> {
+    /// Gives a webhook a new secret. For `grace`, every delivery is signed
+    /// by both (the Standard Webhooks header carries both signatures; the
+    /// legacy header the new one); then the old one is forgotten. A grace of
+    /// zero retires the old secret at once.
+    pub async fn rotate_secret(
+        &self, id: &str, grace: Duration,
+    ) -> Result<WebhookConfig, WebhookError> {
+        if grace > MAX_GRACE {
+            return Err(invalid(format!(
+                "grace_period_seconds: at most {} (7 days)",
+                MAX_GRACE.as_secs()
+            )));
+        }
         let mut w = self.webhook(id).await?;
-        w.shared_secret = new_secret();
+        let old = std::mem::replace(&mut w.shared_secret, new_secret());
+        let until = Utc::now().timestamp_millis() + grace.as_millis() as i64;
+        (w.previous_secret, w.previous_secret_expires_at) = if grace.is_zero() || old.is_empty() {
+            (None, None)
+        } else {
+            (Some(old), Some(until))
+        };
         self.save(w).await
     }
 
@@ -377,6 +422,7 @@ impl Forwarding {
             .send(
                 &w.webhook_url,
                 &w.shared_secret,
+                w.previous_secret_at(now.timestamp_millis()),
                 w.headers.as_ref(),
                 w.timeout_ms.map(Duration::from_millis),
                 &job,
@@ -390,6 +436,24 @@ impl Forwarding {
             duration_ms: o.duration.as_millis() as u64,
         })
     }
+}
+
+/// Forgets the previous secrets whose grace window closed (the pruner's
+/// pass); returns how many. Signing already ignores them: this removes
+/// them from the store.
+pub async fn forget_expired_secrets(store: &dyn WebhookStore) -> StoreResult<u64> {
+    let now = Utc::now().timestamp_millis();
+    let mut n = 0;
+    for mut w in store.list_webhooks(None).await? {
+        if w.holds_expired_secret(now) {
+            w.previous_secret = None;
+            w.previous_secret_expires_at = None;
+            if store.update_webhook(&w).await? {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -354,7 +354,7 @@ impl Forwarder {
 
     /// One HTTP attempt of `job` to `url` (no queue or log side effects).
     pub async fn send(
-        &self, url: &str, secret: &str,
+        &self, url: &str, secret: &str, previous_secret: Option<&str>,
         extra_headers: Option<&std::collections::BTreeMap<String, String>>,
         timeout: Option<Duration>, job: &ForwardJob,
     ) -> SendOutcome {
@@ -419,10 +419,14 @@ impl Forwarder {
             set("x-webhook-signature", legacy_signature(secret, &body));
             set("webhook-id", job.event_id.clone());
             set("webhook-timestamp", ts.to_string());
-            set(
-                "webhook-signature",
-                standard_signature(secret, &job.event_id, ts, &body),
-            );
+            // During a rotation's grace window, a signature by each secret
+            // (space-separated, as Standard Webhooks verifiers expect).
+            let mut signature = standard_signature(secret, &job.event_id, ts, &body);
+            if let Some(previous) = previous_secret {
+                signature.push(' ');
+                signature.push_str(&standard_signature(previous, &job.event_id, ts, &body));
+            }
+            set("webhook-signature", signature);
         }
         // A webhook's own `timeout_ms` replaces the attempt's total budget.
         let mut request = self.client.post(parsed).headers(headers).body(body);
@@ -590,6 +594,10 @@ impl Forwarder {
             Ok(w) => w,
             Err(e) => return self.postpone(&tag, &job, &e).await,
         };
+        let previous_secret = webhook
+            .as_ref()
+            .and_then(|w| w.previous_secret_at(Utc::now().timestamp_millis()))
+            .map(str::to_owned);
         let (url, secret, headers, timeout, max_in_flight) = match &webhook {
             Some(w) if !w.is_active() => {
                 return self
@@ -680,7 +688,14 @@ impl Forwarder {
         }
 
         let outcome = self
-            .send(&url, &secret, headers.as_ref(), timeout, &job)
+            .send(
+                &url,
+                &secret,
+                previous_secret.as_deref(),
+                headers.as_ref(),
+                timeout,
+                &job,
+            )
             .await;
         metrics::histogram!("zen_delivery_seconds").record(outcome.duration.as_secs_f64());
         let now = Utc::now();

@@ -221,6 +221,7 @@ async fn refresh_gauges(state: &AppState) -> Gauges {
     if let Ok(d) = inbox_depth {
         metrics::gauge!("zen_inbox_depth").set(d as f64);
     }
+    metrics::counter!("zen_log_lines_dropped_total").absolute(crate::telemetry::lines_dropped());
     if let Ok(d) = forward_depth {
         metrics::gauge!("zen_forward_queue_depth").set(d as f64);
     }

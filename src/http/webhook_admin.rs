@@ -47,6 +47,8 @@ struct WebhookOut {
 fn out(mut config: WebhookConfig, reveal: bool) -> WebhookOut {
     let auth_enabled = !config.shared_secret.is_empty();
     let signing_secret = (reveal && auth_enabled).then(|| whsec(&config.shared_secret));
+    // A rotated-out secret is never shown again.
+    config.previous_secret = None;
     if !reveal {
         config.shared_secret = String::new();
     }
@@ -129,15 +131,38 @@ async fn remove(
     Ok(Json(json!({"message": "webhook deleted successfully"})))
 }
 
-/// A new signing secret, shown this once; the old one stops signing at once.
+/// How long the old secret keeps signing after a rotation.
+#[derive(Debug, Deserialize, ToSchema)]
+struct RotateIn {
+    /// 0 to 604800 (7 days); default 86400. Until it ends, every delivery's
+    /// `webhook-signature` carries a signature by the new secret and one by
+    /// the old; 0 retires the old secret at once.
+    #[schema(minimum = 0, maximum = 604800)]
+    #[serde(default, deserialize_with = "crate::forwarding::webhooks::whole_u64")]
+    grace_period_seconds: Option<u64>,
+}
+
+/// A new signing secret, shown this once. The old one signs beside it for
+/// the grace period (default 24 h), then is forgotten.
 #[utoipa::path(post, path = "/webhooks/{id}/rotate-secret", tag = "webhooks", params(("id" = String, Path, description = "webhook id")),
+    request_body(content = Option<RotateIn>),
     security(("admin" = [])),
-    responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+    responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "grace_period_seconds out of range", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn rotate(
     _: Admin, State(state): State<AppState>, Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<RotateIn>,
 ) -> Result<Json<WebhookOut>, ApiError> {
-    Ok(Json(out(state.forwarding.rotate_secret(&id).await?, true)))
+    let grace = match body.and_then(|b| b.grace_period_seconds) {
+        Some(s) => std::time::Duration::from_secs(s),
+        None => crate::forwarding::webhooks::DEFAULT_GRACE,
+    };
+    Ok(Json(out(
+        state.forwarding.rotate_secret(&id, grace).await?,
+        true,
+    )))
 }
 
 /// Sends a `test.webhook` event now and reports what the endpoint said

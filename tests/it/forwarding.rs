@@ -1182,3 +1182,225 @@ async fn a_failing_endpoint_is_reported_to_operations(q: Queue) {
 }
 
 on_both_queues!(a_failing_endpoint_is_reported_to_operations);
+
+/// A user's marketing opt-out (Meta's `user_preferences`) reaches a webhook
+/// subscribed to `contact.marketing_preference` for that business number.
+async fn a_marketing_preference_is_forwarded_as_its_own_event(q: Queue) {
+    let app = app_fast_retries(q).await;
+    let rx = Receiver::start().await;
+    create_webhook(
+        &app,
+        json!({
+            "project_owner_id": "owner-1",
+            "webhook_url": rx.url("prefs"),
+            "topics": ["contact.marketing_preference"],
+            "business_numbers": [BUSINESS],
+        }),
+    )
+    .await;
+    let body = fixture("meta_user_preferences.json");
+    assert_eq!(app.post_webhook("/webhook/meta", body).await.status(), 200);
+    let got = rx.wait_for("prefs", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        got[0].header("x-event-type"),
+        "contact.marketing_preference"
+    );
+    let payload = got[0].json();
+    assert_eq!(payload["data"]["value"], "stop");
+    assert_eq!(payload["data"]["user_id"], "IN.1502576394655843");
+    app.stop().await;
+}
+on_both_queues!(a_marketing_preference_is_forwarded_as_its_own_event);
+
+/// A webhook's payload filter: only failures with a given error code reach
+/// it; the rest are counted as filtered; a bad filter is a 422 naming it.
+async fn a_filter_delivers_only_what_it_matches(q: Queue) {
+    let app = app_fast_retries(q).await;
+    let rx = Receiver::start().await;
+    let resp = app
+        .client
+        .post(app.url("/api/v1/webhooks"))
+        .bearer_auth(ADMIN_KEY)
+        .json(
+            &json!({"project_owner_id": "owner-1", "webhook_url": rx.url("x"),
+            "topics": ["*"], "filter": {"data": {"status": {"$like": "x"}}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("filter: unknown operator $like"),
+        "{err}"
+    );
+
+    let hook = create_webhook(
+        &app,
+        json!({
+            "project_owner_id": "owner-1",
+            "webhook_url": rx.url("failures"),
+            "topics": ["*"],
+            "business_numbers": [BUSINESS],
+            "filter": {"event_type": "message.failed", "data.errors.0.code": {"$in": [131026, 131047]}},
+        }),
+    )
+    .await;
+    assert_eq!(hook["filter"]["event_type"], "message.failed");
+    for f in ["meta_status_sent.json", "meta_status_failed.json"] {
+        assert_eq!(
+            app.post_webhook("/webhook/meta", fixture(f)).await.status(),
+            200
+        );
+    }
+    let got = rx.wait_for("failures", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].json()["event_type"], "message.failed");
+    app.barrier().await;
+    app.quiesce().await;
+    assert_eq!(
+        rx.received("failures").len(),
+        1,
+        "the sent status was filtered out"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let id = hook["id"].as_str().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "zen_forward_filtered_total{{webhook_id=\"{id}\"}}"
+        )),
+        "the filtered event is counted"
+    );
+
+    // `{}` removes the filter.
+    let changed = app
+        .client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"filter": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let changed: Value = changed.json().await.unwrap();
+    assert!(changed.get("filter").is_none(), "{changed}");
+    app.stop().await;
+}
+on_both_queues!(a_filter_delivers_only_what_it_matches);
+
+/// Rotating a secret with a grace window: deliveries carry a signature by
+/// the new secret and one by the old, each verified by the Standard
+/// Webhooks library; the legacy header uses the new secret; a rotation
+/// with grace 0 retires the old one at once; the window is bounded.
+async fn a_rotated_secret_keeps_signing_through_its_grace_window(q: Queue) {
+    let app = app_fast_retries(q).await;
+    let rx = Receiver::start().await;
+    let hook = create_webhook(
+        &app,
+        json!({"project_owner_id": "owner-1", "webhook_url": rx.url("r"),
+            "topics": ["datagen.delivery"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let rotate = |body: Value| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            app.client
+                .post(app.url(&format!("/api/v1/webhooks/{id}/rotate-secret")))
+                .bearer_auth(ADMIN_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let too_long = rotate(json!({"grace_period_seconds": 604_801})).await;
+    assert_eq!(too_long.status(), 422);
+    let err: Value = too_long.json().await.unwrap();
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("grace_period_seconds"),
+        "{err}"
+    );
+
+    let rotated: Value = rotate(json!({"grace_period_seconds": 3600}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        rotated.get("previous_secret").is_none(),
+        "never shown: {rotated}"
+    );
+    assert!(rotated["previous_secret_expires_at"].is_i64(), "{rotated}");
+    let (old, new) = (
+        hook["signing_secret"].as_str().unwrap().to_owned(),
+        rotated["signing_secret"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(old, new);
+    app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+        .await;
+    let got = rx.wait_for("r", 1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    for secret in [&old, &new] {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&got[0].body, &got[0].headers)
+            .expect("each secret verifies during the grace window");
+    }
+    let legacy = zen_gateway::inbound_auth::hmac_sha256_hex(
+        rotated["shared_secret"].as_str().unwrap().as_bytes(),
+        &got[0].body,
+    );
+    assert_eq!(
+        got[0].header("x-webhook-signature"),
+        legacy,
+        "the legacy header: the new secret"
+    );
+
+    // Grace 0: the secret before this rotation no longer signs.
+    let retired: Value = rotate(json!({"grace_period_seconds": 0}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        retired.get("previous_secret_expires_at").is_none(),
+        "{retired}"
+    );
+    let newest = retired["signing_secret"].as_str().unwrap().to_owned();
+    app.post_webhook(
+        "/webhook/datagen",
+        datagen_status("wamid.rotated-2", "delivered", 5),
+    )
+    .await;
+    let got = rx.wait_for("r", 2, Duration::from_secs(10)).await;
+    let last = &got[1];
+    assert_eq!(last.header("webhook-signature").split(' ').count(), 1);
+    standardwebhooks::Webhook::new(&newest)
+        .unwrap()
+        .verify(&last.body, &last.headers)
+        .expect("the newest secret verifies");
+    assert!(
+        standardwebhooks::Webhook::new(&new)
+            .unwrap()
+            .verify(&last.body, &last.headers)
+            .is_err(),
+        "the retired secret does not"
+    );
+    app.stop().await;
+}
+on_both_queues!(a_rotated_secret_keeps_signing_through_its_grace_window);

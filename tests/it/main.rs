@@ -5,6 +5,7 @@ mod helpers;
 
 mod cache_conformance;
 mod console;
+mod contact_store_conformance;
 mod contract;
 mod crash_safety;
 mod docs;

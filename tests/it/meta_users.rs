@@ -42,6 +42,22 @@ fn status(wamid: &str, status: &str, ts: i64, user: &str) -> String {
     )
 }
 
+/// Polls a contact until `done` holds: a batch's contacts are written after
+/// its records, so a record seen does not yet mean its contact is.
+async fn wait_contact(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut last = Value::Null;
+    let reached = eventually_within(std::time::Duration::from_secs(15), async || {
+        last = app.admin_get(path).await;
+        done(&last)
+    })
+    .await;
+    assert!(
+        reached,
+        "{path} never reached the expected state; last: {last}"
+    );
+    last
+}
+
 async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
     let t = 1_767_225_600_i64;
     let posts = [
@@ -123,7 +139,10 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
     }
 
     // One contact, whichever identifier finds it.
-    let contact = app.admin_get(&format!("/api/v1/contacts/{USER}")).await;
+    let contact = wait_contact(&app, &format!("/api/v1/contacts/{USER}"), |c| {
+        c["current"]["user_id"] == NEW_USER && c["marketing_preference"]["value"] == "stop"
+    })
+    .await;
     let contact_id = contact["contact_id"]
         .as_str()
         .expect("a contact")
@@ -239,9 +258,12 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
         "{group}"
     );
     // The new number finds the contact that had the old one.
-    let moved = app
-        .admin_get("/api/v1/contacts/919812345678?business_number=918071234567")
-        .await;
+    let moved = wait_contact(
+        &app,
+        "/api/v1/contacts/919812345678?business_number=918071234567",
+        |c| c["current"]["phone"] == "919812345678",
+    )
+    .await;
     assert_eq!(moved["current"]["phone"], "919812345678", "{moved}");
     assert_eq!(moved["changes"][0]["from"], "919876543210", "{moved}");
     app.stop().await;

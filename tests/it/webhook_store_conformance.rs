@@ -62,6 +62,12 @@ fn hook(id: &str, owner: &str) -> WebhookConfig {
         // Per-webhook limits round-trip on every backend.
         timeout_ms: Some(2500),
         max_in_flight: Some(7),
+        // A filter round-trips too, `$` keys and all.
+        filter: Some(
+            serde_json::json!({"data.errors.0.code": {"$in": [131026]}, "$or": [{"event_type": "message.failed"}]}),
+        ),
+        previous_secret: None,
+        previous_secret_expires_at: None,
     }
 }
 
@@ -117,6 +123,29 @@ async fn configs_and_matching(store: &dyn WebhookStore) {
     let mut changed = hook("w1", "owner-1");
     changed.topics = vec!["message.read".into()];
     changed.headers = Some([("x-tenant".to_string(), "t1".to_string())].into());
+    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
+    // A rotation's previous secret round-trips; then every optional field
+    // cleared is gone, on every backend.
+    changed.previous_secret = Some("p".repeat(64));
+    changed.previous_secret_expires_at = Some(1_767_225_600_000);
+    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
+    // Its window closed long ago: the pruner's pass forgets it.
+    assert_eq!(
+        zen_gateway::forwarding::webhooks::forget_expired_secrets(store)
+            .await
+            .unwrap(),
+        1
+    );
+    let forgotten = store.get_webhook("w1").await.unwrap().unwrap();
+    assert_eq!(forgotten.previous_secret, None);
+    assert_eq!(forgotten.previous_secret_expires_at, None);
+    changed.timeout_ms = None;
+    changed.max_in_flight = None;
+    changed.filter = None;
+    changed.previous_secret = None;
+    changed.previous_secret_expires_at = None;
     assert!(store.update_webhook(&changed).await.unwrap());
     assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
     assert!(!store.update_webhook(&hook("nope", "x")).await.unwrap());

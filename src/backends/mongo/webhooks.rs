@@ -97,6 +97,16 @@ fn webhook_doc(w: &WebhookConfig) -> Document {
     if let Some(m) = w.max_in_flight {
         d.insert("max_in_flight", m as i64);
     }
+    // As JSON text: a stored document may not hold `$` field names.
+    if let Some(f) = &w.filter {
+        d.insert("filter", f.to_string());
+    }
+    if let Some(s) = &w.previous_secret {
+        d.insert("previous_secret", s);
+    }
+    if let Some(t) = w.previous_secret_expires_at {
+        d.insert("previous_secret_expires_at", t);
+    }
     d
 }
 
@@ -143,6 +153,14 @@ fn webhook_from(d: &Document) -> WebhookConfig {
             .get("max_in_flight")
             .map(|_| int(d, "max_in_flight"))
             .and_then(|m| u32::try_from(m).ok()),
+        filter: d
+            .get_str("filter")
+            .ok()
+            .and_then(|f| serde_json::from_str(f).ok()),
+        previous_secret: d.get_str("previous_secret").ok().map(str::to_owned),
+        previous_secret_expires_at: d
+            .get("previous_secret_expires_at")
+            .map(|_| int(d, "previous_secret_expires_at")),
         headers: d.get_document("headers").ok().map(|h| {
             h.iter()
                 .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
@@ -230,7 +248,16 @@ impl WebhookStore for MongoWebhookStore {
         let mut set = webhook_doc(w);
         set.remove("_id");
         let mut unset = Document::new();
-        for key in ["active", "business_numbers", "headers"] {
+        for key in [
+            "active",
+            "business_numbers",
+            "headers",
+            "timeout_ms",
+            "max_in_flight",
+            "filter",
+            "previous_secret",
+            "previous_secret_expires_at",
+        ] {
             if !set.contains_key(key) {
                 unset.insert(key, "");
             }

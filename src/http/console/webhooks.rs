@@ -176,6 +176,8 @@ async fn show_page(
             }
             form method="post" action=(action("rotate")) {
                 (layout::csrf(session))
+                label for="grace" { "Old secret also signs for (hours, 0–168)" }
+                input #grace name="grace_hours" inputmode="numeric" value="24" size="4";
                 button type="submit" { "Rotate the secret" }
             }
             form method="post" action=(action("active")) {
@@ -202,6 +204,10 @@ async fn show_page(
             input #timeout name="timeout_ms" inputmode="numeric" value=[w.timeout_ms];
             label for="inflight" { "Most deliveries in flight (empty: the global share)" }
             input #inflight name="max_in_flight" inputmode="numeric" value=[w.max_in_flight];
+            label for="filter" { "Payload filter, JSON (empty: every event of the topics)" }
+            textarea #filter name="filter" rows="4" placeholder=r#"{"event_type": "message.failed", "data.errors.0.code": {"$in": [131026]}}"# {
+                (w.filter.as_ref().map(|f| f.to_string()).unwrap_or_default())
+            }
             button type="submit" { "Save" }
         }
         h2 { "Delivery log" }
@@ -242,6 +248,14 @@ pub async fn update(
     let max_in_flight =
         number_field(&form, "max_in_flight")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     let business_numbers = list_field(&form, "business_numbers").filter(|n| !n.is_empty());
+    // An emptied filter is `{}`: none.
+    let filter = match form.get("filter").map(|f| f.trim().to_owned()) {
+        Some(f) if !f.is_empty() => Some(
+            serde_json::from_str(&f)
+                .map_err(|e| ApiError::Unprocessable(format!("filter: not JSON: {e}")))?,
+        ),
+        _ => Some(serde_json::json!({})),
+    };
     // An emptied field goes back to the default.
     let clear = Cleared {
         business_numbers: business_numbers.is_none(),
@@ -255,6 +269,7 @@ pub async fn update(
             business_numbers,
             timeout_ms,
             max_in_flight,
+            filter,
             ..Default::default()
         },
         clear,
@@ -282,14 +297,23 @@ pub async fn update(
 pub async fn rotate(
     Operator(session): Operator, State(state): State<AppState>, Path(id): Path<String>, body: Bytes,
 ) -> PageResult {
-    FormFields::checked_for(&session, &body)?;
+    let form = FormFields::checked_for(&session, &body)?;
+    let hours = number_field(&form, "grace_hours")?.unwrap_or(24);
+    let grace = std::time::Duration::from_secs(hours.saturating_mul(3600));
     let w = state
         .forwarding
-        .rotate_secret(&id)
+        .rotate_secret(&id, grace)
         .await
         .map_err(ApiError::from)?;
-    tracing::info!(webhook.id = %w.id, "console: webhook secret rotated");
-    let notice = secret_notice(&w, "Rotated: the old secret no longer signs.");
+    tracing::info!(webhook.id = %w.id, grace_hours = hours, "console: webhook secret rotated");
+    let notice = secret_notice(
+        &w,
+        if hours == 0 {
+            "Rotated: the old secret no longer signs."
+        } else {
+            "Rotated: the old secret signs beside the new one until the grace period ends."
+        },
+    );
     show_page(&state, &session, &id, Some(notice)).await
 }
 
