@@ -99,6 +99,17 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         samples: u64,
     },
+    /// What a payload filter costs per event, in this process: the delivery
+    /// body built for each of `events` events (the reference), then the same
+    /// with three filters matched against it (an equality, an `$in` on a
+    /// nested path with `$exist`, a `$regex` under `$or`); the median of
+    /// `rounds` rounds, in ns per event, as JSON.
+    FilterCost {
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
     /// A counting webhook receiver.
     Receiver {
         #[arg(long, default_value_t = 18091)]
@@ -144,6 +155,7 @@ fn main() -> anyhow::Result<()> {
                 print,
                 secret,
             } => receiver(port, print, secret).await,
+            Command::FilterCost { events, rounds } => filter_cost(events, rounds),
         }
     })
 }
@@ -636,5 +648,68 @@ async fn amqp_ceiling(
         "{}",
         json!({"confirmed": n, "seconds": secs, "per_second": n as f64 / secs})
     );
+    Ok(())
+}
+
+/// See `Command::FilterCost`.
+fn filter_cost(events: u64, rounds: usize) -> anyhow::Result<()> {
+    use zen_gateway::forwarding::filter::Filter;
+    let raw = json!({"statuses": [{"id": "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgSM0VCMEE4QzdGNEQyRTlBMUIwAA==",
+        "status": "failed", "timestamp": "1749540002", "recipient_id": "919876543210",
+        "errors": [{"code": 131026, "title": "Message undeliverable"}]}]});
+    let message = json!({"campaign_id": "diwali-2026", "current_status": "failed",
+        "phone_number": "919876543210", "business_number": "918071234567"});
+    let filters = [
+        ("equality", json!({"event_type": "message.failed"})),
+        (
+            "in_and_exist",
+            json!({"data.statuses.0.errors.0.code": {"$in": [131026, 131047]},
+            "message": {"campaign_id": {"$exist": true}}}),
+        ),
+        (
+            "regex_or",
+            json!({"$or": [{"event_type": "message.read"},
+            {"message.campaign_id": {"$regex": "^diwali-20[0-9]{2}$"}}]}),
+        ),
+    ];
+    let compiled: Vec<(&str, Filter)> = filters
+        .iter()
+        .map(|(name, f)| Ok((*name, Filter::compile(f)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let body = |k: u64| {
+        json!({"event_type": "message.failed", "event_id": format!("evt-{k}"),
+            "data": raw, "message": message})
+    };
+    // One round: ns per event of building the body, and of building it and
+    // matching `filter` when given.
+    let round = |filter: Option<&Filter>| {
+        let started = Instant::now();
+        let mut kept = 0u64;
+        for k in 0..events {
+            let b = body(k);
+            if filter.is_none_or(|f| f.matches(&b)) {
+                kept += 1;
+            }
+        }
+        std::hint::black_box(kept);
+        started.elapsed().as_nanos() as f64 / events.max(1) as f64
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let mut out = serde_json::Map::new();
+    let reference = median((0..rounds.max(1)).map(|_| round(None)).collect());
+    out.insert("body_only_ns".into(), json!(reference));
+    for (name, f) in &compiled {
+        let with = median((0..rounds.max(1)).map(|_| round(Some(f))).collect());
+        out.insert(
+            (*name).into(),
+            json!({"with_body_ns": with, "filter_ns": with - reference}),
+        );
+    }
+    out.insert("events".into(), json!(events));
+    out.insert("rounds".into(), json!(rounds));
+    println!("{}", serde_json::Value::Object(out));
     Ok(())
 }
