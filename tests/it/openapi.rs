@@ -122,3 +122,42 @@ async fn the_openapi_document_matches_the_served_routes() {
     );
     app.stop().await;
 }
+
+/// The `webhooks` section names every delivered event type with the body a
+/// client receives, and the filter schema states the grammar the server
+/// reads.
+#[tokio::test]
+async fn the_document_describes_what_clients_receive_and_how_to_filter_it() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for event in [
+        "message.sent",
+        "message.delivered",
+        "message.read",
+        "message.played",
+        "message.failed",
+        "message.received",
+        "contact.marketing_preference",
+        "test.webhook",
+    ] {
+        let body =
+            &doc["webhooks"][event]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(body["$ref"], "#/components/schemas/Delivery", "{event}");
+    }
+    let delivery = &doc["components"]["schemas"]["Delivery"];
+    for field in ["data", "event_id", "event_type", "timestamp", "message"] {
+        assert!(delivery["properties"].get(field).is_some(), "{field}");
+    }
+    let filter = &doc["components"]["schemas"]["PayloadFilter"];
+    assert_eq!(filter["additionalProperties"], false);
+    assert!(doc["components"]["schemas"]["FilterCondition"]["anyOf"].is_array());
+    app.stop().await;
+}
