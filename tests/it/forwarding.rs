@@ -18,17 +18,23 @@ const BUSINESS: &str = "918071234567";
 enum Queue {
     Embedded,
     RabbitMq,
+    /// RabbitMQ with `RABBITMQ_QUEUE_TYPE=quorum`: every queue (inbox,
+    /// per-BSP, forwarding, retries, DLQ) a quorum queue.
+    RabbitMqQuorum,
 }
 
 /// The gateway on `q` (its own queue names on the broker).
 async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Settings)) -> TestApp {
     match q {
         Queue::Embedded => spawn_app_with(tweak).await,
-        Queue::RabbitMq => {
+        Queue::RabbitMq | Queue::RabbitMqQuorum => {
             let url = crate::services::rabbitmq_url().expect("RabbitMQ");
             let app = spawn_app_with(|s| {
                 s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url));
                 s.rabbitmq.queue_prefix = crate::services::unique_prefix();
+                if matches!(q, Queue::RabbitMqQuorum) {
+                    s.rabbitmq.queue_type = zen_gateway::backends::rabbitmq::QueueType::Quorum;
+                }
                 tweak(s);
             })
             .await;
@@ -38,8 +44,9 @@ async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Setting
     }
 }
 
-/// `#[tokio::test]`s of a case on each queue: `<case>::embedded` and
-/// `<case>::rabbitmq` (skipped without a broker, as other broker tests).
+/// `#[tokio::test]`s of a case on each queue: `<case>::embedded`,
+/// `<case>::rabbitmq` and `<case>::rabbitmq_quorum` (skipped without a
+/// broker, as other broker tests).
 macro_rules! on_both_queues {
     ($case:ident) => {
         mod $case {
@@ -54,6 +61,14 @@ macro_rules! on_both_queues {
                     return;
                 }
                 super::$case(super::Queue::RabbitMq).await;
+            }
+
+            #[tokio::test]
+            async fn rabbitmq_quorum() {
+                if crate::services::rabbitmq_url().is_none() {
+                    return;
+                }
+                super::$case(super::Queue::RabbitMqQuorum).await;
             }
         }
     };

@@ -409,3 +409,58 @@ async fn retry_queues_dead_letter_back_after_their_delay_and_rejects_reach_the_d
     inbox.close().await;
     cleanup(&ch, &prefix).await;
 }
+
+/// `RABBITMQ_QUEUE_TYPE=quorum`: the gateway's queues are quorum queues (a
+/// classic declare of the same name is refused as inequivalent), and
+/// webhooks flow through them to their records.
+#[tokio::test]
+async fn quorum_queues_carry_webhooks_to_their_records() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = spawn_app_with(|s| {
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
+        s.rabbitmq.queue_prefix = prefix.clone();
+        s.rabbitmq.queue_type = rabbitmq::QueueType::Quorum;
+    })
+    .await;
+    app.wait_ready(|r| r["inbox"]["up"] == true).await;
+    assert_eq!(
+        app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+            .await
+            .status(),
+        200
+    );
+    app.wait_for_message(
+        "wamid.HBgMOTE5ODEyMzQ1Njc4FQIAERgSNDdCRkE1RTZEMDlDM0IyRjFBAA==",
+        |m| m["current_status"] == "delivered",
+    )
+    .await;
+    for queue in ["zen_ingest_queue", "datagen_webhook_queue"] {
+        let (_conn, ch) = channel(&url).await;
+        let mut classic = FieldTable::default();
+        classic.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from("classic")),
+        );
+        let declared = ch
+            .queue_declare(
+                ShortString::from(format!("{prefix}{queue}")),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                classic,
+            )
+            .await;
+        let e = declared.expect_err("a quorum queue is not a classic one");
+        assert!(
+            e.to_string().contains("PRECONDITION_FAILED") || e.to_string().contains("406"),
+            "{queue}: {e}"
+        );
+    }
+    app.stop().await;
+    let (_conn, ch) = channel(&url).await;
+    cleanup(&ch, &prefix).await;
+}
