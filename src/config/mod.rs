@@ -470,7 +470,17 @@ impl Settings {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{}: {why}", describe_key(key))));
         let scheme = |key: &str, value: Option<&SecretUrl>, schemes: &[&str]| {
             if let Some(v) = value {
-                if !schemes.iter().any(|s| v.expose().starts_with(s)) {
+                // RABBITMQ_URL may list a cluster's nodes: each must be whole.
+                let items: Vec<&str> = if key == "backends.rabbitmq_url" {
+                    crate::backends::rabbitmq::broker_addresses(v.expose())
+                } else {
+                    vec![v.expose()]
+                };
+                if items.is_empty()
+                    || !items
+                        .iter()
+                        .all(|i| schemes.iter().any(|s| i.starts_with(s)))
+                {
                     return bad(key, &format!("must start with {}", schemes.join(" or ")));
                 }
             }
@@ -988,5 +998,19 @@ mod tests {
         load(&[("ROLES", "ingest"), ("RABBITMQ_URL", "amqp://mq/")], None).unwrap();
         let s = load(&[("ROLES", "ingest")], None).unwrap();
         assert_eq!(s.warnings().len(), 1);
+    }
+
+    #[test]
+    fn rabbitmq_url_may_list_a_clusters_nodes_each_whole() {
+        let s = load(
+            &[("RABBITMQ_URL", "amqp://u:p@mq1:5672/, amqp://u:p@mq2:5672/")],
+            None,
+        )
+        .unwrap();
+        assert!(s.backends.rabbitmq_url.is_some());
+        let e = load(&[("RABBITMQ_URL", "amqp://mq1/,mq2:5672")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("RABBITMQ_URL") && e.contains("amqp://"), "{e}");
     }
 }

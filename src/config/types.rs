@@ -64,19 +64,25 @@ impl SecretUrl {
         self.0.expose_secret()
     }
 
-    /// The URL as logs may show it: `scheme://user:****@host`.
+    /// The URL as logs may show it: `scheme://user:****@host`; each of a
+    /// comma-separated list (`RABBITMQ_URL`'s nodes) masked alike.
     pub fn masked(&self) -> String {
-        let url = self.expose();
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return MASK.to_owned();
-        };
-        match rest.rsplit_once('@') {
-            Some((creds, host)) => {
-                let user = creds.split(':').next().unwrap_or("");
-                format!("{scheme}://{user}:****@{host}")
-            }
-            None => url.to_owned(),
-        }
+        self.expose()
+            .split(',')
+            .map(|url| {
+                let Some((scheme, rest)) = url.split_once("://") else {
+                    return MASK.to_owned();
+                };
+                match rest.rsplit_once('@') {
+                    Some((creds, host)) => {
+                        let user = creds.split(':').next().unwrap_or("");
+                        format!("{scheme}://{user}:****@{host}")
+                    }
+                    None => url.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -347,6 +353,11 @@ mod tests {
         assert_eq!(s.expose(), "hunter2");
         let u = SecretUrl::new("amqp://user:pw@mq:5672/");
         assert_eq!(format!("{u:?}"), "amqp://user:****@mq:5672/");
+        let nodes = SecretUrl::new("amqp://u:p1@mq1:5672/,amqp://u:p2@mq2:5672/");
+        assert_eq!(
+            nodes.masked(),
+            "amqp://u:****@mq1:5672/,amqp://u:****@mq2:5672/"
+        );
         assert_eq!(u.expose(), "amqp://user:pw@mq:5672/");
         assert_eq!(SecretUrl::new("no scheme").masked(), MASK);
     }

@@ -464,3 +464,109 @@ async fn quorum_queues_carry_webhooks_to_their_records() {
     let (_conn, ch) = channel(&url).await;
     cleanup(&ch, &prefix).await;
 }
+
+/// A TCP relay to the broker that can be cut: a node that dies, for this
+/// test's connection only (the broker and the other tests go on).
+struct Relay {
+    port: u16,
+    cut: tokio_util::sync::CancellationToken,
+}
+
+impl Relay {
+    async fn to(target: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = tokio_util::sync::CancellationToken::new();
+        let (stop, target) = (cut.clone(), target.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    a = listener.accept() => a,
+                };
+                let Ok((mut inbound, _)) = accepted else {
+                    return;
+                };
+                let (stop, target) = (stop.clone(), target.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    }
+                });
+            }
+        });
+        Relay { port, cut }
+    }
+}
+
+/// `RABBITMQ_URL` as a list of nodes: a node that does not answer is
+/// skipped, and when the node in use dies the gateway moves to the next one
+/// and webhooks are accepted and processed again; nothing acked is lost.
+#[tokio::test]
+async fn a_list_of_nodes_rides_through_the_loss_of_one() {
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let parsed = url::Url::parse(&url).unwrap();
+    let host = format!(
+        "{}:{}",
+        parsed.host_str().unwrap(),
+        parsed.port().unwrap_or(5672)
+    );
+    let via = |port: u16| {
+        let mut u = parsed.clone();
+        u.set_port(Some(port)).unwrap();
+        u.to_string()
+    };
+    let relay = Relay::to(&host).await;
+    let dead = free_port();
+    // A node that never answers, the relay (used first), the broker itself.
+    let nodes = format!("{},{},{}", via(dead), via(relay.port), url);
+    let prefix = services::unique_prefix();
+    let app = spawn_app_with(|s| {
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(nodes.clone()));
+        s.rabbitmq.queue_prefix = prefix.clone();
+    })
+    .await;
+    app.wait_ready(|r| r["inbox"]["up"] == true).await;
+    let post = |i: i64| {
+        app.post_webhook(
+            "/webhook/datagen",
+            datagen_status(&format!("wamid.nodes-{i}"), "sent", i),
+        )
+    };
+    assert_eq!(post(1).await.status(), 200);
+    app.wait_for_message("wamid.nodes-1", |m| m["current_status"] == "sent")
+        .await;
+
+    // The node in use dies: 503s at most while the gateway moves on.
+    relay.cut.cancel();
+    let started = std::time::Instant::now();
+    let mut acked = vec![1];
+    let back = eventually_within(Duration::from_secs(10), async || {
+        let i = 1000 + started.elapsed().as_millis() as i64;
+        match post(i).await.status().as_u16() {
+            200 => {
+                acked.push(i);
+                true
+            }
+            503 => false,
+            other => panic!("unexpected {other}"),
+        }
+    })
+    .await;
+    assert!(back, "not accepting again within 10 s of losing a node");
+    for i in &acked {
+        app.wait_for_message(&format!("wamid.nodes-{i}"), |m| {
+            m["current_status"] == "sent"
+        })
+        .await;
+    }
+    app.stop().await;
+    let (_conn, ch) = channel(&url).await;
+    cleanup(&ch, &prefix).await;
+}

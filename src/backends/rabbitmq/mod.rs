@@ -91,6 +91,8 @@ const QUARANTINE_SCAN: u64 = 10_000;
 /// Settings of the RabbitMQ inbox.
 #[derive(Debug, Clone)]
 pub struct RabbitOptions {
+    /// One broker address, or several, comma-separated (the nodes of a
+    /// cluster): see [`broker_addresses`].
     pub url: String,
     /// Prepended to every exchange and queue name. Empty in production (the
     /// legacy names); tests use it to isolate themselves on one broker.
@@ -145,6 +147,20 @@ pub struct RabbitInbox {
     last_error: std::sync::Mutex<Option<String>>,
     broken: Notify,
     shutdown: CancellationToken,
+    /// The address the next connection tries first: the first at start,
+    /// then the one after the node the last connection reached, so that a
+    /// lost node is tried last.
+    next_address: std::sync::atomic::AtomicUsize,
+}
+
+/// The broker addresses of `RABBITMQ_URL`: one URI, or several separated
+/// by commas (each a whole `amqp://` / `amqps://` URI with its own
+/// credentials), tried in order.
+pub fn broker_addresses(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
 }
 
 fn long(s: &str) -> AMQPValue {
@@ -237,6 +253,7 @@ impl RabbitInbox {
             last_error: std::sync::Mutex::new(Some("connecting".into())),
             broken: Notify::new(),
             shutdown: CancellationToken::new(),
+            next_address: std::sync::atomic::AtomicUsize::new(0),
         });
         tokio::spawn(supervise(inbox.clone()));
         inbox
@@ -299,12 +316,64 @@ impl RabbitInbox {
             })
     }
 
+    /// A connection to the first address that answers, from `next_address`
+    /// on, each attempt bounded.
+    async fn connect_any(&self) -> Result<Connection, lapin::Error> {
+        let addresses = broker_addresses(&self.opts.url);
+        let n = addresses.len().max(1);
+        let start = self.next_address.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let Some(address) = addresses.get(i) else {
+                break;
+            };
+            let attempt = tokio::time::timeout(
+                NODE_CONNECT_TIMEOUT,
+                Connection::connect(
+                    address,
+                    ConnectionProperties::default()
+                        .with_connection_name(LongString::from("zen-gateway")),
+                ),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(connection)) => {
+                    if n > 1 {
+                        tracing::info!(node = i + 1, of = n, "rabbitmq: connected");
+                    }
+                    self.next_address.store(i + 1, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Ok(Err(e)) => {
+                    if n > 1 {
+                        tracing::warn!(node = i + 1, of = n, error = %e, "rabbitmq: node not answering; trying the next");
+                    }
+                    last = Some(e);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        node = i + 1,
+                        of = n,
+                        "rabbitmq: node did not answer in time; trying the next"
+                    );
+                    last = Some(lapin::Error::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connection attempt timed out",
+                    )));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            lapin::Error::from(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "RABBITMQ_URL names no broker",
+            ))
+        }))
+    }
+
     async fn connect(&self) -> Result<Live, lapin::Error> {
-        let connection = Connection::connect(
-            &self.opts.url,
-            ConnectionProperties::default().with_connection_name(LongString::from("zen-gateway")),
-        )
-        .await?;
+        let connection = self.connect_any().await?;
         let setup = connection.create_channel().await?;
         declare_topology(&setup, &self.opts).await?;
         let _ = setup.close(200, "topology declared".into()).await;
@@ -717,8 +786,12 @@ async fn bounded<T>(
         })
 }
 
-/// How long one connection attempt (connect, declare, open channels) may take.
+/// How long one connection attempt (connect, declare, open channels) may
+/// take, past the nodes tried before the one that answered.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one node may take to accept a connection before the next is
+/// tried.
+const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Keeps a live connection; replaces it whenever it breaks.
 async fn supervise(inbox: Arc<RabbitInbox>) {
@@ -729,11 +802,11 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
         }
         // A broker that accepts TCP but never finishes the handshake (one
         // still booting) must not stall the supervisor forever.
-        let attempt = match tokio::time::timeout(CONNECT_TIMEOUT, inbox.connect()).await {
+        let nodes = broker_addresses(&inbox.opts.url).len().max(1) as u32;
+        let limit = CONNECT_TIMEOUT + NODE_CONNECT_TIMEOUT * (nodes - 1);
+        let attempt = match tokio::time::timeout(limit, inbox.connect()).await {
             Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "connect and topology not done within {CONNECT_TIMEOUT:?}"
-            )),
+            Err(_) => Err(format!("connect and topology not done within {limit:?}")),
         };
         match attempt {
             Ok(live) => {
