@@ -363,3 +363,67 @@ async fn statuses_for_stored_messages_cost_a_lookup_and_an_update() {
     );
     client.database(&db_name).drop().await.unwrap();
 }
+
+/// A replica set's URI settings reach the driver as written (the gateway
+/// fills in only what the URI leaves unset), and the write concern and
+/// retryable writes a production URI carries work against the test server.
+#[tokio::test]
+async fn replica_set_settings_reach_the_driver() {
+    use mongodb::options::{Acknowledgment, ReadPreference};
+    let opts = zen_gateway::backends::mongo::client_options(
+        "mongodb://a.example:27017,b.example:27017,c.example:27017/?replicaSet=rs0&w=majority&retryWrites=true&retryReads=true&readPreference=primaryPreferred&serverSelectionTimeoutMS=7000",
+    )
+    .await
+    .unwrap();
+    assert_eq!(opts.hosts.len(), 3);
+    assert_eq!(opts.repl_set_name.as_deref(), Some("rs0"));
+    assert_eq!(
+        opts.write_concern.as_ref().and_then(|w| w.w.clone()),
+        Some(Acknowledgment::Majority)
+    );
+    assert_eq!(opts.retry_writes, Some(true));
+    assert_eq!(opts.retry_reads, Some(true));
+    assert!(matches!(
+        opts.selection_criteria,
+        Some(mongodb::options::SelectionCriteria::ReadPreference(
+            ReadPreference::PrimaryPreferred { .. }
+        ))
+    ));
+    assert_eq!(
+        opts.server_selection_timeout,
+        Some(Duration::from_secs(7)),
+        "the URI wins"
+    );
+    assert_eq!(
+        opts.connect_timeout,
+        Some(Duration::from_secs(10)),
+        "our default fills the gap"
+    );
+
+    // The same settings a replica set would take, on the wire server.
+    let Some(uri) = services::mongo_uri() else {
+        return;
+    };
+    let sep = if uri.contains('?') { '&' } else { '?' };
+    let tuned = format!("{uri}{sep}w=majority&retryWrites=true&journal=true");
+    let db_name = services::unique_db_name();
+    let app = spawn_app_with(|s| {
+        s.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(tuned.clone()));
+        s.backends.database_name = db_name.clone();
+    })
+    .await;
+    assert_eq!(
+        app.post_webhook("/webhook/datagen", fixture("datagen_delivered.json"))
+            .await
+            .status(),
+        200
+    );
+    app.wait_for_message(
+        "wamid.HBgMOTE5ODEyMzQ1Njc4FQIAERgSNDdCRkE1RTZEMDlDM0IyRjFBAA==",
+        |m| m["current_status"] == "delivered",
+    )
+    .await;
+    app.stop().await;
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
+    client.database(&db_name).drop().await.unwrap();
+}

@@ -13,5 +13,5 @@ pub mod webhooks;
 pub use collections::META;
 pub use contacts::MongoContactStore;
 pub use sessions::MongoSessionStore;
-pub use store::{MongoStore, SCHEMA_VERSION, client};
+pub use store::{MongoStore, SCHEMA_VERSION, client, client_options};
 pub use webhooks::MongoWebhookStore;

@@ -75,6 +75,15 @@ fn unavailable(e: mongodb::error::Error) -> StoreError {
 /// Options as the legacy gateway set them (pool 10/2, connect 10 s, server
 /// selection 5 s), where the URI does not say otherwise.
 pub async fn client(uri: &str) -> StoreResult<Client> {
+    let opts = client_options(uri).await?;
+    Client::with_options(opts).map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))
+}
+
+/// The driver's options for `MONGO_URI`: what the URI says (a replica
+/// set's `replicaSet`, `w=majority`, `retryWrites`, `readPreference`, TLS,
+/// `mongodb+srv` seed lists…) is kept as it is; the gateway only fills in
+/// what it leaves unset.
+pub async fn client_options(uri: &str) -> StoreResult<ClientOptions> {
     let mut opts = ClientOptions::parse(uri)
         .await
         .map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))?;
@@ -93,7 +102,7 @@ pub async fn client(uri: &str) -> StoreResult<Client> {
             }
         },
     ));
-    Client::with_options(opts).map_err(|e| StoreError::Invalid(format!("MONGO_URI: {e}")))
+    Ok(opts)
 }
 
 impl MongoStore {
