@@ -93,6 +93,15 @@ pub fn rabbitmq_url() -> Option<String> {
     service_url("ZEN_TEST_RABBITMQ_URL")
 }
 
+/// The three-node RabbitMQ cluster (`scripts/services cluster`): its URL
+/// list and the pid file of the node behind the first address.
+pub fn rabbitmq_cluster() -> Option<(String, String)> {
+    Some((
+        service_url("ZEN_TEST_RABBITMQ_CLUSTER_URL")?,
+        service_url("ZEN_TEST_RABBITMQ_CLUSTER_NODE1_PID")?,
+    ))
+}
+
 /// A queue/exchange name prefix no other test uses.
 pub fn unique_prefix() -> String {
     format!("t{}_", &uuid::Uuid::new_v4().simple().to_string()[..10])
