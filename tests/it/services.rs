@@ -94,7 +94,9 @@ pub fn rabbitmq_url() -> Option<String> {
 }
 
 /// The three-node RabbitMQ cluster (`scripts/services cluster`): its URL
-/// list and the pid file of the node behind the first address.
+/// list and the pid file of the node behind the first address. (Used by
+/// `tests/chaos.rs`.)
+#[allow(dead_code)]
 pub fn rabbitmq_cluster() -> Option<(String, String)> {
     Some((
         service_url("ZEN_TEST_RABBITMQ_CLUSTER_URL")?,
