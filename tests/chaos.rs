@@ -466,6 +466,25 @@ async fn kill9_a_broker_node_of_three() {
         resumed[0].as_secs_f64(),
         resumed[1].as_secs_f64(),
     );
+    // This run's queues go (best effort, on a node still up): they would
+    // pile up on the cluster run after run.
+    let host = std::process::Command::new("hostname").arg("-s").output();
+    if let Ok(host) = host {
+        let node = format!("zc2@{}", String::from_utf8_lossy(&host.stdout).trim());
+        if let Ok(out) = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "-n", &node, "list_queues", "name"])
+            .output()
+        {
+            for q in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|q| q.starts_with(&prefix))
+            {
+                let _ = std::process::Command::new("rabbitmqctl")
+                    .args(["-q", "-n", &node, "delete_queue", q])
+                    .output();
+            }
+        }
+    }
     assert_eq!(stored, acked.len(), "acked but not stored");
     assert_eq!(forwarded, acked.len(), "acked but never forwarded");
 }
