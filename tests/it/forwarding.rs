@@ -44,10 +44,32 @@ async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Setting
     }
 }
 
-/// `#[tokio::test]`s of a case on each queue: `<case>::embedded`,
-/// `<case>::rabbitmq` and `<case>::rabbitmq_quorum` (skipped without a
-/// broker, as other broker tests).
+/// `#[tokio::test]`s of a case on each queue: `<case>::embedded` and
+/// `<case>::rabbitmq` (skipped without a broker, as other broker tests).
 macro_rules! on_both_queues {
+    ($case:ident) => {
+        mod $case {
+            #[tokio::test]
+            async fn embedded() {
+                super::$case(super::Queue::Embedded).await;
+            }
+
+            #[tokio::test]
+            async fn rabbitmq() {
+                if crate::services::rabbitmq_url().is_none() {
+                    return;
+                }
+                super::$case(super::Queue::RabbitMq).await;
+            }
+        }
+    };
+}
+
+/// [`on_both_queues`], plus `<case>::rabbitmq_quorum`: the case on quorum
+/// queues (each a replicated Raft group, heavier for the broker than a
+/// classic queue, so only the cases that cover the queue paths: delivery,
+/// retries and the DLQ, fan-out).
+macro_rules! on_every_queue {
     ($case:ident) => {
         mod $case {
             #[tokio::test]
@@ -154,7 +176,7 @@ async fn a_delivery_reaches_the_client_signed_both_ways(q: Queue) {
     assert_eq!(logs[0]["response_body"], "receiver says hi");
     app.stop().await;
 }
-on_both_queues!(a_delivery_reaches_the_client_signed_both_ways);
+on_every_queue!(a_delivery_reaches_the_client_signed_both_ways);
 
 async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay(q: Queue) {
     let app = app_fast_retries(q).await;
@@ -229,7 +251,7 @@ async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay
     );
     app.stop().await;
 }
-on_both_queues!(failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay);
+on_every_queue!(failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay);
 
 async fn permanent_4xx_goes_to_the_dlq_at_once_and_410_deactivates_the_webhook(q: Queue) {
     let app = app_fast_retries(q).await;
@@ -471,7 +493,7 @@ async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_onc
     assert!(rx.received("no-topic").is_empty());
     app.stop().await;
 }
-on_both_queues!(fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_once);
+on_every_queue!(fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_once);
 
 #[tokio::test]
 async fn webhook_admin_api() {
