@@ -119,7 +119,13 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
         "no phone was shared: {rec}"
     );
 
-    // Their messages, and only theirs, under the old and the new user id.
+    // One contact, whichever identifier finds it.
+    let contact = wait_contact(&app, &format!("/api/v1/contacts/{USER}"), |c| {
+        c["current"]["user_id"] == NEW_USER && c["marketing_preference"]["value"] == "stop"
+    })
+    .await;
+    // Their messages (their contact is written: its ids list them), and
+    // only theirs, under the old and the new user id.
     for id in [USER, NEW_USER] {
         let page = app
             .admin_get(&format!("/api/v1/messages?user_id={id}&limit=50"))
@@ -138,11 +144,6 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
         );
     }
 
-    // One contact, whichever identifier finds it.
-    let contact = wait_contact(&app, &format!("/api/v1/contacts/{USER}"), |c| {
-        c["current"]["user_id"] == NEW_USER && c["marketing_preference"]["value"] == "stop"
-    })
-    .await;
     let contact_id = contact["contact_id"]
         .as_str()
         .expect("a contact")
