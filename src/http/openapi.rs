@@ -94,6 +94,12 @@ fn refine(doc: &mut serde_json::Value) {
     }
     doc["webhooks"] = delivered_events();
     let schemas = &mut doc["components"]["schemas"];
+    // In a change, `null` (like absence) leaves the URL as it is.
+    if let Some(url) = schemas["WebhookChanges"]["allOf"][1]["properties"].get_mut("webhook_url") {
+        let given = url.clone();
+        *url = serde_json::json!({"description": "The new URL; absent or null: unchanged",
+            "anyOf": [given, {"type": "null"}]});
+    }
     let headers = &mut schemas["WebhookOptions"]["properties"]["headers"];
     if headers.is_object() {
         headers["maxProperties"] = crate::forwarding::webhooks::MAX_HEADERS.into();
