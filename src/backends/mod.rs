@@ -137,7 +137,13 @@ impl<'a> Backends<'a> {
         if let Some(mongo) = self.mongo().await? {
             return Ok(Arc::new(MongoContactStore::new(mongo.database())));
         }
-        Ok(Arc::new(SqliteContactStore::new(self.sqlite()?)))
+        let contacts = SqliteContactStore::new(self.sqlite()?);
+        // As the message store: a broker inbox is acked after the batch.
+        Ok(if self.settings.backends.rabbitmq_url.is_some() {
+            Arc::new(contacts.synced())
+        } else {
+            Arc::new(contacts)
+        })
     }
 
     /// Operator sessions, beside the message store.

@@ -13,11 +13,20 @@ use crate::store::{BackendHealth, StoreResult};
 #[derive(Clone)]
 pub struct SqliteContactStore {
     db: SqliteDb,
+    /// See [`SqliteContactStore::synced`].
+    synced: bool,
 }
 
 impl SqliteContactStore {
     pub fn new(db: SqliteDb) -> Self {
-        SqliteContactStore { db }
+        SqliteContactStore { db, synced: false }
+    }
+
+    /// Sightings are synced to disk before `record_sightings` returns: with
+    /// a broker inbox, acked right after (as `SqliteStore::synced`).
+    pub fn synced(mut self) -> Self {
+        self.synced = true;
+        self
     }
 }
 
@@ -94,9 +103,8 @@ impl ContactStore for SqliteContactStore {
             return Ok(());
         }
         let sightings = sightings.to_vec();
-        // Bookkeeping redone from the inbox when lost: not synced alone.
         self.db
-            .write_background(move |conn| {
+            .write_result(self.synced, move |conn| {
                 let loaded = load(conn, &Lookup::of(&sightings))?;
                 let changes = contacts::apply(loaded, &sightings, Utc::now());
                 for id in &changes.remove {
@@ -164,5 +172,56 @@ impl ContactStore for SqliteContactStore {
 
     async fn health(&self) -> BackendHealth {
         self.db.health()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::backends::sqlite::{SqliteOptions, Synchronous};
+    use crate::model::UserIdentity;
+
+    fn seen(user_id: &str) -> Sighting {
+        Sighting {
+            business_number: "918071234567".into(),
+            user: UserIdentity {
+                user_id: Some(user_id.into()),
+                ..Default::default()
+            },
+            previous: UserIdentity::default(),
+            change: None,
+            preference: None,
+            at: Utc.timestamp_opt(1_767_225_600, 0).unwrap(),
+        }
+    }
+
+    /// With a broker inbox the sightings are synced before
+    /// `record_sightings` returns (the broker is acked right after); with
+    /// the embedded inbox they are bookkeeping, never waiting for the disk.
+    #[tokio::test]
+    async fn a_synced_contact_store_syncs_its_sightings_and_the_default_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&SqliteOptions {
+            path: dir.path().join("zen.db"),
+            synchronous: Synchronous::Full,
+            queue_capacity: 100,
+            max_batch: 16,
+            readers: 1,
+        })
+        .unwrap();
+        let before = db.wal_syncs();
+        SqliteContactStore::new(db.clone())
+            .record_sightings(&[seen("IN.1")])
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before);
+        SqliteContactStore::new(db.clone())
+            .synced()
+            .record_sightings(&[seen("IN.2")])
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before + 1);
     }
 }

@@ -386,6 +386,24 @@ impl SqliteDb {
         self.write_in(Lane::Background, work).await
     }
 
+    /// A write of the processor's results: bookkeeping
+    /// ([`write_background`](Self::write_background)) while the inbox is
+    /// this file, whose entry outlives a lost commit; acked and synced
+    /// ([`write`](Self::write)) with `synced`, when the inbox is a broker
+    /// that is acked right after and could not hand the entry out again.
+    pub async fn write_result<R, F>(&self, synced: bool, work: F) -> Result<R, DbError>
+    where
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let lane = if synced {
+            Lane::Acked
+        } else {
+            Lane::Background
+        };
+        self.write_in(lane, work).await
+    }
+
     async fn write_in<R, F>(&self, lane: Lane, work: F) -> Result<R, DbError>
     where
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,

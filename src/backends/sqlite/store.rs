@@ -52,11 +52,7 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
-        Ok(if self.synced {
-            self.db.write(work).await?
-        } else {
-            self.db.write_background(work).await?
-        })
+        Ok(self.db.write_result(self.synced, work).await?)
     }
 
     /// An acked write (an API call someone is told is stored).
