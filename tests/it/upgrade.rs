@@ -6,13 +6,11 @@ use crate::helpers::*;
 #[tokio::test]
 async fn a_gateway_on_a_previous_release_file_serves_and_processes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zen-db-v1.sql"),
-    )
-    .unwrap();
+    // Compiled in: the test does not depend on the checkout it was built from.
+    let fixture = include_str!("../fixtures/zen-db-v1.sql");
     rusqlite::Connection::open(dir.path().join("zen.db"))
         .unwrap()
-        .execute_batch(&fixture)
+        .execute_batch(fixture)
         .unwrap();
     let app = spawn_app_in(dir.path(), |_| {}).await;
     // A record it had stored…

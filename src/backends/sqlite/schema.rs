@@ -373,13 +373,12 @@ mod tests {
     async fn a_file_from_the_previous_release_is_migrated_with_its_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zen.db");
-        let fixture = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zen-db-v1.sql"),
-        )
-        .unwrap();
+        // Compiled in: the test does not depend on the checkout it was
+        // built from (a test binary outlives a removed clone).
+        let fixture = include_str!("../../../tests/fixtures/zen-db-v1.sql");
         Connection::open(&path)
             .unwrap()
-            .execute_batch(&fixture)
+            .execute_batch(fixture)
             .unwrap();
         assert_eq!(version(&Connection::open(&path).unwrap()).unwrap(), 0);
         let db = SqliteDb::open(&options(&path)).unwrap();
