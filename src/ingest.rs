@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::model::Bsp;
 use crate::providers::{ProbeError, Providers};
 use crate::queue::{Inbox, InboxEntry, QueueError};
+use crate::telemetry::traces::TraceParent;
 
 /// Accepts webhooks into the inbox.
 #[derive(Clone)]
@@ -32,7 +33,9 @@ impl Ingest {
     /// Returns the event id once the body is durable. Errors map to 400 (not
     /// JSON, or not one of the route's events) or 503 (the inbox could not take it in time: the BSP retries;
     /// a body that was committed anyway is deduplicated downstream).
-    pub async fn accept(&self, bsp: Bsp, body: Bytes) -> Result<String, ApiError> {
+    pub async fn accept(
+        &self, bsp: Bsp, body: Bytes, trace: TraceParent,
+    ) -> Result<String, ApiError> {
         // Only checks well-formedness: the adapters parse for real in the
         // processor, where a surprise costs nothing but an `unrecognized` row.
         // JSON is UTF-8 (RFC 8259); skipping a string does not check that.
@@ -50,6 +53,7 @@ impl Ingest {
             body,
             priority: probe.priority,
             batch_len: probe.batch_len,
+            trace: Some(trace),
         };
         match tokio::time::timeout(self.ack_timeout, self.inbox.append(entry)).await {
             Ok(Ok(())) => Ok(event_id),

@@ -325,9 +325,20 @@ fn migrate(settings: Settings) -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
-    let _log = telemetry::init(settings.log_format);
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
+    };
+    // Declared after the runtime, so dropped before it: the last spans are
+    // exported while a gRPC exporter's channel can still run.
+    let _log = {
+        let _entered = runtime.enter();
+        match telemetry::init_with_traces(settings.log_format) {
+            Ok(guard) => guard,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "zen-gateway: {e}");
+                return ExitCode::from(2);
+            }
+        }
     };
     let result = runtime.block_on(async {
         let app = Application::build(settings).await?;

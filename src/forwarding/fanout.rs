@@ -23,6 +23,7 @@ use crate::cache::Cache;
 use crate::model::{MessageRecord, UnifiedEvent};
 use crate::providers::json_text;
 use crate::store::{Applied, StoreError};
+use crate::telemetry::traces::TraceParent;
 
 /// What a fan-out can fail with: the webhook store or the queue. Both are
 /// outages as the processor sees them (its batch waits and is retried).
@@ -136,8 +137,9 @@ impl Fanout {
     }
 
     /// Creates the deliveries for a processed batch; returns how many.
+    /// `traces[i]` is the trace event `i`'s deliveries continue.
     pub async fn run(
-        &self, events: &[UnifiedEvent], applied: &[Option<Applied>],
+        &self, events: &[UnifiedEvent], applied: &[Option<Applied>], traces: &[Option<TraceParent>],
     ) -> Result<usize, FanoutError> {
         let mut matches: HashMap<MatchKey, Vec<WebhookConfig>> = HashMap::new();
         // One snapshot per record, however many events of the batch it had.
@@ -148,7 +150,12 @@ impl Fanout {
         let mut jobs = Vec::new();
         let mut n = 0;
         let now = Utc::now();
-        for (ev, applied) in events.iter().zip(applied) {
+        let no_trace = std::iter::repeat(&None);
+        for ((ev, applied), trace) in events
+            .iter()
+            .zip(applied)
+            .zip(traces.iter().chain(no_trace))
+        {
             if jobs.len() >= FLUSH_AT {
                 n += self.flush(&mut logs, &mut jobs, now).await?;
             }
@@ -245,6 +252,7 @@ impl Fanout {
                     message: message.clone(),
                     parked_since: None,
                     v: 1,
+                    traceparent: trace.clone(),
                 });
             }
         }

@@ -262,6 +262,15 @@ pub struct ForwardJob {
     /// Format version: absent/0 = legacy, 1 = this one.
     #[serde(default)]
     pub v: u32,
+    /// The trace the delivery continues (W3C `traceparent` of the webhook's
+    /// processing); each attempt sends a child of it.
+    #[serde(
+        default,
+        deserialize_with = "crate::telemetry::traces::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>)]
+    pub traceparent: Option<crate::telemetry::traces::TraceParent>,
 }
 
 impl std::fmt::Debug for ForwardJob {

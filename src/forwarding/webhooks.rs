@@ -12,9 +12,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::signing::new_secret;
+use super::worker::Endpoint;
 use super::{ForwardJob, Forwarding, WebhookConfig, WebhookStore};
 use crate::model::is_blank;
 use crate::store::{StoreError, StoreResult};
+use crate::telemetry::traces;
 
 /// Why a webhook could not be created, changed or found.
 #[derive(Debug, thiserror::Error)]
@@ -416,16 +418,20 @@ impl Forwarding {
             message: None,
             parked_since: None,
             v: 1,
+            traceparent: None,
         };
         let o = self
             .forwarder
             .send(
-                &w.webhook_url,
-                &w.shared_secret,
-                w.previous_secret_at(now.timestamp_millis()),
-                w.headers.as_ref(),
-                w.timeout_ms.map(Duration::from_millis),
+                Endpoint {
+                    url: &w.webhook_url,
+                    secret: &w.shared_secret,
+                    previous_secret: w.previous_secret_at(now.timestamp_millis()),
+                    headers: w.headers.as_ref(),
+                    timeout: w.timeout_ms.map(Duration::from_millis),
+                },
                 &job,
+                &traces::carried(&tracing::Span::current(), None),
             )
             .await;
         Ok(TestOutcome {

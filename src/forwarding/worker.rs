@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::breaker::{Admission, Breakers};
 use super::signing::{legacy_signature, standard_signature};
@@ -26,6 +27,7 @@ use super::ssrf::{
 use super::{
     Attempt, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, WebhookConfig, WebhookStore,
 };
+use crate::telemetry::traces::{self, TraceParent};
 
 /// How the forwarder behaves; every knob has an environment variable.
 #[derive(Debug, Clone)]
@@ -166,6 +168,18 @@ fn busy_park(stalled_for: Option<Duration>, request_timeout: Duration) -> Durati
 
 /// The request body: `{"data","event_id","event_type","message","timestamp"}`
 /// (keys in the order the legacy gateway's Go maps produced).
+/// The webhook's side of an attempt: where it goes, how it is signed,
+/// what else it carries.
+pub struct Endpoint<'a> {
+    pub url: &'a str,
+    pub secret: &'a str,
+    /// The old secret, during a rotation's grace window.
+    pub previous_secret: Option<&'a str>,
+    pub headers: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// The webhook's own `timeout_ms`: replaces the attempt's budget.
+    pub timeout: Option<Duration>,
+}
+
 pub fn request_body(job: &ForwardJob, now_ms: i64) -> Vec<u8> {
     let mut m = Map::new();
     m.insert("data".into(), job.payload.clone());
@@ -259,6 +273,7 @@ impl Forwarder {
             message: None,
             parked_since: None,
             v: 1,
+            traceparent: None,
         };
         let kept = self
             .webhooks
@@ -354,10 +369,15 @@ impl Forwarder {
 
     /// One HTTP attempt of `job` to `url` (no queue or log side effects).
     pub async fn send(
-        &self, url: &str, secret: &str, previous_secret: Option<&str>,
-        extra_headers: Option<&std::collections::BTreeMap<String, String>>,
-        timeout: Option<Duration>, job: &ForwardJob,
+        &self, endpoint: Endpoint<'_>, job: &ForwardJob, traceparent: &TraceParent,
     ) -> SendOutcome {
+        let Endpoint {
+            url,
+            secret,
+            previous_secret,
+            headers: extra_headers,
+            timeout,
+        } = endpoint;
         let started = Instant::now();
         let outcome = |e: String, refused: bool| SendOutcome {
             status: None,
@@ -414,6 +434,7 @@ impl Forwarder {
         set("x-event-type", job.event_type.clone());
         set("x-event-id", job.event_id.clone());
         set("x-attempt-count", job.attempt_count.to_string());
+        set(traces::TRACEPARENT, traceparent.to_string());
         if !secret.is_empty() {
             let ts = now.timestamp();
             set("x-webhook-signature", legacy_signature(secret, &body));
@@ -575,6 +596,23 @@ impl Forwarder {
 
     /// Delivers one job and moves it on (done, retry, park or DLQ).
     pub async fn deliver(&self, tag: JobTag, job: ForwardJob) {
+        // One span per attempt, in the webhook's trace; the endpoint gets its
+        // `traceparent` (exported) or a child of the job's trace.
+        let span = tracing::info_span!(
+            "deliver",
+            delivery.id = %job.delivery_log_id,
+            webhook.id = %job.webhook_id,
+            attempt = job.attempt_count + 1,
+            trace_id = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        traces::continue_trace(&span, job.traceparent.as_ref());
+        let traceparent = traces::carried(&span, job.traceparent.as_ref());
+        span.record("trace_id", traceparent.trace_id());
+        self.attempt(tag, job, traceparent).instrument(span).await
+    }
+
+    async fn attempt(&self, tag: JobTag, job: ForwardJob, traceparent: TraceParent) {
         // A fresh job queued twice (a fan-out re-run after a crash or a
         // failed batch, on a broker that cannot refuse a duplicate) is
         // delivered once: its log already says it was.
@@ -687,16 +725,17 @@ impl Forwarder {
             Admission::Allow | Admission::Probe => {}
         }
 
-        let outcome = self
-            .send(
-                &url,
-                &secret,
-                previous_secret.as_deref(),
-                headers.as_ref(),
-                timeout,
-                &job,
-            )
-            .await;
+        let endpoint = Endpoint {
+            url: &url,
+            secret: &secret,
+            previous_secret: previous_secret.as_deref(),
+            headers: headers.as_ref(),
+            timeout,
+        };
+        let outcome = self.send(endpoint, &job, &traceparent).await;
+        if let Some(status) = outcome.status {
+            tracing::Span::current().record("http.response.status_code", status);
+        }
         metrics::histogram!("zen_delivery_seconds").record(outcome.duration.as_secs_f64());
         let now = Utc::now();
         let logged_body = outcome

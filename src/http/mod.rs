@@ -126,7 +126,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 // Never the raw URI: a `?token=` in it is a credential.
-                tracing::info_span!("request", method = %req.method(), uri = %redacted_uri(req.uri()), request_id = %id)
+                let span = tracing::info_span!("request", method = %req.method(), uri = %redacted_uri(req.uri()), request_id = %id, trace_id = tracing::field::Empty);
+                // Exported, the request is a child of the caller's span.
+                crate::telemetry::traces::continue_trace(
+                    &span,
+                    crate::telemetry::traces::inbound(req.headers()).as_ref(),
+                );
+                span
             }),
         )
         .layer(axum::middleware::from_fn(request_id))

@@ -211,6 +211,10 @@ fn delivered_events() -> serde_json::Value {
             "webhook-signature",
             "Standard Webhooks: `v1,<base64>`; during a rotation's grace window two, space-separated (new, then old)"
         ),
+        header(
+            "traceparent",
+            "W3C trace context: the trace of the BSP's request when it sent one (else one per webhook), with a span id per attempt"
+        ),
     ]);
     let mut out = serde_json::Map::new();
     for (name, description) in events {

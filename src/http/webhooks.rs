@@ -17,6 +17,7 @@ use super::extract::WebhookRequest;
 use crate::error::ApiError;
 use crate::model::Bsp;
 use crate::providers::{BodyFormat, Provider, Providers};
+use crate::telemetry::traces;
 
 /// One route per provider path (and alias), each with its OpenAPI
 /// operation, from the provider list: a new provider needs nothing here.
@@ -179,7 +180,12 @@ async fn accept_inner(
         request.query(),
         &request.body,
     )?;
-    let event_id = state.ingest.accept(bsp, request.body).await?;
+    // The request's trace (exported) or the BSP's (carried), kept with the
+    // entry so that processing and deliveries continue it.
+    let request_span = tracing::Span::current();
+    let trace = traces::carried(&request_span, traces::inbound(&request.headers).as_ref());
+    request_span.record("trace_id", trace.trace_id());
+    let event_id = state.ingest.accept(bsp, request.body, trace).await?;
     tracing::debug!(event.id = %event_id, %bsp, "webhook accepted");
     Ok(legacy_ack(state, bsp))
 }

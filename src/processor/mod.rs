@@ -25,6 +25,7 @@ use crate::model::{Notification, UnifiedEvent};
 use crate::providers::{Providers, RawWebhook};
 use crate::queue::{Inbox, InboxDelivery, QueueError};
 use crate::store::{MessageStore, StoreError};
+use crate::telemetry::traces::{self, TraceParent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -71,6 +72,19 @@ const MAX_DEFERRED: usize = 1024;
 /// Backoff of a deferred entry: doubled per attempt from this, up to the cap.
 const DEFER_BASE: Duration = Duration::from_millis(250);
 const DEFER_MAX: Duration = Duration::from_secs(30);
+
+/// The span of one entry's processing, continuing its webhook's trace.
+fn process_span(d: &InboxDelivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "process",
+        event.id = %d.entry.event_id,
+        bsp = %d.entry.bsp,
+        trace_id = tracing::field::Empty
+    );
+    traces::continue_trace(&span, d.entry.trace.as_ref());
+    span.record("trace_id", traces::carried(&span, None).trace_id());
+    span
+}
 
 /// What one batch amounted to.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -177,9 +191,18 @@ impl Processor {
 
     /// Normalizes, applies and acks one batch. On error nothing is acked.
     pub async fn handle(&self, deliveries: &[InboxDelivery]) -> Result<BatchReport, ProcessError> {
+        // Exported, each entry's processing is a span of its webhook's
+        // trace (none is built otherwise).
+        let spans: Vec<tracing::Span> = if traces::exporting() {
+            deliveries.iter().map(process_span).collect()
+        } else {
+            Vec::new()
+        };
         let mut events: Vec<UnifiedEvent> = Vec::with_capacity(deliveries.len());
+        // The trace each event's deliveries continue.
+        let mut event_traces: Vec<Option<TraceParent>> = Vec::with_capacity(deliveries.len());
         let mut unrecognized = Vec::new();
-        for d in deliveries {
+        for (i, d) in deliveries.iter().enumerate() {
             let webhook = RawWebhook {
                 event_id: &d.entry.event_id,
                 bsp: d.entry.bsp,
@@ -187,9 +210,18 @@ impl Processor {
                 body: &d.entry.body,
             };
             let parsed = self.providers.parse(&webhook);
+            let trace = match spans.get(i) {
+                Some(span) => Some(traces::carried(span, d.entry.trace.as_ref())),
+                None => d.entry.trace.clone(),
+            };
+            event_traces.extend(std::iter::repeat_n(trace, parsed.events.len()));
             events.extend(parsed.events);
             unrecognized.extend(parsed.unrecognized);
         }
+        let store_spans: Vec<tracing::Span> = spans
+            .iter()
+            .map(|p| tracing::info_span!(parent: p, "store"))
+            .collect();
         for u in &unrecognized {
             metrics::counter!("zen_unrecognized_total", "bsp" => u.bsp.as_str()).increment(1);
             tracing::info!(event.id = %u.event_id, bsp = %u.bsp, reason = %u.reason, "unrecognized webhook content kept");
@@ -205,6 +237,7 @@ impl Processor {
             let sightings: Vec<Sighting> = events.iter().filter_map(Sighting::of).collect();
             contacts.record_sightings(&sightings).await?;
         }
+        drop(store_spans);
         // The cache may only spare a second forward of an event the store
         // took for new (its history folds repeats, see `HISTORY_CAP`).
         let keys: Vec<Option<String>> = events.iter().map(dedup_key).collect();
@@ -246,7 +279,7 @@ impl Processor {
         // Jobs exist before the entry is acked: a crash in between re-runs
         // the fan-out, whose ids make it idempotent.
         if let Some(fanout) = &self.fanout {
-            fanout.run(&events, &applied).await?;
+            fanout.run(&events, &applied, &event_traces).await?;
         }
         // Remembered only now: a key never stands for an event not fully
         // handled.

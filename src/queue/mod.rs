@@ -45,6 +45,9 @@ pub struct InboxEntry {
     pub priority: u8,
     /// Number of events when the body is a JSON array (Datagen batches).
     pub batch_len: Option<usize>,
+    /// The webhook's trace, continued by its processing and deliveries
+    /// (absent on entries from before traces, and from other publishers).
+    pub trace: Option<crate::telemetry::traces::TraceParent>,
 }
 
 /// An inbox entry set aside after it failed again and again with an error

@@ -1,3 +1,5 @@
+//! Logging, and traces ([`traces`]).
+//!
 //! Logging: `tracing` with human-readable lines, or JSON lines when
 //! `LOG_FORMAT=json`. The filter comes from `RUST_LOG` (default `info`).
 //! Conventions: a readable message plus dotted fields (`event.id`, `bsp`);
@@ -17,8 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+
+pub mod traces;
 
 /// Lines the buffer holds before new ones are dropped.
 const BUFFERED_LINES: usize = 64 * 1024;
@@ -51,14 +57,37 @@ impl Write for Stdout {
     }
 }
 
-/// Keeps the writer thread; dropping it writes out what is buffered.
+/// Keeps the writer thread, and the span exporter; dropping it writes out
+/// what is buffered (log lines, then spans).
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     _writer: Option<WorkerGuard>,
+    spans: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
-/// Installs the global subscriber; a second call is a no-op (tests).
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.spans.take() {
+            let _ = provider.shutdown_with_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// Installs the global subscriber, logs only; a second call is a no-op
+/// (tests).
 pub fn init(format: LogFormat) -> LogGuard {
+    install(format, None)
+}
+
+/// Installs the global subscriber with span export when the standard
+/// `OTEL_EXPORTER_OTLP_*` variables ask for it ([`traces`]). Call with the
+/// runtime entered (gRPC export runs on it).
+pub fn init_with_traces(format: LogFormat) -> Result<LogGuard, traces::TraceSetupError> {
+    let export = traces::export_from_env()?;
+    Ok(install(format, export))
+}
+
+fn install(format: LogFormat, export: Option<traces::Export>) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
@@ -67,6 +96,11 @@ pub fn init(format: LogFormat) -> LogGuard {
         .finish(Stdout);
     let counter = writer.error_counter();
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let (provider, tracer) = match export {
+        Some(e) => (Some(e.provider), Some(e.tracer)),
+        None => (None, None),
+    };
+    // (A layer's type names the subscriber under it: one per format.)
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -76,15 +110,27 @@ pub fn init(format: LogFormat) -> LogGuard {
         // failed write to stderr panics: never.
         .log_internal_errors(false);
     let installed = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)))
+            .try_init(),
+        LogFormat::Text => builder
+            .finish()
+            .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t)))
+            .try_init(),
     };
     if installed.is_ok() {
         let _ = OVERFLOW.set(counter);
         LogGuard {
             _writer: Some(guard),
+            spans: provider,
         }
     } else {
-        LogGuard { _writer: None }
+        LogGuard {
+            _writer: None,
+            spans: None,
+        }
     }
 }

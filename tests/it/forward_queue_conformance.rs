@@ -78,6 +78,7 @@ fn job(n: u32) -> ForwardJob {
         message: None,
         parked_since: None,
         v: 1,
+        traceparent: None,
     }
 }
 

@@ -101,6 +101,7 @@ fn entry(n: u32) -> InboxEntry {
         body: Bytes::from(format!("{{\"n\":{n}}}")),
         priority: 0,
         batch_len: None,
+        trace: None,
     }
 }
 

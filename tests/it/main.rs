@@ -32,5 +32,6 @@ mod security;
 mod services;
 mod session_store_conformance;
 mod store_conformance;
+mod traces;
 mod upgrade;
 mod webhook_store_conformance;

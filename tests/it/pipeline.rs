@@ -43,6 +43,7 @@ async fn process(store: Arc<dyn MessageStore>, reports: &[String], batch_size: u
                 body: Bytes::from(body.clone()),
                 priority: 0,
                 batch_len: None,
+                trace: None,
             })
             .await
             .unwrap();

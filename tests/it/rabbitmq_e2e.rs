@@ -270,6 +270,7 @@ fn entry(bsp: Bsp, body: &str, priority: u8) -> InboxEntry {
         body: body.to_owned().into(),
         priority,
         batch_len: None,
+        trace: None,
     }
 }
 

@@ -44,6 +44,7 @@ use crate::health::BackendHealth;
 use crate::model::Bsp;
 use crate::queue::QueueResult;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
+use crate::telemetry::traces;
 
 pub const INGEST_EXCHANGE: &str = "zen_ingest_exchange";
 pub const INGEST_QUEUE: &str = "zen_ingest_queue";
@@ -499,6 +500,9 @@ impl RabbitInbox {
             body: Bytes::from(delivery.data.clone()),
             priority: delivery.properties.priority().unwrap_or(0),
             batch_len: None,
+            trace: text(traces::TRACEPARENT)
+                .as_deref()
+                .and_then(traces::TraceParent::parse),
         })
     }
 }
@@ -514,6 +518,10 @@ fn entry_headers(entry: &InboxEntry, extra: &[(&str, AMQPValue)]) -> BasicProper
             AMQPValue::LongLongInt(entry.received_at.timestamp_millis()),
         ),
     ];
+    if let Some(trace) = &entry.trace {
+        // Where OpenTelemetry's messaging conventions put it.
+        headers.push((traces::TRACEPARENT, long(trace.as_str())));
+    }
     headers.extend(extra.iter().cloned());
     BasicProperties::default()
         .with_content_type("application/json".into())

@@ -433,6 +433,7 @@ mod tests {
             message: None,
             parked_since: None,
             v: 1,
+            traceparent: None,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::health::BackendHealth;
 use crate::model::Bsp;
 use crate::queue::QueueResult;
 use crate::queue::{DeliveryTag, Inbox, InboxDelivery, InboxEntry, QuarantinedEntry, QueueError};
+use crate::telemetry::traces::TraceParent;
 
 /// The inbox on the embedded database.
 pub struct SqliteInbox {
@@ -89,13 +90,15 @@ impl Inbox for SqliteInbox {
         self.db
             .try_write_statement(move |conn| {
                 conn.prepare_cached(
-                    "INSERT INTO inbox (event_id, bsp, received_at_ms, body) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO inbox (event_id, bsp, received_at_ms, body, traceparent)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
                 .execute(params![
                     entry.event_id,
                     entry.bsp.as_str(),
                     entry.received_at.timestamp_millis(),
-                    entry.body.as_ref()
+                    entry.body.as_ref(),
+                    entry.trace.as_ref().map(TraceParent::as_str)
                 ])
             })
             .await?;
@@ -114,7 +117,7 @@ impl Inbox for SqliteInbox {
                     .db
                     .read(move |conn| {
                         let mut stmt = conn.prepare_cached(
-                            "SELECT seq, event_id, bsp, received_at_ms, body FROM inbox
+                            "SELECT seq, event_id, bsp, received_at_ms, body, traceparent FROM inbox
                              WHERE seq > ?1 ORDER BY seq LIMIT ?2",
                         )?;
                         let rows = stmt.query_map(params![after, limit], |r| {
@@ -133,6 +136,10 @@ impl Inbox for SqliteInbox {
                                     body: Bytes::from(body),
                                     priority: 0,
                                     batch_len: None,
+                                    trace: r
+                                        .get::<_, Option<String>>(5)?
+                                        .as_deref()
+                                        .and_then(TraceParent::parse),
                                 },
                             })
                         })?;
@@ -187,6 +194,7 @@ impl Inbox for SqliteInbox {
             e.received_at.timestamp_millis(),
         );
         let body = e.body.clone();
+        let trace = e.trace.as_ref().map(|t| t.as_str().to_owned());
         let error = crate::model::truncate_text(error, 4096);
         let now = Utc::now().timestamp_millis();
         self.db
@@ -195,8 +203,9 @@ impl Inbox for SqliteInbox {
                 // the quarantine, never neither.
                 conn.prepare_cached(
                     "INSERT INTO quarantine
-                         (event_id, bsp, received_at_ms, quarantined_at_ms, attempts, error, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         (event_id, bsp, received_at_ms, quarantined_at_ms, attempts, error, body,
+                          traceparent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (event_id) DO UPDATE SET
                          quarantined_at_ms = excluded.quarantined_at_ms,
                          attempts = excluded.attempts, error = excluded.error",
@@ -208,7 +217,8 @@ impl Inbox for SqliteInbox {
                     now,
                     attempts,
                     error,
-                    body.as_ref()
+                    body.as_ref(),
+                    trace
                 ])?;
                 conn.prepare_cached("DELETE FROM inbox WHERE seq = ?1")?
                     .execute([seq])?;
@@ -301,11 +311,11 @@ impl Inbox for SqliteInbox {
 }
 
 /// A replay of every quarantined entry, oldest first.
-const REPLAY_ALL: &str = "INSERT INTO inbox (event_id, bsp, received_at_ms, body)
-     SELECT event_id, bsp, received_at_ms, body FROM quarantine ORDER BY id";
+const REPLAY_ALL: &str = "INSERT INTO inbox (event_id, bsp, received_at_ms, body, traceparent)
+     SELECT event_id, bsp, received_at_ms, body, traceparent FROM quarantine ORDER BY id";
 /// A replay of one entry, found by its event id's unique index.
-const REPLAY_ONE: &str = "INSERT INTO inbox (event_id, bsp, received_at_ms, body)
-     SELECT event_id, bsp, received_at_ms, body FROM quarantine WHERE event_id = ?1";
+const REPLAY_ONE: &str = "INSERT INTO inbox (event_id, bsp, received_at_ms, body, traceparent)
+     SELECT event_id, bsp, received_at_ms, body, traceparent FROM quarantine WHERE event_id = ?1";
 const DELETE_ONE: &str = "DELETE FROM quarantine WHERE event_id = ?1";
 
 #[cfg(test)]
@@ -346,6 +356,7 @@ mod tests {
             body: Bytes::from(vec![b'x'; 1000]),
             priority: 0,
             batch_len: None,
+            trace: None,
         }
     }
 

@@ -208,6 +208,13 @@ CREATE INDEX contact_keys_key ON contact_keys (key);
 CREATE INDEX contact_keys_contact ON contact_keys (contact_id);
 "#;
 
+/// Version 8: the trace an accepted webhook continues (its W3C
+/// `traceparent`), kept with the entry and through a quarantine.
+const V8_TRACES: &str = r#"
+ALTER TABLE inbox ADD COLUMN traceparent TEXT;
+ALTER TABLE quarantine ADD COLUMN traceparent TEXT;
+"#;
+
 /// One step of the schema.
 enum Step {
     Sql(&'static str),
@@ -230,6 +237,7 @@ const MIGRATIONS: &[(&str, Step)] = &[
         Step::Sql(V6_SESSIONS_HELD_SECRETS),
     ),
     ("record users, contacts", Step::Sql(V7_CONTACTS)),
+    ("inbox traces", Step::Sql(V8_TRACES)),
 ];
 
 /// The schema version this gateway writes.
