@@ -110,6 +110,17 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
+    /// What carrying a webhook's trace costs, in this process, export off:
+    /// per webhook, the ingest's child of the BSP's `traceparent` (or a new
+    /// trace), reading it back from the inbox, a job's copy, and one
+    /// attempt's child; the median of `rounds` rounds, in ns per webhook, as
+    /// JSON.
+    TraceCost {
+        #[arg(long, default_value_t = 500_000)]
+        webhooks: u64,
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+    },
     /// A counting webhook receiver.
     Receiver {
         #[arg(long, default_value_t = 18091)]
@@ -156,6 +167,7 @@ fn main() -> anyhow::Result<()> {
                 secret,
             } => receiver(port, print, secret).await,
             Command::FilterCost { events, rounds } => filter_cost(events, rounds),
+            Command::TraceCost { webhooks, rounds } => trace_cost(webhooks, rounds),
         }
     })
 }
@@ -647,6 +659,40 @@ async fn amqp_ceiling(
     println!(
         "{}",
         json!({"confirmed": n, "seconds": secs, "per_second": n as f64 / secs})
+    );
+    Ok(())
+}
+
+/// See `Command::TraceCost`.
+fn trace_cost(webhooks: u64, rounds: usize) -> anyhow::Result<()> {
+    use zen_gateway::telemetry::traces::TraceParent;
+    let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let round = |bsp_sent_one: bool| {
+        let started = Instant::now();
+        for _ in 0..webhooks {
+            let kept = if bsp_sent_one {
+                TraceParent::parse(std::hint::black_box(inbound))
+                    .map_or_else(TraceParent::root, |t| t.child())
+            } else {
+                TraceParent::root()
+            };
+            let read_back = TraceParent::parse(kept.as_str());
+            let job = read_back.clone();
+            let sent = job.map(|t| t.child());
+            std::hint::black_box(sent);
+        }
+        started.elapsed().as_nanos() as f64 / webhooks.max(1) as f64
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let with = median((0..rounds.max(1)).map(|_| round(true)).collect());
+    let without = median((0..rounds.max(1)).map(|_| round(false)).collect());
+    println!(
+        "{}",
+        json!({"with_inbound_traceparent_ns": with, "without_ns": without,
+            "webhooks": webhooks, "rounds": rounds})
     );
     Ok(())
 }
