@@ -159,16 +159,13 @@ impl Fanout {
             if jobs.len() >= FLUSH_AT {
                 n += self.flush(&mut logs, &mut jobs, now).await?;
             }
-            let (mut owner, mut project, business, message) = match applied {
+            let (mut owner, mut project, business, record) = match applied {
                 Some(a) if a.duplicate && !a.redelivery => continue,
                 Some(a) => (
                     Some(a.record.project_owner_id.clone()).filter(|s| !s.is_empty()),
                     a.record.project_id.clone().filter(|s| !s.is_empty()),
                     Some(a.record.business_number.clone()).filter(|s| !s.is_empty()),
-                    snapshots
-                        .entry(Arc::as_ptr(&a.record) as usize)
-                        .or_insert_with(|| job_snapshot(&a.record))
-                        .clone(),
+                    Some(&a.record),
                 ),
                 // Not a message (contact, template…): matched by project,
                 // or by the business number a contact event names.
@@ -201,10 +198,21 @@ impl Fanout {
                     .await?;
                 matches.insert(key.clone(), found);
             }
+            // The record as jobs carry it: built once a webhook wants the
+            // event (most events of a busy gateway match none).
+            let mut snapshot: Option<Option<Value>> = None;
             for webhook in &matches[&key] {
                 if !webhook.wants(&ev.legacy_type, &ev.unified_type) {
                     continue;
                 }
+                let message = snapshot.get_or_insert_with(|| {
+                    record.and_then(|r| {
+                        snapshots
+                            .entry(Arc::as_ptr(r) as usize)
+                            .or_insert_with(|| job_snapshot(r))
+                            .clone()
+                    })
+                });
                 // The name the client subscribed with is the name it gets.
                 let event_type = if webhook.topics.iter().any(|t| t == &ev.legacy_type) {
                     ev.legacy_type.clone()
