@@ -56,6 +56,22 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     app
 }
 
+/// The gateway on the test broker (its queues under a prefix no other test
+/// uses), once connected; `None` when the broker is not there.
+pub async fn spawn_app_on_rabbitmq(tweak: impl FnOnce(&mut Settings)) -> Option<TestApp> {
+    let url = crate::services::rabbitmq_url()?;
+    let prefix = crate::services::unique_prefix();
+    let app = spawn_app_with(|s| {
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url));
+        s.rabbitmq.queue_prefix = prefix;
+        tweak(s);
+    })
+    .await;
+    // The broker connection is made in the background.
+    app.wait_ready(|r| r["inbox"]["up"] == true).await;
+    Some(app)
+}
+
 /// The gateway on an existing data directory (restarts).
 pub async fn spawn_app_in(data_dir: &Path, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(data_dir);

@@ -21,7 +21,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 use crate::receiver::{Behavior, Receiver};
-use crate::services;
 
 const BSP_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const BSP_SPAN: &str = "00f067aa0ba902b7";
@@ -125,18 +124,14 @@ async fn deliveries_continue_the_inbound_trace_embedded() {
 /// `traceparent` header, the forwarding job in its body.
 #[tokio::test]
 async fn deliveries_continue_the_inbound_trace_rabbitmq() {
-    let Some(url) = services::rabbitmq_url() else {
-        return;
-    };
-    let prefix = services::unique_prefix();
-    let app = spawn_app_with(|s| {
-        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
-        s.rabbitmq.queue_prefix = prefix.clone();
+    let Some(app) = spawn_app_on_rabbitmq(|s| {
         s.forward.allow_private = true;
         s.forward.retry_delays = "100".parse().unwrap();
     })
-    .await;
-    app.wait_ready(|r| r["inbox"]["up"] == true).await;
+    .await
+    else {
+        return;
+    };
     deliveries_continue_the_inbound_trace(app).await;
 }
 
