@@ -68,10 +68,18 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         requests: u64,
     },
-    /// The baseline: an axum server whose handler only parses the JSON.
+    /// The baseline: an axum server whose handler only parses the JSON; with
+    /// `--amqp-url`, a bare publish+confirm handler: it also publishes the
+    /// body (persistent, mandatory) to two durable lazy priority queues, as
+    /// the gateway's ingest does, and answers once the broker confirms.
     ParseServer {
         #[arg(long, default_value_t = 18090)]
         port: u16,
+        #[arg(long)]
+        amqp_url: Option<String>,
+        /// Confirm channels the handler publishes on, in turn.
+        #[arg(long, default_value_t = 4)]
+        channels: usize,
     },
     /// A bare publish-with-confirm loop; reports messages per second.
     AmqpCeiling {
@@ -148,7 +156,14 @@ fn main() -> anyhow::Result<()> {
                 messages,
                 requests,
             } => post_load(url, rate, duration, connections, mix, messages, requests).await,
-            Command::ParseServer { port } => parse_server(port).await,
+            Command::ParseServer {
+                port,
+                amqp_url,
+                channels,
+            } => match amqp_url {
+                None => parse_server(port).await,
+                Some(url) => confirm_server(port, url, channels).await,
+            },
             Command::Lookups {
                 url,
                 key,
@@ -559,14 +574,14 @@ async fn receiver(port: u16, print: bool, secret: Option<String>) -> anyhow::Res
     Ok(())
 }
 
-async fn amqp_ceiling(
-    url: String, duration: u64, in_flight: usize, channels: usize,
-) -> anyhow::Result<()> {
+/// The gateway's ingest topology, on the bench's own names: a direct
+/// exchange and two durable lazy priority queues bound to it (one publish,
+/// two copies), emptied. Returns the channel that declared it.
+async fn bench_topology(conn: &lapin::Connection) -> anyhow::Result<lapin::Channel> {
+    use lapin::ExchangeKind;
     use lapin::options::*;
     use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
-    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
     let setup = conn.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -582,7 +597,7 @@ async fn amqp_ceiling(
             FieldTable::default(),
         )
         .await?;
-    for q in ["zen_bench_a", "zen_bench_b"] {
+    for q in BENCH_QUEUES {
         setup
             .queue_declare(
                 q.into(),
@@ -606,15 +621,103 @@ async fn amqp_ceiling(
             )
             .await?;
     }
+    Ok(setup)
+}
+
+const BENCH_QUEUES: [&str; 2] = ["zen_bench_a", "zen_bench_b"];
+
+/// `n` channels in confirm mode.
+async fn confirm_channels(
+    conn: &lapin::Connection, n: usize,
+) -> anyhow::Result<Vec<lapin::Channel>> {
+    let mut chans = Vec::new();
+    for _ in 0..n.max(1) {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await?;
+        chans.push(ch);
+    }
+    Ok(chans)
+}
+
+/// Publishes `body` as the gateway's ingest does (persistent, mandatory) and
+/// waits for the broker's confirm; whether it was acked.
+async fn publish_confirmed(ch: &lapin::Channel, body: &[u8]) -> Result<bool, lapin::Error> {
+    let confirm = ch
+        .basic_publish(
+            "zen_bench_exchange".into(),
+            "datagen".into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into()),
+        )
+        .await?
+        .await?;
+    Ok(confirm.is_ack())
+}
+
+/// See `Command::ParseServer` with `--amqp-url`.
+async fn confirm_server(port: u16, url: String, channels: usize) -> anyhow::Result<()> {
+    #[derive(Clone)]
+    struct Publishers {
+        chans: Arc<Vec<lapin::Channel>>,
+        next: Arc<AtomicU64>,
+    }
+    async fn publish(
+        axum::extract::State(p): axum::extract::State<Publishers>, body: Bytes,
+    ) -> (StatusCode, [(&'static str, &'static str); 1], &'static str) {
+        let json = [("content-type", "application/json; charset=utf-8")];
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
+            return (StatusCode::BAD_REQUEST, json, "{}");
+        }
+        let i = p.next.fetch_add(1, Ordering::Relaxed) as usize % p.chans.len();
+        match publish_confirmed(&p.chans[i], &body).await {
+            Ok(true) => (
+                StatusCode::OK,
+                json,
+                r#"{"status":200,"message":"Datagen webhook received successfully"}"#,
+            ),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, json, "{}"),
+        }
+    }
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let setup = bench_topology(&conn).await?;
+    let publishers = Publishers {
+        chans: Arc::new(confirm_channels(&conn, channels).await?),
+        next: Arc::new(AtomicU64::new(0)),
+    };
+    let app = Router::new()
+        .route("/webhook/{bsp}", post(publish))
+        .with_state(publishers);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    for q in BENCH_QUEUES {
+        let _ = setup
+            .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
+            .await;
+    }
+    served?;
+    Ok(())
+}
+
+async fn amqp_ceiling(
+    url: String, duration: u64, in_flight: usize, channels: usize,
+) -> anyhow::Result<()> {
+    let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+    let setup = bench_topology(&conn).await?;
     let body = datagen_event(1, "Delivered", 1_749_540_000_000)
         .to_string()
         .into_bytes();
-    let mut chans = Vec::new();
-    for _ in 0..channels.max(1) {
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        chans.push(ch);
-    }
+    let chans = confirm_channels(&conn, channels).await?;
     let confirmed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(duration);
@@ -624,22 +727,7 @@ async fn amqp_ceiling(
         let (body, confirmed) = (body.clone(), confirmed.clone());
         tasks.push(tokio::spawn(async move {
             while Instant::now() < deadline {
-                let c = ch
-                    .basic_publish(
-                        "zen_bench_exchange".into(),
-                        "datagen".into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        BasicProperties::default()
-                            .with_delivery_mode(2)
-                            .with_content_type("application/json".into()),
-                    )
-                    .await?
-                    .await?;
-                if c.is_ack() {
+                if publish_confirmed(&ch, &body).await? {
                     confirmed.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -651,9 +739,9 @@ async fn amqp_ceiling(
     }
     let secs = started.elapsed().as_secs_f64();
     let n = confirmed.load(Ordering::Relaxed);
-    for q in ["zen_bench_a", "zen_bench_b"] {
+    for q in BENCH_QUEUES {
         let _ = setup
-            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .queue_delete(q.into(), lapin::options::QueueDeleteOptions::default())
             .await;
     }
     println!(
