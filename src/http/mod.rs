@@ -18,7 +18,6 @@ mod webhooks;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -99,25 +98,34 @@ impl Services {
     }
 }
 
-/// The full router. Trailing slashes are trimmed by the caller (see
-/// [`crate::app`]), since that must happen before routing.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// The full router, with the middleware every request passes. Trailing
+/// slashes are trimmed by the caller (see [`crate::app`]), since that must
+/// happen before routing.
+pub fn router(
+    state: AppState, request_timeout: Duration,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
     let body_limit = state.body_limit;
     let (routes, _) = documented_routes(state.auth.providers()).split_for_parts();
-    routes
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(legacy_cors())
         // After the legacy CORS policy: console pages answer no other origin.
         .merge(console::router())
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
-        .layer(CatchPanicLayer::custom(|_| {
-            json_status_body(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
-        }))
+        .with_state(state);
+    // Around the whole router, once. (With `Router::layer` each layer boxes
+    // every route again, and axum clones a matched route's boxes for every
+    // request: five allocations and frees per webhook.) Outermost first.
+    tower::ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(axum::middleware::from_fn(request_id))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req
@@ -135,8 +143,15 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                 span
             }),
         )
-        .layer(axum::middleware::from_fn(request_id))
-        .with_state(state)
+        .layer(CatchPanicLayer::custom(|_| {
+            json_status_body(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+        }))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .service(routes)
 }
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
