@@ -166,8 +166,6 @@ fn busy_park(stalled_for: Option<Duration>, request_timeout: Duration) -> Durati
         .max(URL_BUSY_PARK)
 }
 
-/// The request body: `{"data","event_id","event_type","message","timestamp"}`
-/// (keys in the order the legacy gateway's Go maps produced).
 /// The webhook's side of an attempt: where it goes, how it is signed,
 /// what else it carries.
 pub struct Endpoint<'a> {
@@ -180,6 +178,8 @@ pub struct Endpoint<'a> {
     pub timeout: Option<Duration>,
 }
 
+/// The request body: `{"data","event_id","event_type","message","timestamp"}`
+/// (keys in the order the legacy gateway's Go maps produced).
 pub fn request_body(job: &ForwardJob, now_ms: i64) -> Vec<u8> {
     let mut m = Map::new();
     m.insert("data".into(), job.payload.clone());

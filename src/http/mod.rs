@@ -136,10 +136,7 @@ pub fn router(
                 // Never the raw URI: a `?token=` in it is a credential.
                 let span = tracing::info_span!("request", method = %req.method(), uri = %redacted_uri(req.uri()), request_id = %id, trace_id = tracing::field::Empty);
                 // Exported, the request is a child of the caller's span.
-                crate::telemetry::traces::continue_trace(
-                    &span,
-                    crate::telemetry::traces::inbound(req.headers()).as_ref(),
-                );
+                crate::telemetry::traces::continue_inbound(&span, req.headers());
                 span
             }),
         )

@@ -73,8 +73,9 @@ const MAX_DEFERRED: usize = 1024;
 const DEFER_BASE: Duration = Duration::from_millis(250);
 const DEFER_MAX: Duration = Duration::from_secs(30);
 
-/// The span of one entry's processing, continuing its webhook's trace.
-fn process_span(d: &InboxDelivery) -> tracing::Span {
+/// The span of one entry's processing, continuing its webhook's trace, and
+/// the trace its deliveries continue (a child of this span).
+fn process_span(d: &InboxDelivery) -> (tracing::Span, TraceParent) {
     let span = tracing::info_span!(
         "process",
         event.id = %d.entry.event_id,
@@ -82,8 +83,9 @@ fn process_span(d: &InboxDelivery) -> tracing::Span {
         trace_id = tracing::field::Empty
     );
     traces::continue_trace(&span, d.entry.trace.as_ref());
-    span.record("trace_id", traces::carried(&span, None).trace_id());
-    span
+    let carried = traces::carried(&span, d.entry.trace.as_ref());
+    span.record("trace_id", carried.trace_id());
+    (span, carried)
 }
 
 /// What one batch amounted to.
@@ -193,7 +195,7 @@ impl Processor {
     pub async fn handle(&self, deliveries: &[InboxDelivery]) -> Result<BatchReport, ProcessError> {
         // Exported, each entry's processing is a span of its webhook's
         // trace (none is built otherwise).
-        let spans: Vec<tracing::Span> = if traces::exporting() {
+        let spans: Vec<(tracing::Span, TraceParent)> = if traces::exporting() {
             deliveries.iter().map(process_span).collect()
         } else {
             Vec::new()
@@ -211,7 +213,7 @@ impl Processor {
             };
             let parsed = self.providers.parse(&webhook);
             let trace = match spans.get(i) {
-                Some(span) => Some(traces::carried(span, d.entry.trace.as_ref())),
+                Some((_, carried)) => Some(carried.clone()),
                 None => d.entry.trace.clone(),
             };
             event_traces.extend(std::iter::repeat_n(trace, parsed.events.len()));
@@ -220,7 +222,7 @@ impl Processor {
         }
         let store_spans: Vec<tracing::Span> = spans
             .iter()
-            .map(|p| tracing::info_span!(parent: p, "store"))
+            .map(|(p, _)| tracing::info_span!(parent: p, "store"))
             .collect();
         for u in &unrecognized {
             metrics::counter!("zen_unrecognized_total", "bsp" => u.bsp.as_str()).increment(1);

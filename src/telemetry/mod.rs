@@ -58,7 +58,7 @@ impl Write for Stdout {
 }
 
 /// Keeps the writer thread, and the span exporter; dropping it writes out
-/// what is buffered (log lines, then spans).
+/// what is buffered (spans, then log lines).
 #[must_use = "dropping the guard stops the log writer"]
 pub struct LogGuard {
     _writer: Option<WorkerGuard>,

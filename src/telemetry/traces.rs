@@ -178,6 +178,15 @@ pub fn continue_trace(span: &tracing::Span, parent: Option<&TraceParent>) {
     }
 }
 
+/// Makes a request's span a child of the caller's, when its request
+/// carried a `traceparent` (exporting only: the header is not even read
+/// otherwise).
+pub fn continue_inbound(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    if exporting() {
+        continue_trace(span, inbound(headers).as_ref());
+    }
+}
+
 /// What a hop carries on, or sends, for `span`: with export, the span's own
 /// context (so the next hop is its child); without, a child of `parent`, or
 /// a new trace.
