@@ -27,20 +27,14 @@ enum Queue {
 async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Settings)) -> TestApp {
     match q {
         Queue::Embedded => spawn_app_with(tweak).await,
-        Queue::RabbitMq | Queue::RabbitMqQuorum => {
-            let url = crate::services::rabbitmq_url().expect("RabbitMQ");
-            let app = spawn_app_with(|s| {
-                s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url));
-                s.rabbitmq.queue_prefix = crate::services::unique_prefix();
-                if matches!(q, Queue::RabbitMqQuorum) {
-                    s.rabbitmq.queue_type = zen_gateway::backends::rabbitmq::QueueType::Quorum;
-                }
-                tweak(s);
-            })
-            .await;
-            app.wait_ready(|r| r["inbox"]["up"] == true).await;
-            app
-        }
+        Queue::RabbitMq | Queue::RabbitMqQuorum => spawn_app_on_rabbitmq(|s| {
+            if matches!(q, Queue::RabbitMqQuorum) {
+                s.rabbitmq.queue_type = zen_gateway::backends::rabbitmq::QueueType::Quorum;
+            }
+            tweak(s);
+        })
+        .await
+        .expect("RabbitMQ"),
     }
 }
 

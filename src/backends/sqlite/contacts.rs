@@ -180,7 +180,6 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
-    use crate::backends::sqlite::{SqliteOptions, Synchronous};
     use crate::model::UserIdentity;
 
     fn seen(user_id: &str) -> Sighting {
@@ -203,14 +202,7 @@ mod tests {
     #[tokio::test]
     async fn a_synced_contact_store_syncs_its_sightings_and_the_default_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::open(&SqliteOptions {
-            path: dir.path().join("zen.db"),
-            synchronous: Synchronous::Full,
-            queue_capacity: 100,
-            max_batch: 16,
-            readers: 1,
-        })
-        .unwrap();
+        let db = SqliteDb::open_synced_for_test(dir.path());
         let before = db.wal_syncs();
         SqliteContactStore::new(db.clone())
             .record_sightings(&[seen("IN.1")])

@@ -491,9 +491,21 @@ impl SqliteDb {
     /// write queue.
     #[cfg(test)]
     pub(crate) fn open_for_test(dir: &Path) -> SqliteDb {
+        Self::open_for_test_with(dir, Synchronous::Normal)
+    }
+
+    /// [`Self::open_for_test`] that syncs every commit holding acked
+    /// writes (for tests that count WAL syncs).
+    #[cfg(test)]
+    pub(crate) fn open_synced_for_test(dir: &Path) -> SqliteDb {
+        Self::open_for_test_with(dir, Synchronous::Full)
+    }
+
+    #[cfg(test)]
+    fn open_for_test_with(dir: &Path, synchronous: Synchronous) -> SqliteDb {
         Self::open(&SqliteOptions {
             path: dir.join("zen.db"),
-            synchronous: Synchronous::Normal,
+            synchronous,
             queue_capacity: 1000,
             max_batch: 64,
             readers: 2,

@@ -420,7 +420,6 @@ impl MessageStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backends::sqlite::{SqliteOptions, Synchronous};
     use crate::model::{MessageEvent, Status};
 
     fn event(wamid: &str) -> UnifiedEvent {
@@ -448,14 +447,7 @@ mod tests {
     #[tokio::test]
     async fn a_synced_store_syncs_applied_events_and_the_default_does_not() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::open(&SqliteOptions {
-            path: dir.path().join("zen.db"),
-            synchronous: Synchronous::Full,
-            queue_capacity: 100,
-            max_batch: 16,
-            readers: 1,
-        })
-        .unwrap();
+        let db = SqliteDb::open_synced_for_test(dir.path());
         let before = db.wal_syncs();
         SqliteStore::new(db.clone())
             .apply(&[event("wamid.a")])
