@@ -28,7 +28,7 @@ pub use access::{
     AccessSettings, InboundCredentials, RouteTrust, TrustReport, TrustedProxies, canonical,
     route_trust,
 };
-pub use types::{MASK, RetryDelays, Roles, Secret, SecretUrl};
+pub use types::{MASK, QueueType, RetryDelays, Roles, Secret, SecretUrl, broker_addresses};
 use types::{millis, non_empty, secret, secret_url, secs};
 
 /// Environment variable → configuration key (`section.key`). `port`,
@@ -312,7 +312,7 @@ pub struct RabbitSettings {
     pub publish_channels: usize,
     /// `classic` (the legacy arguments, drop-in) or `quorum` (replicated, for
     /// a cluster; see DESIGN §2 for what changes and how to migrate).
-    pub queue_type: crate::backends::rabbitmq::QueueType,
+    pub queue_type: QueueType,
 }
 
 /// Deliveries to client webhooks.
@@ -472,7 +472,7 @@ impl Settings {
             if let Some(v) = value {
                 // RABBITMQ_URL may list a cluster's nodes: each must be whole.
                 let items: Vec<&str> = if key == "backends.rabbitmq_url" {
-                    crate::backends::rabbitmq::broker_addresses(v.expose())
+                    broker_addresses(v.expose())
                 } else {
                     vec![v.expose()]
                 };

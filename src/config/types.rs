@@ -388,3 +388,24 @@ mod tests {
         assert!(retention::parse("soon").is_err());
     }
 }
+
+/// How the gateway's queues are declared (`RABBITMQ_QUEUE_TYPE`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Classic queues with the legacy arguments (drop-in).
+    #[default]
+    Classic,
+    /// Replicated quorum queues (a cluster that outlives a node).
+    Quorum,
+}
+
+/// The broker addresses of `RABBITMQ_URL`: one URI, or several separated
+/// by commas (each a whole `amqp://` / `amqps://` URI with its own
+/// credentials), tried in order.
+pub fn broker_addresses(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect()
+}

@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 pub mod forward_queue;
 pub mod topology;
 
+pub use crate::config::{QueueType, broker_addresses};
 pub use forward_queue::RabbitForwardQueue;
-pub use topology::{QueueType, declare_topology};
+pub use topology::declare_topology;
 
 use crate::forwarding::ForwardQueueError;
 use crate::health::BackendHealth;
@@ -152,16 +153,6 @@ pub struct RabbitInbox {
     /// then the one after the node the last connection reached, so that a
     /// lost node is tried last.
     next_address: std::sync::atomic::AtomicUsize,
-}
-
-/// The broker addresses of `RABBITMQ_URL`: one URI, or several separated
-/// by commas (each a whole `amqp://` / `amqps://` URI with its own
-/// credentials), tried in order.
-pub fn broker_addresses(url: &str) -> Vec<&str> {
-    url.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .collect()
 }
 
 fn long(s: &str) -> AMQPValue {

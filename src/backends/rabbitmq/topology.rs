@@ -1,6 +1,6 @@
 //! The broker objects the gateway declares, and how: every queue is
 //! described once (what it is for, whether it dead-letters, waits or ranks
-//! by priority), and [`QueueType`] turns the description into arguments.
+//! by priority), and [`QueueType`](crate::config::QueueType) turns the description into arguments.
 //!
 //! - `classic` (the default) declares exactly the legacy arguments
 //!   (`x-queue-mode: lazy`, `x-max-priority: 10`, …): a queue the old
@@ -18,10 +18,10 @@
 //!
 //! A queue's type cannot change in place: see DESIGN §2 for the migration.
 
+use crate::config::QueueType;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
-use serde::{Deserialize, Serialize};
 
 use super::{
     FORWARDING_DLQ, FORWARDING_DLX, FORWARDING_EXCHANGE, FORWARDING_QUEUE, FORWARDING_ROUTING_KEY,
@@ -29,17 +29,6 @@ use super::{
     retry_queue,
 };
 use crate::model::Bsp;
-
-/// How the gateway's queues are declared (`RABBITMQ_QUEUE_TYPE`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    /// Classic queues with the legacy arguments (drop-in).
-    #[default]
-    Classic,
-    /// Replicated quorum queues (a cluster that outlives a node).
-    Quorum,
-}
 
 /// What one queue is for, whatever its type.
 #[derive(Debug, Clone, PartialEq, Eq)]
