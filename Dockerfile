@@ -3,7 +3,9 @@ FROM rust:1.95.0-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --bin zen-gateway
+# Every backend (`full`): the image is what teams deploy, MongoDB, RabbitMQ,
+# Redis and OTLP export included.
+RUN cargo build --release --locked --features full --bin zen-gateway
 
 FROM debian:12.12-slim
 RUN apt-get update \

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use zen_gateway::app::{Application, cancel_on_signals};
@@ -315,6 +314,12 @@ fn migrate(settings: Settings) -> ExitCode {
         eprintln!("zen-gateway migrate: MONGO_URI (Keys.json `mongo_uri`) is not set");
         return ExitCode::from(2);
     }
+    migrate_mongo(settings)
+}
+
+#[cfg(feature = "mongodb")]
+fn migrate_mongo(settings: Settings) -> ExitCode {
+    use anyhow::Context;
     command("migrate", settings, |settings| async move {
         let mongo = Backends::from_settings(&settings, Mode::Command)
             .mongo()
@@ -322,6 +327,13 @@ fn migrate(settings: Settings) -> ExitCode {
         let report = mongo.context("MONGO_URI is not set")?.migrate().await?;
         Ok(serde_json::to_value(report)?)
     })
+}
+
+/// Not reached: the settings refuse `MONGO_URI` in a build without MongoDB.
+#[cfg(not(feature = "mongodb"))]
+fn migrate_mongo(_: Settings) -> ExitCode {
+    eprintln!("zen-gateway migrate: this build has no MongoDB backend");
+    ExitCode::from(2)
 }
 
 fn serve(settings: Settings) -> ExitCode {

@@ -7,12 +7,16 @@
 //! use. The embedded database is opened only when a role is served by it.
 
 pub mod memory;
+#[cfg(feature = "mongodb")]
 pub mod mongo;
+#[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
+#[cfg(any(feature = "mongodb", feature = "rabbitmq"))]
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,10 +27,15 @@ use crate::contacts::ContactStore;
 use crate::forwarding::{ForwardQueue, WebhookStore};
 use crate::queue::Inbox;
 use crate::sessions::SessionStore;
-use crate::store::{MessageStore, StoreError};
+use crate::store::MessageStore;
+#[cfg(feature = "mongodb")]
+use crate::store::StoreError;
 use memory::MemoryCache;
+#[cfg(feature = "mongodb")]
 use mongo::{MongoContactStore, MongoSessionStore, MongoStore, MongoWebhookStore};
+#[cfg(feature = "rabbitmq")]
 use rabbitmq::{RabbitForwardQueue, RabbitInbox, RabbitOptions};
+#[cfg(feature = "redis")]
 use redis::RedisCache;
 use sqlite::contacts::SqliteContactStore;
 use sqlite::{
@@ -38,9 +47,11 @@ use sqlite::{
 const SQLITE_MAX_BATCH: usize = 2048;
 
 /// Longest start-up waits for MongoDB to say whose schema it holds.
+#[cfg(feature = "mongodb")]
 const SCHEMA_CHECK_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest a CLI command waits for the broker to answer.
+#[cfg(feature = "rabbitmq")]
 const COMMAND_BROKER_WAIT: Duration = Duration::from_secs(15);
 
 /// What the opened backends are for.
@@ -61,7 +72,9 @@ pub struct Backends<'a> {
     mode: Mode,
     sqlite: Option<SqliteDb>,
     data_lock: Option<std::fs::File>,
+    #[cfg(feature = "rabbitmq")]
     rabbit: Option<Arc<RabbitInbox>>,
+    #[cfg(feature = "mongodb")]
     mongo: Option<Arc<MongoStore>>,
 }
 
@@ -69,6 +82,7 @@ pub struct Backends<'a> {
 /// directory's lock, held until then.
 pub struct Opened {
     pub sqlite: Option<SqliteDb>,
+    #[cfg(feature = "rabbitmq")]
     pub rabbit: Option<Arc<RabbitInbox>>,
     pub data_lock: Option<std::fs::File>,
 }
@@ -77,6 +91,7 @@ impl Opened {
     /// Closes the broker connection, then lets the embedded writer commit
     /// what it holds.
     pub async fn close(self) {
+        #[cfg(feature = "rabbitmq")]
         if let Some(rabbit) = self.rabbit {
             rabbit.close().await;
         }
@@ -93,13 +108,16 @@ impl<'a> Backends<'a> {
             mode,
             sqlite: None,
             data_lock: None,
+            #[cfg(feature = "rabbitmq")]
             rabbit: None,
+            #[cfg(feature = "mongodb")]
             mongo: None,
         }
     }
 
     /// The inbox: RabbitMQ with `RABBITMQ_URL`, else the embedded one.
     pub async fn inbox(&mut self) -> anyhow::Result<Arc<dyn Inbox>> {
+        #[cfg(feature = "rabbitmq")]
         if let Some(broker) = self.rabbit().await? {
             return Ok(broker);
         }
@@ -111,6 +129,7 @@ impl<'a> Backends<'a> {
 
     /// The message store: MongoDB with `MONGO_URI`, else the embedded one.
     pub async fn store(&mut self) -> anyhow::Result<Arc<dyn MessageStore>> {
+        #[cfg(feature = "mongodb")]
         if let Some(mongo) = self.mongo().await? {
             return Ok(mongo);
         }
@@ -126,6 +145,7 @@ impl<'a> Backends<'a> {
 
     /// The client webhooks and delivery logs, beside the message store.
     pub async fn webhooks(&mut self) -> anyhow::Result<Arc<dyn WebhookStore>> {
+        #[cfg(feature = "mongodb")]
         if let Some(mongo) = self.mongo().await? {
             return Ok(Arc::new(MongoWebhookStore::new(mongo.database())));
         }
@@ -134,6 +154,7 @@ impl<'a> Backends<'a> {
 
     /// Contacts, beside the message store.
     pub async fn contacts(&mut self) -> anyhow::Result<Arc<dyn ContactStore>> {
+        #[cfg(feature = "mongodb")]
         if let Some(mongo) = self.mongo().await? {
             return Ok(Arc::new(MongoContactStore::new(mongo.database())));
         }
@@ -148,6 +169,7 @@ impl<'a> Backends<'a> {
 
     /// Operator sessions, beside the message store.
     pub async fn sessions(&mut self) -> anyhow::Result<Arc<dyn SessionStore>> {
+        #[cfg(feature = "mongodb")]
         if let Some(mongo) = self.mongo().await? {
             return Ok(Arc::new(MongoSessionStore::new(mongo.database())));
         }
@@ -156,6 +178,7 @@ impl<'a> Backends<'a> {
 
     /// The forwarding queue: RabbitMQ with `RABBITMQ_URL`, else embedded.
     pub async fn forward_queue(&mut self) -> anyhow::Result<Arc<dyn ForwardQueue>> {
+        #[cfg(feature = "rabbitmq")]
         if let Some(broker) = self.rabbit().await? {
             return Ok(Arc::new(RabbitForwardQueue::new(broker)));
         }
@@ -181,9 +204,16 @@ impl<'a> Backends<'a> {
     /// prefix), else in-process.
     pub async fn cache(&mut self) -> anyhow::Result<Arc<dyn Cache>> {
         let b = &self.settings.backends;
-        let Some(url) = &b.redis_url else {
-            return Ok(Arc::new(MemoryCache::new(b.cache_max_entries)));
-        };
+        #[cfg(feature = "redis")]
+        if let Some(url) = &b.redis_url {
+            return self.redis(url).await;
+        }
+        Ok(Arc::new(MemoryCache::new(b.cache_max_entries)))
+    }
+
+    #[cfg(feature = "redis")]
+    async fn redis(&mut self, url: &crate::config::SecretUrl) -> anyhow::Result<Arc<dyn Cache>> {
+        let b = &self.settings.backends;
         let prefix = match (&b.redis_key_prefix, &b.mongo_uri) {
             (Some(p), _) => p.clone(),
             (None, Some(_)) => format!("zen:{}:", b.database_name),
@@ -202,6 +232,7 @@ impl<'a> Backends<'a> {
     }
 
     /// MongoDB itself, for `migrate`; `None` without `MONGO_URI`.
+    #[cfg(feature = "mongodb")]
     pub async fn mongo(&mut self) -> anyhow::Result<Option<Arc<MongoStore>>> {
         let b = &self.settings.backends;
         let Some(uri) = &b.mongo_uri else {
@@ -236,11 +267,13 @@ impl<'a> Backends<'a> {
     pub fn into_opened(self) -> Opened {
         Opened {
             sqlite: self.sqlite,
+            #[cfg(feature = "rabbitmq")]
             rabbit: self.rabbit,
             data_lock: self.data_lock,
         }
     }
 
+    #[cfg(feature = "rabbitmq")]
     async fn rabbit(&mut self) -> anyhow::Result<Option<Arc<RabbitInbox>>> {
         let s = self.settings;
         let Some(url) = &s.backends.rabbitmq_url else {
@@ -327,6 +360,7 @@ impl<'a> Backends<'a> {
 
 /// Builds the MongoDB indexes in the background, retrying while the server
 /// is unreachable: start-up never waits for (or crashes on) the database.
+#[cfg(feature = "mongodb")]
 fn spawn_index_builder(store: Arc<MongoStore>) {
     tokio::spawn(async move {
         let mut delay = Duration::from_secs(1);

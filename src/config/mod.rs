@@ -394,6 +394,24 @@ impl RetentionSettings {
     }
 }
 
+/// The shared backends this binary was built with (its cargo features);
+/// the embedded ones are always there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Built {
+    pub mongodb: bool,
+    pub rabbitmq: bool,
+    pub redis: bool,
+}
+
+impl Built {
+    /// This binary's.
+    pub const THIS: Built = Built {
+        mongodb: cfg!(feature = "mongodb"),
+        rabbitmq: cfg!(feature = "rabbitmq"),
+        redis: cfg!(feature = "redis"),
+    };
+}
+
 /// A configuration problem, naming the keys that caused it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -425,7 +443,44 @@ fn legacy_name(key: &str) -> Option<&'static str> {
 impl Settings {
     /// Loads from `keys_json` (if the file exists) and the process environment.
     pub fn load(keys_json: &Path) -> Result<Settings, ConfigError> {
-        Self::load_from(keys_json, |name| std::env::var(name).ok())
+        let settings = Self::load_from(keys_json, |name| std::env::var(name).ok())?;
+        settings.check_built(Built::THIS)?;
+        Ok(settings)
+    }
+
+    /// Refuses a backend this binary was built without: settings that ask
+    /// for MongoDB must never quietly run on the embedded file instead.
+    pub fn check_built(&self, built: Built) -> Result<(), ConfigError> {
+        let b = &self.backends;
+        for (key, wanted, present, feature) in [
+            (
+                "backends.mongo_uri",
+                b.mongo_uri.is_some(),
+                built.mongodb,
+                "mongodb",
+            ),
+            (
+                "backends.rabbitmq_url",
+                b.rabbitmq_url.is_some(),
+                built.rabbitmq,
+                "rabbitmq",
+            ),
+            (
+                "backends.redis_url",
+                b.redis_url.is_some(),
+                built.redis,
+                "redis",
+            ),
+        ] {
+            if wanted && !present {
+                return Err(ConfigError(format!(
+                    "{} is set, but this zen-gateway was built without that backend: build it \
+                     with `--features {feature}` (or `full`, as the Docker image is)",
+                    describe_key(key)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Loads with an explicit environment lookup (tests use this instead of
@@ -852,6 +907,36 @@ mod tests {
             s.forward.endpoint_failing_after,
             std::time::Duration::from_secs(120)
         );
+    }
+
+    /// A build without a shared backend refuses the setting that asks for
+    /// it, by name, rather than running on the embedded file instead.
+    #[test]
+    fn a_backend_the_build_lacks_is_refused_by_its_setting() {
+        let none = Built {
+            mongodb: false,
+            rabbitmq: false,
+            redis: false,
+        };
+        let all = Built {
+            mongodb: true,
+            rabbitmq: true,
+            redis: true,
+        };
+        load(&[], None).unwrap().check_built(none).unwrap();
+        for (var, value, feature) in [
+            ("MONGO_URI", "mongodb://db:27017", "mongodb"),
+            ("RABBITMQ_URL", "amqp://mq:5672", "rabbitmq"),
+            ("REDIS_URL", "redis://cache:6379", "redis"),
+        ] {
+            let s = load(&[(var, value)], None).unwrap();
+            let e = s.check_built(none).unwrap_err().to_string();
+            assert!(
+                e.contains(var) && e.contains(&format!("--features {feature}")),
+                "{e}"
+            );
+            s.check_built(all).unwrap();
+        }
     }
 
     #[test]

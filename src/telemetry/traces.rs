@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SdkTracer, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
@@ -206,6 +206,12 @@ pub fn carried(span: &tracing::Span, parent: Option<&TraceParent>) -> TraceParen
 pub enum TraceSetupError {
     #[error("OTEL_EXPORTER_OTLP_PROTOCOL {0:?} is not supported: use http/protobuf or grpc")]
     Protocol(String),
+    #[error(
+        "OTEL_EXPORTER_OTLP_ENDPOINT is set, but this zen-gateway was built without OTLP export: \
+         build it with `--features otlp` (or `full`, as the Docker image is)"
+    )]
+    NotBuilt,
+    #[cfg(feature = "otlp")]
     #[error("OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
@@ -253,6 +259,17 @@ pub fn export_from_env() -> Result<Option<Export>, TraceSetupError> {
     let Some(transport) = transport_from_env(|k| std::env::var(k).ok())? else {
         return Ok(None);
     };
+    build_export(transport)
+}
+
+#[cfg(not(feature = "otlp"))]
+fn build_export(_: Transport) -> Result<Option<Export>, TraceSetupError> {
+    Err(TraceSetupError::NotBuilt)
+}
+
+#[cfg(feature = "otlp")]
+fn build_export(transport: Transport) -> Result<Option<Export>, TraceSetupError> {
+    use opentelemetry::trace::TracerProvider;
     use opentelemetry_otlp::{SpanExporter, WithExportConfig};
     let exporter = match transport {
         Transport::HttpProtobuf => SpanExporter::builder()
@@ -282,6 +299,16 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    /// A build without the exporter refuses an endpoint rather than
+    /// running without the traces it asks for.
+    #[cfg(not(feature = "otlp"))]
+    #[test]
+    fn without_the_exporter_built_an_endpoint_is_refused() {
+        let refused = build_export(Transport::HttpProtobuf).err().unwrap();
+        assert!(matches!(refused, TraceSetupError::NotBuilt));
+        assert!(refused.to_string().contains("--features otlp"));
+    }
 
     #[test]
     fn a_traceparent_is_kept_only_when_well_formed() {
