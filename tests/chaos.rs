@@ -23,7 +23,6 @@ mod services;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,7 +90,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 /// The real binary as a child process, its whole output in `log`.
-fn start_gateway(data_dir: &Path, port: u16, extra: &[(&str, &str)], log: &Path) -> Child {
+fn start_gateway(data_dir: &Path, port: u16, extra: &[(&str, &str)], log: &Path) -> GatewayProcess {
     let mut env = vec![
         ("FORWARD_ALLOW_PRIVATE", "true"),
         ("FORWARD_RETRY_DELAYS_MS", "200,200,200"),
@@ -485,8 +484,51 @@ async fn kill9_a_broker_node_of_three() {
             }
         }
     }
+    if stored != acked.len() || forwarded != acked.len() {
+        keep_logs("broker-node", &[dir_a.path(), dir_b.path()]);
+        explain_missing(&client, &base_b, &acked, &rx, "cluster").await;
+    }
     assert_eq!(stored, acked.len(), "acked but not stored");
     assert_eq!(forwarded, acked.len(), "acked but never forwarded");
+}
+
+/// Copies the gateways' logs out of their temporary directories before a
+/// failed run removes them, and says where.
+fn keep_logs(label: &str, dirs: &[&Path]) {
+    let kept = std::env::temp_dir().join(format!("zen-chaos-{label}-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&kept);
+    for (i, dir) in dirs.iter().enumerate() {
+        let _ = std::fs::copy(dir.join("log"), kept.join(format!("gateway-{i}.log")));
+    }
+    println!("chaos: the gateways' logs are kept in {}", kept.display());
+}
+
+/// What the API answers, and how often the receiver got it, for the first
+/// few acked wamids not stored as delivered or not forwarded.
+async fn explain_missing(
+    client: &reqwest::Client, base: &str, acked: &[String], rx: &Receiver, path: &str,
+) {
+    let forwarded = delivered_wamids(rx, path);
+    let mut shown = 0;
+    for wamid in acked {
+        let answer = match client
+            .get(format!("{base}/api/v1/messages/{wamid}"))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+        {
+            Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => format!("no answer: {e}"),
+        };
+        let times = forwarded.get(wamid.as_str()).copied().unwrap_or(0);
+        if !answer.contains(r#""current_status":"delivered""#) || times == 0 {
+            println!("chaos: {wamid}: forwarded {times} times; the API: {answer:.600}");
+            shown += 1;
+            if shown == 5 {
+                break;
+            }
+        }
+    }
 }
 
 /// The same events posted many times, concurrently: one history entry per

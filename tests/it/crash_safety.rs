@@ -1,12 +1,12 @@
 //! kill -9 under load: every webhook that got a 200 is applied after restart.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::helpers::*;
 
 struct Gateway {
-    child: Child,
+    child: GatewayProcess,
     base: String,
 }
 

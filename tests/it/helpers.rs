@@ -370,7 +370,7 @@ impl BackgroundLoad {
 /// `log` when given (stdout null and stderr inherited otherwise).
 pub fn spawn_gateway_process(
     data_dir: &Path, port: u16, extra: &[(&str, &str)], log: Option<&Path>,
-) -> std::process::Child {
+) -> GatewayProcess {
     use std::process::{Command, Stdio};
     let (stdout, stderr) = match log {
         Some(path) => {
@@ -398,7 +398,35 @@ pub fn spawn_gateway_process(
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
+        .map(GatewayProcess)
         .expect("spawn zen-gateway")
+}
+
+/// A gateway child process, killed (-9) and reaped when dropped: a test
+/// that fails half-way leaves no gateway running against the shared
+/// services, consuming their queues and the CPU of the tests after it.
+pub struct GatewayProcess(pub std::process::Child);
+
+impl std::ops::Deref for GatewayProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for GatewayProcess {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Waits until `url` answers 200 (a child gateway coming up).
