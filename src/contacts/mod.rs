@@ -81,6 +81,18 @@ impl Contact {
             .map(|i| key(&i.kind, &i.value))
             .collect()
     }
+
+    /// Every business-scoped user id it had, oldest first: what its
+    /// messages are listed by (a changed BSUID keeps the old messages).
+    pub fn user_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for i in self.identifiers.iter().filter(|i| i.kind == "user_id") {
+            if !ids.contains(&i.value) {
+                ids.push(i.value.clone());
+            }
+        }
+        ids
+    }
 }
 
 /// A lookup key.
@@ -452,12 +464,7 @@ pub trait ContactStore: Send + Sync {
     async fn user_ids_of(&self, id: &str) -> StoreResult<Vec<String>> {
         let mut ids = vec![id.to_owned()];
         if let Some(c) = self.find_contact(id, None).await? {
-            ids.extend(
-                c.identifiers
-                    .iter()
-                    .filter(|i| i.kind == "user_id")
-                    .map(|i| i.value.clone()),
-            );
+            ids.extend(c.user_ids());
         }
         ids.sort_unstable();
         ids.dedup();

@@ -170,3 +170,20 @@ fn a_repeated_sighting_changes_nothing_and_business_numbers_stay_apart() {
     };
     assert_eq!(run(&[vec![s, other]]).len(), 2);
 }
+
+/// What a contact's messages are listed by (the console's contact page and
+/// `GET /messages?user_id=`): every user id it had, oldest first, once each,
+/// and nothing else it is known by.
+#[test]
+fn a_contact_lists_its_messages_by_every_user_id_it_had() {
+    let contacts = run(&[
+        vec![seen(
+            id(Some("15550002222"), Some("IN.1"), Some("alice")),
+            1,
+        )],
+        vec![seen(id(Some("15550002222"), Some("IN.2"), None), 2)],
+        vec![seen(id(Some("15550002222"), Some("IN.1"), None), 3)],
+    ]);
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(contacts[0].user_ids(), ["IN.1", "IN.2"]);
+}

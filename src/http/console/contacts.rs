@@ -44,12 +44,7 @@ pub async fn show(
     let Some(c) = state.contacts.find_contact(&id, business).await? else {
         return Err(ConsoleError::Api(ApiError::NotFound("contact")));
     };
-    let user_ids: Vec<String> = c
-        .identifiers
-        .iter()
-        .filter(|i| i.kind == "user_id")
-        .map(|i| i.value.clone())
-        .collect();
+    let user_ids = c.user_ids();
     // By user id when Meta gave one, else by the phone number.
     let query = MessageQuery {
         phone_number: user_ids
