@@ -188,7 +188,11 @@ impl Application {
         // Twilio signs the URL it called, trailing slash and all.
         let app = tower::util::MapRequestLayer::new(keep_original_uri)
             .layer(NormalizePathLayer::trim_trailing_slash().layer(router));
-        tracing::info!(port = settings.http.port, "zen-gateway serving");
+        tracing::info!(
+            port = settings.http.port,
+            built_with = %crate::config::Built::THIS,
+            "zen-gateway serving"
+        );
         // Stops accepting on `shutdown`, then drains connections (bounded).
         http::serve::serve(
             self.listener,

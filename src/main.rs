@@ -123,9 +123,12 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
+            let mut shown = settings.masked();
+            // Which backends this binary has, beside what the settings ask.
+            shown["built_with"] = serde_json::json!(zen_gateway::config::Built::THIS);
             println!(
                 "{}",
-                serde_json::to_string_pretty(&settings.masked()).unwrap_or_default()
+                serde_json::to_string_pretty(&shown).unwrap_or_default()
             );
             ExitCode::SUCCESS
         }

@@ -15,6 +15,7 @@ mod access;
 mod types;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -394,13 +395,15 @@ impl RetentionSettings {
     }
 }
 
-/// The shared backends this binary was built with (its cargo features);
-/// the embedded ones are always there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The shared backends and the trace exporter this binary was built with
+/// (its cargo features); the embedded backends are always there. Shown by
+/// `check-config` and on the "serving" log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Built {
     pub mongodb: bool,
     pub rabbitmq: bool,
     pub redis: bool,
+    pub otlp: bool,
 }
 
 impl Built {
@@ -409,7 +412,25 @@ impl Built {
         mongodb: cfg!(feature = "mongodb"),
         rabbitmq: cfg!(feature = "rabbitmq"),
         redis: cfg!(feature = "redis"),
+        otlp: cfg!(feature = "otlp"),
     };
+}
+
+impl fmt::Display for Built {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sqlite")?;
+        for (name, built) in [
+            ("mongodb", self.mongodb),
+            ("rabbitmq", self.rabbitmq),
+            ("redis", self.redis),
+            ("otlp", self.otlp),
+        ] {
+            if built {
+                write!(f, ", {name}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A configuration problem, naming the keys that caused it.
@@ -917,12 +938,16 @@ mod tests {
             mongodb: false,
             rabbitmq: false,
             redis: false,
+            otlp: false,
         };
         let all = Built {
             mongodb: true,
             rabbitmq: true,
             redis: true,
+            otlp: true,
         };
+        assert_eq!(none.to_string(), "sqlite");
+        assert_eq!(all.to_string(), "sqlite, mongodb, rabbitmq, redis, otlp");
         load(&[], None).unwrap().check_built(none).unwrap();
         for (var, value, feature) in [
             ("MONGO_URI", "mongodb://db:27017", "mongodb"),

@@ -863,3 +863,16 @@ async fn twilio_signatures_hold_with_a_trailing_slash() {
     }
     app.stop().await;
 }
+
+/// `check-config` says which backends the binary was built with, beside
+/// what the settings ask for (the test binary is built with `full`).
+#[test]
+fn check_config_says_which_backends_the_binary_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let shown = command_json(dir.path(), &["check-config"]);
+    assert_eq!(
+        shown["built_with"],
+        json!({"mongodb": true, "rabbitmq": true, "redis": true, "otlp": true}),
+        "{shown}"
+    );
+}
