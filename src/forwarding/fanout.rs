@@ -198,20 +198,17 @@ impl Fanout {
                     .await?;
                 matches.insert(key.clone(), found);
             }
-            // The record as jobs carry it: built once a webhook wants the
-            // event (most events of a busy gateway match none).
-            let mut snapshot: Option<Option<Value>> = None;
             for webhook in &matches[&key] {
                 if !webhook.wants(&ev.legacy_type, &ev.unified_type) {
                     continue;
                 }
-                let message = snapshot.get_or_insert_with(|| {
-                    record.and_then(|r| {
-                        snapshots
-                            .entry(Arc::as_ptr(r) as usize)
-                            .or_insert_with(|| job_snapshot(r))
-                            .clone()
-                    })
+                // The record as jobs carry it: built once a webhook wants
+                // it (most events of a busy gateway match none).
+                let message = record.and_then(|r| {
+                    snapshots
+                        .entry(Arc::as_ptr(r) as usize)
+                        .or_insert_with(|| job_snapshot(r))
+                        .as_ref()
                 });
                 // The name the client subscribed with is the name it gets.
                 let event_type = if webhook.topics.iter().any(|t| t == &ev.legacy_type) {
@@ -257,7 +254,7 @@ impl Fanout {
                     payload: ev.raw.clone(),
                     timestamp: now.timestamp_millis(),
                     attempt_count: 0,
-                    message: message.clone(),
+                    message: message.cloned(),
                     parked_since: None,
                     v: 1,
                     traceparent: trace.clone(),

@@ -29,7 +29,7 @@ async fn spawn_on(q: Queue, tweak: impl FnOnce(&mut zen_gateway::config::Setting
         Queue::Embedded => spawn_app_with(tweak).await,
         Queue::RabbitMq | Queue::RabbitMqQuorum => spawn_app_on_rabbitmq(|s| {
             if matches!(q, Queue::RabbitMqQuorum) {
-                s.rabbitmq.queue_type = zen_gateway::backends::rabbitmq::QueueType::Quorum;
+                s.rabbitmq.queue_type = zen_gateway::config::QueueType::Quorum;
             }
             tweak(s);
         })

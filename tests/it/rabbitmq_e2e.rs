@@ -423,7 +423,7 @@ async fn quorum_queues_carry_webhooks_to_their_records() {
     let app = spawn_app_with(|s| {
         s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
         s.rabbitmq.queue_prefix = prefix.clone();
-        s.rabbitmq.queue_type = rabbitmq::QueueType::Quorum;
+        s.rabbitmq.queue_type = zen_gateway::config::QueueType::Quorum;
     })
     .await;
     app.wait_ready(|r| r["inbox"]["up"] == true).await;

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub mod forward_queue;
 pub mod topology;
 
-pub use crate::config::{QueueType, broker_addresses};
+use crate::config::{QueueType, broker_addresses};
 pub use forward_queue::RabbitForwardQueue;
 pub use topology::declare_topology;
 
