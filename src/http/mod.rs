@@ -6,6 +6,7 @@ mod admin;
 pub mod attempts;
 pub mod client_addr;
 pub mod console;
+pub mod edge;
 mod extract;
 pub mod health;
 pub mod openapi;
@@ -21,17 +22,14 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use tower_http::catch_panic::CatchPanicLayer;
+use tower::Layer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::cache::Cache;
-use crate::error::json_status_body;
 use crate::forwarding::Forwarding;
 use crate::inbound_auth::InboundAuth;
 use crate::ingest::Ingest;
@@ -122,36 +120,12 @@ pub fn router(
         .with_state(state);
     // Around the whole router, once. (With `Router::layer` each layer boxes
     // every route again, and axum clones a matched route's boxes for every
-    // request: five allocations and frees per webhook.) Outermost first.
-    tower::ServiceBuilder::new()
-        .map_response(IntoResponse::into_response)
-        .layer(axum::middleware::from_fn(request_id))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-                let id = req
-                    .headers()
-                    .get(REQUEST_ID_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                // Never the raw URI: a `?token=` in it is a credential.
-                let span = tracing::info_span!("request", method = %req.method(), uri = %redacted_uri(req.uri()), request_id = %id, trace_id = tracing::field::Empty);
-                // Exported, the request is a child of the caller's span.
-                crate::telemetry::traces::continue_inbound(&span, req.headers());
-                span
-            }),
-        )
-        .layer(CatchPanicLayer::custom(|_| {
-            json_status_body(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
-        }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .service(routes)
+    // request.)
+    edge::Edge::new(
+        DefaultBodyLimit::max(body_limit).layer(routes),
+        request_timeout,
+    )
 }
-
-const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Query parameters whose values are credentials (inbound tokens, the
 /// subscription handshake's token) or may be: shown as `[redacted]`.
@@ -187,30 +161,6 @@ pub fn redacted_uri(uri: &axum::http::Uri) -> String {
         })
         .collect();
     format!("{}?{}", uri.path(), pairs.join("&"))
-}
-
-/// Gives every request an id: the caller's `x-request-id` when it is a
-/// short token, else a fresh UUID. It is echoed in the response header,
-/// logged, and put in server-error bodies ([`crate::error::request_id`]).
-async fn request_id(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let given = req
-        .headers()
-        .get(&REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=64).contains(&v.len())
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map(str::to_owned);
-    let id = given.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let header = axum::http::HeaderValue::from_str(&id).expect("checked token characters");
-    req.headers_mut().insert(REQUEST_ID_HEADER, header.clone());
-    let mut resp = crate::error::REQUEST_ID
-        .scope(Arc::from(id), next.run(req))
-        .await;
-    resp.headers_mut().insert(REQUEST_ID_HEADER, header);
-    resp
 }
 
 /// Every route, each with its OpenAPI operation (the webhook routes are
