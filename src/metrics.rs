@@ -10,6 +10,7 @@
 //! | `zen_duplicates_total` | counter | | events the store or the dedup cache took for duplicates |
 //! | `zen_unrecognized_total` | counter | `bsp` | bodies or elements no adapter understood (kept) |
 //! | `zen_processing_lag_seconds` | histogram | | receipt → applied |
+//! | `zen_processor_batch_entries` | summary | | inbox entries per batch the processor took (up to `PROCESSOR_BATCH_SIZE`; small batches under load mean per-batch costs dominate) |
 //! | `zen_quarantined_total` | counter | `bsp` | inbox entries set aside after their attempts |
 //! | `zen_deliveries_total` | counter | `outcome` (success, retry, dead, parked, duplicate) | delivery attempts and their ends |
 //! | `zen_delivery_seconds` | histogram | | one delivery attempt |

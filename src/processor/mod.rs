@@ -298,14 +298,26 @@ impl Processor {
         let tags: Vec<_> = deliveries.iter().map(|d| d.tag).collect();
         self.inbox.ack(&tags).await?;
         let now = chrono::Utc::now();
+        // Counted per batch: a labelled counter is a registry lookup.
+        let mut counts: Vec<(crate::model::Bsp, &str, u64)> = Vec::new();
+        let lag_seconds = metrics::histogram!("zen_processing_lag_seconds");
         for (ev, a) in events.iter().zip(&applied) {
             if a.as_ref().is_some_and(|a| a.duplicate) {
                 continue;
             }
-            metrics::counter!("zen_events_total", "bsp" => ev.bsp.as_str(), "type" => ev.unified_type.clone())
-                .increment(1);
+            match counts
+                .iter_mut()
+                .find(|(bsp, kind, _)| *bsp == ev.bsp && *kind == ev.unified_type)
+            {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((ev.bsp, &ev.unified_type, 1)),
+            }
             let lag = (now - ev.received_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!("zen_processing_lag_seconds").record(lag);
+            lag_seconds.record(lag);
+        }
+        for (bsp, kind, n) in counts {
+            metrics::counter!("zen_events_total", "bsp" => bsp.as_str(), "type" => kind.to_owned())
+                .increment(n);
         }
         metrics::counter!("zen_duplicates_total").increment(duplicates as u64);
         Ok(BatchReport {
@@ -455,6 +467,7 @@ impl Processor {
             if batch.is_empty() {
                 continue;
             }
+            metrics::histogram!("zen_processor_batch_entries").record(batch.len() as f64);
             // The batch was handed to us: retry it until it is settled.
             // Stopping leaves it unacked, so it is handed out again after a
             // restart.

@@ -278,6 +278,7 @@ async fn metrics_are_exposed_for_prometheus() {
         "zen_ingest_ack_seconds_bucket",
         "zen_events_total{bsp=\"datagen\",type=\"message.sent\"}",
         "zen_processing_lag_seconds",
+        "zen_processor_batch_entries_count",
         "zen_backend_up{role=\"inbox\",backend=\"sqlite\"} 1",
         "zen_inbox_depth",
         "zen_forward_queue_depth",
