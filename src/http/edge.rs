@@ -109,9 +109,17 @@ fn request_id_of(req: &Request) -> (Arc<str>, HeaderValue) {
     })
 }
 
+/// Liveness and readiness probes and metric scrapes: no span of their own.
+/// Every few seconds from every orchestrator and scraper, they would fill
+/// the exported traces and say nothing about a webhook.
+const UNTRACED_PATHS: [&str; 4] = ["/", "/health", "/ready", "/metrics"];
+
 /// The request's span. Never the raw URI: a `?token=` in it is a
 /// credential. Exported, the request is a child of the caller's span.
 fn request_span(req: &Request, id: &str) -> tracing::Span {
+    if UNTRACED_PATHS.contains(&req.uri().path()) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "request",
         method = %req.method(),

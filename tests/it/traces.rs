@@ -145,6 +145,8 @@ struct ReceivedSpan {
     span_id: String,
     parent_span_id: String,
     service: String,
+    /// The `uri` attribute (request spans).
+    uri: Option<String>,
 }
 
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
@@ -167,7 +169,21 @@ fn keep(spans: &Spans, request: ExportTraceServiceRequest) {
             .unwrap_or_default();
         for ss in rs.scope_spans {
             for s in ss.spans {
+                let uri = s
+                    .attributes
+                    .iter()
+                    .find(|kv| kv.key == "uri")
+                    .and_then(|kv| kv.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                s,
+                            ),
+                        ) => Some(s.clone()),
+                        _ => None,
+                    });
                 out.push(ReceivedSpan {
+                    uri,
                     name: s.name,
                     trace_id: hex::encode(&s.trace_id),
                     span_id: hex::encode(&s.span_id),
@@ -275,6 +291,10 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, receiver: SocketAddr, span
         }),
     )
     .await;
+    // Probes and scrapes, which are not traced.
+    for path in ["/", "/ready", "/metrics"] {
+        client.get(format!("{base}{path}")).send().await.unwrap();
+    }
     post_traced(&client, &base, "wamid.otlp-1", Some(&bsp_traceparent())).await;
     let got = rx.wait_for("otlp", 1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1);
@@ -294,6 +314,18 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, receiver: SocketAddr, span
     .await;
     let _ = child.kill();
     let _ = child.wait();
+    let probes: Vec<ReceivedSpan> = spans
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s.uri
+                .as_deref()
+                .is_some_and(|u| ["/", "/health", "/ready", "/metrics"].contains(&u))
+        })
+        .cloned()
+        .collect();
+    assert!(probes.is_empty(), "{protocol}: probes traced: {probes:#?}");
     let spans: Vec<ReceivedSpan> = spans
         .lock()
         .unwrap()
@@ -317,6 +349,14 @@ async fn spans_reach_an_otlp_receiver(protocol: &str, receiver: SocketAddr, span
     assert_eq!(deliver.parent_span_id, process.span_id);
     assert_eq!(deliver.span_id, delivery_span);
     assert_eq!(request.service, "zen-gateway");
+    // The attribute the probes are told apart by is there.
+    assert!(
+        request
+            .uri
+            .as_deref()
+            .is_some_and(|u| u.starts_with("/webhook/")),
+        "{request:?}"
+    );
     // Log lines in the webhook's spans carry its trace id.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
