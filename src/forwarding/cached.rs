@@ -95,6 +95,12 @@ impl WebhookStore for CachedWebhookStore {
         Ok(updated)
     }
 
+    async fn forget_previous_secret(&self, id: &str, expires_at_ms: i64) -> StoreResult<bool> {
+        let forgot = self.inner.forget_previous_secret(id, expires_at_ms).await?;
+        self.changed(id).await;
+        Ok(forgot)
+    }
+
     async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
         let deleted = self.inner.delete_webhook(id).await?;
         self.changed(id).await;

@@ -369,6 +369,11 @@ pub trait WebhookStore: Send + Sync {
     async fn list_webhooks(&self, owner: Option<&str>) -> StoreResult<Vec<WebhookConfig>>;
     /// Replaces a webhook; false when it does not exist.
     async fn update_webhook(&self, webhook: &WebhookConfig) -> StoreResult<bool>;
+    /// Drops a webhook's previous secret, only while it is still the one
+    /// that expires at `expires_at_ms` (a rotation since then replaced it:
+    /// nothing changes, false). Only those two fields are written, so a
+    /// change made meanwhile to the rest of the webhook stays.
+    async fn forget_previous_secret(&self, id: &str, expires_at_ms: i64) -> StoreResult<bool>;
     async fn delete_webhook(&self, id: &str) -> StoreResult<bool>;
     /// Active webhooks whose owner, project or business numbers match.
     async fn matching_webhooks(

@@ -450,11 +450,11 @@ impl Forwarding {
 pub async fn forget_expired_secrets(store: &dyn WebhookStore) -> StoreResult<u64> {
     let now = Utc::now().timestamp_millis();
     let mut n = 0;
-    for mut w in store.list_webhooks(None).await? {
-        if w.holds_expired_secret(now) {
-            w.previous_secret = None;
-            w.previous_secret_expires_at = None;
-            if store.update_webhook(&w).await? {
+    for w in store.list_webhooks(None).await? {
+        // Conditional: a rotation since the list was read is not undone
+        // (writing the listed webhook back would restore its old secret).
+        if let (true, Some(expires)) = (w.holds_expired_secret(now), w.previous_secret_expires_at) {
+            if store.forget_previous_secret(&w.id, expires).await? {
                 n += 1;
             }
         }

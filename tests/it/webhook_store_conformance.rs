@@ -154,6 +154,68 @@ async fn configs_and_matching(store: &dyn WebhookStore) {
     assert!(store.get_webhook("w1").await.unwrap().is_none());
 }
 
+/// The pruner drops an expired previous secret without undoing what
+/// happened since it read the webhook: a rotation, or another change.
+async fn previous_secrets_are_forgotten_only_while_unchanged(store: &dyn WebhookStore) {
+    let mut w = hook("w-rot", "o");
+    w.previous_secret = Some("p".repeat(64));
+    w.previous_secret_expires_at = Some(1_000);
+    store.create_webhook(&w).await.unwrap();
+    // As the pruner listed it (expired); then a rotation lands.
+    let listed = store.get_webhook("w-rot").await.unwrap().unwrap();
+    let mut rotated = listed.clone();
+    rotated.previous_secret = Some(std::mem::replace(
+        &mut rotated.shared_secret,
+        "n".repeat(64),
+    ));
+    rotated.previous_secret_expires_at = Some(Utc::now().timestamp_millis() + 60_000);
+    assert!(store.update_webhook(&rotated).await.unwrap());
+    assert!(
+        !store
+            .forget_previous_secret("w-rot", listed.previous_secret_expires_at.unwrap())
+            .await
+            .unwrap()
+    );
+    let kept = store.get_webhook("w-rot").await.unwrap().unwrap();
+    assert_eq!(kept.shared_secret, "n".repeat(64));
+    assert_eq!(kept.previous_secret, rotated.previous_secret);
+    assert_eq!(
+        kept.previous_secret_expires_at,
+        rotated.previous_secret_expires_at
+    );
+
+    // Unchanged since: forgotten, and only that (a URL changed meanwhile stays).
+    let mut moved = kept.clone();
+    moved.webhook_url = "https://example.com/moved".into();
+    assert!(store.update_webhook(&moved).await.unwrap());
+    assert!(
+        store
+            .forget_previous_secret("w-rot", kept.previous_secret_expires_at.unwrap())
+            .await
+            .unwrap()
+    );
+    let now = store.get_webhook("w-rot").await.unwrap().unwrap();
+    assert_eq!(now.previous_secret, None);
+    assert_eq!(now.previous_secret_expires_at, None);
+    assert_eq!(now.webhook_url, "https://example.com/moved");
+    assert_eq!(now.shared_secret, "n".repeat(64));
+    // Gone, or nothing to forget: false.
+    assert!(!store.forget_previous_secret("w-rot", 1_000).await.unwrap());
+    assert!(!store.forget_previous_secret("nope", 1_000).await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_previous_secrets_are_forgotten_only_while_unchanged() {
+    previous_secrets_are_forgotten_only_while_unchanged(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn mongo_previous_secrets_are_forgotten_only_while_unchanged() {
+    let Some(b) = mongo().await else { return };
+    previous_secrets_are_forgotten_only_while_unchanged(&*b.store).await;
+    b.db.unwrap().drop().await.unwrap();
+}
+
 async fn delivery_logs(store: &dyn WebhookStore) {
     let now = Utc::now();
     let log = DeliveryLog {

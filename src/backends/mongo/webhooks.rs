@@ -274,6 +274,18 @@ impl WebhookStore for MongoWebhookStore {
         Ok(r.matched_count > 0)
     }
 
+    async fn forget_previous_secret(&self, id: &str, expires_at_ms: i64) -> StoreResult<bool> {
+        let r = self
+            .webhooks
+            .update_one(
+                doc! {"_id": id, "previous_secret_expires_at": expires_at_ms},
+                doc! {"$unset": {"previous_secret": "", "previous_secret_expires_at": ""}},
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(r.modified_count > 0)
+    }
+
     async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
         let r = self
             .webhooks

@@ -85,6 +85,32 @@ impl WebhookStore for SqliteWebhookStore {
             .await?)
     }
 
+    async fn forget_previous_secret(&self, id: &str, expires_at_ms: i64) -> StoreResult<bool> {
+        let id = id.to_owned();
+        // Read and written in one writer job: nothing lands in between.
+        Ok(self
+            .db
+            .write(move |c| {
+                let found: Option<WebhookConfig> = c
+                    .prepare_cached("SELECT doc FROM webhooks WHERE id = ?1")?
+                    .query_row([&id], |r| r.get::<_, String>(0))
+                    .optional()?
+                    .map(from_json)
+                    .transpose()?;
+                let Some(mut w) = found.filter(|w| {
+                    w.previous_secret.is_some()
+                        && w.previous_secret_expires_at == Some(expires_at_ms)
+                }) else {
+                    return Ok(false);
+                };
+                w.previous_secret = None;
+                w.previous_secret_expires_at = None;
+                upsert_webhook(c, &w)?;
+                Ok(true)
+            })
+            .await?)
+    }
+
     async fn delete_webhook(&self, id: &str) -> StoreResult<bool> {
         let id = id.to_owned();
         Ok(self
