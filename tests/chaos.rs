@@ -38,7 +38,15 @@ const BUSINESS: &str = "918071234567";
 /// How many of `acked` are stored as delivered on the gateway at `base`
 /// (each polled until it is, or a minute is up).
 async fn stored_delivered(client: &reqwest::Client, base: &str, acked: &[String]) -> usize {
-    let mut stored = 0;
+    acked.len() - not_stored_delivered(client, base, acked).await.len()
+}
+
+/// The wamids of `acked` the API does not show as delivered, each given up
+/// to a minute.
+async fn not_stored_delivered(
+    client: &reqwest::Client, base: &str, acked: &[String],
+) -> Vec<String> {
+    let mut missing = Vec::new();
     for wamid in acked {
         let found = eventually_within(Duration::from_secs(60), async || {
             // A lookup that times out (the store busy with the backlog) is
@@ -57,9 +65,11 @@ async fn stored_delivered(client: &reqwest::Client, base: &str, acked: &[String]
                     .is_ok_and(|m| m["current_status"] == "delivered")
         })
         .await;
-        stored += usize::from(found);
+        if !found {
+            missing.push(wamid.clone());
+        }
     }
-    stored
+    missing
 }
 
 /// The wamids `rx` got on `path` (and how often), once every one of
@@ -437,9 +447,15 @@ async fn kill9_a_broker_node_of_three() {
     let acked_b = load_b.finish().await.acked;
     let acked: Vec<String> = acked_a.iter().chain(&acked_b).cloned().collect();
 
-    let stored = stored_delivered(&client, &base_b, &acked).await;
+    let missing = not_stored_delivered(&client, &base_b, &acked).await;
     let wanted: HashSet<&String> = acked.iter().collect();
     all_forwarded(&rx, "cluster", &wanted).await;
+    // A second look at what the first pass missed, once the forwarding (which
+    // follows the store's write) is done: under a loaded CI the store can
+    // answer one lookup late for a minute; an event lost is missing twice.
+    let late = missing.len();
+    let missing = not_stored_delivered(&client, &base_b, &missing).await;
+    let stored = acked.len() - missing.len();
     let forwarded: HashSet<String> = rx
         .received("cluster")
         .iter()
@@ -454,13 +470,26 @@ async fn kill9_a_broker_node_of_three() {
         .iter()
         .filter(|w| forwarded.contains(w.as_str()))
         .count();
+    // Explained while the gateways still answer.
+    if !missing.is_empty() || forwarded != acked.len() {
+        keep_logs("broker-node", &[dir_a.path(), dir_b.path()]);
+        let got = delivered_wamids(&rx, "cluster");
+        let unforwarded: Vec<String> = acked
+            .iter()
+            .filter(|w| !got.contains_key(w.as_str()))
+            .cloned()
+            .collect();
+        explain_missing(&client, &base_b, &missing, &rx, "cluster").await;
+        explain_missing(&client, &base_b, &unforwarded, &rx, "cluster").await;
+    }
     for child in [&mut a, &mut b] {
         child.kill().ok();
         child.wait().ok();
     }
     println!(
         "chaos: kill -9 of the first of three RabbitMQ nodes (quorum queues, two replicas, MongoDB + Redis): \
-         acked {}, stored {stored}, forwarded {forwarded}; 20 more acks on each replica {:.1} s and {:.1} s after the kill",
+         acked {}, stored {stored} ({late} shown only on a second look), forwarded {forwarded}; \
+         20 more acks on each replica {:.1} s and {:.1} s after the kill",
         acked.len(),
         resumed[0].as_secs_f64(),
         resumed[1].as_secs_f64(),
@@ -484,10 +513,6 @@ async fn kill9_a_broker_node_of_three() {
             }
         }
     }
-    if stored != acked.len() || forwarded != acked.len() {
-        keep_logs("broker-node", &[dir_a.path(), dir_b.path()]);
-        explain_missing(&client, &base_b, &acked, &rx, "cluster").await;
-    }
     assert_eq!(stored, acked.len(), "acked but not stored");
     assert_eq!(forwarded, acked.len(), "acked but never forwarded");
 }
@@ -504,7 +529,7 @@ fn keep_logs(label: &str, dirs: &[&Path]) {
 }
 
 /// What the API answers, and how often the receiver got it, for the first
-/// few acked wamids not stored as delivered or not forwarded.
+/// few of `acked` not stored as delivered or not forwarded.
 async fn explain_missing(
     client: &reqwest::Client, base: &str, acked: &[String], rx: &Receiver, path: &str,
 ) {
