@@ -120,43 +120,136 @@ fn find_by(
     found.map(|(pk, doc)| Ok((pk, decode(doc)?))).transpose()
 }
 
+/// A stored row as a batch loaded it: its key, and the columns a save may
+/// have to rewrite. SQLite rewrites the entries of every index whose column
+/// an UPDATE sets, even to the value it had, and a status report changes
+/// none of the identifying columns: so a save sets only what changed.
+#[derive(Debug, Clone)]
+struct Stored {
+    pk: i64,
+    columns: Columns,
+}
+
+/// The indexed columns of `messages` that a save can change (`message_id`,
+/// `bsp` and `created_at_ms` never change; `updated_at_ms` always does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Columns {
+    wamid: Option<String>,
+    bsp_message_id: Option<String>,
+    phone_number: String,
+    business_number: String,
+    campaign_id: Option<String>,
+    project_id: Option<String>,
+    project_owner_id: String,
+    user_id: Option<String>,
+    current_status: String,
+}
+
+/// What a save changes of a stored row's [`Columns`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// None of them (the document and `updated_at_ms` only).
+    Nothing,
+    /// The status alone.
+    Status,
+    /// An identifying column: every column is written.
+    Identity,
+}
+
+impl Columns {
+    /// What writing `rec` over this row changes.
+    fn change(&self, rec: &MessageRecord) -> Change {
+        let same_identity = self.wamid == rec.wamid
+            && self.bsp_message_id == rec.bsp_message_id
+            && self.phone_number == rec.phone_number
+            && self.business_number == rec.business_number
+            && self.campaign_id == rec.campaign_id
+            && self.project_id == rec.project_id
+            && self.project_owner_id == rec.project_owner_id
+            && self.user_id.as_deref() == rec.recipient.as_ref().and_then(|r| r.user_id.as_deref());
+        if !same_identity {
+            Change::Identity
+        } else if self.current_status != rec.current_status {
+            Change::Status
+        } else {
+            Change::Nothing
+        }
+    }
+
+    /// The columns as stored, from a row whose third to eleventh columns
+    /// are [`LOADED_COLUMNS`].
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
+        Ok(Columns {
+            wamid: r.get(2)?,
+            bsp_message_id: r.get(3)?,
+            phone_number: r.get(4)?,
+            business_number: r.get(5)?,
+            campaign_id: r.get(6)?,
+            project_id: r.get(7)?,
+            project_owner_id: r.get(8)?,
+            user_id: r.get(9)?,
+            current_status: r.get(10)?,
+        })
+    }
+}
+
+/// What a batch loads of a row: its key, its document, its [`Columns`].
+const LOADED_COLUMNS: &str = "pk, doc, wamid, bsp_message_id, phone_number, business_number, \
+     campaign_id, project_id, project_owner_id, user_id, current_status";
+
 /// Loads the candidate records of a batch inside the writer's transaction,
 /// oldest first.
-fn load(conn: &Connection, c: &Candidates) -> rusqlite::Result<WorkingSet<i64>> {
-    let mut found: BTreeMap<i64, MessageRecord> = BTreeMap::new();
+fn load(conn: &Connection, c: &Candidates) -> rusqlite::Result<WorkingSet<Stored>> {
+    let mut found: BTreeMap<i64, (Stored, MessageRecord)> = BTreeMap::new();
     for (column, ids) in [("wamid", &c.wamids), ("bsp_message_id", &c.provider_ids)] {
         // Well under SQLite's bound-parameter limit.
         for chunk in ids.chunks(500) {
             let marks = vec!["?"; chunk.len()].join(", ");
-            let sql = format!("SELECT pk, doc FROM messages WHERE {column} IN ({marks})");
+            let sql = format!("SELECT {LOADED_COLUMNS} FROM messages WHERE {column} IN ({marks})");
             let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(chunk), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })?;
-            for row in rows {
-                let (pk, doc) = row?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(chunk))?;
+            while let Some(r) = rows.next()? {
+                let pk: i64 = r.get(0)?;
                 if let std::collections::btree_map::Entry::Vacant(slot) = found.entry(pk) {
-                    slot.insert(decode(doc)?);
+                    let columns = Columns::read(r)?;
+                    slot.insert((Stored { pk, columns }, decode(r.get(1)?)?));
                 }
             }
         }
     }
-    Ok(WorkingSet::new(found))
+    Ok(WorkingSet::new(found.into_values()))
 }
 
 /// Writes the records a working set changed.
-fn save_changed(conn: &Connection, set: &WorkingSet<i64>) -> rusqlite::Result<()> {
+fn save_changed(conn: &Connection, set: &WorkingSet<Stored>) -> rusqlite::Result<()> {
     for slot in set.changed() {
-        save(conn, slot.handle, &slot.record)?;
+        save(conn, slot.handle.as_ref(), &slot.record)?;
     }
     Ok(())
 }
 
-/// Writes one record: a new row when it has no `pk` yet (SQLite gives it
-/// one), else the row's changing columns; one statement either way.
-fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Result<()> {
+/// Writes one record: a new row when it was not stored yet (SQLite gives it
+/// a `pk`); else its document and only the indexed columns that changed
+/// (see [`Stored`]). One statement either way.
+fn save(conn: &Connection, stored: Option<&Stored>, rec: &MessageRecord) -> rusqlite::Result<()> {
     let doc = serde_json::to_string(rec)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let updated_at_ms = rec.updated_at.timestamp_millis();
+    match stored.map(|s| (s.pk, s.columns.change(rec))) {
+        Some((pk, Change::Nothing)) => {
+            conn.prepare_cached("UPDATE messages SET updated_at_ms = ?2, doc = ?3 WHERE pk = ?1")?
+                .execute(params![pk, updated_at_ms, doc])?;
+            return Ok(());
+        }
+        Some((pk, Change::Status)) => {
+            conn.prepare_cached(
+                "UPDATE messages SET current_status = ?2, updated_at_ms = ?3, doc = ?4 WHERE pk = ?1",
+            )?
+            .execute(params![pk, rec.current_status, updated_at_ms, doc])?;
+            return Ok(());
+        }
+        Some((_, Change::Identity)) | None => {}
+    }
     conn.prepare_cached(
         "INSERT INTO messages (pk, message_id, wamid, bsp, bsp_message_id, phone_number,
          business_number, campaign_id, project_id, project_owner_id, current_status,
@@ -167,7 +260,7 @@ fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Re
          current_status = ?11, updated_at_ms = ?13, doc = ?14, user_id = ?15",
     )?
     .execute(params![
-        pk,
+        stored.map(|s| s.pk),
         rec.message_id,
         rec.wamid,
         rec.bsp,
@@ -179,7 +272,7 @@ fn save(conn: &Connection, pk: Option<i64>, rec: &MessageRecord) -> rusqlite::Re
         rec.project_owner_id,
         rec.current_status,
         rec.created_at.timestamp_millis(),
-        rec.updated_at.timestamp_millis(),
+        updated_at_ms,
         doc,
         rec.recipient.as_ref().and_then(|r| r.user_id.as_deref())
     ])?;
@@ -460,5 +553,98 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(db.wal_syncs(), before + 1);
+    }
+
+    fn report(wamid: &str, status: Status, key: &str) -> UnifiedEvent {
+        let mut ev = event(wamid);
+        ev.event_id = format!("e-{wamid}-{key}");
+        let m = ev.message.as_mut().unwrap();
+        m.status = Some(status);
+        m.dedup_key = key.into();
+        ev
+    }
+
+    /// Every row's indexed columns as its document says, and every index
+    /// entry matching its row.
+    async fn assert_rows_consistent(db: &SqliteDb) {
+        db.read(|conn| {
+            let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            assert_eq!(check, "ok");
+            let mut stmt = conn.prepare(&format!("SELECT {LOADED_COLUMNS} FROM messages"))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let rec = decode(r.get(1)?)?;
+                assert_eq!(Columns::read(r)?.change(&rec), Change::Nothing, "{rec:?}");
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A save sets only the columns that changed; whichever path it takes,
+    /// the row, its document and its indexes agree.
+    #[tokio::test]
+    async fn a_save_rewrites_only_what_changed_and_rows_stay_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open_synced_for_test(dir.path());
+        let store = SqliteStore::new(db.clone());
+        let stored = |wamid: &'static str| {
+            let db = db.clone();
+            async move {
+                db.read(move |conn| {
+                    conn.query_row(
+                        &format!("SELECT {LOADED_COLUMNS} FROM messages WHERE wamid = ?1"),
+                        [wamid],
+                        |r| Ok((Columns::read(r)?, decode(r.get(1)?)?)),
+                    )
+                })
+                .await
+                .unwrap()
+            }
+        };
+        store
+            .apply(&[report("wamid.a", Status::Sent, "k1")])
+            .await
+            .unwrap();
+        assert_rows_consistent(&db).await;
+        let (before, _) = stored("wamid.a").await;
+
+        // The status alone.
+        store
+            .apply(&[report("wamid.a", Status::Delivered, "k2")])
+            .await
+            .unwrap();
+        let (after, rec) = stored("wamid.a").await;
+        assert_eq!(before.change(&rec), Change::Status);
+        assert_eq!(after.current_status, "delivered");
+        assert_rows_consistent(&db).await;
+
+        // Nothing indexed (a status the record is past: history only).
+        store
+            .apply(&[report("wamid.a", Status::Sent, "k3")])
+            .await
+            .unwrap();
+        let (again, rec) = stored("wamid.a").await;
+        assert_eq!(after.change(&rec), Change::Nothing);
+        assert_eq!(again, after);
+        assert_eq!(rec.status_history.len(), 3);
+        assert_rows_consistent(&db).await;
+
+        // An identifying column: the provider's id and the user learned.
+        let mut ev = report("wamid.a", Status::Read, "k4");
+        let m = ev.message.as_mut().unwrap();
+        m.bsp_message_id = Some("p-1".into());
+        m.user = Some(crate::model::UserIdentity {
+            user_id: Some("IN.1502576394655843".into()),
+            ..Default::default()
+        });
+        store.apply(&[ev]).await.unwrap();
+        let (last, rec) = stored("wamid.a").await;
+        assert_eq!(again.change(&rec), Change::Identity);
+        assert_eq!(last.bsp_message_id.as_deref(), Some("p-1"));
+        assert_eq!(last.user_id.as_deref(), Some("IN.1502576394655843"));
+        assert_eq!(last.current_status, "read");
+        assert_rows_consistent(&db).await;
     }
 }
