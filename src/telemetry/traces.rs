@@ -49,6 +49,11 @@ pub struct TraceParent(String);
 impl TraceParent {
     /// A well-formed `traceparent` value, or `None`.
     pub fn parse(value: &str) -> Option<TraceParent> {
+        // What this gateway writes (every inbox entry carries one) is taken
+        // as it is; anything else goes through the W3C propagator.
+        if is_canonical(value) {
+            return Some(TraceParent(value.to_owned()));
+        }
         let sc = span_context_of(value)?;
         Some(TraceParent::of(&sc))
     }
@@ -150,6 +155,23 @@ fn span_context_of(value: &str) -> Option<SpanContext> {
     let cx = TraceContextPropagator::new().extract(&carrier);
     let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
+}
+
+/// `00-<32 hex>-<16 hex>-<00|01>`, lower-case, neither id all zeros: the form
+/// [`TraceParent::of`] writes, which the propagator reads back unchanged.
+fn is_canonical(value: &str) -> bool {
+    let b = value.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &[u8]| s.iter().any(|&c| c != b'0');
+    b.len() == 55
+        && b.starts_with(b"00-")
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[3..35])
+        && nonzero(&b[3..35])
+        && hex(&b[36..52])
+        && nonzero(&b[36..52])
+        && matches!(&b[53..], b"00" | b"01")
 }
 
 /// A carrier holding one `traceparent`.
@@ -329,6 +351,46 @@ mod tests {
         assert!(serde_json::from_str::<TraceParent>("\"nope\"").is_err());
         let back: TraceParent = serde_json::from_str(&format!("\"{tp}\"")).unwrap();
         assert_eq!(back, parsed);
+    }
+
+    /// The shortcut for the canonical form agrees with the propagator on
+    /// every value it takes, and leaves every other value to it.
+    #[test]
+    fn the_canonical_shortcut_agrees_with_the_propagator() {
+        let propagated = |v: &str| span_context_of(v).map(|sc| TraceParent::of(&sc));
+        let mut values: Vec<String> = (0..200)
+            .map(|i| {
+                let tp = TraceParent::root().child();
+                let flags = if i % 2 == 0 { "00" } else { "01" };
+                format!("{}{flags}", &tp.as_str()[..53])
+            })
+            .collect();
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        values.extend(
+            [
+                tp,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ]
+            .map(String::from),
+        );
+        for v in &values {
+            assert_eq!(TraceParent::parse(v), propagated(v), "{v}");
+            if is_canonical(v) {
+                assert_eq!(TraceParent::parse(v).unwrap().as_str(), v);
+            }
+        }
+        assert!(is_canonical(tp));
+        assert_eq!(values.iter().filter(|v| is_canonical(v)).count(), 202);
     }
 
     #[test]
