@@ -55,6 +55,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Unprocessable(String),
+    /// Changed by others meanwhile, on every attempt (named): retry.
+    #[error("The {0} kept changing while this change was made; retry")]
+    Conflict(&'static str),
     /// The inbox could not make the event durable: the BSP must retry.
     #[error("Webhook not accepted, retry later")]
     NotAccepted(#[from] QueueError),
@@ -76,6 +79,7 @@ impl From<crate::forwarding::webhooks::WebhookError> for ApiError {
         match e {
             WebhookError::Invalid(m) => ApiError::Unprocessable(m),
             WebhookError::NotFound => ApiError::NotFound("webhook"),
+            WebhookError::Conflict => ApiError::Conflict("webhook"),
             WebhookError::Store(e) => ApiError::Store(e),
         }
     }
@@ -92,6 +96,7 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::WebhookAuth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::NotConfigured(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotAccepted(_)

@@ -16,7 +16,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore};
+use super::{
+    Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, WebhookUpdate,
+};
 use crate::cache::Cache;
 use crate::store::StoreResult;
 
@@ -89,8 +91,9 @@ impl WebhookStore for CachedWebhookStore {
         self.inner.list_webhooks(owner).await
     }
 
-    async fn update_webhook(&self, w: &WebhookConfig) -> StoreResult<bool> {
-        let updated = self.inner.update_webhook(w).await?;
+    async fn update_webhook(&self, w: &WebhookConfig, read_at: i64) -> StoreResult<WebhookUpdate> {
+        let updated = self.inner.update_webhook(w, read_at).await?;
+        // Stale too: the copy here may be what was stale.
         self.changed(&w.id).await;
         Ok(updated)
     }

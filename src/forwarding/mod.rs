@@ -361,18 +361,27 @@ impl ReplayFilter {
     }
 }
 
+/// What a conditional [`WebhookStore::update_webhook`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookUpdate {
+    Updated,
+    NotFound,
+    /// Changed since it was read: nothing written; read it again.
+    Stale,
+}
+
 /// Client webhooks and their delivery logs.
 #[async_trait]
 pub trait WebhookStore: Send + Sync {
     async fn create_webhook(&self, webhook: &WebhookConfig) -> StoreResult<()>;
     async fn get_webhook(&self, id: &str) -> StoreResult<Option<WebhookConfig>>;
     async fn list_webhooks(&self, owner: Option<&str>) -> StoreResult<Vec<WebhookConfig>>;
-    /// Replaces a webhook; false when it does not exist.
-    async fn update_webhook(&self, webhook: &WebhookConfig) -> StoreResult<bool>;
-    /// Drops a webhook's previous secret, only while it is still the one
-    /// that expires at `expires_at_ms` (a rotation since then replaced it:
-    /// nothing changes, false). Only those two fields are written, so a
-    /// change made meanwhile to the rest of the webhook stays.
+    /// Replaces a webhook, only while its stored `updated_at` is still
+    /// `read_at`, the value it was read with: a change made since (by
+    /// another call, replica or the forwarder) is never overwritten.
+    async fn update_webhook(
+        &self, webhook: &WebhookConfig, read_at: i64,
+    ) -> StoreResult<WebhookUpdate>;
     async fn forget_previous_secret(&self, id: &str, expires_at_ms: i64) -> StoreResult<bool>;
     async fn delete_webhook(&self, id: &str) -> StoreResult<bool>;
     /// Active webhooks whose owner, project or business numbers match.

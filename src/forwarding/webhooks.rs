@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::signing::new_secret;
 use super::worker::Endpoint;
-use super::{ForwardJob, Forwarding, WebhookConfig, WebhookStore};
+use super::{ForwardJob, Forwarding, WebhookConfig, WebhookStore, WebhookUpdate};
 use crate::model::is_blank;
 use crate::store::{StoreError, StoreResult};
 use crate::telemetry::traces;
@@ -26,8 +26,42 @@ pub enum WebhookError {
     Invalid(String),
     #[error("webhook not found")]
     NotFound,
+    /// Changed by others on every attempt to change it: try again.
+    #[error("webhook changed concurrently {CHANGE_ATTEMPTS} times; retry")]
+    Conflict,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Attempts of a read-change-write of a webhook that keeps finding it
+/// changed since it was read, before [`WebhookError::Conflict`].
+pub const CHANGE_ATTEMPTS: u32 = 5;
+
+/// Reads a webhook, applies `change` to it, stamps it, and writes it only if
+/// nobody changed it since it was read; else does it again on a fresh read.
+/// So a rotation, an edit, a deactivation by the forwarder and another
+/// replica's change never undo each other (the last writer wins only over
+/// what it read).
+pub async fn change_webhook<T>(
+    store: &dyn WebhookStore, id: &str,
+    mut change: impl FnMut(&mut WebhookConfig) -> Result<T, WebhookError>,
+) -> Result<(WebhookConfig, T), WebhookError> {
+    for _ in 0..CHANGE_ATTEMPTS {
+        let mut w = store.get_webhook(id).await?.ok_or(WebhookError::NotFound)?;
+        let read_at = w.updated_at;
+        let out = change(&mut w)?;
+        // Later than what was read, even within its millisecond: the next
+        // writer of the old copy must see a difference.
+        w.updated_at = Utc::now().timestamp_millis().max(read_at + 1);
+        match store.update_webhook(&w, read_at).await? {
+            WebhookUpdate::Updated => return Ok((w, out)),
+            WebhookUpdate::NotFound => return Err(WebhookError::NotFound),
+            WebhookUpdate::Stale => {
+                tracing::debug!(webhook.id = %id, "webhook changed since read; reading it again");
+            }
+        }
+    }
+    Err(WebhookError::Conflict)
 }
 
 /// A webhook's attempt budget, in ms.
@@ -312,58 +346,73 @@ impl Forwarding {
     pub async fn update_webhook(
         &self, id: &str, input: WebhookChanges,
     ) -> Result<(WebhookConfig, bool), WebhookError> {
-        let mut w = self.webhook(id).await?;
-        let mut reveal = false;
         let (o, clear) = (input.options, input.clear);
-        if let Some(url) = input.webhook_url {
-            validate_url(&url)?;
-            w.webhook_url = url;
+        if let Some(url) = &input.webhook_url {
+            validate_url(url)?;
         }
-        if let Some(topics) = o.topics {
-            validate_topics(&topics)?;
-            w.topics = topics;
-        }
-        if let Some(p) = input.project_id {
-            w.project_id = p;
-        }
-        match o.enable_auth {
-            Some(true) if w.shared_secret.is_empty() => {
-                w.shared_secret = new_secret();
-                reveal = true;
-            }
-            Some(false) => w.shared_secret.clear(),
-            _ => {}
+        if let Some(topics) = &o.topics {
+            validate_topics(topics)?;
         }
         validate_limits(o.timeout_ms, o.max_in_flight)?;
-        // A value given replaces; a field cleared goes; the rest stays.
-        let replace = |given: bool, cleared: bool| given || cleared;
-        if replace(o.business_numbers.is_some(), clear.business_numbers) {
-            w.business_numbers = o.business_numbers;
-        }
         if let Some(headers) = &o.headers {
             validate_headers(headers)?;
-            w.headers = o.headers;
         }
-        if o.active.is_some() {
-            w.active = o.active;
-        }
-        if replace(o.timeout_ms.is_some(), clear.timeout_ms) {
-            w.timeout_ms = o.timeout_ms;
-        }
-        if replace(o.max_in_flight.is_some(), clear.max_in_flight) {
-            w.max_in_flight = o.max_in_flight;
-        }
-        if o.filter.is_some() {
-            w.filter = checked_filter(o.filter)?;
-        }
-        self.save(w).await.map(|w| (w, reveal))
+        let filter = match o.filter {
+            Some(f) => Some(checked_filter(Some(f))?),
+            None => None,
+        };
+        // A value given replaces; a field cleared goes; the rest stays.
+        let replace = |given: bool, cleared: bool| given || cleared;
+        change_webhook(&*self.webhooks, id, |w| {
+            let mut reveal = false;
+            if let Some(url) = &input.webhook_url {
+                w.webhook_url = url.clone();
+            }
+            if let Some(topics) = &o.topics {
+                w.topics = topics.clone();
+            }
+            if let Some(p) = &input.project_id {
+                w.project_id = p.clone();
+            }
+            match o.enable_auth {
+                Some(true) if w.shared_secret.is_empty() => {
+                    w.shared_secret = new_secret();
+                    reveal = true;
+                }
+                Some(false) => w.shared_secret.clear(),
+                _ => {}
+            }
+            if replace(o.business_numbers.is_some(), clear.business_numbers) {
+                w.business_numbers = o.business_numbers.clone();
+            }
+            if o.headers.is_some() {
+                w.headers = o.headers.clone();
+            }
+            if o.active.is_some() {
+                w.active = o.active;
+            }
+            if replace(o.timeout_ms.is_some(), clear.timeout_ms) {
+                w.timeout_ms = o.timeout_ms;
+            }
+            if replace(o.max_in_flight.is_some(), clear.max_in_flight) {
+                w.max_in_flight = o.max_in_flight;
+            }
+            if let Some(f) = &filter {
+                w.filter = f.clone();
+            }
+            Ok(reveal)
+        })
+        .await
     }
 
     /// Turns a webhook on or off.
     pub async fn set_active(&self, id: &str, active: bool) -> Result<WebhookConfig, WebhookError> {
-        let mut w = self.webhook(id).await?;
-        w.active = Some(active);
-        self.save(w).await
+        change_webhook(&*self.webhooks, id, |w| {
+            w.active = Some(active);
+            Ok(())
+        })
+        .await
+        .map(|(w, ())| w)
     }
 
     /// Gives a webhook a new secret. For `grace`, every delivery is signed
@@ -379,24 +428,19 @@ impl Forwarding {
                 MAX_GRACE.as_secs()
             )));
         }
-        let mut w = self.webhook(id).await?;
-        let old = std::mem::replace(&mut w.shared_secret, new_secret());
-        let until = Utc::now().timestamp_millis() + grace.as_millis() as i64;
-        (w.previous_secret, w.previous_secret_expires_at) = if grace.is_zero() || old.is_empty() {
-            (None, None)
-        } else {
-            (Some(old), Some(until))
-        };
-        self.save(w).await
-    }
-
-    /// Stores a changed webhook (stamped now).
-    async fn save(&self, mut w: WebhookConfig) -> Result<WebhookConfig, WebhookError> {
-        w.updated_at = Utc::now().timestamp_millis();
-        if !self.webhooks.update_webhook(&w).await? {
-            return Err(WebhookError::NotFound);
-        }
-        Ok(w)
+        change_webhook(&*self.webhooks, id, |w| {
+            let old = std::mem::replace(&mut w.shared_secret, new_secret());
+            let until = Utc::now().timestamp_millis() + grace.as_millis() as i64;
+            (w.previous_secret, w.previous_secret_expires_at) = if grace.is_zero() || old.is_empty()
+            {
+                (None, None)
+            } else {
+                (Some(old), Some(until))
+            };
+            Ok(())
+        })
+        .await
+        .map(|(w, ())| w)
     }
 
     /// Sends a `test.webhook` event to a webhook now, signed as deliveries

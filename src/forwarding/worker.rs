@@ -776,10 +776,16 @@ impl Forwarder {
             }
             Verdict::Gone => {
                 self.breakers.release_probe(&url);
-                if let Some(mut w) = webhook {
-                    w.active = Some(false);
-                    w.updated_at = now.timestamp_millis();
-                    if let Err(e) = self.webhooks.update_webhook(&w).await {
+                if let Some(w) = webhook {
+                    // Only `active` changes: a rotation or an edit made
+                    // since this copy was read stays.
+                    let deactivated =
+                        super::webhooks::change_webhook(&*self.webhooks, &w.id, |w| {
+                            w.active = Some(false);
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(e) = deactivated {
                         tracing::warn!(error = %e, webhook.id = %w.id, "could not deactivate the webhook");
                     } else {
                         tracing::warn!(webhook.id = %w.id, "endpoint answered 410 Gone: webhook deactivated");

@@ -108,6 +108,7 @@ async fn show(
 #[utoipa::path(patch, path = "/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "webhook id")), request_body = WebhookChanges,
     security(("admin" = [])),
     responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody), (status = 422, description = "Invalid field; the message names it", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The webhook changed concurrently on every attempt (5); nothing was written: retry", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn update(
     _: Admin, State(state): State<AppState>, Path(id): Path<String>,
@@ -150,6 +151,7 @@ struct RotateIn {
     responses((status = 200, body = WebhookOut), (status = 404, description = "No such webhook", body = crate::http::openapi::ErrorBody),
         (status = 422, description = "grace_period_seconds out of range", body = crate::http::openapi::ErrorBody), (status = 400, description = "Not JSON", body = crate::http::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong admin key", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The webhook changed concurrently on every attempt (5); nothing was written: retry", body = crate::http::openapi::ErrorBody),
         (status = 503, description = "The store is unavailable", body = crate::http::openapi::ErrorBody)))]
 async fn rotate(
     _: Admin, State(state): State<AppState>, Path(id): Path<String>,

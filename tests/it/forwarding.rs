@@ -1435,3 +1435,90 @@ async fn a_rotated_secret_keeps_signing_through_its_grace_window(q: Queue) {
     app.stop().await;
 }
 on_both_queues!(a_rotated_secret_keeps_signing_through_its_grace_window);
+
+/// Each replica keeps a webhook it read for a few seconds. An edit on one
+/// replica, from that copy, used to write the whole copy back: a rotation
+/// made meanwhile on another replica was undone, and every delivery was
+/// signed again with the secret the client had just replaced. A change is
+/// now written only over the version it read, else made again on a fresh
+/// read.
+#[tokio::test]
+async fn an_edit_on_one_replica_keeps_a_rotation_made_on_another() {
+    let Some(uri) = crate::services::mongo_uri() else {
+        return;
+    };
+    let name = crate::services::unique_db_name();
+    let on_mongo = |s: &mut zen_gateway::config::Settings| {
+        s.backends.mongo_uri = Some(zen_gateway::config::SecretUrl::new(uri.clone()));
+        s.backends.database_name = name.clone();
+        s.forward.allow_private = true;
+    };
+    let a = spawn_app_with(on_mongo).await;
+    let b = spawn_app_with(on_mongo).await;
+    let rx = Receiver::start().await;
+    let hook = create_webhook(
+        &a,
+        json!({"project_owner_id": "o", "webhook_url": rx.url("r"),
+            "topics": ["datagen.delivery"], "business_numbers": [BUSINESS]}),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    // Replica A holds a copy.
+    assert_eq!(
+        admin_get(&a, &format!("/api/v1/webhooks/{id}")).await["id"],
+        id.as_str()
+    );
+    // Replica B rotates; then A edits.
+    let rotated: Value = b
+        .client
+        .post(b.url(&format!("/api/v1/webhooks/{id}/rotate-secret")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let patched = a
+        .client
+        .patch(a.url(&format!("/api/v1/webhooks/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"topics": ["*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let tested: Value = b
+        .client
+        .post(b.url(&format!("/api/v1/webhooks/{id}/test")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tested["success"], true, "{tested}");
+    let got = rx.wait_for("r", 1, Duration::from_secs(10)).await;
+    let signed_by = |secret: &Value| {
+        zen_gateway::inbound_auth::hmac_sha256_hex(
+            secret.as_str().unwrap().as_bytes(),
+            &got[0].body,
+        )
+    };
+    assert_ne!(
+        got[0].header("x-webhook-signature"),
+        signed_by(&hook["shared_secret"]),
+        "the rotation was undone by the edit"
+    );
+    assert_eq!(
+        got[0].header("x-webhook-signature"),
+        signed_by(&rotated["shared_secret"])
+    );
+    let now = admin_get(&b, &format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(now["topics"], json!(["*"]), "the edit landed too");
+    a.stop().await;
+    b.stop().await;
+    let client = zen_gateway::backends::mongo::client(&uri).await.unwrap();
+    client.database(&name).drop().await.unwrap();
+}

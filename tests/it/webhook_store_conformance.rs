@@ -8,7 +8,9 @@ use serde_json::json;
 use zen_gateway::backends::mongo::MongoWebhookStore;
 use zen_gateway::backends::sqlite::SqliteWebhookStore;
 use zen_gateway::backends::sqlite::{SqliteDb, SqliteOptions, Synchronous};
-use zen_gateway::forwarding::{Attempt, DeliveryLog, DeliveryStatus, WebhookConfig, WebhookStore};
+use zen_gateway::forwarding::{
+    Attempt, DeliveryLog, DeliveryStatus, WebhookConfig, WebhookStore, WebhookUpdate,
+};
 
 use crate::services;
 
@@ -123,13 +125,19 @@ async fn configs_and_matching(store: &dyn WebhookStore) {
     let mut changed = hook("w1", "owner-1");
     changed.topics = vec!["message.read".into()];
     changed.headers = Some([("x-tenant".to_string(), "t1".to_string())].into());
-    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(
+        store.update_webhook(&changed, 1).await.unwrap(),
+        WebhookUpdate::Updated
+    );
     assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
     // A rotation's previous secret round-trips; then every optional field
     // cleared is gone, on every backend.
     changed.previous_secret = Some("p".repeat(64));
     changed.previous_secret_expires_at = Some(1_767_225_600_000);
-    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(
+        store.update_webhook(&changed, 1).await.unwrap(),
+        WebhookUpdate::Updated
+    );
     assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
     // Its window closed long ago: the pruner's pass forgets it.
     assert_eq!(
@@ -146,12 +154,128 @@ async fn configs_and_matching(store: &dyn WebhookStore) {
     changed.filter = None;
     changed.previous_secret = None;
     changed.previous_secret_expires_at = None;
-    assert!(store.update_webhook(&changed).await.unwrap());
+    assert_eq!(
+        store.update_webhook(&changed, 1).await.unwrap(),
+        WebhookUpdate::Updated
+    );
     assert_eq!(store.get_webhook("w1").await.unwrap().unwrap(), changed);
-    assert!(!store.update_webhook(&hook("nope", "x")).await.unwrap());
+    assert_eq!(
+        store.update_webhook(&hook("nope", "x"), 1).await.unwrap(),
+        WebhookUpdate::NotFound
+    );
     assert!(store.delete_webhook("w1").await.unwrap());
     assert!(!store.delete_webhook("w1").await.unwrap());
     assert!(store.get_webhook("w1").await.unwrap().is_none());
+}
+
+/// A webhook is written only over the version it was read at: a change
+/// made from a stale copy (another call, replica, or the forwarder's
+/// deactivation) is refused, and a read-change-write retries on the fresh
+/// one, so neither change is lost.
+async fn an_update_from_a_stale_copy_is_refused(store: &dyn WebhookStore) {
+    store.create_webhook(&hook("w-cas", "o")).await.unwrap();
+    let first = store.get_webhook("w-cas").await.unwrap().unwrap();
+    let second = first.clone();
+    let mut moved = first.clone();
+    moved.webhook_url = "https://example.com/moved".into();
+    moved.updated_at = 2;
+    assert_eq!(
+        store
+            .update_webhook(&moved, first.updated_at)
+            .await
+            .unwrap(),
+        WebhookUpdate::Updated
+    );
+    // Rotated from the copy read before the move: refused, nothing written.
+    let mut rotated = second.clone();
+    rotated.shared_secret = "n".repeat(64);
+    rotated.updated_at = 2;
+    assert_eq!(
+        store
+            .update_webhook(&rotated, second.updated_at)
+            .await
+            .unwrap(),
+        WebhookUpdate::Stale
+    );
+    assert_eq!(store.get_webhook("w-cas").await.unwrap().unwrap(), moved);
+    assert_eq!(
+        store.update_webhook(&hook("nope", "o"), 1).await.unwrap(),
+        WebhookUpdate::NotFound
+    );
+
+    // Both changes land through the read-change-write, in either order.
+    use zen_gateway::forwarding::webhooks::change_webhook;
+    let (rotated, ()) = change_webhook(store, "w-cas", |w| {
+        w.shared_secret = "n".repeat(64);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(rotated.updated_at > moved.updated_at);
+    let now = store.get_webhook("w-cas").await.unwrap().unwrap();
+    assert_eq!(now.webhook_url, "https://example.com/moved");
+    assert_eq!(now.shared_secret, "n".repeat(64));
+    // Within one millisecond too: each write stamps later than it read.
+    let (off, ()) = change_webhook(store, "w-cas", |w| {
+        w.active = Some(false);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut stale = rotated.clone();
+    stale.active = Some(true);
+    assert_eq!(
+        store
+            .update_webhook(&stale, rotated.updated_at)
+            .await
+            .unwrap(),
+        WebhookUpdate::Stale
+    );
+    assert_eq!(store.get_webhook("w-cas").await.unwrap().unwrap(), off);
+}
+
+#[tokio::test]
+async fn sqlite_an_update_from_a_stale_copy_is_refused() {
+    an_update_from_a_stale_copy_is_refused(&*sqlite().store).await;
+}
+
+#[tokio::test]
+async fn mongo_an_update_from_a_stale_copy_is_refused() {
+    let Some(b) = mongo().await else { return };
+    an_update_from_a_stale_copy_is_refused(&*b.store).await;
+    // Legacy documents hold `updated_at` as a date, or not at all: they are
+    // compared as read all the same.
+    let db = b.db.unwrap();
+    let legacy = db.collection::<bson::Document>("webhooks");
+    legacy
+        .insert_one(bson::doc! {"_id": "w-date", "project_owner_id": "o",
+        "webhook_url": "https://example.com/d", "shared_secret": "s", "topics": ["*"],
+        "updated_at": bson::DateTime::from_millis(1_700_000_000_000)})
+        .await
+        .unwrap();
+    legacy
+        .insert_one(bson::doc! {"_id": "w-none", "project_owner_id": "o",
+        "webhook_url": "https://example.com/n", "shared_secret": "s", "topics": ["*"]})
+        .await
+        .unwrap();
+    for (id, read_at) in [("w-date", 1_700_000_000_000), ("w-none", 0)] {
+        let mut w = b.store.get_webhook(id).await.unwrap().unwrap();
+        assert_eq!(w.updated_at, read_at);
+        w.webhook_url = "https://example.com/changed".into();
+        w.updated_at = read_at + 1;
+        assert_eq!(
+            b.store.update_webhook(&w, read_at + 5).await.unwrap(),
+            WebhookUpdate::Stale,
+            "{id}"
+        );
+        assert_eq!(
+            b.store.update_webhook(&w, read_at).await.unwrap(),
+            WebhookUpdate::Updated,
+            "{id}"
+        );
+        assert_eq!(b.store.get_webhook(id).await.unwrap().unwrap(), w);
+    }
+    db.drop().await.unwrap();
 }
 
 /// The pruner drops an expired previous secret without undoing what
@@ -169,7 +293,10 @@ async fn previous_secrets_are_forgotten_only_while_unchanged(store: &dyn Webhook
         "n".repeat(64),
     ));
     rotated.previous_secret_expires_at = Some(Utc::now().timestamp_millis() + 60_000);
-    assert!(store.update_webhook(&rotated).await.unwrap());
+    assert_eq!(
+        store.update_webhook(&rotated, 1).await.unwrap(),
+        WebhookUpdate::Updated
+    );
     assert!(
         !store
             .forget_previous_secret("w-rot", listed.previous_secret_expires_at.unwrap())
@@ -187,7 +314,10 @@ async fn previous_secrets_are_forgotten_only_while_unchanged(store: &dyn Webhook
     // Unchanged since: forgotten, and only that (a URL changed meanwhile stays).
     let mut moved = kept.clone();
     moved.webhook_url = "https://example.com/moved".into();
-    assert!(store.update_webhook(&moved).await.unwrap());
+    assert_eq!(
+        store.update_webhook(&moved, 1).await.unwrap(),
+        WebhookUpdate::Updated
+    );
     assert!(
         store
             .forget_previous_secret("w-rot", kept.previous_secret_expires_at.unwrap())

@@ -16,7 +16,8 @@ use super::prune::{prune_oldest, prune_oldest_where};
 use super::read::documents;
 use super::store::only_duplicate_keys;
 use crate::forwarding::{
-    Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, normalize_number,
+    Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, WebhookUpdate,
+    normalize_number,
 };
 use crate::store::StoreError;
 use crate::store::StoreResult;
@@ -242,7 +243,7 @@ impl WebhookStore for MongoWebhookStore {
         Ok(docs.iter().map(webhook_from).collect())
     }
 
-    async fn update_webhook(&self, w: &WebhookConfig) -> StoreResult<bool> {
+    async fn update_webhook(&self, w: &WebhookConfig, read_at: i64) -> StoreResult<WebhookUpdate> {
         // `$set` of our fields: fields other services keep (app_id,
         // partner_id…) survive.
         let mut set = webhook_doc(w);
@@ -266,12 +267,27 @@ impl WebhookStore for MongoWebhookStore {
         if !unset.is_empty() {
             update.insert("$unset", unset);
         }
+        // Only while `updated_at` is still what was read, in whichever
+        // type a document holds it (legacy documents: a date, or none).
+        let mut same = vec![
+            Bson::Int64(read_at),
+            Bson::DateTime(bson::DateTime::from_millis(read_at)),
+        ];
+        if read_at == 0 {
+            same.push(Bson::Null);
+        }
         let r = self
             .webhooks
-            .update_one(doc! {"_id": &w.id}, update)
+            .update_one(doc! {"_id": &w.id, "updated_at": {"$in": same}}, update)
             .await
             .map_err(unavailable)?;
-        Ok(r.matched_count > 0)
+        if r.matched_count > 0 {
+            return Ok(WebhookUpdate::Updated);
+        }
+        Ok(match self.get_webhook(&w.id).await? {
+            Some(_) => WebhookUpdate::Stale,
+            None => WebhookUpdate::NotFound,
+        })
     }
 
     async fn forget_previous_secret(&self, id: &str, expires_at_ms: i64) -> StoreResult<bool> {

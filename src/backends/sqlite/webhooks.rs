@@ -8,7 +8,8 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteDb, from_json, json_err};
 use crate::forwarding::{
-    Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, apply_attempt,
+    Attempt, DeliveryLog, DeliveryStatus, ProjectRef, WebhookConfig, WebhookStore, WebhookUpdate,
+    apply_attempt,
 };
 use crate::store::StoreResult;
 
@@ -31,6 +32,15 @@ fn upsert_webhook(conn: &rusqlite::Connection, w: &WebhookConfig) -> rusqlite::R
          ON CONFLICT (id) DO UPDATE SET project_owner_id = ?2, project_id = ?3, doc = ?4",
     )?
     .execute(params![w.id, w.project_owner_id, w.project_id, doc])
+}
+
+/// A webhook as stored now (on the writer, inside its transaction).
+fn stored_webhook(c: &rusqlite::Connection, id: &str) -> rusqlite::Result<Option<WebhookConfig>> {
+    c.prepare_cached("SELECT doc FROM webhooks WHERE id = ?1")?
+        .query_row([id], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(from_json)
+        .transpose()
 }
 
 #[async_trait]
@@ -69,18 +79,20 @@ impl WebhookStore for SqliteWebhookStore {
             .await?)
     }
 
-    async fn update_webhook(&self, w: &WebhookConfig) -> StoreResult<bool> {
+    async fn update_webhook(&self, w: &WebhookConfig, read_at: i64) -> StoreResult<WebhookUpdate> {
         let w = w.clone();
+        // Compared and written in one writer job: nothing lands in between.
         Ok(self
             .db
             .write(move |c| {
-                let exists: bool = c
-                    .prepare_cached("SELECT 1 FROM webhooks WHERE id = ?1")?
-                    .exists([&w.id])?;
-                if exists {
-                    upsert_webhook(c, &w)?;
-                }
-                Ok(exists)
+                Ok(match stored_webhook(c, &w.id)? {
+                    None => WebhookUpdate::NotFound,
+                    Some(now) if now.updated_at != read_at => WebhookUpdate::Stale,
+                    Some(_) => {
+                        upsert_webhook(c, &w)?;
+                        WebhookUpdate::Updated
+                    }
+                })
             })
             .await?)
     }
@@ -91,13 +103,7 @@ impl WebhookStore for SqliteWebhookStore {
         Ok(self
             .db
             .write(move |c| {
-                let found: Option<WebhookConfig> = c
-                    .prepare_cached("SELECT doc FROM webhooks WHERE id = ?1")?
-                    .query_row([&id], |r| r.get::<_, String>(0))
-                    .optional()?
-                    .map(from_json)
-                    .transpose()?;
-                let Some(mut w) = found.filter(|w| {
+                let Some(mut w) = stored_webhook(c, &id)?.filter(|w| {
                     w.previous_secret.is_some()
                         && w.previous_secret_expires_at == Some(expires_at_ms)
                 }) else {
