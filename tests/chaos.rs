@@ -432,15 +432,19 @@ async fn kill9_a_broker_node_of_three() {
         .is_ok_and(|s| s.success());
     assert!(killed, "kill -9 of the first node ({})", pid.trim());
     let at_kill = Instant::now();
-    // Acks resume on both replicas; how long each went without one.
+    // Acks resume on both replicas; how long each went without one (about
+    // 1 s here alone; once over 10 s while the contract and browser tests
+    // ran beside it on two cores: the quorum queues elect new leaders and
+    // the gateway on the dead node reconnects and declares its topology
+    // again, each bounded, so a generous bound, the measure printed below).
     let mut resumed = Vec::new();
     for load in [&load_a, &load_b] {
         let before = load.acked();
-        let back = eventually_within(Duration::from_secs(10), async || {
+        let back = eventually_within(Duration::from_secs(30), async || {
             load.acked() >= before + 20
         })
         .await;
-        assert!(back, "acks did not resume within 10 s of the node's death");
+        assert!(back, "acks did not resume within 30 s of the node's death");
         resumed.push(at_kill.elapsed());
     }
     let acked_a = load_a.finish().await.acked;
