@@ -361,6 +361,18 @@ impl ReplayFilter {
     }
 }
 
+/// The webhook's side of an attempt: where it goes, how it is signed,
+/// what else it carries.
+pub struct Endpoint<'a> {
+    pub url: &'a str,
+    pub secret: &'a str,
+    /// The old secret, during a rotation's grace window.
+    pub previous_secret: Option<&'a str>,
+    pub headers: Option<&'a BTreeMap<String, String>>,
+    /// The webhook's own `timeout_ms`: replaces the attempt's budget.
+    pub timeout: Option<Duration>,
+}
+
 /// What a conditional [`WebhookStore::update_webhook`] came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookUpdate {

@@ -12,8 +12,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 
 use super::signing::new_secret;
-use super::worker::Endpoint;
-use super::{ForwardJob, Forwarding, WebhookConfig, WebhookStore, WebhookUpdate};
+use super::{Endpoint, ForwardJob, Forwarding, WebhookConfig, WebhookStore, WebhookUpdate};
 use crate::model::is_blank;
 use crate::store::{StoreError, StoreResult};
 use crate::telemetry::traces;

@@ -25,7 +25,8 @@ use super::ssrf::{
     PublicOnlyResolver, Refused, TargetError, check_literal_host, check_resolved_host,
 };
 use super::{
-    Attempt, DeliveryStatus, ForwardJob, ForwardQueue, JobTag, WebhookConfig, WebhookStore,
+    Attempt, DeliveryStatus, Endpoint, ForwardJob, ForwardQueue, JobTag, WebhookConfig,
+    WebhookStore,
 };
 use crate::telemetry::traces::{self, TraceParent};
 
@@ -164,18 +165,6 @@ fn busy_park(stalled_for: Option<Duration>, request_timeout: Duration) -> Durati
         .unwrap_or_default()
         .min(request_timeout)
         .max(URL_BUSY_PARK)
-}
-
-/// The webhook's side of an attempt: where it goes, how it is signed,
-/// what else it carries.
-pub struct Endpoint<'a> {
-    pub url: &'a str,
-    pub secret: &'a str,
-    /// The old secret, during a rotation's grace window.
-    pub previous_secret: Option<&'a str>,
-    pub headers: Option<&'a std::collections::BTreeMap<String, String>>,
-    /// The webhook's own `timeout_ms`: replaces the attempt's budget.
-    pub timeout: Option<Duration>,
 }
 
 /// The request body: `{"data","event_id","event_type","message","timestamp"}`

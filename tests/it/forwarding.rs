@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -1470,31 +1471,26 @@ async fn an_edit_on_one_replica_keeps_a_rotation_made_on_another() {
     );
     // Replica B rotates; then A edits.
     let rotated: Value = b
-        .client
-        .post(b.url(&format!("/api/v1/webhooks/{id}/rotate-secret")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
+        .admin_send(
+            Method::POST,
+            &format!("/api/v1/webhooks/{id}/rotate-secret"),
+            None,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let patched = a
-        .client
-        .patch(a.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"topics": ["*"]}))
-        .send()
-        .await
-        .unwrap();
+        .admin_send(
+            Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            Some(json!({"topics": ["*"]})),
+        )
+        .await;
     assert_eq!(patched.status(), 200);
     let tested: Value = b
-        .client
-        .post(b.url(&format!("/api/v1/webhooks/{id}/test")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
+        .admin_send(Method::POST, &format!("/api/v1/webhooks/{id}/test"), None)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

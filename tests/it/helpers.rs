@@ -205,6 +205,23 @@ impl TestApp {
             .expect("admin json")
     }
 
+    /// An admin call with an optional JSON body.
+    pub async fn admin_send(
+        &self, method: reqwest::Method, path: &str, body: Option<Value>,
+    ) -> reqwest::Response {
+        let req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_KEY);
+        match body {
+            Some(body) => req.json(&body),
+            None => req,
+        }
+        .send()
+        .await
+        .expect("admin call")
+    }
+
     /// Registers a client webhook (`POST /api/v1/webhooks`, expecting 201).
     pub async fn create_webhook(&self, body: Value) -> Value {
         create_webhook_at(&self.client, &self.url(""), body).await
