@@ -668,7 +668,7 @@ impl Forwarder {
         };
 
         self.breakers.set_limit(&url, max_in_flight);
-        let _slot = match self.breakers.enter_within(&url, URL_SLOT_WAIT).await {
+        let slot = match self.breakers.enter_within(&url, URL_SLOT_WAIT).await {
             Ok(slot) => slot,
             // This URL's share of slots stayed busy: back to the queue, no
             // attempt spent, so other URLs' jobs get through. When the URL
@@ -722,6 +722,11 @@ impl Forwarder {
             timeout,
         };
         let outcome = self.send(endpoint, &job, &traceparent).await;
+        // The URL's slot bounds its requests, not our bookkeeping: held
+        // through a slow delivery-log write or broker ack (a store under
+        // load, a broker node lost), it made a healthy URL look stalled and
+        // its whole backlog was pushed back again and again.
+        drop(slot);
         if let Some(status) = outcome.status {
             tracing::Span::current().record("http.response.status_code", status);
         }
