@@ -355,7 +355,7 @@ async fn kill9_one_of_two_replicas() {
 /// A broker node dies under load: a three-node RabbitMQ cluster
 /// (`scripts/services cluster`), quorum queues, two gateway replicas on
 /// MongoDB and Redis, steady load on both; the node behind the first
-/// address is killed (-9). Acks resume within 10 s on both replicas, every
+/// address is killed (-9). Acks resume within 30 s on both replicas, every
 /// acked webhook is stored, and every one is forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_a_broker_node_of_three() {
@@ -448,7 +448,10 @@ async fn kill9_a_broker_node_of_three() {
             load.acked() >= before + 20
         })
         .await;
-        assert!(back, "acks did not resume within 30 s of the node's death");
+        if !back {
+            keep_logs("broker-node", &[dir_a.path(), dir_b.path()]);
+            panic!("acks did not resume within 30 s of the node's death");
+        }
         resumed.push(at_kill.elapsed());
     }
     let acked_a = load_a.finish().await.acked;
