@@ -26,6 +26,7 @@
 //! | `zen_console_sign_ins_total` | counter | `outcome` (success, wrong_key, limited) | console sign-ins |
 //! | `zen_admin_auth_failures_total` | counter | | admin API calls with a wrong key |
 //! | `zen_http_connection_limit_reached_total` | counter | | times `MAX_CONNECTIONS` held new connections back |
+//! | `zen_broker_connections_lost_total` | counter | | RabbitMQ connections given up and replaced: the node went away, or a publish confirm or an ack did not come within 10 s |
 
 use std::sync::OnceLock;
 

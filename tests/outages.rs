@@ -1,9 +1,10 @@
 //! Service outages under load: RabbitMQ stopped and started (503 while it is
 //! down, never a 200 without a confirm; recovery without a restart; nothing
-//! acked lost), Redis stopped mid-run (degraded, nothing lost, dedup still
-//! right on one replica). Its own test binary, tests one at a time: they stop
-//! shared services that no other test may be using meanwhile (cargo runs
-//! test binaries one after another).
+//! acked lost), a broker that stops confirming publishes (its connection
+//! given up, not waited on forever), Redis stopped mid-run (degraded,
+//! nothing lost, dedup still right on one replica). Its own test binary,
+//! tests one at a time: they stop or alarm shared services that no other
+//! test may be using meanwhile (cargo runs test binaries one after another).
 
 #[path = "it/helpers.rs"]
 #[allow(dead_code)]
@@ -213,6 +214,147 @@ async fn a_redis_outage_degrades_and_loses_nothing() {
     assert!(back, "the cache did not come back by itself");
     println!(
         "chaos: redis outage: 40 posts (20 events twice) acked while down, 20 records with one entry each, 0 lost; ready said degraded, then ready again"
+    );
+    app.stop().await;
+}
+
+/// Puts the single broker's memory threshold back even if the test fails.
+struct WatermarkBackOnDrop;
+impl Drop for WatermarkBackOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("timeout")
+            .args([
+                "60",
+                "rabbitmqctl",
+                "-q",
+                "set_vm_memory_high_watermark",
+                "0.4",
+            ])
+            .status();
+    }
+}
+
+/// `zen_broker_connections_lost_total`, 0 before the first loss.
+async fn broker_connections_lost(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("zen_broker_connections_lost_total "))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .map_or(0, |n| n as u64)
+}
+
+/// A broker that takes publishes and never confirms them (here its memory
+/// alarm: it stops reading from publishing connections; a cluster node
+/// reconnected to before its queues have leaders again looks the same).
+/// Every webhook times out with a 503, and a timed-out publish ends where
+/// the caller stops waiting: the gateway must still see the stall itself and
+/// give the connection up, and take 200s again once the broker confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_confirming_has_its_connection_replaced() {
+    let _serial = SERIAL.lock().await;
+    let Some(url) = services::rabbitmq_url() else {
+        return;
+    };
+    let prefix = services::unique_prefix();
+    let app = spawn_app_with(|s| {
+        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
+        s.rabbitmq.queue_prefix = prefix.clone();
+        s.ingest.ack_timeout = Duration::from_millis(2000);
+    })
+    .await;
+    eventually_within(Duration::from_secs(10), async || ready(&app).await.0 == 200).await;
+    let mut acked = Vec::new();
+    let first = format!("wamid.stall-before-{prefix}");
+    let r = app
+        .post_webhook("/webhook/datagen", datagen_status(&first, "sent", 1))
+        .await;
+    assert_eq!(r.status(), 200);
+    acked.push(first.clone());
+    // Applied and acked: no inbox ack is pending when the alarm goes off.
+    app.wait_for_message(&first, |m| m["current_status"] == "sent")
+        .await;
+    let lost_before = broker_connections_lost(&app).await;
+
+    let guard = WatermarkBackOnDrop;
+    let alarm = Command::new("timeout")
+        .args([
+            "60",
+            "rabbitmqctl",
+            "-q",
+            "set_vm_memory_high_watermark",
+            "0",
+        ])
+        .status()
+        .expect("rabbitmqctl");
+    assert!(
+        alarm.success(),
+        "rabbitmqctl set_vm_memory_high_watermark 0"
+    );
+    let stalled = std::time::Instant::now();
+    let (mut refused, mut i) = (0, 0);
+    let replaced = eventually_within(Duration::from_secs(40), async || {
+        i += 1;
+        let w = format!("wamid.stall-{prefix}-{i}");
+        let r = app
+            .post_webhook("/webhook/datagen", datagen_status(&w, "sent", i))
+            .await;
+        match r.status().as_u16() {
+            // The alarm takes a moment to block the connection.
+            200 => acked.push(w),
+            503 => refused += 1,
+            other => panic!("unexpected {other} while the broker stalls"),
+        }
+        broker_connections_lost(&app).await > lost_before
+    })
+    .await;
+    let noticed_in = stalled.elapsed();
+    drop(guard);
+    assert!(
+        replaced,
+        "40 s of unconfirmed publishes ({refused} webhooks answered 503) and the connection \
+         was never given up; ready: {}",
+        ready(&app).await.1
+    );
+    assert!(refused > 0, "the alarm never held a publish back");
+
+    let resumed = std::time::Instant::now();
+    let back = eventually_within(Duration::from_secs(30), async || {
+        i += 1;
+        let w = format!("wamid.stall-after-{prefix}-{i}");
+        let r = app
+            .post_webhook("/webhook/datagen", datagen_status(&w, "sent", i))
+            .await;
+        let ok = r.status() == 200;
+        if ok {
+            acked.push(w);
+        }
+        ok
+    })
+    .await;
+    assert!(
+        back,
+        "no 200 within 30 s of the alarm's end: {}",
+        ready(&app).await.1
+    );
+    for w in &acked {
+        app.wait_for_message(w, |m| m["current_status"] == "sent")
+            .await;
+    }
+    println!(
+        "chaos: a broker that stops confirming: the connection given up {:.1} s into the stall \
+         ({refused} webhooks refused with 503 meanwhile), 200s again {:.1} s after the alarm's \
+         end; {} acked, all stored",
+        noticed_in.as_secs_f64(),
+        resumed.elapsed().as_secs_f64(),
+        acked.len(),
     );
     app.stop().await;
 }

@@ -142,6 +142,8 @@ impl Live {
 
 /// The inbox on RabbitMQ.
 pub struct RabbitInbox {
+    /// Itself, for publishing tasks that outlive their caller.
+    me: std::sync::Weak<RabbitInbox>,
     opts: RabbitOptions,
     live: RwLock<Option<Arc<Live>>>,
     generation: AtomicU64,
@@ -237,7 +239,8 @@ impl RabbitInbox {
     /// background, so a broker that is down at start-up is retried, and
     /// reported by `/ready`, rather than fatal.
     pub fn start(opts: RabbitOptions) -> Arc<RabbitInbox> {
-        let inbox = Arc::new(RabbitInbox {
+        let inbox = Arc::new_cyclic(|me| RabbitInbox {
+            me: me.clone(),
             opts,
             live: RwLock::new(None),
             generation: AtomicU64::new(0),
@@ -412,36 +415,56 @@ impl RabbitInbox {
     }
 
     /// One persistent, mandatory publish, confirmed by the broker.
+    ///
+    /// The send and the confirm run in a task of their own, bounded by
+    /// [`BROKER_OP_TIMEOUT`]: callers stop waiting sooner (ingest answers
+    /// 503 after `INGEST_ACK_TIMEOUT_MS`), and a publish dropped with its
+    /// caller would never see that the broker stopped confirming. The task
+    /// does, and gives the connection up.
     async fn publish_confirmed(
         &self, exchange: &str, routing_key: &str, body: &[u8], props: BasicProperties,
     ) -> Result<(), BrokerError> {
         let live = self.live().await?;
         let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
-        let published = live.publishers[i]
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props.with_delivery_mode(2),
-            )
+        let channel = live.publishers[i].clone();
+        let (to_exchange, to_key) = (ShortString::from(exchange), ShortString::from(routing_key));
+        let body = body.to_vec();
+        let inbox = self.me.clone();
+        let publish = tokio::spawn(async move {
+            let outcome = tokio::time::timeout(BROKER_OP_TIMEOUT, async {
+                channel
+                    .basic_publish(
+                        to_exchange,
+                        to_key,
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &body,
+                        props.with_delivery_mode(2),
+                    )
+                    .await?
+                    .await
+            })
             .await;
-        let confirm = match published {
-            // A confirm can wait forever on a connection that died under it;
-            // past the bound the connection counts as broken.
-            Ok(c) => match tokio::time::timeout(BROKER_OP_TIMEOUT, c).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.report_broken("no publisher confirm in time");
-                    return Err(BrokerError::Unavailable(format!(
-                        "no publisher confirm within {BROKER_OP_TIMEOUT:?}"
-                    )));
-                }
-            },
-            Err(e) => Err(e),
+            let broken = match &outcome {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("no publisher confirm in time".to_owned()),
+            };
+            if let (Some(why), Some(inbox)) = (broken, inbox.upgrade()) {
+                inbox.report_broken(&why);
+            }
+            outcome
+        });
+        let confirm = match publish.await {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(_)) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "no publisher confirm within {BROKER_OP_TIMEOUT:?}"
+                )));
+            }
+            Err(e) => return Err(unavailable(e)),
         };
         match confirm {
             Ok(c) if c.is_ack() => {
@@ -455,10 +478,8 @@ impl RabbitInbox {
             Ok(_) => Err(BrokerError::Unavailable(
                 "the broker nacked the message".into(),
             )),
-            Err(e) => {
-                self.report_broken(&e.to_string());
-                Err(unavailable(e))
-            }
+            // Reported broken by the publishing task.
+            Err(e) => Err(unavailable(e)),
         }
     }
 
@@ -836,6 +857,7 @@ async fn supervise(inbox: Arc<RabbitInbox>) {
                 }
                 inbox.connected.store(false, Ordering::Relaxed);
                 inbox.live.write().await.take();
+                metrics::counter!("zen_broker_connections_lost_total").increment(1);
                 // Closing a connection the broker already dropped can wait
                 // forever for a close-ok; the replacement must not.
                 let _ = tokio::time::timeout(
