@@ -751,15 +751,7 @@ async fn bad_endpoints_do_not_hold_up_a_healthy_one() {
         .await;
     // The dead ones' breakers are open, as the probes read them.
     let open_breakers = async || {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         metrics
             .lines()
             .find(|l| l.starts_with("zen_breakers_open"))

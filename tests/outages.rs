@@ -44,20 +44,28 @@ async fn ready(app: &TestApp) -> (u16, Value) {
     app.ready().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
-    let _serial = SERIAL.lock().await;
-    let Some(url) = services::rabbitmq_url() else {
-        return;
-    };
+/// A gateway whose inbox is the single broker, with its own queue prefix
+/// (returned), answering 503 after 2 s without a confirm; once it is ready.
+/// `None` without the broker.
+async fn on_the_broker() -> Option<(TestApp, String)> {
+    let url = services::rabbitmq_url()?;
     let prefix = services::unique_prefix();
     let app = spawn_app_with(|s| {
         s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
         s.rabbitmq.queue_prefix = prefix.clone();
-        s.ingest.ack_timeout = std::time::Duration::from_millis(2000);
+        s.ingest.ack_timeout = Duration::from_millis(2000);
     })
     .await;
     eventually_within(Duration::from_secs(10), async || ready(&app).await.0 == 200).await;
+    Some((app, prefix))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_gives_503s_then_heals_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some((app, prefix)) = on_the_broker().await else {
+        return;
+    };
     let mut acked = Vec::new();
     for i in 0..10 {
         let w = format!("wamid.mq-before-{i}");
@@ -236,15 +244,7 @@ impl Drop for WatermarkBackOnDrop {
 
 /// `zen_broker_connections_lost_total`, 0 before the first loss.
 async fn broker_connections_lost(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     text.lines()
         .find_map(|l| l.strip_prefix("zen_broker_connections_lost_total "))
         .and_then(|n| n.trim().parse::<f64>().ok())
@@ -260,17 +260,9 @@ async fn broker_connections_lost(app: &TestApp) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_stops_confirming_has_its_connection_replaced() {
     let _serial = SERIAL.lock().await;
-    let Some(url) = services::rabbitmq_url() else {
+    let Some((app, prefix)) = on_the_broker().await else {
         return;
     };
-    let prefix = services::unique_prefix();
-    let app = spawn_app_with(|s| {
-        s.backends.rabbitmq_url = Some(zen_gateway::config::SecretUrl::new(url.clone()));
-        s.rabbitmq.queue_prefix = prefix.clone();
-        s.ingest.ack_timeout = Duration::from_millis(2000);
-    })
-    .await;
-    eventually_within(Duration::from_secs(10), async || ready(&app).await.0 == 200).await;
     let mut acked = Vec::new();
     let first = format!("wamid.stall-before-{prefix}");
     let r = app

@@ -1297,15 +1297,7 @@ async fn a_filter_delivers_only_what_it_matches(q: Queue) {
         1,
         "the sent status was filtered out"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let id = hook["id"].as_str().unwrap();
     assert!(
         metrics.contains(&format!(

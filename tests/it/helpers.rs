@@ -169,6 +169,18 @@ impl TestApp {
     }
 
     /// `GET /ready`: status code and body.
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn ready(&self) -> (u16, Value) {
         let r = self
             .client

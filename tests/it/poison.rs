@@ -195,15 +195,7 @@ async fn quarantined_then_replayed(app: TestApp) {
         .await;
     assert_eq!(ready["quarantine_depth"], 1, "{ready}");
     assert_eq!(ready["inbox_depth"], 0, "{ready}");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     // (The depth gauge is process-wide: other gateways of this test binary
     // set it too; /ready above is this one's.)
     assert!(metrics.contains("zen_quarantined_total"), "{metrics}");

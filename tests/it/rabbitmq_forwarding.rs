@@ -262,15 +262,7 @@ async fn a_job_queued_twice_is_delivered_once() {
     .await
     .unwrap();
     let dropped = eventually_within(Duration::from_secs(10), async || {
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         metrics
             .lines()
             .any(|l| l.starts_with("zen_deliveries_total{outcome=\"duplicate\"}"))
