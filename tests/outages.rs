@@ -292,7 +292,7 @@ async fn a_broker_that_stops_confirming_has_its_connection_replaced() {
     );
     let stalled = std::time::Instant::now();
     let (mut refused, mut i) = (0, 0);
-    let replaced = eventually_within(Duration::from_secs(40), async || {
+    let mut post_one = async || {
         i += 1;
         let w = format!("wamid.stall-{prefix}-{i}");
         let r = app
@@ -304,10 +304,23 @@ async fn a_broker_that_stops_confirming_has_its_connection_replaced() {
             503 => refused += 1,
             other => panic!("unexpected {other} while the broker stalls"),
         }
+    };
+    let replaced = eventually_within(Duration::from_secs(40), async || {
+        post_one().await;
         broker_connections_lost(&app).await > lost_before
     })
     .await;
     let noticed_in = stalled.elapsed();
+    // Six more seconds of the stall. The new connection's own publishes
+    // cannot time out before 10 s; the old one's, posted during the first
+    // 10 s, time out now and must not give the new connection up.
+    let after_first = std::time::Instant::now();
+    eventually_within(Duration::from_secs(10), async || {
+        post_one().await;
+        after_first.elapsed() > Duration::from_secs(6)
+    })
+    .await;
+    let lost = broker_connections_lost(&app).await - lost_before;
     drop(guard);
     assert!(
         replaced,
@@ -316,6 +329,11 @@ async fn a_broker_that_stops_confirming_has_its_connection_replaced() {
         ready(&app).await.1
     );
     assert!(refused > 0, "the alarm never held a publish back");
+    assert_eq!(
+        lost, 1,
+        "connections given up by the 6 s after the first: the old connection's late timeouts \
+         gave up its replacement"
+    );
 
     let resumed = std::time::Instant::now();
     let back = eventually_within(Duration::from_secs(30), async || {

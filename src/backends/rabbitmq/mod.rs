@@ -294,6 +294,21 @@ impl RabbitInbox {
         self.broken.notify_one();
     }
 
+    /// [`report_broken`](Self::report_broken) for the connection of
+    /// `generation` only: a publish that times out after its connection was
+    /// replaced says nothing of the new one.
+    fn report_broken_of(&self, generation: u64, e: &str) {
+        if self.generation.load(Ordering::Relaxed) == generation {
+            self.report_broken(e);
+        } else {
+            tracing::debug!(
+                generation,
+                error = e,
+                "a replaced rabbitmq connection's operation failed"
+            );
+        }
+    }
+
     async fn live(&self) -> Result<Arc<Live>, BrokerError> {
         self.live
             .read()
@@ -427,6 +442,7 @@ impl RabbitInbox {
         let live = self.live().await?;
         let i = live.next_publisher.fetch_add(1, Ordering::Relaxed) % live.publishers.len();
         let channel = live.publishers[i].clone();
+        let generation = live.generation;
         let (to_exchange, to_key) = (ShortString::from(exchange), ShortString::from(routing_key));
         let body = body.to_vec();
         let inbox = self.me.clone();
@@ -453,7 +469,7 @@ impl RabbitInbox {
                 Err(_) => Some("no publisher confirm in time".to_owned()),
             };
             if let (Some(why), Some(inbox)) = (broken, inbox.upgrade()) {
-                inbox.report_broken(&why);
+                inbox.report_broken_of(generation, &why);
             }
             outcome
         });
@@ -616,11 +632,14 @@ impl RabbitInbox {
             match next {
                 Some(Ok(delivery)) => out.push(delivery),
                 Some(Err(e)) => {
-                    self.report_broken(&e.to_string());
+                    self.report_broken_of(live.generation, &e.to_string());
                     break;
                 }
                 None => {
-                    self.report_broken("a consumer was cancelled by the broker");
+                    self.report_broken_of(
+                        live.generation,
+                        "a consumer was cancelled by the broker",
+                    );
                     break;
                 }
             }
@@ -651,11 +670,11 @@ impl RabbitInbox {
         match tokio::time::timeout(BROKER_OP_TIMEOUT, channel.basic_ack(tag, options)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
-                self.report_broken(&e.to_string());
+                self.report_broken_of(live.generation, &e.to_string());
                 Err(unavailable(e))
             }
             Err(_) => {
-                self.report_broken("an ack did not complete in time");
+                self.report_broken_of(live.generation, "an ack did not complete in time");
                 Err(BrokerError::Unavailable(format!(
                     "ack not done within {BROKER_OP_TIMEOUT:?}"
                 )))
