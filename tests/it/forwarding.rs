@@ -224,13 +224,8 @@ async fn failures_retry_then_succeed_and_exhausted_jobs_go_to_the_dlq_for_replay
     // Replay: fresh attempts.
     rx.set("down", Behavior::Status(200));
     let resp: Value = app
-        .client
-        .post(app.url("/api/v1/dlq/replay"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({}))
-        .send()
+        .admin_send(reqwest::Method::POST, "/api/v1/dlq/replay", Some(json!({})))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -447,13 +442,12 @@ async fn fan_out_reaches_every_matching_webhook_and_duplicates_are_forwarded_onc
     .await;
     create_webhook(&app, json!({"project_owner_id": "owner-F", "webhook_url": rx.url("no-topic"), "topics": ["message.failed"]})).await;
     // The owner comes from the registered message.
-    app.client
-        .post(app.url("/api/v1/messages"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"bsp": "datagen", "wamid": "wamid.fan", "project_owner_id": "owner-F"}))
-        .send()
-        .await
-        .unwrap();
+    app.admin_send(
+        reqwest::Method::POST,
+        "/api/v1/messages",
+        Some(json!({"bsp": "datagen", "wamid": "wamid.fan", "project_owner_id": "owner-F"})),
+    )
+    .await;
     let event = datagen_status("wamid.fan", "read", 5);
     for _ in 0..3 {
         assert_eq!(
@@ -495,13 +489,12 @@ async fn webhook_admin_api() {
     let app = app_fast_retries(Queue::Embedded).await;
     let rx = Receiver::start().await;
     let bad = app
-        .client
-        .post(app.url("/api/v1/webhooks"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"project_owner_id": "o", "webhook_url": "ftp://x"}))
-        .send()
-        .await
-        .unwrap();
+        .admin_send(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"project_owner_id": "o", "webhook_url": "ftp://x"})),
+        )
+        .await;
     assert_eq!(bad.status(), 422);
     assert!(
         bad.json::<Value>().await.unwrap()["message"]
@@ -527,13 +520,12 @@ async fn webhook_admin_api() {
     assert_eq!(listed[0]["auth_enabled"], true);
 
     let patched: Value = app
-        .client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"topics": ["*"]}))
-        .send()
+        .admin_send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            Some(json!({"topics": ["*"]})),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -541,24 +533,24 @@ async fn webhook_admin_api() {
     assert_eq!(patched["auth_enabled"], true, "an update leaves signing on");
 
     let rotated: Value = app
-        .client
-        .post(app.url(&format!("/api/v1/webhooks/{id}/rotate-secret")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/api/v1/webhooks/{id}/rotate-secret"),
+            None,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_ne!(rotated["shared_secret"], hook["shared_secret"]);
 
     let tested: Value = app
-        .client
-        .post(app.url(&format!("/api/v1/webhooks/{id}/test")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
+        .admin_send(
+            reqwest::Method::POST,
+            &format!("/api/v1/webhooks/{id}/test"),
+            None,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -576,20 +568,20 @@ async fn webhook_admin_api() {
     );
 
     let deleted = app
-        .client
-        .delete(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .admin_send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/webhooks/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(deleted.status(), 200);
     let gone = app
-        .client
-        .get(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .admin_send(
+            reqwest::Method::GET,
+            &format!("/api/v1/webhooks/{id}"),
+            None,
+        )
+        .await;
     assert_eq!(gone.status(), 404);
     let unauth = app
         .client
@@ -704,13 +696,12 @@ async fn webhook_changes_take_effect_at_once_despite_the_cache() {
     app.wait_for_message("wamid.cache-1", |m| m["current_status"] == "read")
         .await;
     let id = hook["id"].as_str().unwrap();
-    app.client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"topics": ["message.read"]}))
-        .send()
-        .await
-        .unwrap();
+    app.admin_send(
+        reqwest::Method::PATCH,
+        &format!("/api/v1/webhooks/{id}"),
+        Some(json!({"topics": ["message.read"]})),
+    )
+    .await;
     app.post_webhook(
         "/webhook/datagen",
         datagen_status("wamid.cache-2", "read", 2),
@@ -963,13 +954,12 @@ async fn new_providers_are_stored_and_forwarded(q: Queue) {
         ),
     ] {
         let resp = app
-            .client
-            .post(app.url("/api/v1/messages"))
-            .bearer_auth(ADMIN_KEY)
-            .json(&json!({"bsp": bsp, key: id, "project_owner_id": "owner-new"}))
-            .send()
-            .await
-            .unwrap();
+            .admin_send(
+                reqwest::Method::POST,
+                "/api/v1/messages",
+                Some(json!({"bsp": bsp, key: id, "project_owner_id": "owner-new"})),
+            )
+            .await;
         assert_eq!(resp.status(), 201);
     }
     for name in ["gupshup_v2_sent.json", "gupshup_v2_delivered.json"] {
@@ -1071,15 +1061,8 @@ async fn a_webhooks_own_timeout_replaces_the_global_one(q: Queue) {
     rx.set("slow", Behavior::Hang(Duration::from_secs(30)));
     // Out of range: refused, naming the field.
     let resp = app
-        .client
-        .post(app.url("/api/v1/webhooks"))
-        .bearer_auth(ADMIN_KEY)
-        .json(
-            &json!({"project_owner_id": "owner-t", "webhook_url": rx.url("slow"), "timeout_ms": 5}),
-        )
-        .send()
-        .await
-        .unwrap();
+        .admin_send(reqwest::Method::POST, "/api/v1/webhooks", Some(json!({"project_owner_id": "owner-t", "webhook_url": rx.url("slow"), "timeout_ms": 5}),))
+        .await;
     assert_eq!(resp.status(), 422);
     assert!(resp.text().await.unwrap().contains("timeout_ms"));
     let hook = create_webhook(
@@ -1250,16 +1233,15 @@ async fn a_filter_delivers_only_what_it_matches(q: Queue) {
     let app = app_fast_retries(q).await;
     let rx = Receiver::start().await;
     let resp = app
-        .client
-        .post(app.url("/api/v1/webhooks"))
-        .bearer_auth(ADMIN_KEY)
-        .json(
-            &json!({"project_owner_id": "owner-1", "webhook_url": rx.url("x"),
+        .admin_send(
+            reqwest::Method::POST,
+            "/api/v1/webhooks",
+            Some(
+                json!({"project_owner_id": "owner-1", "webhook_url": rx.url("x"),
             "topics": ["*"], "filter": {"data": {"status": {"$like": "x"}}}}),
+            ),
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(resp.status(), 422);
     let err: Value = resp.json().await.unwrap();
     assert!(
@@ -1308,13 +1290,12 @@ async fn a_filter_delivers_only_what_it_matches(q: Queue) {
 
     // `{}` removes the filter.
     let changed = app
-        .client
-        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"filter": {}}))
-        .send()
-        .await
-        .unwrap();
+        .admin_send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/webhooks/{id}"),
+            Some(json!({"filter": {}})),
+        )
+        .await;
     assert_eq!(changed.status(), 200);
     let changed: Value = changed.json().await.unwrap();
     assert!(changed.get("filter").is_none(), "{changed}");

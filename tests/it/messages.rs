@@ -281,12 +281,12 @@ async fn the_messages_list_pages_through_everything_with_a_cursor() {
         ("cursor=%21%21", "cursor:"),
     ] {
         let resp = app
-            .client
-            .get(app.url(&format!("/api/v1/messages?{query}")))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap();
+            .admin_send(
+                reqwest::Method::GET,
+                &format!("/api/v1/messages?{query}"),
+                None,
+            )
+            .await;
         assert_eq!(resp.status(), 400, "{query}");
         let body: Value = resp.json().await.unwrap();
         assert!(
@@ -327,13 +327,7 @@ async fn bad_query_parameters_get_a_json_400_naming_them() {
         "/api/v1/unrecognized?limit=-1",
         "/api/v1/webhooks/some-id/deliveries?limit=x",
     ] {
-        let resp = app
-            .client
-            .get(app.url(path))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.admin_send(reqwest::Method::GET, path, None).await;
         assert_eq!(resp.status(), 400, "{path}");
         let body: Value = resp.json().await.expect("a JSON error");
         assert_eq!(body["status"], 400);

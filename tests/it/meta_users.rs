@@ -181,12 +181,8 @@ async fn a_bsuid_only_user_is_followed_end_to_end(app: TestApp) {
     assert_eq!(contact["changes"][0]["from"], USER, "{contact}");
     assert_eq!(contact["changes"][0]["to"], NEW_USER);
     let missing = app
-        .client
-        .get(app.url("/api/v1/contacts/IN.404"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .admin_send(reqwest::Method::GET, "/api/v1/contacts/IN.404", None)
+        .await;
     assert_eq!(missing.status(), 404);
 
     // The console shows the contact with their opt-out and their messages,

@@ -205,13 +205,12 @@ async fn quarantined_then_replayed(app: TestApp) {
     // Fixed (the trigger dropped), replayed: stored.
     conn.execute_batch("DROP TRIGGER poison").unwrap();
     let replayed: Value = app
-        .client
-        .post(app.url("/api/v1/quarantine/replay"))
-        .bearer_auth(ADMIN_KEY)
-        .json(&json!({"ids": [entry["event_id"]]}))
-        .send()
+        .admin_send(
+            reqwest::Method::POST,
+            "/api/v1/quarantine/replay",
+            Some(json!({"ids": [entry["event_id"]]})),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

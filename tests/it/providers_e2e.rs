@@ -348,12 +348,12 @@ async fn stats_over_http() {
     app.wait_for_message("wamid.st1", |m| m["current_status"] == "sent")
         .await;
     let stats: Value = app
-        .client
-        .get(app.url("/api/v1/stats?bsp=datagen&campaign_id=cmp-1"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
+        .admin_send(
+            reqwest::Method::GET,
+            "/api/v1/stats?bsp=datagen&campaign_id=cmp-1",
+            None,
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -361,12 +361,8 @@ async fn stats_over_http() {
     assert_eq!(stats["by_status"]["read"], 2);
     assert_eq!(stats["by_status"]["delivered"], 0);
     let bad = app
-        .client
-        .get(app.url("/api/v1/stats?from=yesterday"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+        .admin_send(reqwest::Method::GET, "/api/v1/stats?from=yesterday", None)
+        .await;
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().starts_with("from:"));
